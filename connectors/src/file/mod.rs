@@ -1,0 +1,92 @@
+//! `connector = 'file'`: bounded input from local files, and output into one.
+//!
+//! Options:
+//! - `path` (required): a file, or for a source also a directory whose files are
+//!   read in name order (names starting with `.` or `_` are skipped).
+//! - `format`: `json` (JSON lines, the default), `csv`, or for a sink `parquet`.
+//! - `csv.header`: whether CSV has a header line (default true).
+//! - `csv.delimiter`: one character (default `,`).
+//! - `batch.size`: rows per batch when reading (default 1024).
+
+mod sink;
+mod source;
+
+use std::path::PathBuf;
+
+use sluice_engine::{Sink, Source};
+
+use crate::error::{ConnectorError, Result};
+use crate::options::parse_bool;
+use crate::registry::{Connector, TableSpec};
+
+/// The encodings the file connector reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Json,
+    Csv,
+    Parquet,
+}
+
+/// Typed `file` options.
+#[derive(Debug, Clone)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    pub format: FileFormat,
+    pub csv_header: bool,
+    pub csv_delimiter: u8,
+    pub batch_size: usize,
+}
+
+impl FileConfig {
+    pub fn from_table(table: &TableSpec) -> Result<Self> {
+        let mut o = table.options();
+        let bad = |key: &str, reason: String| ConnectorError::Option {
+            connector: "file".into(),
+            key: key.into(),
+            reason,
+        };
+        let path = PathBuf::from(o.take_str("path")?);
+        let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
+            None | Some("json") => FileFormat::Json,
+            Some("csv") => FileFormat::Csv,
+            Some("parquet") => FileFormat::Parquet,
+            Some(other) => return Err(bad("format", format!("'{other}' is not one of json, csv, parquet"))),
+        };
+        let csv_header = parse_bool("file", "csv.header", o.take_opt("csv.header"), true)?;
+        let csv_delimiter = match o.take_opt("csv.delimiter") {
+            None => b',',
+            Some(d) if d.len() == 1 => d.as_bytes()[0],
+            Some(d) => return Err(bad("csv.delimiter", format!("'{d}' is not a single character"))),
+        };
+        let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
+        o.ensure_empty()?;
+        Ok(FileConfig { path, format, csv_header, csv_delimiter, batch_size })
+    }
+}
+
+/// The `file` connector.
+pub struct FileConnector;
+
+impl Connector for FileConnector {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn validate(&self, table: &TableSpec) -> Result<()> {
+        FileConfig::from_table(table).map(|_| ())
+    }
+
+    fn source(&self, table: &TableSpec) -> Result<Box<dyn Source>> {
+        let cfg = FileConfig::from_table(table)?;
+        Ok(Box::new(source::FileSource::open(cfg, table.schema.clone())?))
+    }
+
+    fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        let cfg = FileConfig::from_table(table)?;
+        Ok(Box::new(sink::FileSink::create(cfg, table.schema.clone())?))
+    }
+}
+
+pub(crate) fn io_error(path: &std::path::Path, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::External { connector: "file".into(), message: format!("{}: {e}", path.display()) }
+}

@@ -1,0 +1,19 @@
+//! Sluice connectors: where rows come from and where results go.
+//!
+//! A connector is named in DDL (`WITH (connector = 'generator', ...)`), parses its
+//! WITH options into a typed config in one place, and builds engine
+//! [`sluice_engine::Source`]s and [`sluice_engine::Sink`]s. Every connector is
+//! listed in [`registry::registry`].
+
+pub mod conform;
+pub mod error;
+pub mod file;
+pub mod generator;
+pub mod options;
+pub mod registry;
+pub mod stdout;
+pub mod table_printer;
+
+pub use error::ConnectorError;
+pub use options::Options;
+pub use registry::{connector, registry, Connector, TableSpec};

@@ -1,0 +1,62 @@
+//! The list of connectors and the contract each one fulfils.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use sluice_engine::{Sink, Source};
+
+use crate::error::{ConnectorError, Result};
+use crate::options::Options;
+
+/// A table as declared in DDL: its columns and its WITH options (connector removed).
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub connector: String,
+    pub options: BTreeMap<String, String>,
+}
+
+impl TableSpec {
+    pub fn options(&self) -> Options {
+        Options::new(self.connector.clone(), self.options.clone())
+    }
+}
+
+/// A kind of external system a table can live in.
+pub trait Connector: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Checks the options and columns when the table is created, opening nothing.
+    fn validate(&self, table: &TableSpec) -> Result<()>;
+    /// A source reading the table (each call starts from the beginning).
+    fn source(&self, table: &TableSpec) -> Result<Box<dyn Source>> {
+        let _ = table;
+        Err(ConnectorError::Role { connector: self.name().to_string(), role: "source" })
+    }
+    /// A sink writing into the table.
+    fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        let _ = table;
+        Err(ConnectorError::Role { connector: self.name().to_string(), role: "sink" })
+    }
+}
+
+/// Every connector Sluice knows.
+pub fn registry() -> Vec<Arc<dyn Connector>> {
+    vec![
+        Arc::new(crate::generator::GeneratorConnector),
+        Arc::new(crate::file::FileConnector),
+        Arc::new(crate::stdout::StdoutConnector),
+    ]
+}
+
+/// The connector called `name`.
+pub fn connector(name: &str) -> Result<Arc<dyn Connector>> {
+    let all = registry();
+    let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
+    let known = names.join(", ");
+    all.iter()
+        .find(|c| c.name().eq_ignore_ascii_case(name))
+        .cloned()
+        .ok_or_else(|| ConnectorError::UnknownConnector(name.to_string(), known))
+}

@@ -1,0 +1,103 @@
+//! `connector = 'stdout'`: results printed to standard output.
+//!
+//! Options: `format` = `table` (default: a table growing as rows arrive) or `json`
+//! (one JSON object per line).
+
+use std::io::Write;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use sluice_engine::{EngineError, Sink};
+
+use crate::error::{ConnectorError, Result};
+use crate::registry::{Connector, TableSpec};
+use crate::table_printer::TablePrinter;
+
+/// How rows are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutFormat {
+    Table,
+    Json,
+}
+
+fn parse_config(table: &TableSpec) -> Result<StdoutFormat> {
+    let mut o = table.options();
+    let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
+        None | Some("table") => StdoutFormat::Table,
+        Some("json") => StdoutFormat::Json,
+        Some(other) => {
+            return Err(ConnectorError::Option {
+                connector: "stdout".into(),
+                key: "format".into(),
+                reason: format!("'{other}' is not one of table, json"),
+            })
+        }
+    };
+    o.ensure_empty()?;
+    Ok(format)
+}
+
+/// The `stdout` connector (sink only).
+pub struct StdoutConnector;
+
+impl Connector for StdoutConnector {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn validate(&self, table: &TableSpec) -> Result<()> {
+        parse_config(table).map(|_| ())
+    }
+
+    fn sink(&self, table: &TableSpec) -> Result<Box<dyn sluice_engine::Sink>> {
+        let format = parse_config(table)?;
+        Ok(Box::new(StdoutSink::new(table.schema.clone(), format)))
+    }
+}
+
+/// Prints batches to standard output as they arrive.
+pub struct StdoutSink {
+    format: StdoutFormat,
+    table: TablePrinter,
+}
+
+impl StdoutSink {
+    pub fn new(schema: SchemaRef, format: StdoutFormat) -> Self {
+        StdoutSink { format, table: TablePrinter::new(schema) }
+    }
+}
+
+fn stdout_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::connector("stdout", e)
+}
+
+#[async_trait]
+impl Sink for StdoutSink {
+    fn describe(&self) -> String {
+        format!("stdout ({:?})", self.format).to_lowercase()
+    }
+
+    async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
+        let text = match self.format {
+            StdoutFormat::Table => self.table.format_batch(&batch)?,
+            StdoutFormat::Json => {
+                let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
+                w.write(&batch)?;
+                w.finish()?;
+                String::from_utf8_lossy(&w.into_inner()).to_string()
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).map_err(stdout_error)?;
+        out.flush().map_err(stdout_error)
+    }
+
+    async fn finish(&mut self) -> sluice_engine::Result<()> {
+        if self.format == StdoutFormat::Table {
+            let mut out = std::io::stdout().lock();
+            out.write_all(self.table.finish().as_bytes()).map_err(stdout_error)?;
+        }
+        Ok(())
+    }
+}

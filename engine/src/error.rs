@@ -1,0 +1,36 @@
+//! The engine's error type, split by who has to act on it.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+
+/// Everything that can go wrong while building or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The user's query or configuration is wrong.
+    #[error("{0}")]
+    Plan(String),
+    /// A source or sink failed to talk to the outside world.
+    #[error("{connector}: {message}")]
+    Connector { connector: String, message: String },
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The query was cancelled by its owner.
+    #[error("query cancelled")]
+    Cancelled,
+    /// A bug in Sluice.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// An error raised by a connector, naming it.
+    pub fn connector(connector: impl Into<String>, message: impl ToString) -> Self {
+        EngineError::Connector { connector: connector.into(), message: message.to_string() }
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,28 @@
+//! The Sluice runtime: everything between a source and a sink.
+//!
+//! A continuous query runs as a [`pipeline::Pipeline`]: a source, a chain of
+//! [`operator::Operator`]s and a sink, each in its own tokio task, joined by bounded
+//! channels that carry [`message::Message`]s (Arrow batches interleaved with
+//! watermarks). Bounded channels give backpressure; watermarks drive event time.
+//! This crate knows nothing about SQL: the `sql` crate compiles queries into the
+//! operators defined here.
+
+pub mod error;
+pub mod feed;
+pub mod message;
+pub mod metrics;
+pub mod operator;
+pub mod operators;
+pub mod pipeline;
+pub mod runtime;
+pub mod sink;
+pub mod source;
+pub mod time;
+
+pub use error::{EngineError, Result};
+pub use message::{Message, Watermark};
+pub use operator::{Emitter, Operator};
+pub use pipeline::Pipeline;
+pub use runtime::{Job, JobHandle};
+pub use sink::Sink;
+pub use source::Source;

@@ -1,0 +1,12 @@
+//! The operators a pipeline is made of.
+
+pub mod session_aggregate;
+pub mod stateless;
+pub mod watermark_assigner;
+pub mod window_aggregate;
+mod window_groups;
+
+pub use session_aggregate::SessionAggregate;
+pub use stateless::StatelessOperator;
+pub use watermark_assigner::WatermarkAssigner;
+pub use window_aggregate::WindowAggregate;

@@ -1,0 +1,232 @@
+//! Session window aggregation: per key, rows closer than the gap form one session.
+//!
+//! Each incoming row opens the window `[ts, ts + gap)`; windows of the same key
+//! that touch or overlap merge (as in Flink). A session keeps one DataFusion
+//! `Accumulator` per aggregate; merging sessions merges accumulator state, so rows
+//! are never kept. A session is emitted, and freed, once the watermark reaches its
+//! end. A row whose own window already lies behind the watermark is late.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::row::SortField;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+
+use super::window_groups::{AggregateSpec, EvaluatedBatch};
+use crate::error::Result;
+use crate::message::Watermark;
+use crate::metrics::JobMetrics;
+use crate::operator::{Emitter, Operator};
+use crate::time::{as_epoch_nanos, format_nanos, from_epoch_nanos};
+
+/// Aggregates rows into per-key sessions separated by gaps of inactivity.
+pub struct SessionAggregate {
+    spec: AggregateSpec,
+    gap: i64,
+    /// Group expressions other than the window bounds.
+    key_indices: Vec<usize>,
+    converter: RowConverter,
+    keys: HashMap<Box<[u8]>, KeySessions>,
+    watermark: Option<i64>,
+    metrics: Arc<JobMetrics>,
+}
+
+struct KeySessions {
+    key: OwnedRow,
+    /// Disjoint sessions ordered by start.
+    sessions: Vec<Session>,
+}
+
+struct Session {
+    start: i64,
+    end: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+}
+
+impl Session {
+    fn merge(&mut self, mut other: Session) -> Result<()> {
+        self.start = self.start.min(other.start);
+        self.end = self.end.max(other.end);
+        for (mine, theirs) in self.accumulators.iter_mut().zip(other.accumulators.iter_mut()) {
+            let state: Vec<ArrayRef> =
+                theirs.state()?.iter().map(|s| s.to_array()).collect::<Result<_, _>>()?;
+            mine.merge_batch(&state)?;
+        }
+        Ok(())
+    }
+}
+
+impl SessionAggregate {
+    /// `gap_nanos`: the inactivity that ends a session. In `spec`, `window_start`
+    /// evaluates to the row's event time.
+    pub fn try_new(spec: AggregateSpec, gap_nanos: i64, metrics: Arc<JobMetrics>) -> Result<Self> {
+        let key_indices = spec.key_indices();
+        let fields = key_indices
+            .iter()
+            .map(|i| SortField::new(spec.output_schema.field(*i).data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(fields)?;
+        Ok(SessionAggregate {
+            spec,
+            gap: gap_nanos,
+            key_indices,
+            converter,
+            keys: HashMap::new(),
+            watermark: None,
+            metrics,
+        })
+    }
+
+    /// Builds the sessions that one key's rows of a batch form among themselves.
+    fn sessions_of(&self, ev: &EvaluatedBatch, mut rows: Vec<(i64, u32)>) -> Result<Vec<Session>> {
+        rows.sort_unstable();
+        let mut runs: Vec<(i64, i64, Vec<u32>)> = Vec::new();
+        for (ts, i) in rows {
+            let end = ts.saturating_add(self.gap);
+            match runs.last_mut() {
+                Some(run) if ts <= run.1 => {
+                    run.1 = run.1.max(end);
+                    run.2.push(i);
+                }
+                _ => runs.push((ts, end, vec![i])),
+            }
+        }
+        runs.into_iter()
+            .map(|(start, end, ids)| {
+                let idx = UInt32Array::from(ids);
+                let mut accumulators = self.spec.new_accumulators()?;
+                for (a, acc) in accumulators.iter_mut().enumerate() {
+                    acc.update_batch(&ev.filtered_agg_rows(a, Some(&idx))?)?;
+                }
+                Ok(Session { start, end, accumulators })
+            })
+            .collect()
+    }
+
+    fn closed_sessions_batch(&mut self, closed: Vec<(OwnedRow, Session)>) -> Result<RecordBatch> {
+        let schema = Arc::clone(&self.spec.output_schema);
+        let key_columns = self.converter.convert_rows(closed.iter().map(|(k, _)| k.row()))?;
+        let starts: Vec<i64> = closed.iter().map(|(_, s)| s.start).collect();
+        let ends: Vec<i64> = closed.iter().map(|(_, s)| s.end).collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        let mut keys = key_columns.into_iter();
+        for i in 0..self.spec.group_exprs.len() {
+            let column = if i == self.spec.window_start {
+                from_epoch_nanos(starts.clone(), schema.field(i).data_type())?
+            } else if i == self.spec.window_end {
+                from_epoch_nanos(ends.clone(), schema.field(i).data_type())?
+            } else {
+                keys.next().ok_or_else(|| crate::EngineError::Internal("missing key column".into()))?
+            };
+            columns.push(column);
+        }
+        let mut sessions: Vec<Session> = closed.into_iter().map(|(_, s)| s).collect();
+        for a in 0..self.spec.aggregates.len() {
+            let values = sessions
+                .iter_mut()
+                .map(|s| s.accumulators[a].evaluate())
+                .collect::<Result<Vec<ScalarValue>, _>>()?;
+            let field = schema.field(self.spec.group_exprs.len() + a);
+            let array = if values.is_empty() {
+                datafusion::arrow::array::new_empty_array(field.data_type())
+            } else {
+                ScalarValue::iter_to_array(values)?
+            };
+            columns.push(array);
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+#[async_trait]
+impl Operator for SessionAggregate {
+    fn name(&self) -> &'static str {
+        "session aggregate"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "session aggregate: gap {}s, {}; state bounded by watermark (a session is freed when the watermark passes its end)",
+            self.gap as f64 / 1e9,
+            self.spec.describe()
+        )
+    }
+
+    async fn on_batch(&mut self, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
+        let ev = self.spec.evaluate(&batch)?;
+        let key_arrays: Vec<ArrayRef> = self.key_indices.iter().map(|i| Arc::clone(&ev.groups[*i])).collect();
+        let key_rows = self.converter.convert_columns(&key_arrays)?;
+        let ts = as_epoch_nanos(&ev.groups[self.spec.window_start])?;
+
+        let mut by_key: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
+        let mut late = 0;
+        for i in 0..ev.num_rows {
+            if ts.is_null(i) {
+                late += 1;
+                continue;
+            }
+            let t = ts.value(i);
+            if self.watermark.is_some_and(|w| t.saturating_add(self.gap) <= w) {
+                late += 1;
+                continue;
+            }
+            by_key.entry(key_rows.row(i).as_ref().into()).or_default().push((t, i as u32));
+        }
+        if late > 0 {
+            self.metrics.add_late_rows(late);
+        }
+
+        for (key, rows) in by_key {
+            let first_row = rows[0].1 as usize;
+            let new_sessions = self.sessions_of(&ev, rows)?;
+            let state = self.keys.entry(key).or_insert_with(|| KeySessions {
+                key: key_rows.row(first_row).owned(),
+                sessions: Vec::new(),
+            });
+            for mut session in new_sessions {
+                let mut kept = Vec::with_capacity(state.sessions.len() + 1);
+                for existing in state.sessions.drain(..) {
+                    if existing.start <= session.end && existing.end >= session.start {
+                        session.merge(existing)?;
+                    } else {
+                        kept.push(existing);
+                    }
+                }
+                let pos = kept.partition_point(|s| s.start < session.start);
+                kept.insert(pos, session);
+                state.sessions = kept;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        let mut closed: Vec<(OwnedRow, Session)> = Vec::new();
+        self.keys.retain(|_, state| {
+            let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end <= t));
+            for s in std::mem::replace(&mut state.sessions, open) {
+                closed.push((state.key.clone(), s));
+            }
+            !state.sessions.is_empty()
+        });
+        if !closed.is_empty() {
+            closed.sort_by_key(|(_, s)| (s.end, s.start));
+            let batch = self.closed_sessions_batch(closed)?;
+            out.emit(batch);
+        }
+        Ok(Some(wm))
+    }
+}
+
+impl std::fmt::Debug for SessionAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionAggregate(gap={}, watermark={})", self.gap, self.watermark.map(format_nanos).unwrap_or_default())
+    }
+}

@@ -1,0 +1,23 @@
+//! The contract of a source: where a pipeline's rows come from.
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::Result;
+
+/// A stream of record batches with a fixed schema.
+///
+/// The runtime calls [`Source::next_batch`] until it returns `None` (a bounded source
+/// is exhausted); it then sends a final maximal watermark so every open window
+/// closes. An unbounded source never returns `None`; it is stopped by cancelling
+/// its pipeline. Batches must match [`Source::schema`] exactly.
+#[async_trait]
+pub trait Source: Send {
+    /// The schema of every batch this source produces.
+    fn schema(&self) -> SchemaRef;
+    /// A one-line description for EXPLAIN.
+    fn describe(&self) -> String;
+    /// The next batch, or `None` at the end of a bounded input.
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+}

@@ -1,0 +1,195 @@
+//! The SQL dialect: DataFusion's generic dialect plus Flink's `TABLE t` argument.
+//!
+//! Window table-valued functions take their input table as `TABLE name`
+//! (`TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)`), which sqlparser
+//! does not parse inside a function call. [`SluiceDialect::parse_prefix`] parses it
+//! into a call of the marker function `TABLE(name)`, which [`crate::window_tvf`]
+//! consumes. Everything else behaves exactly like sqlparser's `GenericDialect`.
+
+use std::any::TypeId;
+
+use sqlparser::ast::{
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+};
+use sqlparser::dialect::{Dialect, GenericDialect};
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Token;
+
+/// Name of the marker function a `TABLE name` argument parses into.
+pub const TABLE_ARG_MARKER: &str = "TABLE";
+
+/// Sluice's SQL dialect.
+#[derive(Debug, Default)]
+pub struct SluiceDialect;
+
+/// Forwards the listed `fn(&self) -> bool` capabilities to `GenericDialect`.
+macro_rules! like_generic {
+    ($($name:ident),* $(,)?) => {
+        $(fn $name(&self) -> bool { GenericDialect.$name() })*
+    };
+}
+
+impl Dialect for SluiceDialect {
+    /// Identify as the generic dialect, so sqlparser's dialect checks treat us as it.
+    fn dialect(&self) -> TypeId {
+        TypeId::of::<GenericDialect>()
+    }
+
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        GenericDialect.is_delimited_identifier_start(ch)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        GenericDialect.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        GenericDialect.is_identifier_part(ch)
+    }
+
+    fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+        let [first, second] = parser.peek_tokens::<2>();
+        match (first, second) {
+            (Token::Word(w), Token::Word(_)) if w.keyword == Keyword::TABLE => {
+                parser.next_token();
+                Some(parser.parse_object_name(false).map(table_arg))
+            }
+            _ => None,
+        }
+    }
+
+    like_generic!(
+        supports_unicode_string_literal,
+        supports_partition_by_after_order_by,
+        supports_array_join_syntax,
+        supports_group_by_expr,
+        supports_group_by_with_modifier,
+        supports_left_associative_joins_without_parens,
+        supports_connect_by,
+        supports_match_recognize,
+        supports_pipe_operator,
+        supports_start_transaction_modifier,
+        supports_window_function_null_treatment_arg,
+        supports_dictionary_syntax,
+        supports_window_clause_named_window_reference,
+        supports_parenthesized_set_variables,
+        supports_select_wildcard_except,
+        support_map_literal_syntax,
+        allow_extract_custom,
+        allow_extract_single_quotes,
+        supports_extract_comma_syntax,
+        supports_create_view_comment_syntax,
+        supports_parens_around_table_factor,
+        supports_values_as_table_factor,
+        supports_create_index_with_clause,
+        supports_explain_with_utility_options,
+        supports_limit_comma,
+        supports_update_order_by,
+        supports_from_first_select,
+        supports_projection_trailing_commas,
+        supports_asc_desc_in_column_definition,
+        supports_try_convert,
+        supports_bitwise_shift_operators,
+        supports_comment_on,
+        supports_load_extension,
+        supports_named_fn_args_with_assignment_operator,
+        supports_struct_literal,
+        supports_empty_projections,
+        supports_nested_comments,
+        supports_multiline_comment_hints,
+        supports_user_host_grantee,
+        supports_string_escape_constant,
+        supports_array_typedef_with_brackets,
+        supports_match_against,
+        supports_set_names,
+        supports_comma_separated_set_assignments,
+        supports_filter_during_aggregation,
+        supports_select_wildcard_exclude,
+        supports_data_type_signed_suffix,
+        supports_interval_options,
+        supports_quote_delimited_string,
+        supports_select_wildcard_replace,
+        supports_select_wildcard_ilike,
+        supports_select_wildcard_rename,
+        supports_optimize_table,
+        supports_install,
+        supports_detach,
+        supports_prewhere,
+        supports_with_fill,
+        supports_limit_by,
+        supports_interpolate,
+        supports_settings,
+        supports_select_format,
+        supports_comment_optimizer_hint,
+        supports_constraint_keyword_without_name,
+        supports_key_column_option,
+        supports_comma_separated_trim,
+        supports_cte_without_as,
+        supports_select_item_multi_column_alias,
+        supports_xml_expressions,
+    );
+}
+
+/// The marker expression for a `TABLE name` argument.
+fn table_arg(name: ObjectName) -> Expr {
+    let parts: Vec<Ident> = name.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+    Expr::Function(Function {
+        name: ObjectName::from(vec![Ident::new(TABLE_ARG_MARKER)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))],
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// If `expr` is a `TABLE name` argument, the table's name.
+pub fn as_table_arg(expr: &Expr) -> Option<ObjectName> {
+    let Expr::Function(f) = expr else { return None };
+    if f.name.to_string() != TABLE_ARG_MARKER {
+        return None;
+    }
+    let FunctionArguments::List(list) = &f.args else { return None };
+    match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] => {
+            Some(ObjectName::from(parts.clone()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlparser::ast::{SetExpr, Statement, TableFactor};
+
+    use super::*;
+
+    #[test]
+    fn parses_table_argument_of_window_tvf() -> Result<(), ParserError> {
+        let sql = "SELECT * FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE))";
+        let stmts = Parser::parse_sql(&SluiceDialect, sql)?;
+        let Statement::Query(q) = &stmts[0] else { panic!("not a query") };
+        let SetExpr::Select(s) = q.body.as_ref() else { panic!("not a select") };
+        let TableFactor::TableFunction { expr: Expr::Function(f), .. } = &s.from[0].relation else {
+            panic!("not a table function: {:?}", s.from[0].relation)
+        };
+        let FunctionArguments::List(list) = &f.args else { panic!("no args") };
+        let FunctionArg::Unnamed(FunctionArgExpr::Expr(first)) = &list.args[0] else { panic!("named") };
+        assert_eq!(as_table_arg(first).map(|n| n.to_string()), Some("clicks".to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn table_keyword_elsewhere_still_parses() -> Result<(), ParserError> {
+        Parser::parse_sql(&SluiceDialect, "DROP TABLE clicks")?;
+        Parser::parse_sql(&SluiceDialect, "SELECT * FROM (VALUES (1)) AS t(\"table\")")?;
+        Ok(())
+    }
+}

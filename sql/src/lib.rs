@@ -1,0 +1,25 @@
+//! Sluice SQL: the dialect, the catalog, and the planner that compiles a continuous
+//! query into an engine pipeline.
+//!
+//! Parsing uses sqlparser with [`dialect::SluiceDialect`] (Flink-style `TABLE t`
+//! arguments of window TVFs) plus Sluice's own `CREATE TABLE` (watermarks, WITH
+//! options). Planning rewrites window TVFs into ordinary SQL, lets DataFusion plan
+//! and optimise the query, and lowers the physical plan into engine operators:
+//! stateless parts stay DataFusion plans, windowed aggregates become stateful
+//! operators driven by watermarks.
+
+pub mod catalog;
+pub mod create_table;
+pub mod dialect;
+pub mod error;
+pub mod interval;
+pub mod lower;
+pub mod planner;
+pub mod session;
+pub mod statement;
+pub mod window_tvf;
+
+pub use catalog::{Catalog, TableDef, ViewDef};
+pub use error::{Result, SqlError};
+pub use session::{QueryOutput, Session, StatementOutput};
+pub use statement::{parse_statements, SluiceStatement};

@@ -1,0 +1,163 @@
+//! From a SQL query to a DataFusion physical plan over stream placeholders.
+//!
+//! Every catalog table is registered in a DataFusion context as a
+//! [`StreamTable`], whose scan is a [`FeedExec`] leaf: DataFusion plans and
+//! optimises the query as if it were a batch query, and [`crate::lower`] turns the
+//! result into a pipeline. The context plans with one partition (Sluice
+//! parallelises by itself) and without the rule that splits `COUNT(DISTINCT x)`
+//! into two aggregations, so each windowed aggregation stays one stateful step.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::{Column, DFSchema};
+use datafusion::datasource::TableType;
+use datafusion::execution::context::SessionContext;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::{cast, Expr as DfExpr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
+use sluice_engine::feed::FeedExec;
+use sqlparser::ast::{Expr, ExprWithAlias, Query, Statement};
+
+use crate::catalog::{Catalog, TableDef};
+use crate::error::{plan_err, Result};
+use crate::window_tvf::{rewrite_query, WindowTvfs};
+
+/// Optimizer rules that would split one windowed aggregation into several.
+const DISABLED_RULES: [&str; 1] = ["single_distinct_aggregation_to_group_by"];
+
+/// A planned query, ready to lower.
+pub struct PlannedQuery {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub windows: WindowTvfs,
+    pub ctx: SessionContext,
+}
+
+impl PlannedQuery {
+    pub fn schema(&self) -> SchemaRef {
+        self.plan.schema()
+    }
+}
+
+/// The DataFusion context queries are planned in.
+pub fn planning_context() -> SessionContext {
+    let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
+    let base = SessionContext::new_with_config(config).state();
+    let rules = base
+        .optimizers()
+        .iter()
+        .filter(|r| !DISABLED_RULES.contains(&r.name()))
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(base).with_optimizer_rules(rules).build();
+    let ctx = SessionContext::new_with_state(state);
+    sluice_udf::register_functions(&ctx);
+    ctx
+}
+
+/// A catalog table as DataFusion sees it: a schema whose scan is a feed.
+#[derive(Debug)]
+pub struct StreamTable {
+    name: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[DfExpr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(FeedExec::try_new(&self.name, self.schema.clone(), projection.cloned())?))
+    }
+}
+
+fn context_with_tables(catalog: &Catalog) -> Result<SessionContext> {
+    let ctx = planning_context();
+    for table in catalog.tables() {
+        let provider = StreamTable { name: table.name.clone(), schema: table.schema.clone() };
+        ctx.register_table(table.name.as_str(), Arc::new(provider))?;
+    }
+    Ok(ctx)
+}
+
+/// Plans `query` to a logical plan in a context holding every catalog table.
+pub async fn plan_logical(catalog: &Catalog, query: &Query) -> Result<(LogicalPlan, WindowTvfs, SessionContext)> {
+    let mut query = Box::new(query.clone());
+    let windows = rewrite_query(&mut query, catalog)?;
+    let ctx = context_with_tables(catalog)?;
+    let statement = DfStatement::Statement(Box::new(Statement::Query(query)));
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    Ok((plan, windows, ctx))
+}
+
+/// Plans `query`; with `target`, its columns are cast to the target's by position.
+pub async fn plan_query(catalog: &Catalog, query: &Query, target: Option<&TableDef>) -> Result<PlannedQuery> {
+    let (mut logical, windows, ctx) = plan_logical(catalog, query).await?;
+    if let Some(target) = target {
+        logical = cast_to_table(logical, target)?;
+    }
+    let plan = ctx.state().create_physical_plan(&logical).await?;
+    Ok(PlannedQuery { plan, windows, ctx })
+}
+
+/// Projects `plan`'s columns onto `table`'s columns (INSERT INTO semantics).
+fn cast_to_table(plan: LogicalPlan, table: &TableDef) -> Result<LogicalPlan> {
+    let produced = plan.schema().clone();
+    let wanted = table.schema.fields();
+    if produced.fields().len() != wanted.len() {
+        return plan_err(format!(
+            "INSERT INTO {}: the query produces {} columns but the table has {}",
+            table.name,
+            produced.fields().len(),
+            wanted.len()
+        ));
+    }
+    let mut exprs = Vec::with_capacity(wanted.len());
+    for (i, field) in wanted.iter().enumerate() {
+        let (qualifier, source) = produced.qualified_field(i);
+        if !datafusion::arrow::compute::can_cast_types(source.data_type(), field.data_type()) {
+            return plan_err(format!(
+                "INSERT INTO {}: column {} ('{}') is {} but the table's '{}' is {}",
+                table.name,
+                i + 1,
+                source.name(),
+                source.data_type(),
+                field.name(),
+                field.data_type()
+            ));
+        }
+        let column = DfExpr::Column(Column::new(qualifier.cloned(), source.name()));
+        exprs.push(cast(column, field.data_type().clone()).alias(field.name()));
+    }
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// Compiles a table's watermark expression against its columns; it must yield a
+/// timestamp.
+pub fn watermark_expr(ctx: &SessionContext, table: &TableDef, expr: &Expr) -> Result<Arc<dyn PhysicalExpr>> {
+    let df_schema = DFSchema::try_from(table.schema.as_ref().clone())?;
+    let state = ctx.state();
+    let logical = state
+        .create_logical_expr_from_sql_expr(ExprWithAlias { expr: expr.clone(), alias: None }, &df_schema)?;
+    let physical = state.create_physical_expr(logical, &df_schema)?;
+    match physical.data_type(table.schema.as_ref())? {
+        DataType::Timestamp(_, _) => Ok(physical),
+        other => plan_err(format!("table '{}': WATERMARK expression {expr} is {other}, not a TIMESTAMP", table.name)),
+    }
+}

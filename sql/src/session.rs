@@ -1,0 +1,414 @@
+//! A SQL session: runs statements against a shared catalog.
+//!
+//! All front ends (shell, `sluice run`, the REST server) go through here: DDL
+//! changes the catalog, catalog statements answer with rows, and a query or
+//! INSERT starts a pipeline whose results the front end consumes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::physical_plan::{collect, displayable};
+use datafusion::sql::parser::Statement as DfStatement;
+use sluice_engine::metrics::JobMetrics;
+use sluice_engine::operators::WatermarkAssigner;
+use sluice_engine::sink::ChannelSink;
+use sluice_engine::time::format_nanos;
+use sluice_engine::{Job, JobHandle, Operator, Pipeline, Sink};
+use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
+use sqlparser::ast::{CreateView, ObjectType, Query, Statement, TableObject};
+use tokio::sync::mpsc;
+
+use crate::catalog::{normalize_name, Catalog, TableDef, ViewDef, WatermarkDef};
+use crate::create_table::CreateTable;
+use crate::error::{plan_err, Result, SqlError};
+use crate::lower::{lower, reads_stream};
+use crate::planner::{plan_logical, plan_query, planning_context, watermark_expr, PlannedQuery};
+use crate::statement::{parse_statements, SluiceStatement};
+
+/// Result batches buffered between a query and its front end.
+const RESULT_BUFFER: usize = 16;
+
+/// A continuous query's live results.
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    /// Result batches in arrival order; closes when the query ends.
+    pub results: mpsc::Receiver<RecordBatch>,
+    /// The running pipeline: wait on it for the final status, or cancel it.
+    pub job: JobHandle,
+}
+
+/// What a statement produced.
+pub enum StatementOutput {
+    /// DDL took effect.
+    Message(String),
+    /// A complete, finite result.
+    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    /// A running continuous SELECT.
+    Query(QueryOutput),
+    /// A running `INSERT INTO` job.
+    Insert { target: String, job: JobHandle },
+}
+
+/// A pipeline about to run, or the result of a query that reads no stream.
+enum Compiled {
+    Pipeline(Pipeline),
+    Batch(PlannedQuery),
+}
+
+/// Runs SQL against a catalog that may be shared with other sessions.
+pub struct Session {
+    catalog: Arc<RwLock<Catalog>>,
+    last_metrics: Option<Arc<JobMetrics>>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session::new(Arc::new(RwLock::new(Catalog::default())))
+    }
+}
+
+impl Session {
+    pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
+        Session { catalog, last_metrics: None }
+    }
+
+    /// Parses a script into statements (see [`parse_statements`]).
+    pub fn parse(&self, sql: &str) -> Result<Vec<SluiceStatement>> {
+        Ok(parse_statements(sql)?)
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        self.catalog
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| SqlError::Catalog("catalog lock poisoned".into()))
+    }
+
+    fn with_catalog<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
+        let mut guard = self
+            .catalog
+            .write()
+            .map_err(|_| SqlError::Catalog("catalog lock poisoned".into()))?;
+        f(&mut guard)
+    }
+
+    /// Runs one statement. Queries and INSERTs return while their pipeline runs.
+    pub async fn execute(&mut self, statement: SluiceStatement) -> Result<StatementOutput> {
+        match statement {
+            SluiceStatement::CreateTable(create) => self.create_table(create).await,
+            SluiceStatement::ShowMetrics => self.show_metrics(),
+            SluiceStatement::Sql(statement) => self.execute_sql(*statement).await,
+        }
+    }
+
+    /// Parses and runs every statement of `sql`, returning the last output.
+    pub async fn execute_script(&mut self, sql: &str) -> Result<Vec<StatementOutput>> {
+        let mut outputs = Vec::new();
+        for statement in self.parse(sql)? {
+            outputs.push(self.execute(statement).await?);
+        }
+        Ok(outputs)
+    }
+
+    async fn execute_sql(&mut self, statement: Statement) -> Result<StatementOutput> {
+        match statement {
+            Statement::Query(query) => self.run_query(&query).await,
+            Statement::Insert(insert) => {
+                let TableObject::TableName(name) = &insert.table else {
+                    return plan_err("INSERT INTO needs a table name");
+                };
+                let Some(source) = &insert.source else { return plan_err("INSERT INTO needs a SELECT") };
+                if !insert.columns.is_empty() {
+                    return plan_err("INSERT INTO with a column list is not supported: select the columns in table order");
+                }
+                self.run_insert(&normalize_name(name), source).await
+            }
+            Statement::CreateView(view) => self.create_view(view).await,
+            Statement::Drop { object_type, if_exists, names, .. } => self.drop(object_type, if_exists, &names),
+            Statement::ShowTables { .. } => self.show_tables(),
+            Statement::ShowFunctions { .. } => self.show_functions(),
+            Statement::ExplainTable { table_name, .. } => self.describe(&normalize_name(&table_name)),
+            Statement::Explain { statement, .. } => self.explain(*statement).await,
+            other => plan_err(format!("unsupported statement: {other}")),
+        }
+    }
+
+    async fn create_table(&mut self, create: CreateTable) -> Result<StatementOutput> {
+        let name = normalize_name(&create.name);
+        if self.catalog()?.contains(&name) {
+            if create.if_not_exists {
+                return Ok(StatementOutput::Message(format!("table '{name}' already exists, skipped")));
+            }
+            return Err(SqlError::Catalog(format!("table '{name}' already exists")));
+        }
+        let ctx = planning_context();
+        let ddl = Statement::CreateTable(CreateTableBuilder::new(create.name.clone()).columns(create.columns).build());
+        let schema = match ctx.state().statement_to_plan(DfStatement::Statement(Box::new(ddl))).await? {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => Arc::new(c.input.schema().as_arrow().clone()),
+            other => return plan_err(format!("internal: CREATE TABLE planned as {}", other.display())),
+        };
+        let mut options: BTreeMap<String, String> = BTreeMap::new();
+        for (key, value) in create.options {
+            if options.insert(key.to_lowercase(), value).is_some() {
+                return plan_err(format!("table '{name}': option '{key}' is given twice"));
+            }
+        }
+        let known = sluice_connectors::registry().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ");
+        let connector = options
+            .remove("connector")
+            .ok_or_else(|| SqlError::Plan(format!("table '{name}': WITH (connector = ...) is required (one of {known})")))?;
+        let watermark = create.watermark.map(|w| WatermarkDef { column: normalize_ident(&w.column), expr: w.expr });
+        let table = TableDef { name: name.clone(), schema, watermark, connector, options };
+        if let Some(wm) = &table.watermark {
+            match table.schema.field_with_name(&wm.column).map(|f| f.data_type()) {
+                Ok(DataType::Timestamp(_, _)) => {}
+                Ok(other) => {
+                    return plan_err(format!(
+                        "table '{name}': WATERMARK FOR {}: the column is {other}, not a TIMESTAMP",
+                        wm.column
+                    ))
+                }
+                Err(_) => return plan_err(format!("table '{name}': WATERMARK FOR {}: no such column", wm.column)),
+            }
+            watermark_expr(&ctx, &table, &wm.expr)?;
+        }
+        sluice_connectors::connector(&table.connector)?.validate(&table.spec())?;
+        self.with_catalog(|c| c.add_table(table))?;
+        Ok(StatementOutput::Message(format!("Table '{name}' created")))
+    }
+
+    async fn create_view(&mut self, view: CreateView) -> Result<StatementOutput> {
+        let name = normalize_name(&view.name);
+        let catalog = self.catalog()?;
+        if catalog.contains(&name) && view.if_not_exists {
+            return Ok(StatementOutput::Message(format!("view '{name}' already exists, skipped")));
+        }
+        plan_logical(&catalog, &view.query).await?;
+        self.with_catalog(|c| c.add_view(ViewDef { name: name.clone(), query: view.query }, view.or_replace))?;
+        Ok(StatementOutput::Message(format!("View '{name}' created")))
+    }
+
+    fn drop(&mut self, kind: ObjectType, if_exists: bool, names: &[sqlparser::ast::ObjectName]) -> Result<StatementOutput> {
+        let mut dropped = Vec::new();
+        for name in names.iter().map(normalize_name) {
+            let existed = self.with_catalog(|c| match kind {
+                ObjectType::Table => c.drop_table(&name),
+                ObjectType::View => c.drop_view(&name),
+                other => plan_err(format!("DROP {other} is not supported")),
+            })?;
+            if !existed && !if_exists {
+                return Err(SqlError::Catalog(format!("{} '{name}' does not exist", kind.to_string().to_lowercase())));
+            }
+            if existed {
+                dropped.push(name);
+            }
+        }
+        Ok(StatementOutput::Message(format!("Dropped: {}", dropped.join(", "))))
+    }
+
+    fn show_tables(&self) -> Result<StatementOutput> {
+        let catalog = self.catalog()?;
+        let mut rows: Vec<[String; 3]> = catalog
+            .tables()
+            .map(|t| [t.name.clone(), "table".to_string(), t.connector.clone()])
+            .chain(catalog.views().map(|v| [v.name.clone(), "view".to_string(), String::new()]))
+            .collect();
+        rows.sort();
+        string_rows(&["name", "kind", "connector"], rows)
+    }
+
+    fn show_functions(&self) -> Result<StatementOutput> {
+        let rows = sluice_udf::list_functions(&planning_context())
+            .into_iter()
+            .map(|(name, kind)| [name, kind.to_string()])
+            .collect();
+        string_rows(&["name", "kind"], rows)
+    }
+
+    fn describe(&self, name: &str) -> Result<StatementOutput> {
+        let catalog = self.catalog()?;
+        let (schema, watermark) = match (catalog.table(name), catalog.view(name)) {
+            (Some(t), _) => (t.schema.clone(), t.watermark.clone()),
+            (None, Some(_)) => return plan_err(format!("'{name}' is a view; DESCRIBE shows tables")),
+            (None, None) => return Err(SqlError::Catalog(format!("table '{name}' does not exist"))),
+        };
+        let rows = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let wm = match &watermark {
+                    Some(w) if &w.column == f.name() => w.expr.to_string(),
+                    _ => String::new(),
+                };
+                [f.name().clone(), sql_type_name(f.data_type()), if f.is_nullable() { "YES" } else { "NO" }.to_string(), wm]
+            })
+            .collect();
+        string_rows(&["column", "type", "nullable", "watermark"], rows)
+    }
+
+    fn show_metrics(&self) -> Result<StatementOutput> {
+        let Some(metrics) = &self.last_metrics else {
+            return plan_err("SHOW METRICS: no query has run in this session yet");
+        };
+        let m = metrics.snapshot();
+        let rows = vec![
+            ["rows_in".to_string(), m.rows_in.to_string()],
+            ["rows_out".to_string(), m.rows_out.to_string()],
+            ["late_rows_dropped".to_string(), m.late_rows.to_string()],
+            ["watermark".to_string(), m.watermark.map(format_nanos).unwrap_or_else(|| "none".into())],
+        ];
+        string_rows(&["metric", "value"], rows)
+    }
+
+    async fn explain(&mut self, statement: Statement) -> Result<StatementOutput> {
+        let lines = match statement {
+            Statement::Query(query) => match self.compile(&query, None).await? {
+                Compiled::Pipeline(p) => p.describe(),
+                Compiled::Batch(planned) => batch_lines(&planned),
+            },
+            Statement::Insert(insert) => {
+                let (TableObject::TableName(name), Some(source)) = (&insert.table, &insert.source) else {
+                    return plan_err("EXPLAIN INSERT needs INSERT INTO <table> SELECT ...");
+                };
+                match self.compile(source, Some(&normalize_name(name))).await? {
+                    Compiled::Pipeline(p) => p.describe(),
+                    Compiled::Batch(planned) => batch_lines(&planned),
+                }
+            }
+            other => return plan_err(format!("EXPLAIN supports queries and INSERT, not {other}")),
+        };
+        let rows = lines.into_iter().enumerate().map(|(i, l)| [i.to_string(), l]).collect();
+        string_rows(&["step", "operator"], rows)
+    }
+
+    /// Plans a query into a pipeline (with a results channel unless `target` names
+    /// a sink table).
+    async fn compile(&mut self, query: &Query, target: Option<&str>) -> Result<Compiled> {
+        let (sink, _) = ChannelSink::new(1);
+        self.compile_with_sink(query, target, Box::new(sink)).await
+    }
+
+    async fn compile_with_sink(&mut self, query: &Query, target: Option<&str>, results: Box<dyn Sink>) -> Result<Compiled> {
+        let catalog = self.catalog()?;
+        let target_table = match target {
+            None => None,
+            Some(name) => Some(
+                catalog
+                    .table(name)
+                    .ok_or_else(|| SqlError::Catalog(format!("INSERT INTO {name}: no such table")))?,
+            ),
+        };
+        let planned = plan_query(&catalog, query, target_table).await?;
+        if !reads_stream(&planned.plan) {
+            return Ok(Compiled::Batch(planned));
+        }
+        let metrics = JobMetrics::new();
+        let lowered = lower(&planned.plan, &planned.windows, planned.ctx.task_ctx(), Arc::clone(&metrics))?;
+        let table = catalog
+            .table(&lowered.source_table)
+            .ok_or_else(|| SqlError::Catalog(format!("table '{}' does not exist", lowered.source_table)))?;
+        let source = sluice_connectors::connector(&table.connector)?.source(&table.spec())?;
+        let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+        if let Some(wm) = &table.watermark {
+            let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
+            operators.push(Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr))));
+        }
+        operators.extend(lowered.operators);
+        let sink = match target_table {
+            None => results,
+            Some(t) => sluice_connectors::connector(&t.connector)?.sink(&t.spec())?,
+        };
+        let output_schema = planned.schema();
+        Ok(Compiled::Pipeline(Pipeline { source, operators, sink, output_schema, metrics }))
+    }
+
+    async fn run_query(&mut self, query: &Query) -> Result<StatementOutput> {
+        let (sink, results) = ChannelSink::new(RESULT_BUFFER);
+        match self.compile_with_sink(query, None, Box::new(sink)).await? {
+            Compiled::Batch(planned) => {
+                let schema = planned.schema();
+                let batches = collect(Arc::clone(&planned.plan), planned.ctx.task_ctx()).await?;
+                Ok(StatementOutput::Rows { schema, batches })
+            }
+            Compiled::Pipeline(pipeline) => {
+                let schema = pipeline.output_schema.clone();
+                self.last_metrics = Some(Arc::clone(&pipeline.metrics));
+                let job = Job::start(pipeline);
+                Ok(StatementOutput::Query(QueryOutput { schema, results, job }))
+            }
+        }
+    }
+
+    async fn run_insert(&mut self, target: &str, query: &Query) -> Result<StatementOutput> {
+        match self.compile(query, Some(target)).await? {
+            Compiled::Batch(_) => plan_err(format!("INSERT INTO {target}: the query must read from a table")),
+            Compiled::Pipeline(pipeline) => {
+                self.last_metrics = Some(Arc::clone(&pipeline.metrics));
+                Ok(StatementOutput::Insert { target: target.to_string(), job: Job::start(pipeline) })
+            }
+        }
+    }
+}
+
+fn batch_lines(planned: &PlannedQuery) -> Vec<String> {
+    let plan = displayable(planned.plan.as_ref()).indent(false).to_string();
+    let mut lines = vec!["batch query (reads no stream):".to_string()];
+    lines.extend(plan.lines().map(|l| l.to_string()));
+    lines
+}
+
+fn normalize_ident(id: &sqlparser::ast::Ident) -> String {
+    if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_lowercase()
+    }
+}
+
+/// A finite result of text columns.
+fn string_rows<const N: usize>(names: &[&str; N], rows: Vec<[String; N]>) -> Result<StatementOutput> {
+    let schema = Arc::new(Schema::new(names.iter().map(|n| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
+    let columns: Vec<ArrayRef> = (0..N)
+        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(sluice_engine::EngineError::from)?;
+    Ok(StatementOutput::Rows { schema, batches: vec![batch] })
+}
+
+/// How a column type is written in SQL.
+pub fn sql_type_name(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::UInt8 => "TINYINT UNSIGNED".into(),
+        DataType::UInt16 => "SMALLINT UNSIGNED".into(),
+        DataType::UInt32 => "INT UNSIGNED".into(),
+        DataType::UInt64 => "BIGINT UNSIGNED".into(),
+        DataType::Float32 => "FLOAT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BYTES".into(),
+        DataType::Date32 | DataType::Date64 => "DATE".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+        DataType::Timestamp(unit, tz) => {
+            let precision = match unit {
+                TimeUnit::Second => 0,
+                TimeUnit::Millisecond => 3,
+                TimeUnit::Microsecond => 6,
+                TimeUnit::Nanosecond => 9,
+            };
+            match tz {
+                None => format!("TIMESTAMP({precision})"),
+                Some(tz) => format!("TIMESTAMP({precision}) WITH TIME ZONE '{tz}'"),
+            }
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,230 @@
+//! Rewrites window table-valued functions and views into plain SQL DataFusion plans.
+//!
+//! `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` becomes a derived table with two
+//! more columns, `window_start` and `window_end`:
+//! - TUMBLE: `date_bin(size, ts)` and that plus `size`;
+//! - HOP (size a multiple of slide, as in Flink): one row per window the event falls
+//!   in, by unnesting the series of window starts;
+//! - SESSION: `ts` and `ts + gap`, a per-row placeholder the session aggregate
+//!   merges into real sessions (recorded in [`WindowTvfs::session_gaps`]).
+//!
+//! Views are inlined as derived tables, so a TVF over a view works too. The
+//! rewrite happens on the AST (sqlparser `VisitorMut`), never on SQL text typed by
+//! the user.
+
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, Ident, ObjectName, Query,
+    SetExpr, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+};
+use sqlparser::parser::Parser;
+
+use crate::catalog::{normalize_name, Catalog};
+use crate::dialect::{as_table_arg, SluiceDialect};
+use crate::error::{plan_err, Result, SqlError};
+use crate::interval::{interval_nanos, interval_sql};
+
+/// Views may reference views, up to this depth (guards against cycles).
+const MAX_VIEW_DEPTH: usize = 16;
+
+/// What the rewrite found: the window TVFs of a query.
+#[derive(Debug, Default, Clone)]
+pub struct WindowTvfs {
+    /// Number of window TVFs of any kind.
+    pub count: usize,
+    /// The gap of every SESSION window, in nanoseconds.
+    pub session_gaps: Vec<i64>,
+}
+
+/// Rewrites `query` in place: views inlined, window TVFs expanded.
+pub fn rewrite_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs> {
+    let mut found = WindowTvfs::default();
+    rewrite(query, catalog, &mut found, 0)?;
+    Ok(found)
+}
+
+fn rewrite(query: &mut Query, catalog: &Catalog, found: &mut WindowTvfs, depth: usize) -> Result<()> {
+    if depth > MAX_VIEW_DEPTH {
+        return plan_err("views nested too deeply (is a view referencing itself?)");
+    }
+    let mut rewriter = Rewriter { catalog, found, depth };
+    match query.visit(&mut rewriter) {
+        ControlFlow::Break(e) => Err(e),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+struct Rewriter<'a> {
+    catalog: &'a Catalog,
+    found: &'a mut WindowTvfs,
+    depth: usize,
+}
+
+impl VisitorMut for Rewriter<'_> {
+    type Break = SqlError;
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
+        match self.replacement(factor) {
+            Ok(Some(new)) => {
+                *factor = new;
+                ControlFlow::Continue(())
+            }
+            Ok(None) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(e),
+        }
+    }
+}
+
+impl Rewriter<'_> {
+    fn replacement(&mut self, factor: &TableFactor) -> Result<Option<TableFactor>> {
+        match factor {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let Some(view) = self.catalog.view(&normalize_name(name)) else { return Ok(None) };
+                let mut subquery = view.query.clone();
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
+                let alias = alias.clone().unwrap_or_else(|| alias_of(name));
+                Ok(Some(derived(subquery, alias)))
+            }
+            TableFactor::TableFunction { expr: Expr::Function(f), alias } => {
+                let kind = f.name.to_string().to_ascii_uppercase();
+                if !matches!(kind.as_str(), "TUMBLE" | "HOP" | "SESSION") {
+                    return plan_err(format!("unknown table function {}: expected TUMBLE, HOP or SESSION", f.name));
+                }
+                let args = tvf_args(&kind, &f.args)?;
+                let table = args
+                    .first()
+                    .and_then(as_table_arg)
+                    .ok_or_else(|| SqlError::Plan(format!("{kind}: the first argument must be TABLE <name>")))?;
+                let time_col = descriptor_column(&kind, args.get(1))?;
+                let sql = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                let mut subquery = parse_query(&sql)?;
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
+                self.found.count += 1;
+                let alias = alias.clone().unwrap_or_else(|| alias_of(&table));
+                Ok(Some(derived(subquery, alias)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The SQL of the derived table that replaces a window TVF.
+    fn window_sql(&mut self, kind: &str, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<String> {
+        let origin = "TIMESTAMP '1970-01-01 00:00:00'";
+        match (kind, rest) {
+            ("TUMBLE", [size]) => {
+                let size = interval_sql(interval_nanos(size, "TUMBLE size")?);
+                Ok(format!(
+                    "SELECT *, date_bin({size}, {ts}, {origin}) AS window_start, \
+                     date_bin({size}, {ts}, {origin}) + {size} AS window_end FROM {table}"
+                ))
+            }
+            ("HOP", [slide, size]) => {
+                let slide_ns = interval_nanos(slide, "HOP slide")?;
+                let size_ns = interval_nanos(size, "HOP size")?;
+                if size_ns % slide_ns != 0 {
+                    return plan_err(format!("HOP size ({size}) must be a whole multiple of its slide ({slide})"));
+                }
+                let (slide, size, back) =
+                    (interval_sql(slide_ns), interval_sql(size_ns), interval_sql(size_ns - slide_ns));
+                let last = format!("date_bin({slide}, {ts}, {origin})");
+                Ok(format!(
+                    "SELECT *, window_start + {size} AS window_end FROM \
+                     (SELECT *, unnest(generate_series({last} - {back}, {last}, {slide})) AS window_start FROM {table})"
+                ))
+            }
+            ("SESSION", [gap]) => {
+                let gap_ns = interval_nanos(gap, "SESSION gap")?;
+                self.found.session_gaps.push(gap_ns);
+                let gap = interval_sql(gap_ns);
+                Ok(format!("SELECT *, {ts} AS window_start, {ts} + {gap} AS window_end FROM {table}"))
+            }
+            ("TUMBLE", _) => plan_err("TUMBLE(TABLE t, DESCRIPTOR(ts), size) takes 3 arguments"),
+            ("HOP", _) => plan_err("HOP(TABLE t, DESCRIPTOR(ts), slide, size) takes 4 arguments"),
+            _ => plan_err("SESSION(TABLE t, DESCRIPTOR(ts), gap) takes 3 arguments"),
+        }
+    }
+}
+
+/// The arguments in positional order; Flink's named form (`DATA => TABLE t`,
+/// `TIMECOL => DESCRIPTOR(ts)`, `SIZE`, `SLIDE`, `GAP`) is reordered.
+fn tvf_args(kind: &str, args: &FunctionArguments) -> Result<Vec<Expr>> {
+    let FunctionArguments::List(list) = args else {
+        return plan_err(format!("{kind} needs arguments"));
+    };
+    let order: &[&str] = match kind {
+        "TUMBLE" => &["DATA", "TIMECOL", "SIZE"],
+        "HOP" => &["DATA", "TIMECOL", "SLIDE", "SIZE"],
+        _ => &["DATA", "TIMECOL", "GAP"],
+    };
+    let mut positional = Vec::new();
+    let mut named: Vec<(String, Expr)> = Vec::new();
+    for arg in &list.args {
+        match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => positional.push(e.clone()),
+            FunctionArg::Named { name, arg: FunctionArgExpr::Expr(e), operator: FunctionArgOperator::RightArrow | FunctionArgOperator::Assignment | FunctionArgOperator::Equals } => {
+                named.push((name.value.to_ascii_uppercase(), e.clone()))
+            }
+            other => return plan_err(format!("{kind}: unsupported argument {other}")),
+        }
+    }
+    if named.is_empty() {
+        return Ok(positional);
+    }
+    if !positional.is_empty() {
+        return plan_err(format!("{kind}: use either positional or named arguments, not both"));
+    }
+    order
+        .iter()
+        .map(|key| {
+            named
+                .iter()
+                .find(|(n, _)| n == key)
+                .map(|(_, e)| e.clone())
+                .ok_or_else(|| SqlError::Plan(format!("{kind}: missing argument {key}")))
+        })
+        .collect()
+}
+
+fn descriptor_column(kind: &str, arg: Option<&Expr>) -> Result<Ident> {
+    let bad = || SqlError::Plan(format!("{kind}: the second argument must be DESCRIPTOR(<time column>)"));
+    let Some(Expr::Function(f)) = arg else { return Err(bad()) };
+    if !f.name.to_string().eq_ignore_ascii_case("DESCRIPTOR") {
+        return Err(bad());
+    }
+    let FunctionArguments::List(list) = &f.args else { return Err(bad()) };
+    match list.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(id)))] => Ok(id.clone()),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_query(sql: &str) -> Result<Box<Query>> {
+    let statement = Parser::new(&SluiceDialect).try_with_sql(sql)?.parse_statement()?;
+    match statement {
+        Statement::Query(q) => Ok(q),
+        _ => Err(SqlError::Plan(format!("internal: generated window SQL is not a query: {sql}"))),
+    }
+}
+
+fn alias_of(name: &ObjectName) -> TableAlias {
+    let last = name
+        .0
+        .last()
+        .and_then(|p| p.as_ident().cloned())
+        .unwrap_or_else(|| Ident::new("t"));
+    TableAlias { explicit: true, name: last, columns: vec![], at: None }
+}
+
+fn derived(subquery: Box<Query>, alias: TableAlias) -> TableFactor {
+    TableFactor::Derived { lateral: false, subquery, alias: Some(alias), sample: None }
+}
+
+/// True if a query has a FROM clause anywhere at its top level (used to reject
+/// table-less queries as streams).
+pub fn has_from(query: &Query) -> bool {
+    match query.body.as_ref() {
+        SetExpr::Select(s) => !s.from.is_empty(),
+        _ => true,
+    }
+}
