@@ -1,9 +1,10 @@
 //! `connector = 'file'`: bounded input from local files, and output into one.
+//! Parquet input is matched to the declared columns by name.
 //!
 //! Options:
 //! - `path` (required): a file, or for a source also a directory whose files are
 //!   read in name order (names starting with `.` or `_` are skipped).
-//! - `format`: `json` (JSON lines, the default), `csv`, or for a sink `parquet`.
+//! - `format`: `json` (JSON lines, the default), `csv` or `parquet`.
 //! - `csv.header`: whether CSV has a header line (default true).
 //! - `csv.delimiter`: one character (default `,`).
 //! - `batch.size`: rows per batch when reading (default 1024).

@@ -1,17 +1,20 @@
-//! Reads JSON lines or CSV files into batches of the declared schema.
+//! Reads JSON lines, CSV or Parquet files into batches of the declared schema.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
 
+use arrow::array::RecordBatchReader;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::Source;
 
 use super::{io_error, FileConfig, FileFormat};
-use crate::error::{ConnectorError, Result};
+use crate::conform::Conformer;
+use crate::error::Result;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
 
@@ -25,13 +28,6 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(cfg: FileConfig, schema: SchemaRef) -> Result<Self> {
-        if cfg.format == FileFormat::Parquet {
-            return Err(ConnectorError::Option {
-                connector: "file".into(),
-                key: "format".into(),
-                reason: "parquet is supported for file sinks only; read json or csv".into(),
-            });
-        }
         let meta = std::fs::metadata(&cfg.path).map_err(|e| io_error(&cfg.path, e))?;
         let pending: VecDeque<PathBuf> = if meta.is_dir() {
             let mut files = Vec::new();
@@ -50,13 +46,16 @@ impl FileSource {
         Ok(FileSource { cfg, schema, pending, current: None })
     }
 
+    fn buffered(path: &PathBuf) -> Result<BufReader<File>> {
+        Ok(BufReader::new(File::open(path).map_err(|e| io_error(path, e))?))
+    }
+
     fn reader(&self, path: &PathBuf) -> Result<BatchReader> {
-        let file = BufReader::new(File::open(path).map_err(|e| io_error(path, e))?);
         let reader: BatchReader = match self.cfg.format {
             FileFormat::Json => Box::new(
                 arrow_json::ReaderBuilder::new(self.schema.clone())
                     .with_batch_size(self.cfg.batch_size)
-                    .build(file)
+                    .build(Self::buffered(path)?)
                     .map_err(|e| io_error(path, e))?,
             ),
             FileFormat::Csv => Box::new(
@@ -64,10 +63,17 @@ impl FileSource {
                     .with_header(self.cfg.csv_header)
                     .with_delimiter(self.cfg.csv_delimiter)
                     .with_batch_size(self.cfg.batch_size)
-                    .build(file)
+                    .build(Self::buffered(path)?)
                     .map_err(|e| io_error(path, e))?,
             ),
-            FileFormat::Parquet => return Err(io_error(path, "parquet input is not supported")),
+            FileFormat::Parquet => {
+                let file = File::open(path).map_err(|e| io_error(path, e))?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.with_batch_size(self.cfg.batch_size).build())
+                    .map_err(|e| io_error(path, e))?;
+                let conformer = Conformer::try_new(&path.display().to_string(), &reader.schema(), &self.schema)?;
+                Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))))
+            }
         };
         Ok(reader)
     }

@@ -3,8 +3,10 @@
 //! Each incoming row opens the window `[ts, ts + gap)`; windows of the same key
 //! that touch or overlap merge (as in Flink). A session keeps one DataFusion
 //! `Accumulator` per aggregate; merging sessions merges accumulator state, so rows
-//! are never kept. A session is emitted, and freed, once the watermark reaches its
-//! end. A row whose own window already lies behind the watermark is late.
+//! are never kept. A session is emitted, and freed, once the watermark passes its
+//! end (a row at exactly the end would still extend it). Rows that form a session
+//! of their own that is already behind the watermark, merging with no open
+//! session, are late.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,8 +84,9 @@ impl SessionAggregate {
         })
     }
 
-    /// Builds the sessions that one key's rows of a batch form among themselves.
-    fn sessions_of(&self, ev: &EvaluatedBatch, mut rows: Vec<(i64, u32)>) -> Result<Vec<Session>> {
+    /// Builds the sessions that one key's rows of a batch form among themselves,
+    /// each with its number of rows.
+    fn sessions_of(&self, ev: &EvaluatedBatch, mut rows: Vec<(i64, u32)>) -> Result<Vec<(Session, usize)>> {
         rows.sort_unstable();
         let mut runs: Vec<(i64, i64, Vec<u32>)> = Vec::new();
         for (ts, i) in rows {
@@ -98,12 +101,13 @@ impl SessionAggregate {
         }
         runs.into_iter()
             .map(|(start, end, ids)| {
+                let count = ids.len();
                 let idx = UInt32Array::from(ids);
                 let mut accumulators = self.spec.new_accumulators()?;
                 for (a, acc) in accumulators.iter_mut().enumerate() {
                     acc.update_batch(&ev.filtered_agg_rows(a, Some(&idx))?)?;
                 }
-                Ok(Session { start, end, accumulators })
+                Ok((Session { start, end, accumulators }, count))
             })
             .collect()
     }
@@ -170,15 +174,7 @@ impl Operator for SessionAggregate {
                 late += 1;
                 continue;
             }
-            let t = ts.value(i);
-            if self.watermark.is_some_and(|w| t.saturating_add(self.gap) <= w) {
-                late += 1;
-                continue;
-            }
-            by_key.entry(key_rows.row(i).as_ref().into()).or_default().push((t, i as u32));
-        }
-        if late > 0 {
-            self.metrics.add_late_rows(late);
+            by_key.entry(key_rows.row(i).as_ref().into()).or_default().push((ts.value(i), i as u32));
         }
 
         for (key, rows) in by_key {
@@ -188,19 +184,31 @@ impl Operator for SessionAggregate {
                 key: key_rows.row(first_row).owned(),
                 sessions: Vec::new(),
             });
-            for mut session in new_sessions {
+            for (mut session, rows) in new_sessions {
                 let mut kept = Vec::with_capacity(state.sessions.len() + 1);
+                let mut merged = false;
                 for existing in state.sessions.drain(..) {
                     if existing.start <= session.end && existing.end >= session.start {
                         session.merge(existing)?;
+                        merged = true;
                     } else {
                         kept.push(existing);
                     }
                 }
-                let pos = kept.partition_point(|s| s.start < session.start);
-                kept.insert(pos, session);
+                // Open sessions all end at or after the watermark, so a session that
+                // merged with none and ends before it closed in the past: late.
+                if !merged && self.watermark.is_some_and(|w| session.end < w) {
+                    late += rows;
+                } else {
+                    let pos = kept.partition_point(|s| s.start < session.start);
+                    kept.insert(pos, session);
+                }
                 state.sessions = kept;
             }
+        }
+        self.keys.retain(|_, state| !state.sessions.is_empty());
+        if late > 0 {
+            self.metrics.add_late_rows(late);
         }
         Ok(())
     }
@@ -210,7 +218,7 @@ impl Operator for SessionAggregate {
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
         let mut closed: Vec<(OwnedRow, Session)> = Vec::new();
         self.keys.retain(|_, state| {
-            let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end <= t));
+            let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end < t));
             for s in std::mem::replace(&mut state.sessions, open) {
                 closed.push((state.key.clone(), s));
             }

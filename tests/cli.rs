@@ -1,0 +1,169 @@
+//! Drives the `sluice` binary as a user would: scripts with `run`, and the
+//! interactive shell through its standard input, Ctrl-C included.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+const CLICKS: &str = "CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, price DOUBLE, ts TIMESTAMP(3), \
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'generator', rows = '3000');";
+
+#[test]
+fn run_prints_window_counts_as_a_table() -> TestResult {
+    let sql = format!(
+        "{CLICKS} SELECT window_start, event_type, count(*) AS n \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type;"
+    );
+    let out = Command::new(SLUICE).args(["run", "-c", &sql]).output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("| window_start        | event_type       | n      |"), "{stdout}");
+    assert!(stdout.contains("| 2024-01-01T00:00:00 | checkout         |"), "{stdout}");
+    // 3000 events 100 ms apart span five minutes, four event types each.
+    assert!(stdout.contains("20 row(s)"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn run_reports_errors_and_fails() -> TestResult {
+    let out = Command::new(SLUICE).args(["run", "-c", "SELEC 1;"]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("syntax error"));
+    let out = Command::new(SLUICE).args(["run", "/no/such/script.sql"]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8(out.stderr)?.contains("/no/such/script.sql"));
+    Ok(())
+}
+
+#[test]
+fn run_writes_json_lines_to_stdout_sink() -> TestResult {
+    let sql = format!(
+        "{CLICKS} CREATE TABLE out (event_type VARCHAR, n BIGINT) WITH (connector = 'stdout', format = 'json'); \
+         INSERT INTO out SELECT event_type, count(*) FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' HOUR)) \
+         GROUP BY window_start, window_end, event_type;"
+    );
+    let out = Command::new(SLUICE).args(["run", "-c", &sql]).output()?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout)?;
+    let total: i64 = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["n"].as_i64().unwrap_or(0)))
+        .sum::<Result<i64, _>>()?;
+    assert_eq!(total, 3000, "{stdout}");
+    Ok(())
+}
+
+/// A running shell whose output is read line by line on a thread.
+struct Shell {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Shell {
+    fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        let home = tempfile::tempdir()?;
+        let mut child = Command::new(SLUICE)
+            .arg("shell")
+            .env("HOME", home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, lines) = mpsc::channel();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {line}"));
+            }
+        });
+        std::mem::forget(home);
+        Ok(Shell { child, lines })
+    }
+
+    fn send(&mut self, text: &str) -> std::io::Result<()> {
+        let stdin = self.child.stdin.as_mut().ok_or_else(|| std::io::Error::other("stdin closed"))?;
+        stdin.write_all(text.as_bytes())?;
+        stdin.flush()
+    }
+
+    /// Reads output until a line contains `needle`; everything read is returned.
+    fn expect(&mut self, needle: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let mut seen = String::new();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| format!("no line containing {needle:?} in:\n{seen}"))?;
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return Ok(seen);
+            }
+        }
+    }
+}
+
+#[test]
+fn shell_runs_multiline_statements_and_backslash_commands() -> TestResult {
+    let mut shell = Shell::start()?;
+    shell.send("CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3),\n")?;
+    shell.send("  WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)\n")?;
+    shell.send("WITH (connector = 'generator', rows = '600');\n")?;
+    shell.expect("Table 'clicks' created")?;
+    shell.send("\\d\n")?;
+    shell.expect("| clicks ")?;
+    shell.send("\\d clicks\n")?;
+    shell.expect("ts - INTERVAL '2' SECOND")?;
+    shell.send("\\timing\n")?;
+    shell.expect("Timing is on.")?;
+    shell.send("SELECT window_start, count(*) AS n FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE))\n")?;
+    shell.send("GROUP BY window_start, window_end;\n")?;
+    let out = shell.expect("row(s)")?;
+    assert!(out.contains("| 2024-01-01T00:00:00 | 600    |"), "{out}");
+    shell.expect("Time: ")?;
+    shell.send("SELECT nope FROM clicks;\n")?;
+    let out = shell.expect("stderr: error:")?;
+    assert!(out.contains("nope"), "{out}");
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_the_running_query_not_the_shell() -> TestResult {
+    let mut shell = Shell::start()?;
+    shell.send(
+        "CREATE TABLE clicks (event_type VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+         WITH (connector = 'generator', rate = '2000', 'interval.ms' = '1000', 'disorder.ms' = '0');\n",
+    )?;
+    shell.expect("created")?;
+    shell.send(
+        "SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end;\n",
+    )?;
+    // Unbounded input: windows keep closing until the query is cancelled.
+    shell.expect("| 2024-01-01T00:01:00 |")?;
+    let status = Command::new("kill").args(["-INT", &shell.child.id().to_string()]).status()?;
+    assert!(status.success());
+    shell.expect("(cancelled)")?;
+    shell.send("SELECT 40 + 2 AS answer;\n")?;
+    shell.expect("| 42 ")?;
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Differential tests: a windowed streaming query over a bounded, out-of-order
+//! input must give exactly the rows of the equivalent batch query that DataFusion
+//! runs over the same data, written independently of Sluice's window rewrite.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use sluice_connectors::generator::{clickstream_schema, ClickstreamGenerator, GeneratorConfig};
+use sluice_connectors::table_printer::format_cells;
+use sluice_connectors::TableSpec;
+use sluice_sql::{Session, StatementOutput};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Out-of-order by up to 1.5 s, under a 2 s watermark delay: no row is late.
+const OPTIONS: [(&str, &str); 5] =
+    [("rows", "20000"), ("seed", "7"), ("users", "200"), ("interval.ms", "50"), ("disorder.ms", "1500")];
+
+const DDL: &str = "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, \
+    item_id BIGINT, price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+    WITH (connector = 'generator', rows = '20000', seed = '7', users = '200', 'interval.ms' = '50', 'disorder.ms' = '1500')";
+
+fn sorted_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    for b in batches {
+        rows.extend(format_cells(b)?);
+    }
+    rows.sort();
+    Ok(rows)
+}
+
+async fn streaming(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let mut session = Session::default();
+    session.execute_script(DDL).await?;
+    let mut outputs = session.execute_script(sql).await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a continuous query".into()) };
+    let mut batches = Vec::new();
+    while let Some(b) = q.results.recv().await {
+        batches.push(b);
+    }
+    q.job.wait().await?;
+    assert_eq!(q.job.metrics().late_rows, 0, "the input was generated without late rows");
+    sorted_rows(&batches)
+}
+
+async fn batch(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let options: BTreeMap<String, String> = OPTIONS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let spec = TableSpec { name: "clicks".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+    let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?);
+    let mut data = Vec::new();
+    while let Some(b) = generator.next_batch(4096)? {
+        data.push(b);
+    }
+    let ctx = SessionContext::new();
+    ctx.register_table("clicks", Arc::new(MemTable::try_new(clickstream_schema(), vec![data])?))?;
+    let batches = ctx.sql(sql).await?.collect().await?;
+    sorted_rows(&batches)
+}
+
+async fn assert_same(streaming_sql: &str, batch_sql: &str) -> TestResult {
+    let expected = batch(batch_sql).await?;
+    let actual = streaming(streaming_sql).await?;
+    assert!(!expected.is_empty(), "the batch query found no rows");
+    assert_eq!(actual.len(), expected.len(), "row counts differ");
+    assert_eq!(actual, expected);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_window_matches_batch_group_by() -> TestResult {
+    assert_same(
+        "SELECT window_start, window_end, event_type, count(*), sum(item_id), round(avg(price), 4), \
+         min(price), max(price), count(DISTINCT user_id), approx_distinct(session_id) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+        "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
+         date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') + INTERVAL '1 minute' AS we, \
+         event_type, count(*), sum(item_id), round(avg(price), 4), min(price), max(price), \
+         count(DISTINCT user_id), approx_distinct(session_id) \
+         FROM clicks GROUP BY 1, 2, 3",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_window_matches_batch_join_on_window_list() -> TestResult {
+    assert_same(
+        "SELECT window_start, window_end, count(*), round(sum(price), 2) \
+         FROM TABLE(HOP(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND, INTERVAL '2' MINUTE)) \
+         WHERE event_type <> 'page_view' \
+         GROUP BY window_start, window_end",
+        "SELECT w.ws, w.ws + INTERVAL '2 minutes', count(*), round(sum(price), 2) \
+         FROM clicks JOIN (SELECT unnest(generate_series(TIMESTAMP '2023-12-31 23:50:00', \
+                 TIMESTAMP '2024-01-01 01:00:00', INTERVAL '30 seconds')) AS ws) w \
+           ON clicks.ts >= w.ws AND clicks.ts < w.ws + INTERVAL '2 minutes' \
+         WHERE event_type <> 'page_view' \
+         GROUP BY w.ws",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_window_matches_batch_gaps_and_islands() -> TestResult {
+    assert_same(
+        "SELECT user_id, window_start, window_end, count(*), round(sum(price), 2), max(item_id) \
+         FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '5' SECOND)) \
+         GROUP BY window_start, window_end, user_id",
+        "WITH marked AS ( \
+           SELECT user_id, ts, price, item_id, \
+             CASE WHEN lag(ts) OVER (PARTITION BY user_id ORDER BY ts) IS NULL \
+                    OR ts > lag(ts) OVER (PARTITION BY user_id ORDER BY ts) + INTERVAL '5 seconds' \
+                  THEN 1 ELSE 0 END AS new_session \
+           FROM clicks), \
+         numbered AS ( \
+           SELECT *, sum(new_session) OVER (PARTITION BY user_id ORDER BY ts \
+             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM marked) \
+         SELECT user_id, min(ts), max(ts) + INTERVAL '5 seconds', count(*), round(sum(price), 2), max(item_id) \
+         FROM numbered GROUP BY user_id, sid",
+    )
+    .await
+}
+
+/// The Parquet a file sink writes, read back by DataFusion's own Parquet reader,
+/// holds exactly the rows of the batch query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_sink_output_read_by_datafusion_matches_batch() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("counts.parquet");
+    let mut session = Session::default();
+    session.execute_script(DDL).await?;
+    let sink_ddl = format!(
+        "CREATE TABLE counts (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT, revenue DOUBLE) \
+         WITH (connector = 'file', format = 'parquet', path = '{}')",
+        path.display()
+    );
+    session.execute_script(&sink_ddl).await?;
+    let mut outputs = session
+        .execute_script(
+            "INSERT INTO counts SELECT window_start, event_type, count(*), round(sum(price), 2) \
+             FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '5' MINUTE)) \
+             GROUP BY window_start, window_end, event_type",
+        )
+        .await?;
+    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+    job.wait().await?;
+
+    let reader = SessionContext::new();
+    let written = reader.read_parquet(path.display().to_string(), Default::default()).await?.collect().await?;
+    let expected = batch(
+        "SELECT date_bin(INTERVAL '5 minutes', ts, TIMESTAMP '1970-01-01 00:00:00'), event_type, count(*), \
+         round(sum(price), 2) FROM clicks GROUP BY 1, 2",
+    )
+    .await?;
+    assert_eq!(sorted_rows(&written)?, expected);
+    assert!(!dir.path().join(".counts.parquet.inprogress").exists());
+    Ok(())
+}
