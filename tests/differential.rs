@@ -10,7 +10,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use sluice_connectors::generator::{clickstream_schema, ClickstreamGenerator, GeneratorConfig};
 use sluice_connectors::table_printer::format_cells;
-use sluice_connectors::TableSpec;
+use sluice_connectors::{Shard, TableSpec};
 use sluice_sql::{Session, StatementOutput};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -32,8 +32,9 @@ fn sorted_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, Box<dyn std:
     Ok(rows)
 }
 
-async fn streaming(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+async fn streaming(sql: &str, lanes: usize) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
     let mut session = Session::default();
+    session.set_parallelism(lanes);
     session.execute_script(DDL).await?;
     let mut outputs = session.execute_script(sql).await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a continuous query".into()) };
@@ -49,7 +50,7 @@ async fn streaming(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Er
 async fn batch(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
     let options: BTreeMap<String, String> = OPTIONS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let spec = TableSpec { name: "clicks".into(), schema: clickstream_schema(), connector: "generator".into(), options };
-    let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?);
+    let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL);
     let mut data = Vec::new();
     while let Some(b) = generator.next_batch(4096)? {
         data.push(b);
@@ -60,12 +61,15 @@ async fn batch(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>
     sorted_rows(&batches)
 }
 
+/// Checks the streaming query in one lane and in several (rows exchanged by key).
 async fn assert_same(streaming_sql: &str, batch_sql: &str) -> TestResult {
     let expected = batch(batch_sql).await?;
-    let actual = streaming(streaming_sql).await?;
     assert!(!expected.is_empty(), "the batch query found no rows");
-    assert_eq!(actual.len(), expected.len(), "row counts differ");
-    assert_eq!(actual, expected);
+    for lanes in [1, 3] {
+        let actual = streaming(streaming_sql, lanes).await?;
+        assert_eq!(actual.len(), expected.len(), "row counts differ with {lanes} lane(s)");
+        assert_eq!(actual, expected, "rows differ with {lanes} lane(s)");
+    }
     Ok(())
 }
 
@@ -130,6 +134,7 @@ async fn parquet_sink_output_read_by_datafusion_matches_batch() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("counts.parquet");
     let mut session = Session::default();
+    session.set_parallelism(2);
     session.execute_script(DDL).await?;
     let sink_ddl = format!(
         "CREATE TABLE counts (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT, revenue DOUBLE) \

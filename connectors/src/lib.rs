@@ -16,4 +16,4 @@ pub mod table_printer;
 
 pub use error::ConnectorError;
 pub use options::Options;
-pub use registry::{connector, registry, Connector, TableSpec};
+pub use registry::{connector, registry, Connector, Shard, TableSpec};

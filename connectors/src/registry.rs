@@ -24,14 +24,27 @@ impl TableSpec {
     }
 }
 
+/// Which share of a source one lane reads: shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole source.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+}
+
 /// A kind of external system a table can live in.
 pub trait Connector: Send + Sync {
     fn name(&self) -> &'static str;
     /// Checks the options and columns when the table is created, opening nothing.
     fn validate(&self, table: &TableSpec) -> Result<()>;
-    /// A source reading the table (each call starts from the beginning).
-    fn source(&self, table: &TableSpec) -> Result<Box<dyn Source>> {
-        let _ = table;
+    /// A source reading one shard of the table (each call starts from the
+    /// beginning). The shards of one table together produce every row once.
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
+        let _ = (table, shard);
         Err(ConnectorError::Role { connector: self.name().to_string(), role: "source" })
     }
     /// A sink writing into the table.

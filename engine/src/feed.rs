@@ -81,6 +81,11 @@ impl FeedExec {
         &self.label
     }
 
+    /// A new feed like this one, with a queue of its own (for another lane).
+    pub fn fresh(&self) -> Result<FeedExec> {
+        FeedExec::try_new(self.label.clone(), Arc::clone(&self.input_schema), self.projection.clone())
+    }
+
     /// Schema of the batches that must be queued.
     pub fn input_schema(&self) -> &SchemaRef {
         &self.input_schema

@@ -8,7 +8,9 @@
 //! operators defined here.
 
 pub mod error;
+pub mod exchange;
 pub mod feed;
+pub mod inbox;
 pub mod message;
 pub mod metrics;
 pub mod operator;
@@ -22,7 +24,7 @@ pub mod time;
 pub use error::{EngineError, Result};
 pub use message::{Message, Watermark};
 pub use operator::{Emitter, Operator};
-pub use pipeline::Pipeline;
+pub use pipeline::{Lane, Pipeline};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;
 pub use source::Source;

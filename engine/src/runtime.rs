@@ -1,9 +1,10 @@
-//! Runs a pipeline: one tokio task per step, joined by bounded channels.
+//! Runs a pipeline: one tokio task per step and lane, joined by bounded channels.
 //!
-//! The runtime owns what every operator would otherwise repeat: forwarding only
-//! watermarks that advance, counting rows, closing the chain in order at the end
-//! of a bounded input, and turning a failure anywhere into one error for the
-//! query's owner.
+//! The runtime owns what every operator would otherwise repeat: merging the
+//! watermarks of several inputs, forwarding only watermarks that advance,
+//! partitioning rows between lanes, counting rows, closing the chain in order at
+//! the end of a bounded input, and turning a failure anywhere into one error for
+//! the query's owner.
 
 use std::sync::Arc;
 
@@ -11,10 +12,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::error::{EngineError, Result};
+use crate::exchange::KeyPartitioner;
+use crate::inbox::{Inbox, Tagged};
 use crate::message::{Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot};
 use crate::operator::{Emitter, Operator};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Lane, Pipeline};
 use crate::sink::Sink;
 use crate::source::Source;
 
@@ -30,19 +33,72 @@ pub struct JobHandle {
     metrics: Arc<JobMetrics>,
 }
 
+/// The sending end of a channel, with the tag the receiver knows this sender by.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Tagged>,
+    tag: usize,
+}
+
+impl Outbox {
+    async fn send(&self, msg: Message) -> Result<()> {
+        self.tx.send((self.tag, msg)).await.map_err(|_| EngineError::Cancelled)
+    }
+}
+
+fn channel(inputs: usize) -> (mpsc::Sender<Tagged>, Inbox) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    (tx, Inbox::new(rx, inputs))
+}
+
 impl Job {
-    /// Spawns every step of `pipeline` on the current tokio runtime.
+    /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { source, operators, sink, metrics, .. } = pipeline;
+        let Pipeline { lanes, exchange_keys, sink, metrics, .. } = pipeline;
+        let p = lanes.len();
         let mut tasks = JoinSet::new();
-        let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-        tasks.spawn(run_source(source, tx, Arc::clone(&metrics)));
-        for op in operators {
-            let (tx, next_rx) = mpsc::channel(CHANNEL_CAPACITY);
-            tasks.spawn(run_operator(op, rx, tx));
-            rx = next_rx;
+        let mut heads: Vec<Inbox> = Vec::with_capacity(p);
+        let mut stages: Vec<std::vec::IntoIter<Vec<Box<dyn Operator>>>> = Vec::with_capacity(p);
+        for Lane { source, stages: lane_stages } in lanes {
+            let (tx, inbox) = channel(1);
+            tasks.spawn(run_source(source, Outbox { tx, tag: 0 }, Arc::clone(&metrics)));
+            heads.push(inbox);
+            stages.push(lane_stages.into_iter());
         }
-        tasks.spawn(run_sink(sink, rx, Arc::clone(&metrics)));
+        let mut keys = exchange_keys.into_iter();
+        let mut first = true;
+        loop {
+            let mut any = false;
+            let lane_ops: Vec<Option<Vec<Box<dyn Operator>>>> = stages.iter_mut().map(|s| s.next()).collect();
+            if !first && lane_ops.iter().any(Option::is_some) {
+                // An exchange in front of every stage but the first.
+                let partitioner = Arc::new(KeyPartitioner::new(keys.next().unwrap_or_default(), p));
+                let (txs, inboxes): (Vec<_>, Vec<_>) = (0..p).map(|_| channel(p)).unzip();
+                for (i, inbox) in std::mem::take(&mut heads).into_iter().enumerate() {
+                    let outs = txs.iter().map(|tx| Outbox { tx: tx.clone(), tag: i }).collect();
+                    tasks.spawn(run_exchange(inbox, Arc::clone(&partitioner), outs));
+                }
+                heads = inboxes;
+            }
+            for (i, ops) in lane_ops.into_iter().enumerate() {
+                let Some(ops) = ops else { continue };
+                any = true;
+                for op in ops {
+                    let (tx, next) = channel(1);
+                    let inbox = std::mem::replace(&mut heads[i], next);
+                    tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
+                }
+            }
+            first = false;
+            if !any {
+                break;
+            }
+        }
+        let (tx, sink_inbox) = channel(p);
+        for (i, inbox) in heads.into_iter().enumerate() {
+            tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
+        }
+        tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics)));
         JobHandle { tasks, metrics }
     }
 }
@@ -88,22 +144,18 @@ impl JobHandle {
     }
 }
 
-async fn send(tx: &mpsc::Sender<Message>, msg: Message) -> Result<()> {
-    tx.send(msg).await.map_err(|_| EngineError::Cancelled)
-}
-
-async fn run_source(mut source: Box<dyn Source>, tx: mpsc::Sender<Message>, metrics: Arc<JobMetrics>) -> Result<()> {
+async fn run_source(mut source: Box<dyn Source>, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
     while let Some(batch) = source.next_batch().await? {
         metrics.add_rows_in(batch.num_rows());
-        send(&tx, Message::Batch(batch)).await?;
+        out.send(Message::Batch(batch)).await?;
     }
-    send(&tx, Message::Watermark(Watermark::MAX)).await?;
-    send(&tx, Message::EndOfStream).await
+    out.send(Message::Watermark(Watermark::MAX)).await?;
+    out.send(Message::EndOfStream).await
 }
 
-/// Forwards an operator's output, dropping watermarks that do not advance.
+/// Sends an operator's output, dropping watermarks that do not advance.
 struct Forwarder {
-    tx: mpsc::Sender<Message>,
+    out: Outbox,
     last_watermark: Option<i64>,
 }
 
@@ -116,20 +168,16 @@ impl Forwarder {
                 }
                 self.last_watermark = Some(t);
             }
-            send(&self.tx, msg).await?;
+            self.out.send(msg).await?;
         }
         Ok(())
     }
 }
 
-async fn run_operator(
-    mut op: Box<dyn Operator>,
-    mut rx: mpsc::Receiver<Message>,
-    tx: mpsc::Sender<Message>,
-) -> Result<()> {
-    let mut out = Forwarder { tx, last_watermark: None };
+async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) -> Result<()> {
+    let mut out = Forwarder { out, last_watermark: None };
     let mut emitter = Emitter::default();
-    while let Some(msg) = rx.recv().await {
+    while let Some(msg) = inbox.next().await {
         match msg {
             Message::Batch(b) => op.on_batch(b, &mut emitter).await?,
             Message::Watermark(wm) => {
@@ -140,17 +188,54 @@ async fn run_operator(
             Message::EndOfStream => {
                 op.on_end(&mut emitter).await?;
                 out.forward(emitter.drain()).await?;
-                return send(&out.tx, Message::EndOfStream).await;
+                return out.out.send(Message::EndOfStream).await;
             }
         }
         out.forward(emitter.drain()).await?;
     }
-    // The upstream task ended without EndOfStream: it failed or was cancelled.
+    // An upstream task ended without EndOfStream: it failed or was cancelled.
     Err(EngineError::Cancelled)
 }
 
-async fn run_sink(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<Message>, metrics: Arc<JobMetrics>) -> Result<()> {
-    while let Some(msg) = rx.recv().await {
+/// Routes each row to the lane owning its key; control messages go to every lane.
+async fn run_exchange(mut inbox: Inbox, partitioner: Arc<KeyPartitioner>, outs: Vec<Outbox>) -> Result<()> {
+    while let Some(msg) = inbox.next().await {
+        match msg {
+            Message::Batch(b) => {
+                for (lane, part) in partitioner.partition(&b)? {
+                    outs[lane].send(Message::Batch(part)).await?;
+                }
+            }
+            Message::EndOfStream => {
+                for out in &outs {
+                    out.send(Message::EndOfStream).await?;
+                }
+                return Ok(());
+            }
+            other => {
+                for out in &outs {
+                    out.send(other.clone()).await?;
+                }
+            }
+        }
+    }
+    Err(EngineError::Cancelled)
+}
+
+/// Hands a lane's results to the shared sink channel.
+async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
+    while let Some(msg) = inbox.next().await {
+        let end = matches!(msg, Message::EndOfStream);
+        out.send(msg).await?;
+        if end {
+            return Ok(());
+        }
+    }
+    Err(EngineError::Cancelled)
+}
+
+async fn run_sink(mut sink: Box<dyn Sink>, mut inbox: Inbox, metrics: Arc<JobMetrics>) -> Result<()> {
+    while let Some(msg) = inbox.next().await {
         match msg {
             Message::Batch(b) => {
                 metrics.add_rows_out(b.num_rows());

@@ -21,5 +21,5 @@ pub mod window_tvf;
 
 pub use catalog::{Catalog, TableDef, ViewDef};
 pub use error::{Result, SqlError};
-pub use session::{QueryOutput, Session, StatementOutput};
+pub use session::{default_parallelism, QueryOutput, Session, StatementOutput};
 pub use statement::{parse_statements, SluiceStatement};

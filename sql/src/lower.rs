@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
+use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, PhysicalExpr, ReplaceChildrenOptions};
 use sluice_engine::feed::{FeedExec, FeedHandle};
 use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::window_aggregate::AggregateSpec;
@@ -25,10 +25,13 @@ use crate::window_tvf::WindowTvfs;
 const STATELESS: [&str; 5] =
     ["ProjectionExec", "FilterExec", "UnnestExec", "CoalesceBatchesExec", "CooperativeExec"];
 
-/// The operators of a continuous query, reading from one stream table.
+/// The operators of one lane of a continuous query, reading from one stream table.
 pub struct LoweredQuery {
     pub source_table: String,
-    pub operators: Vec<Box<dyn Operator>>,
+    /// Operators stage by stage; a new stage starts at each stateful operator.
+    pub stages: Vec<Vec<Box<dyn Operator>>>,
+    /// The key rows are partitioned by in front of stage `i + 1`.
+    pub exchange_keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
 }
 
 /// A stateless plan being grown node by node, fed by `feed`.
@@ -39,6 +42,10 @@ struct Segment {
 
 struct Chain {
     source_table: String,
+    /// Stages before the current one.
+    stages: Vec<Vec<Box<dyn Operator>>>,
+    exchange_keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// The current stage.
     operators: Vec<Box<dyn Operator>>,
     segment: Option<Segment>,
     /// Aggregations below this point.
@@ -56,7 +63,8 @@ pub fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
     plan.downcast_ref::<FeedExec>().is_some() || plan.children().iter().any(|c| reads_stream(c))
 }
 
-/// Lowers `plan` into operators.
+/// Lowers `plan` into the operators of one lane (call once per lane: every call
+/// builds operators and feeds of its own).
 pub fn lower(
     plan: &Arc<dyn ExecutionPlan>,
     windows: &WindowTvfs,
@@ -66,7 +74,9 @@ pub fn lower(
     let cx = Lowering { windows, task_ctx, metrics };
     let mut chain = cx.lower(plan)?;
     cx.close_segment(&mut chain);
-    Ok(LoweredQuery { source_table: chain.source_table, operators: chain.operators })
+    let mut stages = chain.stages;
+    stages.push(chain.operators);
+    Ok(LoweredQuery { source_table: chain.source_table, stages, exchange_keys: chain.exchange_keys })
 }
 
 impl Lowering<'_> {
@@ -78,10 +88,14 @@ impl Lowering<'_> {
 
     fn lower(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Chain> {
         if let Some(feed) = plan.downcast_ref::<FeedExec>() {
+            let fresh = feed.fresh()?;
+            let handle = fresh.handle();
             return Ok(Chain {
                 source_table: feed.label().to_string(),
+                stages: Vec::new(),
+                exchange_keys: Vec::new(),
                 operators: Vec::new(),
-                segment: Some(Segment { root: Arc::clone(plan), feed: feed.handle() }),
+                segment: Some(Segment { root: Arc::new(fresh), feed: handle }),
                 aggregates: 0,
             });
         }
@@ -96,16 +110,12 @@ impl Lowering<'_> {
             };
             let mut chain = self.lower(child)?;
             let root = match chain.segment.take() {
-                Some(seg) if Arc::ptr_eq(&seg.root, child) => {
-                    chain.segment = Some(Segment { root: Arc::clone(plan), feed: seg.feed });
-                    return Ok(chain);
-                }
                 Some(seg) => {
                     let root = Arc::clone(plan).replace_children(vec![seg.root], recompute())?;
                     Segment { root, feed: seg.feed }
                 }
                 None => {
-                    let feed = FeedExec::try_new(format!("{} output", chain.operators.len()), child.schema(), None)?;
+                    let feed = FeedExec::try_new(format!("stage {} output", chain.stages.len()), child.schema(), None)?;
                     let handle = feed.handle();
                     let root = Arc::clone(plan).replace_children(vec![Arc::new(feed)], recompute())?;
                     Segment { root, feed: handle }
@@ -139,6 +149,17 @@ impl Lowering<'_> {
         };
         let mut chain = self.lower(agg.input())?;
         self.close_segment(&mut chain);
+        // A new stage, behind an exchange on the keys other than the window bounds.
+        let finished = std::mem::take(&mut chain.operators);
+        chain.stages.push(finished);
+        chain.exchange_keys.push(
+            group_exprs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != window_start && *i != window_end)
+                .map(|(_, (e, _))| Arc::clone(e))
+                .collect(),
+        );
         let spec = AggregateSpec {
             group_exprs,
             window_start,

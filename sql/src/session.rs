@@ -17,9 +17,10 @@ use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
-use sluice_engine::{Job, JobHandle, Operator, Pipeline, Sink};
+use sluice_connectors::Shard;
+use sluice_engine::{Job, JobHandle, Lane, Operator, Pipeline, Sink};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
-use sqlparser::ast::{CreateView, ObjectType, Query, Statement, TableObject};
+use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
 
 use crate::catalog::{normalize_name, Catalog, TableDef, ViewDef, WatermarkDef};
@@ -63,6 +64,13 @@ enum Compiled {
 pub struct Session {
     catalog: Arc<RwLock<Catalog>>,
     last_metrics: Option<Arc<JobMetrics>>,
+    /// Lanes each query runs in (`SET parallelism = n`); the cores by default.
+    parallelism: usize,
+}
+
+/// The default number of lanes: one per core.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 impl Default for Session {
@@ -73,7 +81,12 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None }
+        Session { catalog, last_metrics: None, parallelism: default_parallelism() }
+    }
+
+    /// Sets how many lanes the next queries run in (at least 1).
+    pub fn set_parallelism(&mut self, lanes: usize) {
+        self.parallelism = lanes.max(1);
     }
 
     /// Parses a script into statements (see [`parse_statements`]).
@@ -99,7 +112,7 @@ impl Session {
     /// Runs one statement. Queries and INSERTs return while their pipeline runs.
     pub async fn execute(&mut self, statement: SluiceStatement) -> Result<StatementOutput> {
         match statement {
-            SluiceStatement::CreateTable(create) => self.create_table(create).await,
+            SluiceStatement::CreateTable(create) => self.create_table(*create).await,
             SluiceStatement::ShowMetrics => self.show_metrics(),
             SluiceStatement::Sql(statement) => self.execute_sql(*statement).await,
         }
@@ -133,7 +146,26 @@ impl Session {
             Statement::ShowFunctions { .. } => self.show_functions(),
             Statement::ExplainTable { table_name, .. } => self.describe(&normalize_name(&table_name)),
             Statement::Explain { statement, .. } => self.explain(*statement).await,
+            Statement::Set(Set::SingleAssignment { variable, values, .. }) => self.set(&variable, &values),
             other => plan_err(format!("unsupported statement: {other}")),
+        }
+    }
+
+    fn set(&mut self, variable: &sqlparser::ast::ObjectName, values: &[sqlparser::ast::Expr]) -> Result<StatementOutput> {
+        let name = normalize_name(variable);
+        let value = match values {
+            [v] => v.to_string().trim_matches('\'').to_string(),
+            _ => return plan_err(format!("SET {name}: expected one value")),
+        };
+        match name.trim_matches('\'') {
+            "parallelism" => match value.parse::<usize>() {
+                Ok(n) if n >= 1 => {
+                    self.set_parallelism(n);
+                    Ok(StatementOutput::Message(format!("parallelism = {n}")))
+                }
+                _ => plan_err(format!("SET parallelism: '{value}' is not a positive whole number")),
+            },
+            other => plan_err(format!("unknown setting '{other}' (settings: parallelism)")),
         }
     }
 
@@ -307,23 +339,32 @@ impl Session {
             return Ok(Compiled::Batch(planned));
         }
         let metrics = JobMetrics::new();
-        let lowered = lower(&planned.plan, &planned.windows, planned.ctx.task_ctx(), Arc::clone(&metrics))?;
-        let table = catalog
-            .table(&lowered.source_table)
-            .ok_or_else(|| SqlError::Catalog(format!("table '{}' does not exist", lowered.source_table)))?;
-        let source = sluice_connectors::connector(&table.connector)?.source(&table.spec())?;
-        let mut operators: Vec<Box<dyn Operator>> = Vec::new();
-        if let Some(wm) = &table.watermark {
-            let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
-            operators.push(Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr))));
+        let lanes_count = self.parallelism;
+        let mut lanes = Vec::with_capacity(lanes_count);
+        let mut exchange_keys = Vec::new();
+        for index in 0..lanes_count {
+            let lowered = lower(&planned.plan, &planned.windows, planned.ctx.task_ctx(), Arc::clone(&metrics))?;
+            let table = catalog
+                .table(&lowered.source_table)
+                .ok_or_else(|| SqlError::Catalog(format!("table '{}' does not exist", lowered.source_table)))?;
+            let shard = Shard { index, count: lanes_count };
+            let source = sluice_connectors::connector(&table.connector)?.source(&table.spec(), shard)?;
+            let mut stages = lowered.stages;
+            if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
+                let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
+                let assigner: Box<dyn Operator> =
+                    Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr)));
+                first.insert(0, assigner);
+            }
+            exchange_keys = lowered.exchange_keys;
+            lanes.push(Lane { source, stages });
         }
-        operators.extend(lowered.operators);
         let sink = match target_table {
             None => results,
             Some(t) => sluice_connectors::connector(&t.connector)?.sink(&t.spec())?,
         };
         let output_schema = planned.schema();
-        Ok(Compiled::Pipeline(Pipeline { source, operators, sink, output_schema, metrics }))
+        Ok(Compiled::Pipeline(Pipeline { lanes, exchange_keys, sink, output_schema, metrics }))
     }
 
     async fn run_query(&mut self, query: &Query) -> Result<StatementOutput> {

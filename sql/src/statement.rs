@@ -11,7 +11,7 @@ use crate::dialect::SluiceDialect;
 /// One statement of a script.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SluiceStatement {
-    CreateTable(CreateTable),
+    CreateTable(Box<CreateTable>),
     /// `SHOW METRICS`: counters of the session's most recent query.
     ShowMetrics,
     /// Anything sqlparser parses: queries, INSERT, CREATE VIEW, DROP, SHOW, DESCRIBE, EXPLAIN.
@@ -38,7 +38,7 @@ pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>, ParserError> 
 
 fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
     if at_create_table(parser) {
-        return parse_create_table(parser).map(SluiceStatement::CreateTable);
+        return parse_create_table(parser).map(|c| SluiceStatement::CreateTable(Box::new(c)));
     }
     let [a, b] = parser.peek_tokens::<2>();
     if let (Token::Word(a), Token::Word(b)) = (&a, &b) {

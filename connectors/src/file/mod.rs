@@ -3,7 +3,8 @@
 //!
 //! Options:
 //! - `path` (required): a file, or for a source also a directory whose files are
-//!   read in name order (names starting with `.` or `_` are skipped).
+//!   read in name order (names starting with `.` or `_` are skipped); lanes share
+//!   the files of a directory.
 //! - `format`: `json` (JSON lines, the default), `csv` or `parquet`.
 //! - `csv.header`: whether CSV has a header line (default true).
 //! - `csv.delimiter`: one character (default `,`).
@@ -18,7 +19,7 @@ use sluice_engine::{Sink, Source};
 
 use crate::error::{ConnectorError, Result};
 use crate::options::parse_bool;
-use crate::registry::{Connector, TableSpec};
+use crate::registry::{Connector, Shard, TableSpec};
 
 /// The encodings the file connector reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +78,9 @@ impl Connector for FileConnector {
         FileConfig::from_table(table).map(|_| ())
     }
 
-    fn source(&self, table: &TableSpec) -> Result<Box<dyn Source>> {
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
         let cfg = FileConfig::from_table(table)?;
-        Ok(Box::new(source::FileSource::open(cfg, table.schema.clone())?))
+        Ok(Box::new(source::FileSource::open(cfg, table.schema.clone(), shard)?))
     }
 
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {

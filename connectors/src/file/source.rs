@@ -15,6 +15,7 @@ use sluice_engine::Source;
 use super::{io_error, FileConfig, FileFormat};
 use crate::conform::Conformer;
 use crate::error::Result;
+use crate::registry::Shard;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
 
@@ -27,9 +28,9 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub fn open(cfg: FileConfig, schema: SchemaRef) -> Result<Self> {
+    pub fn open(cfg: FileConfig, schema: SchemaRef, shard: Shard) -> Result<Self> {
         let meta = std::fs::metadata(&cfg.path).map_err(|e| io_error(&cfg.path, e))?;
-        let pending: VecDeque<PathBuf> = if meta.is_dir() {
+        let pending: Vec<PathBuf> = if meta.is_dir() {
             let mut files = Vec::new();
             for entry in std::fs::read_dir(&cfg.path).map_err(|e| io_error(&cfg.path, e))? {
                 let entry = entry.map_err(|e| io_error(&cfg.path, e))?;
@@ -39,10 +40,16 @@ impl FileSource {
                 }
             }
             files.sort();
-            files.into()
+            files
         } else {
-            VecDeque::from([cfg.path.clone()])
+            vec![cfg.path.clone()]
         };
+        let pending = pending
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % shard.count.max(1) == shard.index)
+            .map(|(_, f)| f)
+            .collect();
         Ok(FileSource { cfg, schema, pending, current: None })
     }
 

@@ -1,5 +1,9 @@
-//! The clickstream model: users browse products in sessions, add and remove items
+//! The clickstream model: users browse products in visits, add and remove items
 //! from their carts and sometimes check out.
+//!
+//! Event `n` is a pure function of the seed and `n` (its random draws come from
+//! stream `n` of a ChaCha generator), so shards of the stream can be generated
+//! independently and together give exactly the events of the unsharded stream.
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::GeneratorConfig;
+use crate::registry::Shard;
 
 /// Columns of a clickstream event, in order.
 pub fn clickstream_schema() -> SchemaRef {
@@ -27,63 +32,70 @@ pub fn clickstream_schema() -> SchemaRef {
 const EVENT_TYPES: [(&str, f64); 4] =
     [("page_view", 0.60), ("add_to_cart", 0.80), ("remove_from_cart", 0.88), ("checkout", 1.0)];
 const REFERRERS: [&str; 4] = ["search", "email", "social", "direct"];
+/// A user's visit (session_id) changes every this many milliseconds of event time.
+const VISIT_MS: i64 = 15 * 60 * 1000;
 
-/// A deterministic clickstream: the same config gives the same events.
+/// A deterministic clickstream shard: the same config and shard give the same events.
 pub struct ClickstreamGenerator {
     cfg: GeneratorConfig,
-    rng: ChaCha8Rng,
+    shard: Shard,
+    base: ChaCha8Rng,
+    /// Events of this shard produced so far.
     produced: u64,
-    /// Current session number of every user.
-    sessions: Vec<u64>,
 }
 
 impl ClickstreamGenerator {
-    pub fn new(cfg: GeneratorConfig) -> Self {
-        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let sessions = vec![0; cfg.users as usize];
-        ClickstreamGenerator { cfg, rng, produced: 0, sessions }
+    pub fn new(cfg: GeneratorConfig, shard: Shard) -> Self {
+        let base = ChaCha8Rng::seed_from_u64(cfg.seed);
+        ClickstreamGenerator { cfg, shard, base, produced: 0 }
     }
 
-    /// Events produced so far.
+    /// Events of this shard produced so far.
     pub fn produced(&self) -> u64 {
         self.produced
     }
 
-    /// Up to `max_rows` more events, or `None` once `rows` have been produced.
+    /// The global sequence number of this shard's next event.
+    fn next_seq(&self) -> u64 {
+        self.shard.index as u64 + self.produced * self.shard.count.max(1) as u64
+    }
+
+    /// Up to `max_rows` more events, or `None` once all of this shard's events
+    /// (of `rows` in total) have been produced.
     pub fn next_batch(&mut self, max_rows: usize) -> arrow::error::Result<Option<RecordBatch>> {
-        let remaining = self.cfg.rows.map_or(u64::MAX, |r| r.saturating_sub(self.produced));
-        let n = (max_rows as u64).min(remaining) as usize;
-        if n == 0 {
-            return Ok(None);
-        }
-        let mut user_ids = Int64Builder::with_capacity(n);
-        let mut session_ids = Int64Builder::with_capacity(n);
-        let mut event_types = StringBuilder::with_capacity(n, n * 10);
-        let mut pages = StringBuilder::with_capacity(n, n * 48);
-        let mut item_ids = Int64Builder::with_capacity(n);
-        let mut prices = Float64Builder::with_capacity(n);
-        let mut times = TimestampMillisecondBuilder::with_capacity(n);
-        for _ in 0..n {
-            let seq = self.produced as i64;
-            self.produced += 1;
-            let user = self.rng.random_range(0..self.cfg.users);
-            if self.rng.random::<f64>() < 0.05 {
-                self.sessions[user as usize] += 1;
+        let mut user_ids = Int64Builder::with_capacity(max_rows);
+        let mut session_ids = Int64Builder::with_capacity(max_rows);
+        let mut event_types = StringBuilder::with_capacity(max_rows, max_rows * 10);
+        let mut pages = StringBuilder::with_capacity(max_rows, max_rows * 48);
+        let mut item_ids = Int64Builder::with_capacity(max_rows);
+        let mut prices = Float64Builder::with_capacity(max_rows);
+        let mut times = TimestampMillisecondBuilder::with_capacity(max_rows);
+        let mut n = 0;
+        while n < max_rows {
+            let seq = self.next_seq();
+            if self.cfg.rows.is_some_and(|rows| seq >= rows) {
+                break;
             }
-            let roll = self.rng.random::<f64>();
+            self.produced += 1;
+            n += 1;
+            let mut rng = self.base.clone();
+            rng.set_stream(seq);
+            let user = rng.random_range(0..self.cfg.users) as i64 + 1;
+            let roll = rng.random::<f64>();
             let event = EVENT_TYPES.iter().find(|(_, p)| roll < *p).map_or("page_view", |(e, _)| e);
-            let item = self.rng.random_range(1..=self.cfg.items) as i64;
-            let referrer = REFERRERS[self.rng.random_range(0..REFERRERS.len())];
-            let mut ts = self.cfg.start_ms + seq * self.cfg.interval_ms;
+            let item = rng.random_range(1..=self.cfg.items) as i64;
+            let referrer = REFERRERS[rng.random_range(0..REFERRERS.len())];
+            let base_ts = self.cfg.start_ms + seq as i64 * self.cfg.interval_ms;
+            let mut ts = base_ts;
             if self.cfg.disorder_ms > 0 {
                 // Out of order, but never before the configured start.
-                ts = (ts - self.rng.random_range(0..=self.cfg.disorder_ms)).max(self.cfg.start_ms);
+                ts = (ts - rng.random_range(0..=self.cfg.disorder_ms)).max(self.cfg.start_ms);
             }
-            if self.cfg.late_ratio > 0.0 && self.rng.random::<f64>() < self.cfg.late_ratio {
+            if self.cfg.late_ratio > 0.0 && rng.random::<f64>() < self.cfg.late_ratio {
                 ts -= self.cfg.late_ms;
             }
-            user_ids.append_value(user as i64 + 1);
-            session_ids.append_value((user as i64 + 1) * 10_000 + self.sessions[user as usize] as i64);
+            user_ids.append_value(user);
+            session_ids.append_value(user * 100_000 + (base_ts - self.cfg.start_ms) / VISIT_MS);
             event_types.append_value(event);
             if event == "checkout" {
                 pages.append_value(format!("https://shop.example.com/checkout?utm_source={referrer}"));
@@ -93,6 +105,9 @@ impl ClickstreamGenerator {
             item_ids.append_value(item);
             prices.append_value(((item * 7919) % 20_000) as f64 / 100.0 + 0.99);
             times.append_value(ts);
+        }
+        if n == 0 {
+            return Ok(None);
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(user_ids.finish()),
@@ -104,5 +119,47 @@ impl ClickstreamGenerator {
             Arc::new(times.finish()),
         ];
         RecordBatch::try_new(clickstream_schema(), columns).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::util::pretty::pretty_format_batches;
+
+    use super::*;
+    use crate::registry::TableSpec;
+
+    fn config(rows: u64) -> Result<GeneratorConfig, Box<dyn std::error::Error>> {
+        let options = BTreeMap::from([("rows".to_string(), rows.to_string())]);
+        let spec = TableSpec { name: "t".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+        Ok(GeneratorConfig::from_table(&spec)?)
+    }
+
+    fn rows_of(mut g: ClickstreamGenerator) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut batches = Vec::new();
+        while let Some(b) = g.next_batch(7)? {
+            batches.push(b);
+        }
+        let text = pretty_format_batches(&batches)?.to_string();
+        let mut rows: Vec<String> = text.lines().filter(|l| l.starts_with("| ")).skip(1).map(String::from).collect();
+        rows.sort();
+        Ok(rows)
+    }
+
+    #[test]
+    fn shards_together_produce_the_unsharded_stream() -> Result<(), Box<dyn std::error::Error>> {
+        let whole = rows_of(ClickstreamGenerator::new(config(100)?, Shard::ALL))?;
+        let mut sharded = Vec::new();
+        for index in 0..3 {
+            sharded.extend(rows_of(ClickstreamGenerator::new(config(100)?, Shard { index, count: 3 }))?);
+        }
+        sharded.sort();
+        assert_eq!(whole.len(), 100);
+        assert_eq!(sharded, whole);
+        let distinct: std::collections::BTreeSet<&String> = whole.iter().collect();
+        assert!(distinct.len() > 90, "events must differ from each other");
+        Ok(())
     }
 }

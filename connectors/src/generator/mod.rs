@@ -3,7 +3,8 @@
 //!
 //! Options (all optional):
 //! - `rows`: how many events to produce; unbounded when absent.
-//! - `rate`: events per second of wall-clock time; as fast as possible when absent.
+//! - `rate`: events per second of wall-clock time, shared by the lanes; as fast
+//!   as possible when absent.
 //! - `seed`: random seed (default 42); the same seed gives the same events.
 //! - `users`: number of distinct users (default 50); `items`: catalogue size (default 500).
 //! - `start`: event time of the first event (default `2024-01-01 00:00:00`).
@@ -26,7 +27,7 @@ pub use clickstream::{clickstream_schema, ClickstreamGenerator};
 
 use crate::conform::Conformer;
 use crate::error::{ConnectorError, Result};
-use crate::registry::{Connector, TableSpec};
+use crate::registry::{Connector, Shard, TableSpec};
 
 /// Typed `generator` options.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,11 +113,12 @@ impl Connector for GeneratorConnector {
         Ok(())
     }
 
-    fn source(&self, table: &TableSpec) -> Result<Box<dyn Source>> {
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
         let cfg = GeneratorConfig::from_table(table)?;
         let conformer = Conformer::try_new(&table.name, &clickstream_schema(), &table.schema)?;
         Ok(Box::new(GeneratorSource {
-            generator: ClickstreamGenerator::new(cfg.clone()),
+            generator: ClickstreamGenerator::new(cfg.clone(), shard),
+            rate: cfg.rate.map(|r| r / shard.count.max(1) as f64),
             cfg,
             conformer,
             schema: table.schema.clone(),
@@ -129,6 +131,8 @@ impl Connector for GeneratorConnector {
 struct GeneratorSource {
     generator: ClickstreamGenerator,
     cfg: GeneratorConfig,
+    /// This shard's share of the configured rate.
+    rate: Option<f64>,
     conformer: Conformer,
     schema: SchemaRef,
     started: Option<tokio::time::Instant>,
@@ -148,7 +152,7 @@ impl Source for GeneratorSource {
 
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<arrow::record_batch::RecordBatch>> {
         let mut size = self.cfg.batch_size;
-        if let Some(rate) = self.cfg.rate {
+        if let Some(rate) = self.rate {
             // Ten batches a second at most, so paced output flows smoothly.
             size = size.min(((rate / 10.0).ceil() as usize).max(1));
             let started = *self.started.get_or_insert_with(tokio::time::Instant::now);

@@ -1,0 +1,62 @@
+//! Hash-partitions rows across lanes by a key, so each lane of a stateful
+//! operator owns a disjoint set of keys.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::physical_plan::PhysicalExpr;
+
+use crate::error::Result;
+
+/// Fixed seed so a key always lands in the same lane.
+const HASH_STATE: RandomState = RandomState::with_seed(0x5_11ce);
+
+/// Splits batches by the hash of `keys`, evaluated on each batch.
+pub struct KeyPartitioner {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    lanes: usize,
+}
+
+impl KeyPartitioner {
+    /// With no keys every row goes to lane 0 (a global aggregate has one owner).
+    pub fn new(keys: Vec<Arc<dyn PhysicalExpr>>, lanes: usize) -> Self {
+        KeyPartitioner { keys, lanes: lanes.max(1) }
+    }
+
+    pub fn keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.keys
+    }
+
+    /// The rows of `batch` for each lane that gets any.
+    pub fn partition(&self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>> {
+        if self.lanes == 1 || self.keys.is_empty() {
+            return Ok(vec![(0, batch.clone())]);
+        }
+        let n = batch.num_rows();
+        let columns = self
+            .keys
+            .iter()
+            .map(|k| Ok(k.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let mut hashes = vec![0u64; n];
+        create_hashes(&columns, &HASH_STATE, &mut hashes)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.lanes];
+        for (i, h) in hashes.iter().enumerate() {
+            rows[(*h % self.lanes as u64) as usize].push(i as u32);
+        }
+        let mut out = Vec::new();
+        for (lane, idx) in rows.into_iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            if idx.len() == n {
+                return Ok(vec![(lane, batch.clone())]);
+            }
+            out.push((lane, take_record_batch(batch, &UInt32Array::from(idx))?));
+        }
+        Ok(out)
+    }
+}
