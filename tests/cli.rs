@@ -167,3 +167,17 @@ fn ctrl_c_cancels_the_running_query_not_the_shell() -> TestResult {
     assert!(shell.child.wait()?.success());
     Ok(())
 }
+
+#[test]
+fn a_failing_expression_stops_an_unbounded_query_with_its_error() -> TestResult {
+    let sql = "CREATE TABLE clicks (item_id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+               WITH (connector = 'generator'); \
+               SELECT window_start, sum(100 / (item_id - item_id)) \
+               FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+               GROUP BY window_start, window_end;";
+    let out = Command::new(SLUICE).args(["run", "-c", sql]).output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(stderr.to_lowercase().contains("divide by zero"), "{stderr}");
+    Ok(())
+}

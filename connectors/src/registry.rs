@@ -63,13 +63,15 @@ pub fn registry() -> Vec<Arc<dyn Connector>> {
     ]
 }
 
-/// The connector called `name`.
+/// The connector called `name` among Sluice's own.
 pub fn connector(name: &str) -> Result<Arc<dyn Connector>> {
-    let all = registry();
-    let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
-    let known = names.join(", ");
-    all.iter()
-        .find(|c| c.name().eq_ignore_ascii_case(name))
-        .cloned()
-        .ok_or_else(|| ConnectorError::UnknownConnector(name.to_string(), known))
+    find_connector(&registry(), name)
+}
+
+/// The connector called `name` in `connectors` (names are case-insensitive).
+pub fn find_connector(connectors: &[Arc<dyn Connector>], name: &str) -> Result<Arc<dyn Connector>> {
+    connectors.iter().find(|c| c.name().eq_ignore_ascii_case(name)).cloned().ok_or_else(|| {
+        let known: Vec<&str> = connectors.iter().map(|c| c.name()).collect();
+        ConnectorError::UnknownConnector(name.to_string(), known.join(", "))
+    })
 }

@@ -24,11 +24,13 @@ struct InputState {
 pub struct WatermarkMerger {
     inputs: Vec<InputState>,
     emitted: Option<i64>,
+    /// Whether `Idle` was reported since the last event-time watermark.
+    idle_reported: bool,
 }
 
 impl WatermarkMerger {
     pub fn new(inputs: usize) -> Self {
-        WatermarkMerger { inputs: vec![InputState::default(); inputs], emitted: None }
+        WatermarkMerger { inputs: vec![InputState::default(); inputs], emitted: None, idle_reported: false }
     }
 
     /// Records input `i`'s watermark; returns the merged watermark if it advanced.
@@ -62,13 +64,17 @@ impl WatermarkMerger {
             let w = input.watermark?;
             min = Some(min.map_or(w, |m| m.min(w)));
         }
-        let candidate = match min {
-            Some(m) => m,
-            // Every input ended or idle: ended inputs no longer hold time back.
-            None if self.inputs.iter().any(|i| !i.ended) => return None,
-            None => return None,
+        let Some(candidate) = min else {
+            // No input is active: if some are idle (not all ended), so are we.
+            let all_idle = self.inputs.iter().any(|i| !i.ended) && self.inputs.iter().all(|i| i.ended || i.idle);
+            if all_idle && !self.idle_reported {
+                self.idle_reported = true;
+                return Some(Watermark::Idle);
+            }
+            return None;
         };
         if self.emitted.is_none_or(|e| candidate > e) {
+            self.idle_reported = false;
             self.emitted = Some(candidate);
             Some(Watermark::EventTime(candidate))
         } else {
@@ -103,8 +109,7 @@ impl Inbox {
                 Message::EndOfStream => {
                     let merged = self.merger.end(i);
                     if self.merger.all_ended() {
-                        // A final watermark, if ending raised it, is delivered by
-                        // the caller's end-of-stream handling (sources send MAX).
+                        // Every input sent its final (maximal) watermark before ending.
                         return Some(Message::EndOfStream);
                     }
                     if let Some(wm) = merged {
@@ -127,6 +132,15 @@ mod tests {
         assert_eq!(m.update(1, Watermark::EventTime(5)), Some(Watermark::EventTime(5)));
         assert_eq!(m.update(1, Watermark::EventTime(20)), Some(Watermark::EventTime(10)));
         assert_eq!(m.update(0, Watermark::EventTime(8)), None, "watermarks never go back");
+    }
+
+    #[test]
+    fn idle_everywhere_is_reported_once() {
+        let mut m = WatermarkMerger::new(2);
+        assert_eq!(m.update(0, Watermark::Idle), None);
+        assert_eq!(m.update(1, Watermark::Idle), Some(Watermark::Idle));
+        assert_eq!(m.update(1, Watermark::Idle), None);
+        assert_eq!(m.update(0, Watermark::EventTime(4)), Some(Watermark::EventTime(4)));
     }
 
     #[test]

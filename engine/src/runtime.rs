@@ -8,8 +8,11 @@
 
 use std::sync::Arc;
 
+use std::future::Future;
+
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
@@ -46,6 +49,30 @@ impl Outbox {
     }
 }
 
+/// The tasks of one pipeline. When one fails, the others are stopped, so the
+/// failure reaches the query's owner at once (its result channel closes) instead
+/// of leaving the other lanes running with event time frozen.
+struct Tasks {
+    set: JoinSet<Result<()>>,
+    failed: CancellationToken,
+}
+
+impl Tasks {
+    fn spawn(&mut self, task: impl Future<Output = Result<()>> + Send + 'static) {
+        let failed = self.failed.clone();
+        self.set.spawn(async move {
+            let result = tokio::select! {
+                r = task => r,
+                _ = failed.cancelled() => Err(EngineError::Cancelled),
+            };
+            if matches!(&result, Err(e) if !matches!(e, EngineError::Cancelled)) {
+                failed.cancel();
+            }
+            result
+        });
+    }
+}
+
 fn channel(inputs: usize) -> (mpsc::Sender<Tagged>, Inbox) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     (tx, Inbox::new(rx, inputs))
@@ -56,7 +83,7 @@ impl Job {
     pub fn start(pipeline: Pipeline) -> JobHandle {
         let Pipeline { lanes, exchange_keys, sink, metrics, .. } = pipeline;
         let p = lanes.len();
-        let mut tasks = JoinSet::new();
+        let mut tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
         let mut heads: Vec<Inbox> = Vec::with_capacity(p);
         let mut stages: Vec<std::vec::IntoIter<Vec<Box<dyn Operator>>>> = Vec::with_capacity(p);
         for Lane { source, stages: lane_stages } in lanes {
@@ -99,7 +126,7 @@ impl Job {
             tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
         }
         tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics)));
-        JobHandle { tasks, metrics }
+        JobHandle { tasks: tasks.set, metrics }
     }
 }
 

@@ -73,6 +73,11 @@ pub fn lower(
 ) -> Result<LoweredQuery> {
     let cx = Lowering { windows, task_ctx, metrics };
     let mut chain = cx.lower(plan)?;
+    if windows.has_session() && chain.aggregates == 0 {
+        return plan_err(
+            "SESSION windows exist only through aggregation: GROUP BY window_start, window_end (and keys)",
+        );
+    }
     cx.close_segment(&mut chain);
     let mut stages = chain.stages;
     stages.push(chain.operators);
@@ -169,10 +174,9 @@ impl Lowering<'_> {
             output_schema: plan.schema(),
         };
         let metrics = Arc::clone(&self.metrics);
-        let session_gap = match (self.windows.session_gaps.as_slice(), chain.aggregates) {
-            ([gap], 0) if self.windows.count == 1 => Some(*gap),
-            ([], _) | (_, 1..) => None,
-            _ => return plan_err("a query may use SESSION only as its single window table function"),
+        let session_gap = match chain.aggregates {
+            0 => self.windows.innermost_session_gap()?,
+            _ => None,
         };
         let op: Box<dyn Operator> = match session_gap {
             Some(gap) => Box::new(SessionAggregate::try_new(spec, gap, metrics)?),

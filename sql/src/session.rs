@@ -17,7 +17,7 @@ use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
-use sluice_connectors::Shard;
+use sluice_connectors::{find_connector, registry, Connector, Shard};
 use sluice_engine::{Job, JobHandle, Lane, Operator, Pipeline, Sink};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
@@ -66,6 +66,8 @@ pub struct Session {
     last_metrics: Option<Arc<JobMetrics>>,
     /// Lanes each query runs in (`SET parallelism = n`); the cores by default.
     parallelism: usize,
+    /// Connectors tables may name: Sluice's own plus any an embedder adds.
+    connectors: Vec<Arc<dyn Connector>>,
 }
 
 /// The default number of lanes: one per core.
@@ -81,7 +83,16 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None, parallelism: default_parallelism() }
+        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry() }
+    }
+
+    /// Makes a connector of the embedding program's available to this session.
+    pub fn add_connector(&mut self, connector: Arc<dyn Connector>) {
+        self.connectors.push(connector);
+    }
+
+    fn connector(&self, name: &str) -> Result<Arc<dyn Connector>> {
+        Ok(find_connector(&self.connectors, name)?)
     }
 
     /// Sets how many lanes the next queries run in (at least 1).
@@ -189,7 +200,7 @@ impl Session {
                 return plan_err(format!("table '{name}': option '{key}' is given twice"));
             }
         }
-        let known = sluice_connectors::registry().iter().map(|c| c.name()).collect::<Vec<_>>().join(", ");
+        let known = self.connectors.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ");
         let connector = options
             .remove("connector")
             .ok_or_else(|| SqlError::Plan(format!("table '{name}': WITH (connector = ...) is required (one of {known})")))?;
@@ -208,7 +219,7 @@ impl Session {
             }
             watermark_expr(&ctx, &table, &wm.expr)?;
         }
-        sluice_connectors::connector(&table.connector)?.validate(&table.spec())?;
+        self.connector(&table.connector)?.validate(&table.spec())?;
         self.with_catalog(|c| c.add_table(table))?;
         Ok(StatementOutput::Message(format!("Table '{name}' created")))
     }
@@ -348,7 +359,7 @@ impl Session {
                 .table(&lowered.source_table)
                 .ok_or_else(|| SqlError::Catalog(format!("table '{}' does not exist", lowered.source_table)))?;
             let shard = Shard { index, count: lanes_count };
-            let source = sluice_connectors::connector(&table.connector)?.source(&table.spec(), shard)?;
+            let source = self.connector(&table.connector)?.source(&table.spec(), shard)?;
             let mut stages = lowered.stages;
             if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
                 let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
@@ -361,7 +372,7 @@ impl Session {
         }
         let sink = match target_table {
             None => results,
-            Some(t) => sluice_connectors::connector(&t.connector)?.sink(&t.spec())?,
+            Some(t) => self.connector(&t.connector)?.sink(&t.spec())?,
         };
         let output_schema = planned.schema();
         Ok(Compiled::Pipeline(Pipeline { lanes, exchange_keys, sink, output_schema, metrics }))

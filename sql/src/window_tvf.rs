@@ -6,7 +6,7 @@
 //! - HOP (size a multiple of slide, as in Flink): one row per window the event falls
 //!   in, by unnesting the series of window starts;
 //! - SESSION: `ts` and `ts + gap`, a per-row placeholder the session aggregate
-//!   merges into real sessions (recorded in [`WindowTvfs::session_gaps`]).
+//!   merges into real sessions (its gap is recorded in [`WindowTvfs`]).
 //!
 //! Views are inlined as derived tables, so a TVF over a view works too. The
 //! rewrite happens on the AST (sqlparser `VisitorMut`), never on SQL text typed by
@@ -28,13 +28,40 @@ use crate::interval::{interval_nanos, interval_sql};
 /// Views may reference views, up to this depth (guards against cycles).
 const MAX_VIEW_DEPTH: usize = 16;
 
+/// One window TVF of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowTvf {
+    /// How deeply nested in views and subqueries it is: the innermost TVF is
+    /// applied to the source first.
+    pub depth: usize,
+    /// The gap of a SESSION window, in nanoseconds; `None` for TUMBLE and HOP.
+    pub session_gap: Option<i64>,
+}
+
 /// What the rewrite found: the window TVFs of a query.
 #[derive(Debug, Default, Clone)]
 pub struct WindowTvfs {
-    /// Number of window TVFs of any kind.
-    pub count: usize,
-    /// The gap of every SESSION window, in nanoseconds.
-    pub session_gaps: Vec<i64>,
+    pub windows: Vec<WindowTvf>,
+}
+
+impl WindowTvfs {
+    /// The gap of the session window the first aggregation over the source
+    /// computes, if that is a session. SESSION is supported as the innermost
+    /// window TVF only (later windows may aggregate its results).
+    pub fn innermost_session_gap(&self) -> Result<Option<i64>> {
+        let Some(deepest) = self.windows.iter().map(|w| w.depth).max() else { return Ok(None) };
+        let innermost: Vec<&WindowTvf> = self.windows.iter().filter(|w| w.depth == deepest).collect();
+        let sessions = self.windows.iter().filter(|w| w.session_gap.is_some()).count();
+        match innermost.as_slice() {
+            [only] if only.session_gap.is_some() && sessions == 1 => Ok(only.session_gap),
+            _ if sessions == 0 => Ok(None),
+            _ => plan_err("SESSION is supported only as the single, innermost window table function of a query"),
+        }
+    }
+
+    pub fn has_session(&self) -> bool {
+        self.windows.iter().any(|w| w.session_gap.is_some())
+    }
 }
 
 /// Rewrites `query` in place: views inlined, window TVFs expanded.
@@ -97,10 +124,10 @@ impl Rewriter<'_> {
                     .and_then(as_table_arg)
                     .ok_or_else(|| SqlError::Plan(format!("{kind}: the first argument must be TABLE <name>")))?;
                 let time_col = descriptor_column(&kind, args.get(1))?;
-                let sql = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                let (sql, session_gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                self.found.windows.push(WindowTvf { depth: self.depth, session_gap });
                 let mut subquery = parse_query(&sql)?;
                 rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
-                self.found.count += 1;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(&table));
                 Ok(Some(derived(subquery, alias)))
             }
@@ -108,16 +135,17 @@ impl Rewriter<'_> {
         }
     }
 
-    /// The SQL of the derived table that replaces a window TVF.
-    fn window_sql(&mut self, kind: &str, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<String> {
+    /// The SQL of the derived table that replaces a window TVF, and a session's gap.
+    fn window_sql(&mut self, kind: &str, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<(String, Option<i64>)> {
         let origin = "TIMESTAMP '1970-01-01 00:00:00'";
         match (kind, rest) {
             ("TUMBLE", [size]) => {
                 let size = interval_sql(interval_nanos(size, "TUMBLE size")?);
-                Ok(format!(
+                let sql = format!(
                     "SELECT *, date_bin({size}, {ts}, {origin}) AS window_start, \
                      date_bin({size}, {ts}, {origin}) + {size} AS window_end FROM {table}"
-                ))
+                );
+                Ok((sql, None))
             }
             ("HOP", [slide, size]) => {
                 let slide_ns = interval_nanos(slide, "HOP slide")?;
@@ -128,16 +156,16 @@ impl Rewriter<'_> {
                 let (slide, size, back) =
                     (interval_sql(slide_ns), interval_sql(size_ns), interval_sql(size_ns - slide_ns));
                 let last = format!("date_bin({slide}, {ts}, {origin})");
-                Ok(format!(
+                let sql = format!(
                     "SELECT *, window_start + {size} AS window_end FROM \
                      (SELECT *, unnest(generate_series({last} - {back}, {last}, {slide})) AS window_start FROM {table})"
-                ))
+                );
+                Ok((sql, None))
             }
             ("SESSION", [gap]) => {
                 let gap_ns = interval_nanos(gap, "SESSION gap")?;
-                self.found.session_gaps.push(gap_ns);
                 let gap = interval_sql(gap_ns);
-                Ok(format!("SELECT *, {ts} AS window_start, {ts} + {gap} AS window_end FROM {table}"))
+                Ok((format!("SELECT *, {ts} AS window_start, {ts} + {gap} AS window_end FROM {table}"), Some(gap_ns)))
             }
             ("TUMBLE", _) => plan_err("TUMBLE(TABLE t, DESCRIPTOR(ts), size) takes 3 arguments"),
             ("HOP", _) => plan_err("HOP(TABLE t, DESCRIPTOR(ts), slide, size) takes 4 arguments"),

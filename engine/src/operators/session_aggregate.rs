@@ -39,7 +39,8 @@ pub struct SessionAggregate {
 }
 
 struct KeySessions {
-    key: OwnedRow,
+    /// `None` when the GROUP BY has no key besides the window.
+    key: Option<OwnedRow>,
     /// Disjoint sessions ordered by start.
     sessions: Vec<Session>,
 }
@@ -112,9 +113,13 @@ impl SessionAggregate {
             .collect()
     }
 
-    fn closed_sessions_batch(&mut self, closed: Vec<(OwnedRow, Session)>) -> Result<RecordBatch> {
+    fn closed_sessions_batch(&mut self, closed: Vec<(Option<OwnedRow>, Session)>) -> Result<RecordBatch> {
         let schema = Arc::clone(&self.spec.output_schema);
-        let key_columns = self.converter.convert_rows(closed.iter().map(|(k, _)| k.row()))?;
+        let key_columns = if self.key_indices.is_empty() {
+            Vec::new()
+        } else {
+            self.converter.convert_rows(closed.iter().filter_map(|(k, _)| k.as_ref().map(|k| k.row())))?
+        };
         let starts: Vec<i64> = closed.iter().map(|(_, s)| s.start).collect();
         let ends: Vec<i64> = closed.iter().map(|(_, s)| s.end).collect();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -164,7 +169,9 @@ impl Operator for SessionAggregate {
     async fn on_batch(&mut self, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
         let ev = self.spec.evaluate(&batch)?;
         let key_arrays: Vec<ArrayRef> = self.key_indices.iter().map(|i| Arc::clone(&ev.groups[*i])).collect();
-        let key_rows = self.converter.convert_columns(&key_arrays)?;
+        // Without keys (one global session stream) every row has the empty key.
+        let key_rows = if key_arrays.is_empty() { None } else { Some(self.converter.convert_columns(&key_arrays)?) };
+        let key_of = |i: usize| -> Box<[u8]> { key_rows.as_ref().map_or_else(|| Box::default(), |r| r.row(i).as_ref().into()) };
         let ts = as_epoch_nanos(&ev.groups[self.spec.window_start])?;
 
         let mut by_key: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
@@ -174,14 +181,14 @@ impl Operator for SessionAggregate {
                 late += 1;
                 continue;
             }
-            by_key.entry(key_rows.row(i).as_ref().into()).or_default().push((ts.value(i), i as u32));
+            by_key.entry(key_of(i)).or_default().push((ts.value(i), i as u32));
         }
 
         for (key, rows) in by_key {
             let first_row = rows[0].1 as usize;
             let new_sessions = self.sessions_of(&ev, rows)?;
             let state = self.keys.entry(key).or_insert_with(|| KeySessions {
-                key: key_rows.row(first_row).owned(),
+                key: key_rows.as_ref().map(|r| r.row(first_row).owned()),
                 sessions: Vec::new(),
             });
             for (mut session, rows) in new_sessions {
@@ -216,11 +223,15 @@ impl Operator for SessionAggregate {
     async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
         let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
-        let mut closed: Vec<(OwnedRow, Session)> = Vec::new();
+        let mut closed: Vec<(Option<OwnedRow>, Session)> = Vec::new();
+        let mut earliest_open_end = i64::MAX;
         self.keys.retain(|_, state| {
             let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end < t));
             for s in std::mem::replace(&mut state.sessions, open) {
                 closed.push((state.key.clone(), s));
+            }
+            if let Some(first) = state.sessions.first() {
+                earliest_open_end = earliest_open_end.min(first.end);
             }
             !state.sessions.is_empty()
         });
@@ -229,7 +240,13 @@ impl Operator for SessionAggregate {
             let batch = self.closed_sessions_batch(closed)?;
             out.emit(batch);
         }
-        Ok(Some(wm))
+        // Sessions still open, or opened later by rows at or after `t`, end at or
+        // after `t` and leave later: the forwarded watermark stays strictly below
+        // their ends, so a window aggregate downstream does not find them late.
+        if t == i64::MAX && self.keys.is_empty() {
+            return Ok(Some(wm));
+        }
+        Ok(Some(Watermark::EventTime(t.min(earliest_open_end).saturating_sub(1))))
     }
 }
 

@@ -1,0 +1,176 @@
+//! `sluice-bench`: engine throughput of windowed queries over pre-generated events.
+//!
+//! Events are generated into Arrow batches before the clock starts and replayed
+//! from memory by a `pregenerated` connector, so the numbers time the engine
+//! (planning, exchange, window state, emission), not the generator.
+//!
+//! ```sh
+//! cargo run --release -p sluice-benches -- [--events N] [--lanes 1,2,4]
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use sluice_connectors::conform::Conformer;
+use sluice_connectors::generator::{clickstream_schema, ClickstreamGenerator, GeneratorConfig};
+use sluice_connectors::{Connector, ConnectorError, Shard, TableSpec};
+use sluice_engine::Source;
+use sluice_sql::{Session, StatementOutput};
+
+const QUERIES: [(&str, &str); 4] = [
+    (
+        "tumble 1 min, count+sum by event_type",
+        "SELECT window_start, event_type, count(*), sum(price) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    ),
+    (
+        "tumble 1 min, count(DISTINCT user_id) by event_type",
+        "SELECT window_start, event_type, count(DISTINCT user_id) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    ),
+    (
+        "hop 10 s / 1 min, count by item_id",
+        "SELECT window_start, item_id, count(*) \
+         FROM TABLE(HOP(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND, INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, item_id",
+    ),
+    (
+        "session 30 s gap, count+max by user_id",
+        "SELECT user_id, window_start, count(*), max(price) \
+         FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND)) \
+         GROUP BY window_start, window_end, user_id",
+    ),
+];
+
+/// Replays batches generated up front; shard `i` of `n` gets every `n`-th batch.
+struct PregeneratedConnector {
+    batches: Arc<Vec<RecordBatch>>,
+}
+
+impl Connector for PregeneratedConnector {
+    fn name(&self) -> &'static str {
+        "pregenerated"
+    }
+
+    fn validate(&self, _table: &TableSpec) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>, ConnectorError> {
+        Ok(Box::new(Replay { batches: Arc::clone(&self.batches), next: shard.index, step: shard.count, schema: table.schema.clone() }))
+    }
+}
+
+struct Replay {
+    batches: Arc<Vec<RecordBatch>>,
+    next: usize,
+    step: usize,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl Source for Replay {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn describe(&self) -> String {
+        "pre-generated batches".into()
+    }
+
+    async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
+        let batch = self.batches.get(self.next).cloned();
+        self.next += self.step;
+        Ok(batch)
+    }
+}
+
+fn pregenerate(events: u64) -> anyhow::Result<Vec<RecordBatch>> {
+    let options = BTreeMap::from([
+        ("rows".to_string(), events.to_string()),
+        ("users".to_string(), "10000".to_string()),
+        ("items".to_string(), "5000".to_string()),
+        ("interval.ms".to_string(), "10".to_string()),
+        ("disorder.ms".to_string(), "500".to_string()),
+    ]);
+    let spec = TableSpec { name: "clicks".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+    let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL);
+    // The columns as the DDL below declares them (VARCHAR is Utf8View), cast up front.
+    let declared = Arc::new(Schema::new(
+        clickstream_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => Field::new(f.name(), DataType::Utf8View, true),
+                other => Field::new(f.name(), other.clone(), true),
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let conformer = Conformer::try_new("clicks", &clickstream_schema(), &declared)?;
+    let mut batches = Vec::new();
+    while let Some(b) = generator.next_batch(8192)? {
+        batches.push(conformer.apply(&b)?);
+    }
+    Ok(batches)
+}
+
+async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize) -> anyhow::Result<(f64, u64)> {
+    let mut session = Session::default();
+    session.add_connector(Arc::new(PregeneratedConnector { batches: Arc::clone(batches) }));
+    session.set_parallelism(lanes);
+    session
+        .execute_script(
+            "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, item_id BIGINT, \
+             price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'pregenerated')",
+        )
+        .await?;
+    let started = Instant::now();
+    let mut outputs = session.execute_script(sql).await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { bail!("not a continuous query") };
+    let mut rows = 0u64;
+    while let Some(b) = q.results.recv().await {
+        rows += b.num_rows() as u64;
+    }
+    q.job.wait().await?;
+    Ok((started.elapsed().as_secs_f64(), rows))
+}
+
+fn parse_args() -> anyhow::Result<(u64, Vec<usize>)> {
+    let mut events = 2_000_000;
+    let mut lanes = vec![1, sluice_sql::default_parallelism()];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
+        match arg.as_str() {
+            "--events" => events = value.parse()?,
+            "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4)"),
+        }
+    }
+    lanes.dedup();
+    Ok((events, lanes))
+}
+
+fn main() -> anyhow::Result<()> {
+    let (events, lanes) = parse_args()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let generated = Instant::now();
+    let batches = Arc::new(pregenerate(events)?);
+    eprintln!("generated {events} events in {:.1}s (not timed below)", generated.elapsed().as_secs_f64());
+    println!("| query | lanes | seconds | events/s | result rows |");
+    println!("|---|---|---|---|---|");
+    for (name, sql) in QUERIES {
+        for &p in &lanes {
+            let (secs, rows) = runtime.block_on(run_once(&batches, sql, p))?;
+            println!("| {name} | {p} | {secs:.2} | {:.0} | {rows} |", events as f64 / secs);
+        }
+    }
+    Ok(())
+}
