@@ -23,6 +23,10 @@ const DDL: &str = "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event
     item_id BIGINT, price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
     WITH (connector = 'generator', rows = '20000', seed = '7', users = '200', 'interval.ms' = '50', 'disorder.ms' = '1500')";
 
+/// SQL functions the streaming queries may use; batch queries write their bodies out.
+const FUNCTIONS: &str = "CREATE FUNCTION with_tax(p DOUBLE) RETURNS DOUBLE AS 'p * 1.19'; \
+    CREATE FUNCTION referrer(page VARCHAR) RETURNS VARCHAR AS 'url_query_param(page, ''utm_source'')'";
+
 fn sorted_rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for b in batches {
@@ -36,6 +40,7 @@ async fn streaming(sql: &str, lanes: usize) -> Result<Vec<Vec<String>>, Box<dyn 
     let mut session = Session::default();
     session.set_parallelism(lanes);
     session.execute_script(DDL).await?;
+    session.execute_script(FUNCTIONS).await?;
     let mut outputs = session.execute_script(sql).await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a continuous query".into()) };
     let mut batches = Vec::new();
@@ -85,6 +90,19 @@ async fn tumbling_window_matches_batch_group_by() -> TestResult {
          event_type, count(*), sum(item_id), round(avg(price), 4), min(price), max(price), \
          count(DISTINCT user_id), approx_distinct(session_id) \
          FROM clicks GROUP BY 1, 2, 3",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_functions_in_window_keys_and_aggregates_match_written_out_batch() -> TestResult {
+    assert_same(
+        "SELECT window_start, referrer(page), count(*), round(sum(with_tax(price)), 2) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '2' MINUTE)) \
+         GROUP BY window_start, window_end, referrer(page)",
+        "SELECT date_bin(INTERVAL '2 minutes', ts, TIMESTAMP '1970-01-01 00:00:00'), \
+         substr(page, strpos(page, 'utm_source=') + 11), count(*), round(sum(price * 1.19), 2) \
+         FROM clicks GROUP BY 1, 2",
     )
     .await
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use sluice_connectors::TableSpec;
 use sqlparser::ast::{Expr, ObjectName, Query};
 
@@ -48,11 +48,22 @@ pub struct ViewDef {
     pub query: Box<Query>,
 }
 
-/// Tables and views of one Sluice instance.
+/// A function declared with CREATE FUNCTION ... AS 'expression'.
+#[derive(Debug, Clone)]
+pub struct FunctionDef {
+    pub name: String,
+    pub params: Vec<(String, DataType)>,
+    pub return_type: DataType,
+    /// The body as written, over the parameter names.
+    pub body: Expr,
+}
+
+/// Tables, views and SQL functions of one Sluice instance.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     tables: BTreeMap<String, TableDef>,
     views: BTreeMap<String, ViewDef>,
+    functions: BTreeMap<String, FunctionDef>,
 }
 
 /// The catalog key of a (possibly qualified) SQL name.
@@ -120,6 +131,24 @@ impl Catalog {
             return Err(SqlError::Catalog(format!("'{name}' is a view: use DROP VIEW")));
         }
         Ok(self.tables.remove(name).is_some())
+    }
+
+    /// Adds or (with `replace`) replaces a SQL function.
+    pub fn add_function(&mut self, function: FunctionDef, replace: bool) -> Result<()> {
+        if !replace && self.functions.contains_key(&function.name) {
+            return Err(SqlError::Catalog(format!("function '{}' already exists", function.name)));
+        }
+        self.functions.insert(function.name.clone(), function);
+        Ok(())
+    }
+
+    pub fn functions(&self) -> impl Iterator<Item = &FunctionDef> {
+        self.functions.values()
+    }
+
+    /// Removes a SQL function; `false` if it did not exist.
+    pub fn drop_function(&mut self, name: &str) -> bool {
+        self.functions.remove(name).is_some()
     }
 
     /// Removes a view; `Ok(false)` if it did not exist.

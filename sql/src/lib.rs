@@ -16,6 +16,7 @@ pub mod interval;
 pub mod lower;
 pub mod planner;
 pub mod session;
+pub mod sql_function;
 pub mod statement;
 pub mod window_tvf;
 

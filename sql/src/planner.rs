@@ -10,13 +10,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::TableType;
 use datafusion::execution::context::SessionContext;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{cast, Expr as DfExpr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -25,6 +27,7 @@ use sqlparser::ast::{Expr, ExprWithAlias, Query, Statement};
 
 use crate::catalog::{Catalog, TableDef};
 use crate::error::{plan_err, Result};
+use crate::sql_function::SqlFunction;
 use crate::window_tvf::{rewrite_query, WindowTvfs};
 
 /// Optimizer rules that would split one windowed aggregation into several.
@@ -53,10 +56,11 @@ pub fn planning_context() -> SessionContext {
         .filter(|r| !DISABLED_RULES.contains(&r.name()))
         .cloned()
         .collect();
-    let state = SessionStateBuilder::new_from_existing(base).with_optimizer_rules(rules).build();
-    let ctx = SessionContext::new_with_state(state);
-    sluice_udf::register_functions(&ctx);
-    ctx
+    let mut state = SessionStateBuilder::new_from_existing(base).with_optimizer_rules(rules).build();
+    if let Err(e) = sluice_udf::register_functions(&mut state) {
+        tracing::error!("registering Sluice's functions failed: {e}");
+    }
+    SessionContext::new_with_state(state)
 }
 
 /// A catalog table as DataFusion sees it: a schema whose scan is a feed.
@@ -87,20 +91,38 @@ impl TableProvider for StreamTable {
     }
 }
 
-fn context_with_tables(catalog: &Catalog) -> Result<SessionContext> {
+/// A planning context holding every catalog table and SQL function.
+pub fn context_with_catalog(catalog: &Catalog) -> Result<SessionContext> {
     let ctx = planning_context();
     for table in catalog.tables() {
         let provider = StreamTable { name: table.name.clone(), schema: table.schema.clone() };
         ctx.register_table(table.name.as_str(), Arc::new(provider))?;
     }
+    for f in catalog.functions() {
+        let body = sql_function_body(&ctx, &f.params, &f.body)?;
+        let udf = SqlFunction::new(f.name.clone(), f.params.clone(), f.return_type.clone(), body);
+        ctx.register_udf(udf.into_udf());
+    }
     Ok(ctx)
+}
+
+/// Plans a SQL function's body over its parameters.
+pub fn sql_function_body(ctx: &SessionContext, params: &[(String, DataType)], body: &Expr) -> Result<DfExpr> {
+    let schema = Schema::new(params.iter().map(|(n, t)| Field::new(n, t.clone(), true)).collect::<Vec<_>>());
+    let df_schema = DFSchema::try_from(schema)?;
+    let expr = ctx
+        .state()
+        .create_logical_expr_from_sql_expr(ExprWithAlias { expr: body.clone(), alias: None }, &df_schema)?;
+    // Coerced now: the body is inlined after the query's own type coercion ran.
+    let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::new(df_schema.clone())).build());
+    Ok(simplifier.coerce(expr, &df_schema)?)
 }
 
 /// Plans `query` to a logical plan in a context holding every catalog table.
 pub async fn plan_logical(catalog: &Catalog, query: &Query) -> Result<(LogicalPlan, WindowTvfs, SessionContext)> {
     let mut query = Box::new(query.clone());
     let windows = rewrite_query(&mut query, catalog)?;
-    let ctx = context_with_tables(catalog)?;
+    let ctx = context_with_catalog(catalog)?;
     let statement = DfStatement::Statement(Box::new(Statement::Query(query)));
     let plan = ctx.state().statement_to_plan(statement).await?;
     Ok((plan, windows, ctx))

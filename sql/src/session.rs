@@ -23,7 +23,7 @@ use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
 
-use crate::catalog::{normalize_name, Catalog, TableDef, ViewDef, WatermarkDef};
+use crate::catalog::{normalize_name, Catalog, FunctionDef, TableDef, ViewDef, WatermarkDef};
 use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
 use crate::lower::{lower, reads_stream};
@@ -153,6 +153,18 @@ impl Session {
             }
             Statement::CreateView(view) => self.create_view(view).await,
             Statement::Drop { object_type, if_exists, names, .. } => self.drop(object_type, if_exists, &names),
+            Statement::CreateFunction(f) => self.create_function(f).await,
+            Statement::DropFunction(f) => {
+                let mut dropped = Vec::new();
+                for desc in &f.func_desc {
+                    let name = normalize_name(&desc.name);
+                    if !self.with_catalog(|c| Ok(c.drop_function(&name)))? && !f.if_exists {
+                        return Err(SqlError::Catalog(format!("function '{name}' does not exist")));
+                    }
+                    dropped.push(name);
+                }
+                Ok(StatementOutput::Message(format!("Dropped: {}", dropped.join(", "))))
+            }
             Statement::ShowTables { .. } => self.show_tables(),
             Statement::ShowFunctions { .. } => self.show_functions(),
             Statement::ExplainTable { table_name, .. } => self.describe(&normalize_name(&table_name)),
@@ -189,11 +201,7 @@ impl Session {
             return Err(SqlError::Catalog(format!("table '{name}' already exists")));
         }
         let ctx = planning_context();
-        let ddl = Statement::CreateTable(CreateTableBuilder::new(create.name.clone()).columns(create.columns).build());
-        let schema = match ctx.state().statement_to_plan(DfStatement::Statement(Box::new(ddl))).await? {
-            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => Arc::new(c.input.schema().as_arrow().clone()),
-            other => return plan_err(format!("internal: CREATE TABLE planned as {}", other.display())),
-        };
+        let schema = self.schema_of(&create.name, create.columns).await?;
         let mut options: BTreeMap<String, String> = BTreeMap::new();
         for (key, value) in create.options {
             if options.insert(key.to_lowercase(), value).is_some() {
@@ -222,6 +230,64 @@ impl Session {
         self.connector(&table.connector)?.validate(&table.spec())?;
         self.with_catalog(|c| c.add_table(table))?;
         Ok(StatementOutput::Message(format!("Table '{name}' created")))
+    }
+
+    /// Arrow types of SQL column definitions, as DataFusion maps them.
+    async fn schema_of(&self, name: &sqlparser::ast::ObjectName, columns: Vec<sqlparser::ast::ColumnDef>) -> Result<SchemaRef> {
+        let ddl = Statement::CreateTable(CreateTableBuilder::new(name.clone()).columns(columns).build());
+        match planning_context().state().statement_to_plan(DfStatement::Statement(Box::new(ddl))).await? {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => Ok(Arc::new(c.input.schema().as_arrow().clone())),
+            other => plan_err(format!("internal: CREATE TABLE planned as {}", other.display())),
+        }
+    }
+
+    async fn create_function(&mut self, f: sqlparser::ast::CreateFunction) -> Result<StatementOutput> {
+        use sqlparser::ast::{ColumnDef, CreateFunctionBody, FunctionReturnType, Ident, Value};
+        let name = normalize_name(&f.name);
+        if let Some(lang) = &f.language {
+            return plan_err(format!("CREATE FUNCTION {name}: LANGUAGE {lang} is not supported; write AS 'expression'"));
+        }
+        let Some(FunctionReturnType::DataType(return_type)) = &f.return_type else {
+            return plan_err(format!("CREATE FUNCTION {name}: RETURNS <type> is required"));
+        };
+        let body = match &f.function_body {
+            Some(CreateFunctionBody::AsBeforeOptions { body, .. } | CreateFunctionBody::AsAfterOptions(body) | CreateFunctionBody::Return(body)) => body.clone(),
+            _ => return plan_err(format!("CREATE FUNCTION {name}: expected AS 'expression'")),
+        };
+        // The body may be quoted text (AS 'price * 1.2') or a bare expression (RETURN price * 1.2).
+        let body = match &body {
+            sqlparser::ast::Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(text) => sqlparser::parser::Parser::new(&crate::dialect::SluiceDialect)
+                    .try_with_sql(text)?
+                    .parse_expr()?,
+                _ => body,
+            },
+            _ => body,
+        };
+        let mut columns: Vec<ColumnDef> = Vec::new();
+        for (i, arg) in f.args.iter().flatten().enumerate() {
+            let arg_name = arg.name.clone().unwrap_or_else(|| Ident::new(format!("${}", i + 1)));
+            columns.push(ColumnDef { name: arg_name, data_type: arg.data_type.clone(), options: vec![] });
+        }
+        columns.push(ColumnDef { name: Ident::new("__return"), data_type: return_type.clone(), options: vec![] });
+        let schema = self.schema_of(&f.name, columns).await?;
+        let fields = schema.fields();
+        let params: Vec<(String, DataType)> =
+            fields.iter().take(fields.len() - 1).map(|f| (f.name().clone(), f.data_type().clone())).collect();
+        let return_type = fields[fields.len() - 1].data_type().clone();
+        // Check the body now: it must plan over the parameters alone.
+        let body_expr = crate::planner::sql_function_body(&planning_context(), &params, &body)
+            .map_err(|e| SqlError::Plan(format!("CREATE FUNCTION {name}: {e}")))?;
+        let df_schema = datafusion::common::DFSchema::try_from(Schema::new(
+            params.iter().map(|(n, t)| Field::new(n, t.clone(), true)).collect::<Vec<_>>(),
+        ))?;
+        let produced = datafusion::logical_expr::ExprSchemable::get_type(&body_expr, &df_schema)?;
+        if !datafusion::arrow::compute::can_cast_types(&produced, &return_type) {
+            return plan_err(format!("CREATE FUNCTION {name}: the body is {produced}, which cannot become {return_type}"));
+        }
+        let def = FunctionDef { name: name.clone(), params, return_type, body };
+        self.with_catalog(|c| c.add_function(def, f.or_replace))?;
+        Ok(StatementOutput::Message(format!("Function '{name}' created")))
     }
 
     async fn create_view(&mut self, view: CreateView) -> Result<StatementOutput> {
@@ -265,7 +331,7 @@ impl Session {
     }
 
     fn show_functions(&self) -> Result<StatementOutput> {
-        let rows = sluice_udf::list_functions(&planning_context())
+        let rows = sluice_udf::list_functions(&crate::planner::context_with_catalog(&self.catalog()?)?)
             .into_iter()
             .map(|(name, kind)| [name, kind.to_string()])
             .collect();

@@ -1,10 +1,18 @@
 //! The functions queries can call.
 //!
-//! DataFusion's built-in scalar, aggregate and window functions come first; this
-//! crate is where Sluice registers functions of its own into the planning
-//! context, and lists what is callable for `SHOW FUNCTIONS`.
+//! DataFusion's built-in scalar, aggregate and window functions come first. This
+//! crate adds what stream analytics on event data needs and DataFusion lacks —
+//! JSON field access (from `datafusion-functions-json`) and URL parsing — and
+//! lists everything callable for `SHOW FUNCTIONS` / `\df`.
 
+mod url_functions;
+
+use datafusion::error::Result;
 use datafusion::execution::context::SessionContext;
+use datafusion::execution::SessionState;
+use datafusion::execution::FunctionRegistry;
+
+pub use url_functions::url_functions;
 
 /// Kinds of callable functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,9 +32,19 @@ impl std::fmt::Display for FunctionKind {
     }
 }
 
-/// Registers Sluice's own functions into a planning context. DataFusion's
-/// built-ins are already there.
-pub fn register_functions(_ctx: &SessionContext) {}
+/// Registers Sluice's own functions into a planning state, next to DataFusion's
+/// built-ins:
+/// - JSON on text columns: `json_get_str(json, 'key', ...)`, `json_get_int`,
+///   `json_get_float`, `json_get_bool`, `json_contains`, `json_length`,
+///   `json_object_keys`, and the `->` / `->>` operators;
+/// - URLs: `url_host(url)`, `url_path(url)`, `url_query_param(url, 'name')`.
+pub fn register_functions(state: &mut SessionState) -> Result<()> {
+    datafusion_functions_json::register_all(state)?;
+    for f in url_functions() {
+        state.register_udf(std::sync::Arc::new(f))?;
+    }
+    Ok(())
+}
 
 /// Every function a query planned in `ctx` can call, sorted by name.
 pub fn list_functions(ctx: &SessionContext) -> Vec<(String, FunctionKind)> {

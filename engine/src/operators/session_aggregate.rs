@@ -171,7 +171,7 @@ impl Operator for SessionAggregate {
         let key_arrays: Vec<ArrayRef> = self.key_indices.iter().map(|i| Arc::clone(&ev.groups[*i])).collect();
         // Without keys (one global session stream) every row has the empty key.
         let key_rows = if key_arrays.is_empty() { None } else { Some(self.converter.convert_columns(&key_arrays)?) };
-        let key_of = |i: usize| -> Box<[u8]> { key_rows.as_ref().map_or_else(|| Box::default(), |r| r.row(i).as_ref().into()) };
+        let key_of = |i: usize| -> Box<[u8]> { key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into()) };
         let ts = as_epoch_nanos(&ev.groups[self.spec.window_start])?;
 
         let mut by_key: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
