@@ -13,6 +13,10 @@ use sluice_sql::Session;
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Continuous SQL over event streams")]
 struct Cli {
+    /// Load a native plug-in function: NAME=PATH to a shared library built against
+    /// datafusion-ffi (repeatable); same as CREATE FUNCTION NAME LANGUAGE rust AS 'PATH'.
+    #[arg(long = "udf", global = true, value_name = "NAME=PATH")]
+    udfs: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,8 +59,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut session = Session::default();
+    for udf in &cli.udfs {
+        let Some((name, path)) = udf.split_once('=') else { bail!("--udf expects NAME=PATH, got '{udf}'") };
+        let sql = format!("CREATE FUNCTION {name} LANGUAGE rust AS '{}'", path.replace('\'', "''"));
+        if !runtime.block_on(render::run_script(&mut session, &sql, false, &mut std::io::sink())) {
+            bail!("--udf {udf}: the function could not be loaded");
+        }
+    }
     match cli.command {
-        Command::Shell => shell::run(&runtime),
+        Command::Shell => shell::run(&runtime, session),
         Command::Run { file, command, timing } => {
             let sql = match (file, command) {
                 (Some(path), None) => std::fs::read_to_string(&path)
@@ -64,7 +76,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(sql)) => sql,
                 _ => bail!("give either a script file or -c \"SQL\""),
             };
-            let mut session = Session::default();
             let ok = runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout()));
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -181,3 +181,71 @@ fn a_failing_expression_stops_an_unbounded_query_with_its_error() -> TestResult 
     assert!(stderr.to_lowercase().contains("divide by zero"), "{stderr}");
     Ok(())
 }
+
+/// Builds the example plug-in crate and returns its shared library.
+fn example_plugin() -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo).args(["build", "-p", "sluice-example-udfs"]).status()?;
+    assert!(status.success(), "building the example plug-in failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let name = format!("{}sluice_example_udfs{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    Ok(target.join("debug").join(name))
+}
+
+#[test]
+fn native_plugin_functions_work_in_windows_and_panics_fail_only_their_query() -> TestResult {
+    let lib = example_plugin()?;
+    let udfs = [format!("discount={}", lib.display()), format!("geo_mean={}", lib.display())];
+    let sql = format!(
+        "{CLICKS} SELECT window_start, round(geo_mean(price), 6) = round(exp(avg(ln(price))), 6) AS geo_ok, \
+         round(sum(discount(price, 25)), 4) = round(sum(price * 0.75), 4) AS discount_ok, count(*) AS n \
+         FROM TABLE(HOP(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '2' MINUTE)) \
+         GROUP BY window_start, window_end;"
+    );
+    let out = Command::new(SLUICE)
+        .args(["--udf", &udfs[0], "--udf", &udfs[1], "run", "-c", &sql])
+        .output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| 20")).collect();
+    assert_eq!(rows.len(), 6, "{stdout}");
+    assert!(rows.iter().all(|r| r.matches("| true ").count() == 2), "{stdout}");
+
+    // In the shell: a panicking call fails its query, the shell carries on.
+    let mut shell = Shell::start()?;
+    shell.send(&format!("CREATE FUNCTION discount LANGUAGE rust AS '{}';\n", lib.display()))?;
+    shell.expect("Function 'discount' (scalar) loaded")?;
+    shell.send(&format!("{CLICKS}\n"))?;
+    shell.expect("created")?;
+    shell.send(
+        "SELECT window_start, sum(discount(price, 150)) FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), \
+         INTERVAL '1' MINUTE)) GROUP BY window_start, window_end;\n",
+    )?;
+    shell.expect("function discount panicked: discount of 150% is more than the price")?;
+    shell.send("SELECT round(discount(80.0, 25), 1) AS d;\n")?;
+    shell.expect("| 60.0 ")?;
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
+    Ok(())
+}
+
+#[test]
+fn bad_plugin_libraries_are_refused_with_the_function_named() -> TestResult {
+    let lib = example_plugin()?;
+    for (sql, expected) in [
+        (format!("CREATE FUNCTION nope LANGUAGE rust AS '{}';", lib.display()), "exports neither sluice_scalar_udf_nope"),
+        ("CREATE FUNCTION f LANGUAGE rust AS '/no/such/lib.so';".to_string(), "function 'f': cannot load library /no/such/lib.so"),
+        ("CREATE FUNCTION f LANGUAGE rust AS '/etc/hostname';".to_string(), "function 'f': cannot load library"),
+        ("CREATE FUNCTION f LANGUAGE python AS 'x.py';".to_string(), "LANGUAGE python is not supported"),
+    ] {
+        let out = Command::new(SLUICE).args(["run", "-c", &sql]).output()?;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(stderr.contains(expected), "{sql}: {stderr}");
+    }
+    let out = Command::new(SLUICE).args(["--udf", "geo_mean", "run", "-c", "SELECT 1;"]).output()?;
+    assert!(String::from_utf8(out.stderr)?.contains("--udf expects NAME=PATH"));
+    Ok(())
+}

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use sluice_connectors::TableSpec;
+use sluice_udf::NativeFunction;
 use sqlparser::ast::{Expr, ObjectName, Query};
 
 use crate::error::{Result, SqlError};
@@ -48,14 +49,25 @@ pub struct ViewDef {
     pub query: Box<Query>,
 }
 
-/// A function declared with CREATE FUNCTION ... AS 'expression'.
+/// A function declared with CREATE FUNCTION.
 #[derive(Debug, Clone)]
 pub struct FunctionDef {
     pub name: String,
-    pub params: Vec<(String, DataType)>,
-    pub return_type: DataType,
-    /// The body as written, over the parameter names.
-    pub body: Expr,
+    pub body: FunctionBody,
+}
+
+/// What a function runs.
+#[derive(Debug, Clone)]
+pub enum FunctionBody {
+    /// `AS 'expression'`, inlined at planning.
+    Sql {
+        params: Vec<(String, DataType)>,
+        return_type: DataType,
+        /// The body as written, over the parameter names.
+        body: Box<Expr>,
+    },
+    /// `LANGUAGE rust AS 'path'`: loaded from a plug-in library.
+    Native { path: String, function: NativeFunction },
 }
 
 /// Tables, views and SQL functions of one Sluice instance.

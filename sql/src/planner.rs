@@ -25,7 +25,8 @@ use datafusion::sql::parser::Statement as DfStatement;
 use sluice_engine::feed::FeedExec;
 use sqlparser::ast::{Expr, ExprWithAlias, Query, Statement};
 
-use crate::catalog::{Catalog, TableDef};
+use crate::catalog::{Catalog, FunctionBody, TableDef};
+use sluice_udf::NativeFunction;
 use crate::error::{plan_err, Result};
 use crate::sql_function::SqlFunction;
 use crate::window_tvf::{rewrite_query, WindowTvfs};
@@ -99,9 +100,17 @@ pub fn context_with_catalog(catalog: &Catalog) -> Result<SessionContext> {
         ctx.register_table(table.name.as_str(), Arc::new(provider))?;
     }
     for f in catalog.functions() {
-        let body = sql_function_body(&ctx, &f.params, &f.body)?;
-        let udf = SqlFunction::new(f.name.clone(), f.params.clone(), f.return_type.clone(), body);
-        ctx.register_udf(udf.into_udf());
+        match &f.body {
+            FunctionBody::Sql { params, return_type, body } => {
+                let body = sql_function_body(&ctx, params, body)?;
+                let udf = SqlFunction::new(f.name.clone(), params.clone(), return_type.clone(), body);
+                ctx.register_udf(udf.into_udf());
+            }
+            FunctionBody::Native { function: NativeFunction::Scalar(udf), .. } => ctx.register_udf((**udf).clone()),
+            FunctionBody::Native { function: NativeFunction::Aggregate(udaf), .. } => {
+                ctx.register_udaf((**udaf).clone())
+            }
+        }
     }
     Ok(ctx)
 }

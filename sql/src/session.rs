@@ -23,7 +23,7 @@ use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
 
-use crate::catalog::{normalize_name, Catalog, FunctionDef, TableDef, ViewDef, WatermarkDef};
+use crate::catalog::{normalize_name, Catalog, FunctionBody, FunctionDef, TableDef, ViewDef, WatermarkDef};
 use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
 use crate::lower::{lower, reads_stream};
@@ -125,6 +125,9 @@ impl Session {
         match statement {
             SluiceStatement::CreateTable(create) => self.create_table(*create).await,
             SluiceStatement::ShowMetrics => self.show_metrics(),
+            SluiceStatement::CreateNativeFunction { name, or_replace, language, path } => {
+                self.create_native_function(&normalize_name(&name), or_replace, &language, path)
+            }
             SluiceStatement::Sql(statement) => self.execute_sql(*statement).await,
         }
     }
@@ -245,7 +248,10 @@ impl Session {
         use sqlparser::ast::{ColumnDef, CreateFunctionBody, FunctionReturnType, Ident, Value};
         let name = normalize_name(&f.name);
         if let Some(lang) = &f.language {
-            return plan_err(format!("CREATE FUNCTION {name}: LANGUAGE {lang} is not supported; write AS 'expression'"));
+            return plan_err(format!(
+                "CREATE FUNCTION {name}: LANGUAGE {lang} takes no argument list or RETURNS: \
+                 CREATE FUNCTION {name} LANGUAGE rust AS 'path/to/lib.so'"
+            ));
         }
         let Some(FunctionReturnType::DataType(return_type)) = &f.return_type else {
             return plan_err(format!("CREATE FUNCTION {name}: RETURNS <type> is required"));
@@ -285,9 +291,24 @@ impl Session {
         if !datafusion::arrow::compute::can_cast_types(&produced, &return_type) {
             return plan_err(format!("CREATE FUNCTION {name}: the body is {produced}, which cannot become {return_type}"));
         }
-        let def = FunctionDef { name: name.clone(), params, return_type, body };
+        let def = FunctionDef { name: name.clone(), body: FunctionBody::Sql { params, return_type, body: Box::new(body) } };
         self.with_catalog(|c| c.add_function(def, f.or_replace))?;
         Ok(StatementOutput::Message(format!("Function '{name}' created")))
+    }
+
+    fn create_native_function(&mut self, name: &str, replace: bool, language: &str, path: String) -> Result<StatementOutput> {
+        if !language.eq_ignore_ascii_case("rust") {
+            return plan_err(format!("CREATE FUNCTION {name}: LANGUAGE {language} is not supported (use rust)"));
+        }
+        let function = sluice_udf::load_native_function(std::path::Path::new(&path), name)
+            .map_err(|e| SqlError::Plan(e.to_string()))?;
+        let kind = match function {
+            sluice_udf::NativeFunction::Scalar(_) => "scalar",
+            sluice_udf::NativeFunction::Aggregate(_) => "aggregate",
+        };
+        let def = FunctionDef { name: name.to_string(), body: FunctionBody::Native { path, function } };
+        self.with_catalog(|c| c.add_function(def, replace))?;
+        Ok(StatementOutput::Message(format!("Function '{name}' ({kind}) loaded")))
     }
 
     async fn create_view(&mut self, view: CreateView) -> Result<StatementOutput> {

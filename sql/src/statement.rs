@@ -1,7 +1,8 @@
 //! Splits SQL text into statements: Sluice's own (`CREATE TABLE`, `SHOW METRICS`)
 //! and everything sqlparser parses with [`SluiceDialect`].
 
-use sqlparser::ast::Statement;
+use sqlparser::ast::{ObjectName, Statement};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Token;
 
@@ -14,6 +15,8 @@ pub enum SluiceStatement {
     CreateTable(Box<CreateTable>),
     /// `SHOW METRICS`: counters of the session's most recent query.
     ShowMetrics,
+    /// `CREATE [OR REPLACE] FUNCTION name LANGUAGE rust AS 'path/to/lib.so'`.
+    CreateNativeFunction { name: ObjectName, or_replace: bool, language: String, path: String },
     /// Anything sqlparser parses: queries, INSERT, CREATE VIEW, DROP, SHOW, DESCRIBE, EXPLAIN.
     Sql(Box<Statement>),
 }
@@ -40,6 +43,9 @@ fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
     if at_create_table(parser) {
         return parse_create_table(parser).map(|c| SluiceStatement::CreateTable(Box::new(c)));
     }
+    if let Some(native) = parse_native_function(parser)? {
+        return Ok(native);
+    }
     let [a, b] = parser.peek_tokens::<2>();
     if let (Token::Word(a), Token::Word(b)) = (&a, &b) {
         if a.value.eq_ignore_ascii_case("SHOW") && b.value.eq_ignore_ascii_case("METRICS") {
@@ -49,6 +55,36 @@ fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
         }
     }
     Ok(SluiceStatement::Sql(Box::new(parser.parse_statement()?)))
+}
+
+/// `CREATE [OR REPLACE] FUNCTION name LANGUAGE lang AS 'path'` (no argument list:
+/// a plug-in declares its own signature); `None`, consuming nothing, otherwise.
+fn parse_native_function(parser: &mut Parser) -> Result<Option<SluiceStatement>, ParserError> {
+    let words: Vec<String> = parser
+        .peek_tokens::<6>()
+        .iter()
+        .map(|t| match t {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            _ => String::new(),
+        })
+        .collect();
+    let or_replace = words.get(1).is_some_and(|w| w == "OR") && words.get(2).is_some_and(|w| w == "REPLACE");
+    let at = if or_replace { 3 } else { 1 };
+    let is_native = words[0] == "CREATE"
+        && words.get(at).is_some_and(|w| w == "FUNCTION")
+        && words.get(at + 2).is_some_and(|w| w == "LANGUAGE");
+    if !is_native {
+        return Ok(None);
+    }
+    for _ in 0..=at {
+        parser.next_token();
+    }
+    let name = parser.parse_object_name(false)?;
+    parser.expect_keyword(Keyword::LANGUAGE)?;
+    let language = parser.parse_identifier()?.value;
+    parser.expect_keyword(Keyword::AS)?;
+    let path = parser.parse_literal_string()?;
+    Ok(Some(SluiceStatement::CreateNativeFunction { name, or_replace, language, path }))
 }
 
 #[cfg(test)]

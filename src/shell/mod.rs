@@ -25,14 +25,13 @@ fn history_path() -> Option<PathBuf> {
 }
 
 /// Runs the shell until `\q` or end of input.
-pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(runtime: &tokio::runtime::Runtime, mut session: Session) -> anyhow::Result<std::process::ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
     println!("Sluice {} — continuous SQL over event streams. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
-    let mut session = Session::default();
     let mut timing = false;
     let mut buffer = String::new();
     loop {

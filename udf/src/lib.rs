@@ -5,6 +5,8 @@
 //! JSON field access (from `datafusion-functions-json`) and URL parsing — and
 //! lists everything callable for `SHOW FUNCTIONS` / `\df`.
 
+pub mod panic_safe;
+pub mod plugin;
 mod url_functions;
 
 use datafusion::error::Result;
@@ -12,6 +14,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::execution::SessionState;
 use datafusion::execution::FunctionRegistry;
 
+pub use plugin::{load_native_function, NativeFunction, PluginError};
 pub use url_functions::url_functions;
 
 /// Kinds of callable functions.
