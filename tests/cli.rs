@@ -213,6 +213,19 @@ fn native_plugin_functions_work_in_windows_and_panics_fail_only_their_query() ->
     assert_eq!(rows.len(), 6, "{stdout}");
     assert!(rows.iter().all(|r| r.matches("| true ").count() == 2), "{stdout}");
 
+    // Session windows merge the aggregate's state across sessions that join up.
+    let sql = format!(
+        "{CLICKS} SELECT user_id, round(geo_mean(price), 6) = round(exp(avg(ln(price))), 6) AS geo_ok \
+         FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) \
+         GROUP BY window_start, window_end, user_id;"
+    );
+    let out = Command::new(SLUICE).args(["--udf", &udfs[1], "run", "-c", &sql]).output()?;
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let sessions: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ") && !l.contains("geo_ok")).collect();
+    assert!(sessions.len() > 50, "{stdout}");
+    assert!(sessions.iter().all(|r| r.contains("| true ")), "{stdout}");
+
     // In the shell: a panicking call fails its query, the shell carries on.
     let mut shell = Shell::start()?;
     shell.send(&format!("CREATE FUNCTION discount LANGUAGE rust AS '{}';\n", lib.display()))?;
