@@ -1,6 +1,7 @@
 //! The `sluice` command: the interactive shell and script runner.
 
 mod render;
+mod server;
 mod shell;
 
 use std::path::PathBuf;
@@ -24,7 +25,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Interactive SQL shell.
-    Shell,
+    Shell {
+        /// Run statements on a `sluice serve` at this URL instead of in-process.
+        #[arg(long)]
+        server: Option<String>,
+        /// Bearer token for --server (default: the SLUICE_TOKEN environment variable).
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// REST server running continuous queries (see README: REST API).
+    Serve {
+        /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the catalog and submitted queries are kept across restarts.
+        #[arg(long, default_value = ".sluice")]
+        state_dir: PathBuf,
+        /// ROLE:TOKEN (roles: viewer, editor, admin); repeatable. Also read from SLUICE_TOKENS.
+        #[arg(long = "token", value_name = "ROLE:TOKEN")]
+        tokens: Vec<String>,
+    },
     /// Run a SQL script (or -c "SQL") to completion; Ctrl-C stops the running query.
     Run {
         /// The script to run.
@@ -59,6 +79,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Command::Serve { listen, state_dir, tokens } = cli.command {
+        let from_env = std::env::var("SLUICE_TOKENS").unwrap_or_default();
+        let tokens = server::auth::Tokens::parse(tokens.iter().map(String::as_str).chain(from_env.split(',')))
+            .map_err(anyhow::Error::msg)?;
+        let config = server::ServerConfig { listen, state_dir, tokens, udfs: cli.udfs };
+        runtime.block_on(server::serve(config))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut session = Session::default();
     for udf in &cli.udfs {
         let Some((name, path)) = udf.split_once('=') else { bail!("--udf expects NAME=PATH, got '{udf}'") };
@@ -68,7 +96,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Shell => shell::run(&runtime, session),
+        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(session)),
+        Command::Shell { server: Some(url), token } => {
+            let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok());
+            shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)))
+        }
+        Command::Serve { .. } => Ok(ExitCode::SUCCESS),
         Command::Run { file, command, timing } => {
             let sql = match (file, command) {
                 (Some(path), None) => std::fs::read_to_string(&path)

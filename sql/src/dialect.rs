@@ -55,6 +55,13 @@ impl Dialect for SluiceDialect {
                 parser.next_token();
                 Some(parser.parse_object_name(false).map(table_arg))
             }
+            // `TABLE(name)`: how the marker prints, so a rewritten statement parses again.
+            (Token::Word(w), Token::LParen) if w.keyword == Keyword::TABLE => {
+                parser.next_token();
+                parser.next_token();
+                let name = parser.parse_object_name(false);
+                Some(name.and_then(|n| parser.expect_token(&Token::RParen).map(|_| table_arg(n))))
+            }
             _ => None,
         }
     }
@@ -183,6 +190,15 @@ mod tests {
         let FunctionArguments::List(list) = &f.args else { panic!("no args") };
         let FunctionArg::Unnamed(FunctionArgExpr::Expr(first)) = &list.args[0] else { panic!("named") };
         assert_eq!(as_table_arg(first).map(|n| n.to_string()), Some("clicks".to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn printed_statement_parses_back() -> Result<(), ParserError> {
+        let sql = "SELECT window_start FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE))";
+        let printed = Parser::parse_sql(&SluiceDialect, sql)?[0].to_string();
+        let again = Parser::parse_sql(&SluiceDialect, &printed)?[0].to_string();
+        assert_eq!(printed, again);
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 //! Statements may span lines and end with `;`. Backslash commands: `\q` quit,
 //! `\?` help, `\d` list tables, `\d NAME` describe a table, `\df` list functions,
 //! `\timing` toggle timing. Ctrl-C cancels the running query, not the shell;
-//! Ctrl-D quits. History is kept in `~/.sluice_history`.
+//! Ctrl-D quits. History is kept in `~/.sluice_history`. With `--server URL` the
+//! statements run on a `sluice serve` instead (see [`remote`]).
 
 mod commands;
+pub mod remote;
 
 use std::path::PathBuf;
 
@@ -24,8 +26,24 @@ fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".sluice_history"))
 }
 
+/// Where statements run: in this process, or on a server.
+pub enum Backend {
+    Local(Session),
+    Remote(remote::Remote),
+}
+
+impl Backend {
+    fn run(&mut self, runtime: &tokio::runtime::Runtime, sql: &str, timing: bool) -> bool {
+        let mut out = std::io::stdout();
+        match self {
+            Backend::Local(session) => runtime.block_on(render::run_script(session, sql, timing, &mut out)),
+            Backend::Remote(remote) => runtime.block_on(remote.run_script(sql, timing, &mut out)),
+        }
+    }
+}
+
 /// Runs the shell until `\q` or end of input.
-pub fn run(runtime: &tokio::runtime::Runtime, mut session: Session) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(runtime: &tokio::runtime::Runtime, mut backend: Backend) -> anyhow::Result<std::process::ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
     let history = history_path();
     if let Some(h) = &history {
@@ -55,7 +73,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, mut session: Session) -> anyhow::R
                     println!("Timing is {}.", if timing { "on" } else { "off" });
                 }
                 Ok(BackslashCommand::Sql(sql)) => {
-                    runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout()));
+                    backend.run(runtime, &sql, timing);
                 }
                 Err(e) => eprintln!("{e}"),
             }
@@ -70,7 +88,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, mut session: Session) -> anyhow::R
         }
         let sql = std::mem::take(&mut buffer);
         let _ = editor.add_history_entry(sql.as_str());
-        runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout()));
+        backend.run(runtime, &sql, timing);
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);

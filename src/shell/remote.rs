@@ -1,0 +1,174 @@
+//! The shell as a client of a running `sluice serve`: DDL and catalog statements
+//! go to `/api/v1/statements`, queries are submitted to `/api/v1/queries` and their
+//! results streamed back (NDJSON) into the same growing table; Ctrl-C stops the
+//! query on the server.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use sluice_connectors::table_printer::TablePrinter;
+use sluice_sql::SluiceStatement;
+
+/// A connection to a Sluice server.
+pub struct Remote {
+    client: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn text_batch(schema: &SchemaRef, rows: &[Vec<String>]) -> Result<RecordBatch, String> {
+    let columns: Vec<ArrayRef> = (0..schema.fields().len())
+        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .collect();
+    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())
+}
+
+fn text_schema(names: &[String]) -> SchemaRef {
+    Arc::new(Schema::new(names.iter().map(|n| Field::new(n, DataType::Utf8, true)).collect::<Vec<_>>()))
+}
+
+impl Remote {
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Remote { client: reqwest::Client::new(), base: base.trim_end_matches('/').to_string(), token }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send_json(&self, path: &str, body: Value) -> Result<Value, String> {
+        let resp = self.request(reqwest::Method::POST, path).json(&body).send().await.map_err(|e| format!("{}: {e}", self.base))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(value["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("{status}")))
+        }
+    }
+
+    /// Runs every statement of `sql` on the server; false at the first error.
+    pub async fn run_script(&self, sql: &str, timing: bool, out: &mut impl Write) -> bool {
+        let statements = match sluice_sql::parse_statements(sql) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: syntax error: {e}");
+                return false;
+            }
+        };
+        for statement in statements {
+            let started = Instant::now();
+            let is_query = matches!(&statement, SluiceStatement::Sql(s)
+                if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)));
+            let text = match &statement {
+                SluiceStatement::Sql(s) => s.to_string(),
+                _ => sql.to_string(),
+            };
+            let result = if is_query { self.run_query(&text, out).await } else { self.run_statement(&text, out).await };
+            match result {
+                Ok(summary) => {
+                    let _ = writeln!(out, "{summary}");
+                }
+                Err(e) => {
+                    let _ = out.flush();
+                    eprintln!("error: {e}");
+                    return false;
+                }
+            }
+            if timing {
+                let _ = writeln!(out, "Time: {:.3}s", started.elapsed().as_secs_f64());
+            }
+            let _ = out.flush();
+        }
+        true
+    }
+
+    async fn run_statement(&self, sql: &str, out: &mut impl Write) -> Result<String, String> {
+        let answer = self.send_json("/api/v1/statements", json!({ "sql": sql })).await?;
+        if let Some(message) = answer["message"].as_str() {
+            return Ok(message.to_string());
+        }
+        let names: Vec<String> = answer["columns"].as_array().into_iter().flatten().map(text_of).collect();
+        let rows: Vec<Vec<String>> = answer["rows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r.as_array().into_iter().flatten().map(text_of).collect())
+            .collect();
+        let schema = text_schema(&names);
+        let mut printer = TablePrinter::new(Arc::clone(&schema));
+        let batch = text_batch(&schema, &rows)?;
+        let _ = out.write_all(printer.format_batch(&batch).map_err(|e| e.to_string())?.as_bytes());
+        let _ = out.write_all(printer.finish().as_bytes());
+        Ok(format!("{} row(s)", rows.len()))
+    }
+
+    async fn run_query(&self, sql: &str, out: &mut impl Write) -> Result<String, String> {
+        let info = self.send_json("/api/v1/queries", json!({ "sql": sql })).await?;
+        let id = info["id"].as_str().ok_or("the server returned no query id")?.to_string();
+        let names: Vec<String> = info["schema"].as_array().into_iter().flatten().map(|c| text_of(&c["name"])).collect();
+        let schema = text_schema(&names);
+        let resp = self
+            .request(reqwest::Method::GET, &format!("/api/v1/queries/{id}/results"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut printer = TablePrinter::new(Arc::clone(&schema));
+        let mut stream = resp.bytes_stream();
+        let mut pending = String::new();
+        let mut cancelled = false;
+        loop {
+            let chunk = tokio::select! {
+                c = stream.next() => c,
+                _ = tokio::signal::ctrl_c() => { cancelled = true; None }
+            };
+            let Some(chunk) = chunk else { break };
+            pending.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
+            let mut rows = Vec::new();
+            while let Some(pos) = pending.find('\n') {
+                let line: String = pending.drain(..=pos).collect();
+                let value: Value = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
+                rows.push(names.iter().map(|n| text_of(&value[n])).collect::<Vec<_>>());
+            }
+            if !rows.is_empty() {
+                let _ = out.write_all(printer.format_batch(&text_batch(&schema, &rows)?).map_err(|e| e.to_string())?.as_bytes());
+                let _ = out.flush();
+            }
+        }
+        if cancelled {
+            let _ = self.request(reqwest::Method::POST, &format!("/api/v1/queries/{id}/stop")).send().await;
+        }
+        let _ = out.write_all(printer.finish().as_bytes());
+        let final_info: Value = self
+            .request(reqwest::Method::GET, &format!("/api/v1/queries/{id}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(error) = final_info["error"].as_str() {
+            return Err(error.to_string());
+        }
+        let how = if cancelled { " (stopped)" } else { "" };
+        Ok(format!("{} row(s){how}; query {id} on the server", printer.rows()))
+    }
+}
