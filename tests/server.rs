@@ -161,6 +161,9 @@ async fn submit_stream_stop_and_resume_after_restart() -> TestResult {
 
     let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
     assert!(m["rows_in"].as_u64().unwrap_or(0) > 0 && m["watermark"].is_string(), "{m}");
+    assert!(m["state_bytes"].as_u64().unwrap_or(0) > 0, "an open window holds state: {m}");
+    let lanes = m["sources"].as_array().ok_or("no sources")?;
+    assert!(!lanes.is_empty() && lanes.iter().all(|s| s["lag_records"].is_u64() && s["rows_read"].is_u64()), "{m}");
 
     // A second query, stopped by its owner; the first keeps running across a restart.
     let (_, q2) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(json!({"sql": COUNTS}))).await?;

@@ -3,12 +3,23 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// Progress of one source shard (one lane's source).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceProgress {
+    pub rows_read: u64,
+    pub lag: Option<crate::source::SourceLag>,
+}
+
 /// Live counters of one running pipeline; shared by its tasks.
 #[derive(Debug, Default)]
 pub struct JobMetrics {
+    /// Per lane, its source's progress.
+    sources: std::sync::Mutex<Vec<SourceProgress>>,
     rows_in: AtomicU64,
     rows_out: AtomicU64,
     late_rows: AtomicU64,
+    /// Bytes held by stateful operators (accumulators, group keys), all lanes.
+    state_bytes: AtomicI64,
     /// Last watermark seen by the sink, epoch nanos; `i64::MIN` before the first.
     watermark: AtomicI64,
 }
@@ -19,12 +30,33 @@ pub struct MetricsSnapshot {
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_rows: u64,
+    pub state_bytes: u64,
     pub watermark: Option<i64>,
 }
 
 impl JobMetrics {
     pub fn new() -> Arc<Self> {
         Arc::new(JobMetrics { watermark: AtomicI64::new(i64::MIN), ..Default::default() })
+    }
+
+    /// Tracks one operator's share of [`JobMetrics::add_state_bytes`].
+    pub fn state_reporter(self: &Arc<Self>) -> StateReporter {
+        StateReporter { metrics: Arc::clone(self), reported: 0 }
+    }
+
+    /// Records source `lane`'s progress.
+    pub fn set_source_progress(&self, lane: usize, progress: SourceProgress) {
+        if let Ok(mut sources) = self.sources.lock() {
+            if sources.len() <= lane {
+                sources.resize(lane + 1, SourceProgress::default());
+            }
+            sources[lane] = progress;
+        }
+    }
+
+    /// Every lane's source progress.
+    pub fn sources(&self) -> Vec<SourceProgress> {
+        self.sources.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn add_rows_in(&self, n: usize) {
@@ -43,6 +75,12 @@ impl JobMetrics {
         metrics::counter!("sluice_late_rows_total").increment(n as u64);
     }
 
+    /// Records that an operator's state grew (or, negative, shrank) by `delta` bytes.
+    pub fn add_state_bytes(&self, delta: i64) {
+        let total = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        metrics::gauge!("sluice_state_bytes").set(total as f64);
+    }
+
     pub fn set_watermark(&self, nanos: i64) {
         self.watermark.fetch_max(nanos, Ordering::Relaxed);
     }
@@ -53,7 +91,31 @@ impl JobMetrics {
             rows_in: self.rows_in.load(Ordering::Relaxed),
             rows_out: self.rows_out.load(Ordering::Relaxed),
             late_rows: self.late_rows.load(Ordering::Relaxed),
+            state_bytes: self.state_bytes.load(Ordering::Relaxed).max(0) as u64,
             watermark: (wm != i64::MIN).then_some(wm),
         }
+    }
+}
+
+/// Reports one operator's state size as it changes; gives it back when dropped.
+#[derive(Debug)]
+pub struct StateReporter {
+    metrics: Arc<JobMetrics>,
+    reported: usize,
+}
+
+impl StateReporter {
+    /// The operator now holds `bytes`.
+    pub fn set(&mut self, bytes: usize) {
+        if bytes != self.reported {
+            self.metrics.add_state_bytes(bytes as i64 - self.reported as i64);
+            self.reported = bytes;
+        }
+    }
+}
+
+impl Drop for StateReporter {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
 use crate::inbox::{Inbox, Tagged};
 use crate::message::{Message, Watermark};
-use crate::metrics::{JobMetrics, MetricsSnapshot};
+use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
 use crate::pipeline::{Lane, Pipeline};
 use crate::sink::Sink;
@@ -86,9 +86,9 @@ impl Job {
         let mut tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
         let mut heads: Vec<Inbox> = Vec::with_capacity(p);
         let mut stages: Vec<std::vec::IntoIter<Vec<Box<dyn Operator>>>> = Vec::with_capacity(p);
-        for Lane { source, stages: lane_stages } in lanes {
+        for (lane, Lane { source, stages: lane_stages }) in lanes.into_iter().enumerate() {
             let (tx, inbox) = channel(1);
-            tasks.spawn(run_source(source, Outbox { tx, tag: 0 }, Arc::clone(&metrics)));
+            tasks.spawn(run_source(source, lane, Outbox { tx, tag: 0 }, Arc::clone(&metrics)));
             heads.push(inbox);
             stages.push(lane_stages.into_iter());
         }
@@ -171,11 +171,15 @@ impl JobHandle {
     }
 }
 
-async fn run_source(mut source: Box<dyn Source>, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
+async fn run_source(mut source: Box<dyn Source>, lane: usize, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
+    let mut rows_read = 0u64;
     while let Some(batch) = source.next_batch().await? {
         metrics.add_rows_in(batch.num_rows());
+        rows_read += batch.num_rows() as u64;
+        metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
         out.send(Message::Batch(batch)).await?;
     }
+    metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
     out.send(Message::Watermark(Watermark::MAX)).await?;
     out.send(Message::EndOfStream).await
 }

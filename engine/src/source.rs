@@ -6,6 +6,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
 
+/// Work a source knows is waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceLag {
+    /// Records available (or due) but not yet read.
+    Records(u64),
+    /// Bytes of input not yet read.
+    Bytes(u64),
+}
+
 /// A stream of record batches with a fixed schema.
 ///
 /// The runtime calls [`Source::next_batch`] until it returns `None` (a bounded source
@@ -20,4 +29,9 @@ pub trait Source: Send {
     fn describe(&self) -> String;
     /// The next batch, or `None` at the end of a bounded input.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+    /// How far behind this source is, in its own unit (see [`SourceLag`]); `None`
+    /// when it cannot tell.
+    fn lag(&self) -> Option<SourceLag> {
+        None
+    }
 }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{require, Role};
-use super::queries::{QueryError, QueryInfo, QueryMetrics, QueryState};
+use super::queries::{QueryError, QueryInfo, QueryMetrics, QueryState, SourceMetrics};
 use super::AppState;
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -83,7 +83,7 @@ pub struct StatementResult {
 #[openapi(
     info(title = "Sluice", description = "Continuous SQL over event streams"),
     paths(submit_query, list_queries, get_query, query_metrics, stop_query, delete_query, query_results, run_statement),
-    components(schemas(SubmitQuery, StatementRequest, StatementResult, QueryInfo, QueryMetrics, QueryState, ApiError)),
+    components(schemas(SubmitQuery, StatementRequest, StatementResult, QueryInfo, QueryMetrics, SourceMetrics, QueryState, ApiError)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

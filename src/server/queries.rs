@@ -59,12 +59,26 @@ pub struct QueryInfo {
     pub schema: Vec<Column>,
 }
 
+/// One source shard's progress.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SourceMetrics {
+    pub lane: usize,
+    pub rows_read: u64,
+    /// Work waiting at the source: `lag_records` due or available but not read,
+    /// or `lag_bytes` of input not yet read; absent when the source cannot tell.
+    pub lag_records: Option<u64>,
+    pub lag_bytes: Option<u64>,
+}
+
 /// A query's counters.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct QueryMetrics {
+    pub sources: Vec<SourceMetrics>,
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_rows_dropped: u64,
+    /// Bytes of window state held (accumulators and group keys, all lanes).
+    pub state_bytes: u64,
     /// Current watermark (output side), RFC 3339, if any.
     pub watermark: Option<String>,
 }
@@ -251,10 +265,32 @@ impl QueryManager {
         let entries = self.lock();
         let entry = entries.get(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
         let m = entry.metrics.as_ref().map(|m| m.snapshot());
+        let sources = entry
+            .metrics
+            .as_ref()
+            .map(|m| m.sources())
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(lane, p)| SourceMetrics {
+                lane,
+                rows_read: p.rows_read,
+                lag_records: match p.lag {
+                    Some(sluice_engine::SourceLag::Records(n)) => Some(n),
+                    _ => None,
+                },
+                lag_bytes: match p.lag {
+                    Some(sluice_engine::SourceLag::Bytes(n)) => Some(n),
+                    _ => None,
+                },
+            })
+            .collect();
         Ok(QueryMetrics {
+            sources,
             rows_in: m.map_or(0, |m| m.rows_in),
             rows_out: m.map_or(0, |m| m.rows_out),
             late_rows_dropped: m.map_or(0, |m| m.late_rows),
+            state_bytes: m.map_or(0, |m| m.state_bytes),
             watermark: m.and_then(|m| m.watermark).map(sluice_engine::time::format_nanos),
         })
     }

@@ -10,7 +10,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sluice_engine::Source;
+use sluice_engine::{Source, SourceLag};
 
 use super::{io_error, FileConfig, FileFormat};
 use crate::conform::Conformer;
@@ -94,6 +94,12 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         format!("file {} ({:?})", self.cfg.path.display(), self.cfg.format).to_lowercase()
+    }
+
+    /// Bytes of the files not yet opened.
+    fn lag(&self) -> Option<SourceLag> {
+        let bytes = self.pending.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        Some(SourceLag::Bytes(bytes))
     }
 
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {

@@ -55,6 +55,14 @@ impl ClickstreamGenerator {
         self.produced
     }
 
+    /// Events of this shard still to produce, if bounded.
+    pub fn remaining(&self) -> Option<u64> {
+        let rows = self.cfg.rows?;
+        let count = self.shard.count.max(1) as u64;
+        let total = rows.saturating_sub(self.shard.index as u64).div_ceil(count);
+        Some(total.saturating_sub(self.produced))
+    }
+
     /// The global sequence number of this shard's next event.
     fn next_seq(&self) -> u64 {
         self.shard.index as u64 + self.produced * self.shard.count.max(1) as u64

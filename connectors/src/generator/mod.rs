@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use sluice_engine::{EngineError, Source};
+use sluice_engine::{EngineError, Source, SourceLag};
 
 pub use clickstream::{clickstream_schema, ClickstreamGenerator};
 
@@ -148,6 +148,20 @@ impl Source for GeneratorSource {
         let rows = self.cfg.rows.map_or("unbounded".to_string(), |r| format!("{r} rows"));
         let rate = self.cfg.rate.map_or(String::new(), |r| format!(", {r} rows/s"));
         format!("generator (clickstream, {rows}{rate}, seed {})", self.cfg.seed)
+    }
+
+    /// Rows due by the configured rate but not yet produced; without a rate, rows
+    /// still to produce (bounded) or nothing known (unbounded).
+    fn lag(&self) -> Option<SourceLag> {
+        let produced = self.generator.produced();
+        match (self.rate, self.started, self.generator.remaining()) {
+            (Some(rate), Some(started), remaining) => {
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                Some(SourceLag::Records(due.saturating_sub(produced).min(remaining.unwrap_or(u64::MAX))))
+            }
+            (None, _, Some(remaining)) => Some(SourceLag::Records(remaining)),
+            _ => None,
+        }
     }
 
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<arrow::record_batch::RecordBatch>> {

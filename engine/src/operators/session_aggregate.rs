@@ -22,7 +22,7 @@ use datafusion::logical_expr::Accumulator;
 use super::window_groups::{AggregateSpec, EvaluatedBatch};
 use crate::error::Result;
 use crate::message::Watermark;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, StateReporter};
 use crate::operator::{Emitter, Operator};
 use crate::time::{as_epoch_nanos, format_nanos, from_epoch_nanos};
 
@@ -36,6 +36,9 @@ pub struct SessionAggregate {
     keys: HashMap<Box<[u8]>, KeySessions>,
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
+    state: StateReporter,
+    /// Sessions currently open, for the state size estimate.
+    open_sessions: usize,
 }
 
 struct KeySessions {
@@ -81,8 +84,22 @@ impl SessionAggregate {
             converter,
             keys: HashMap::new(),
             watermark: None,
+            state: metrics.state_reporter(),
             metrics,
+            open_sessions: 0,
         })
+    }
+
+    fn report_state(&mut self) {
+        self.open_sessions = self.keys.values().map(|k| k.sessions.len()).sum();
+        let accumulators: usize = self
+            .keys
+            .values()
+            .flat_map(|k| k.sessions.iter())
+            .flat_map(|s| s.accumulators.iter())
+            .map(|a| a.size())
+            .sum();
+        self.state.set(accumulators + self.keys.len() * 64 + self.open_sessions * 32);
     }
 
     /// Builds the sessions that one key's rows of a batch form among themselves,
@@ -217,6 +234,7 @@ impl Operator for SessionAggregate {
         if late > 0 {
             self.metrics.add_late_rows(late);
         }
+        self.report_state();
         Ok(())
     }
 
@@ -235,6 +253,7 @@ impl Operator for SessionAggregate {
             }
             !state.sessions.is_empty()
         });
+        self.report_state();
         if !closed.is_empty() {
             closed.sort_by_key(|(_, s)| (s.end, s.start));
             let batch = self.closed_sessions_batch(closed)?;

@@ -19,7 +19,7 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use crate::error::Result;
 use crate::message::Watermark;
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, StateReporter};
 use crate::operator::{Emitter, Operator};
 use crate::time::as_epoch_nanos;
 
@@ -33,6 +33,7 @@ pub struct WindowAggregate {
     windows: BTreeMap<(i64, i64), WindowGroups>,
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
+    state: StateReporter,
 }
 
 /// The groups of one open window.
@@ -43,6 +44,10 @@ struct WindowGroups {
 }
 
 impl WindowGroups {
+    fn size(&self) -> usize {
+        self.keys.size() + self.index.len() * 48 + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+    }
+
     fn group_of(&mut self, row: datafusion::arrow::row::Row<'_>) -> usize {
         if let Some(g) = self.index.get(row.as_ref()) {
             return *g;
@@ -64,7 +69,13 @@ impl WindowAggregate {
             .map(|f| SortField::new(f.data_type().clone()))
             .collect();
         let converter = RowConverter::new(input_types)?;
-        Ok(WindowAggregate { spec, converter, windows: BTreeMap::new(), watermark: None, metrics })
+        let state = metrics.state_reporter();
+        Ok(WindowAggregate { spec, converter, windows: BTreeMap::new(), watermark: None, metrics, state })
+    }
+
+    fn report_state(&mut self) {
+        let bytes = self.windows.values().map(WindowGroups::size).sum();
+        self.state.set(bytes);
     }
 
     fn emit_window(&mut self, mut groups: WindowGroups) -> Result<RecordBatch> {
@@ -135,6 +146,7 @@ impl Operator for WindowAggregate {
                 acc.update_batch(&values, &group_ids, mask.as_ref(), total)?;
             }
         }
+        self.report_state();
         Ok(())
     }
 
@@ -149,6 +161,7 @@ impl Operator for WindowAggregate {
             let batch = self.emit_window(groups)?;
             out.emit(batch);
         }
+        self.report_state();
         Ok(Some(wm))
     }
 }
