@@ -60,6 +60,7 @@ pub fn registry() -> Vec<Arc<dyn Connector>> {
         Arc::new(crate::generator::GeneratorConnector),
         Arc::new(crate::file::FileConnector),
         Arc::new(crate::stdout::StdoutConnector),
+        Arc::new(crate::lake::LakeConnector),
     ]
 }
 

@@ -1,0 +1,99 @@
+//! `connector = 'lake'`: results landed as a Hive-partitioned Parquet data lake on
+//! object storage (the local filesystem by default).
+//!
+//! Options:
+//! - `path` (required): the lake's root directory, a local path or `file:///...`.
+//! - `partition.by`: partition levels, outermost first, separated by commas: `dt`
+//!   (`dt=YYYY-MM-DD`) and `hour` (`hour=HH`) from `partition.time-column`, or any
+//!   column name (`name=value`; the column is then left out of the files).
+//! - `partition.time-column`: the TIMESTAMP column `dt` and `hour` derive from.
+//! - `rollover.rows` (default 1,000,000), `rollover.bytes` (default 128 MiB),
+//!   `rollover.interval.ms` (default 60,000): a file is completed when it reaches
+//!   either size, or has been open that long (checked as event time advances).
+//! - `row-group.rows`: rows per Parquet row group (default 65,536).
+//! - `compression`: `zstd` (default), `snappy` or `none`.
+//!
+//! A file is built in memory and put to the store in one operation when
+//! complete, so no reader ever sees a half-written `.parquet` file.
+
+mod partition;
+mod sink;
+
+use std::path::PathBuf;
+
+use parquet::basic::{Compression, ZstdLevel};
+use sluice_engine::Sink;
+
+pub use partition::{PartitionLevel, Partitioning};
+
+use crate::error::{ConnectorError, Result};
+use crate::registry::{Connector, TableSpec};
+
+/// Typed `lake` options.
+#[derive(Debug, Clone)]
+pub struct LakeConfig {
+    pub root: PathBuf,
+    pub partition_by: Option<String>,
+    pub time_column: Option<String>,
+    pub rollover_rows: usize,
+    pub rollover_bytes: usize,
+    pub rollover_interval_ms: u64,
+    pub row_group_rows: usize,
+    pub compression: Compression,
+}
+
+impl LakeConfig {
+    pub fn from_table(table: &TableSpec) -> Result<Self> {
+        let mut o = table.options();
+        let bad = |key: &str, reason: String| ConnectorError::Option { connector: "lake".into(), key: key.into(), reason };
+        let path = o.take_str("path")?;
+        let root = match path.split_once("://") {
+            None => PathBuf::from(&path),
+            Some(("file", rest)) => PathBuf::from(rest),
+            Some((scheme, _)) => return Err(bad("path", format!("'{scheme}://' is not supported yet; use a local path or file://"))),
+        };
+        let compression = match o.take_opt("compression").map(|c| c.to_ascii_lowercase()).as_deref() {
+            None | Some("zstd") => Compression::ZSTD(ZstdLevel::default()),
+            Some("snappy") => Compression::SNAPPY,
+            Some("none") => Compression::UNCOMPRESSED,
+            Some(other) => return Err(bad("compression", format!("'{other}' is not one of zstd, snappy, none"))),
+        };
+        let cfg = LakeConfig {
+            root,
+            partition_by: o.take_opt("partition.by"),
+            time_column: o.take_opt("partition.time-column"),
+            rollover_rows: o.take_parsed("rollover.rows")?.unwrap_or(1_000_000),
+            rollover_bytes: o.take_parsed("rollover.bytes")?.unwrap_or(128 * 1024 * 1024),
+            rollover_interval_ms: o.take_parsed("rollover.interval.ms")?.unwrap_or(60_000),
+            row_group_rows: o.take_parsed("row-group.rows")?.unwrap_or(65_536),
+            compression,
+        };
+        o.ensure_empty()?;
+        if cfg.rollover_rows == 0 || cfg.rollover_bytes == 0 || cfg.row_group_rows == 0 {
+            return Err(bad("rollover.rows", "sizes must be positive".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+/// The `lake` connector (sink only).
+pub struct LakeConnector;
+
+impl Connector for LakeConnector {
+    fn name(&self) -> &'static str {
+        "lake"
+    }
+
+    fn validate(&self, table: &TableSpec) -> Result<()> {
+        let cfg = LakeConfig::from_table(table)?;
+        Partitioning::try_new(&table.name, &table.schema, cfg.partition_by.as_deref(), cfg.time_column.as_deref())?;
+        Ok(())
+    }
+
+    fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        let cfg = LakeConfig::from_table(table)?;
+        let partitioning =
+            Partitioning::try_new(&table.name, &table.schema, cfg.partition_by.as_deref(), cfg.time_column.as_deref())?;
+        Ok(Box::new(sink::LakeSink::create(cfg, partitioning)?))
+    }
+}

@@ -1,0 +1,116 @@
+//! Writes result batches into partition directories, one Parquet file per
+//! partition at a time, completed on size, age or the end of the input.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
+use sluice_engine::{EngineError, Sink, Watermark};
+
+use super::{LakeConfig, Partitioning};
+use crate::error::{ConnectorError, Result};
+
+struct OpenFile {
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+    opened: Instant,
+}
+
+/// A sink into a Hive-partitioned Parquet lake.
+pub struct LakeSink {
+    cfg: LakeConfig,
+    partitioning: Partitioning,
+    store: Arc<dyn ObjectStore>,
+    props: WriterProperties,
+    open: BTreeMap<String, OpenFile>,
+    /// Distinguishes this run's files from earlier runs'.
+    run_id: String,
+    files_written: u64,
+}
+
+fn lake_error(e: impl std::fmt::Display) -> EngineError {
+    EngineError::connector("lake", e)
+}
+
+impl LakeSink {
+    pub fn create(cfg: LakeConfig, partitioning: Partitioning) -> Result<Self> {
+        let io = |e: &dyn std::fmt::Display| ConnectorError::External {
+            connector: "lake".into(),
+            message: format!("{}: {e}", cfg.root.display()),
+        };
+        std::fs::create_dir_all(&cfg.root).map_err(|e| io(&e))?;
+        let store = LocalFileSystem::new_with_prefix(&cfg.root).map_err(|e| io(&e))?;
+        let props = WriterProperties::builder()
+            .set_compression(cfg.compression)
+            .set_max_row_group_row_count(Some(cfg.row_group_rows))
+            .build();
+        let run_id = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
+        Ok(LakeSink { cfg, partitioning, store: Arc::new(store), props, open: BTreeMap::new(), run_id, files_written: 0 })
+    }
+
+    /// Completes the file of partition `dir` and puts it into the store.
+    async fn complete(&mut self, dir: &str) -> sluice_engine::Result<()> {
+        let Some(file) = self.open.remove(dir) else { return Ok(()) };
+        let bytes = file.writer.into_inner().map_err(lake_error)?;
+        self.files_written += 1;
+        let path = StorePath::from(format!("{dir}part-{}-{:06}.parquet", self.run_id, self.files_written));
+        self.store.put(&path, PutPayload::from(bytes)).await.map_err(lake_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for LakeSink {
+    fn describe(&self) -> String {
+        let levels: Vec<String> = self.partitioning.levels.iter().map(|l| format!("{l:?}").to_lowercase()).collect();
+        format!("lake {} (parquet, partitioned by [{}])", self.cfg.root.display(), levels.join(", "))
+    }
+
+    async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
+        let mut full = Vec::new();
+        for (dir, part) in self.partitioning.split(&batch)? {
+            let file = match self.open.entry(dir.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let writer = ArrowWriter::try_new(Vec::new(), Arc::clone(self.partitioning.file_schema()), Some(self.props.clone()))
+                        .map_err(lake_error)?;
+                    v.insert(OpenFile { writer, rows: 0, opened: Instant::now() })
+                }
+            };
+            file.writer.write(&part).map_err(lake_error)?;
+            file.rows += part.num_rows();
+            let bytes = file.writer.bytes_written() + file.writer.in_progress_size();
+            if file.rows >= self.cfg.rollover_rows || bytes >= self.cfg.rollover_bytes {
+                full.push(dir);
+            }
+        }
+        for dir in full {
+            self.complete(&dir).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, _watermark: Watermark) -> sluice_engine::Result<()> {
+        let max_age = std::time::Duration::from_millis(self.cfg.rollover_interval_ms);
+        let old: Vec<String> = self.open.iter().filter(|(_, f)| f.opened.elapsed() >= max_age).map(|(d, _)| d.clone()).collect();
+        for dir in old {
+            self.complete(&dir).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> sluice_engine::Result<()> {
+        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        for dir in dirs {
+            self.complete(&dir).await?;
+        }
+        Ok(())
+    }
+}
