@@ -43,6 +43,14 @@ impl Options {
         }
     }
 
+    /// Takes every option starting with `prefix`, keyed without it.
+    pub fn take_prefixed(&mut self, prefix: &str) -> BTreeMap<String, String> {
+        let keys: Vec<String> = self.values.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| self.values.remove(&k).map(|v| (k[prefix.len()..].to_string(), v)))
+            .collect()
+    }
+
     /// Rejects every option no one took.
     pub fn ensure_empty(&self) -> Result<()> {
         match self.values.keys().next() {

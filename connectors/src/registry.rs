@@ -61,6 +61,7 @@ pub fn registry() -> Vec<Arc<dyn Connector>> {
         Arc::new(crate::file::FileConnector),
         Arc::new(crate::stdout::StdoutConnector),
         Arc::new(crate::lake::LakeConnector),
+        Arc::new(crate::kafka::KafkaConnector),
     ]
 }
 

@@ -27,4 +27,4 @@ pub use operator::{Emitter, Operator};
 pub use pipeline::{Lane, Pipeline};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;
-pub use source::{Source, SourceLag};
+pub use source::{Source, SourceEvent, SourceLag};

@@ -22,7 +22,7 @@ use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
 use crate::pipeline::{Lane, Pipeline};
 use crate::sink::Sink;
-use crate::source::Source;
+use crate::source::{Source, SourceEvent};
 
 /// Messages buffered between two steps before the sender waits.
 const CHANNEL_CAPACITY: usize = 16;
@@ -173,11 +173,17 @@ impl JobHandle {
 
 async fn run_source(mut source: Box<dyn Source>, lane: usize, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
     let mut rows_read = 0u64;
-    while let Some(batch) = source.next_batch().await? {
-        metrics.add_rows_in(batch.num_rows());
-        rows_read += batch.num_rows() as u64;
-        metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
-        out.send(Message::Batch(batch)).await?;
+    loop {
+        match source.next_event().await? {
+            SourceEvent::Batch(batch) => {
+                metrics.add_rows_in(batch.num_rows());
+                rows_read += batch.num_rows() as u64;
+                metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
+                out.send(Message::Batch(batch)).await?;
+            }
+            SourceEvent::Idle => out.send(Message::Watermark(Watermark::Idle)).await?,
+            SourceEvent::End => break,
+        }
     }
     metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
     out.send(Message::Watermark(Watermark::MAX)).await?;
@@ -188,16 +194,24 @@ async fn run_source(mut source: Box<dyn Source>, lane: usize, out: Outbox, metri
 struct Forwarder {
     out: Outbox,
     last_watermark: Option<i64>,
+    /// An `Idle` went out since the last event-time watermark: the next one
+    /// re-announces this input's time even if it did not advance.
+    idle: bool,
 }
 
 impl Forwarder {
     async fn forward(&mut self, messages: Vec<Message>) -> Result<()> {
         for msg in messages {
-            if let Message::Watermark(Watermark::EventTime(t)) = msg {
-                if self.last_watermark.is_some_and(|l| t <= l) {
-                    continue;
+            match msg {
+                Message::Watermark(Watermark::EventTime(t)) => {
+                    if !self.idle && self.last_watermark.is_some_and(|l| t <= l) {
+                        continue;
+                    }
+                    self.last_watermark = Some(self.last_watermark.map_or(t, |l| l.max(t)));
+                    self.idle = false;
                 }
-                self.last_watermark = Some(t);
+                Message::Watermark(Watermark::Idle) => self.idle = true,
+                _ => {}
             }
             self.out.send(msg).await?;
         }
@@ -206,7 +220,7 @@ impl Forwarder {
 }
 
 async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) -> Result<()> {
-    let mut out = Forwarder { out, last_watermark: None };
+    let mut out = Forwarder { out, last_watermark: None, idle: false };
     let mut emitter = Emitter::default();
     while let Some(msg) = inbox.next().await {
         match msg {

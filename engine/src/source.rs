@@ -15,6 +15,16 @@ pub enum SourceLag {
     Bytes(u64),
 }
 
+/// What a source has for the runtime.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Batch(RecordBatch),
+    /// Nothing arrived for a while: event time must not wait for this source.
+    Idle,
+    /// A bounded input is exhausted.
+    End,
+}
+
 /// A stream of record batches with a fixed schema.
 ///
 /// The runtime calls [`Source::next_batch`] until it returns `None` (a bounded source
@@ -29,6 +39,13 @@ pub trait Source: Send {
     fn describe(&self) -> String;
     /// The next batch, or `None` at the end of a bounded input.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+    /// The next event; sources that can tell when they are idle override this.
+    async fn next_event(&mut self) -> Result<SourceEvent> {
+        Ok(match self.next_batch().await? {
+            Some(b) => SourceEvent::Batch(b),
+            None => SourceEvent::End,
+        })
+    }
     /// How far behind this source is, in its own unit (see [`SourceLag`]); `None`
     /// when it cannot tell.
     fn lag(&self) -> Option<SourceLag> {

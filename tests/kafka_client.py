@@ -1,0 +1,46 @@
+"""A Kafka client no one in this project wrote (confluent-kafka), for the tests.
+
+    python3 kafka_client.py produce BROKER TOPIC < lines      # one record per line, "key\tvalue" or "value"
+    python3 kafka_client.py consume BROKER TOPIC COUNT         # prints JSON per record: key, value, headers
+"""
+import json
+import sys
+
+from confluent_kafka import Consumer, Producer
+
+
+def produce(broker, topic):
+    producer = Producer({"bootstrap.servers": broker})
+    for line in sys.stdin.read().splitlines():
+        key, _, value = line.partition("\t") if "\t" in line else (None, "", line)
+        producer.produce(topic, value=value.encode(), key=key.encode() if key else None)
+    if producer.flush(30) != 0:
+        sys.exit("records not delivered")
+
+
+def consume(broker, topic, count):
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "test-reader",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer.subscribe([topic])
+    seen = 0
+    idle = 0
+    while seen < count and idle < 60:
+        msg = consumer.poll(1.0)
+        if msg is None:
+            idle += 1
+            continue
+        if msg.error():
+            continue
+        headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
+        print(json.dumps({"key": msg.key().decode() if msg.key() else None,
+                          "value": msg.value().decode(errors="replace"), "headers": headers}), flush=True)
+        seen += 1
+    consumer.close()
+
+
+if __name__ == "__main__":
+    cmd, broker, topic = sys.argv[1:4]
+    if cmd == "produce":
+        produce(broker, topic)
+    else:
+        consume(broker, topic, int(sys.argv[4]))
