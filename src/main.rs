@@ -1,5 +1,6 @@
 //! The `sluice` command: the interactive shell and script runner.
 
+mod ingest;
 mod render;
 mod server;
 mod shell;
@@ -45,6 +46,22 @@ enum Command {
         #[arg(long = "token", value_name = "ROLE:TOKEN")]
         tokens: Vec<String>,
     },
+    /// Land a Kafka topic in a Parquet lake, exactly once; Ctrl-C stops cleanly.
+    Ingest {
+        /// SQL file declaring the kafka table (--from) and the lake table (--to).
+        #[arg(long)]
+        sql: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Records per round (a round ends with its files in the lake and offsets committed).
+        #[arg(long, default_value_t = 100_000)]
+        round_rows: usize,
+        /// A round ends after this many milliseconds even if smaller.
+        #[arg(long, default_value_t = 10_000)]
+        round_ms: u64,
+    },
     /// Run a SQL script (or -c "SQL") to completion; Ctrl-C stops the running query.
     Run {
         /// The script to run.
@@ -79,6 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if let Command::Ingest { sql, from, to, round_rows, round_ms } = cli.command {
+        runtime.block_on(ingest::run(ingest::IngestArgs { sql, from, to, round_rows, round_ms }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Serve { listen, state_dir, tokens } = cli.command {
         let from_env = std::env::var("SLUICE_TOKENS").unwrap_or_default();
         let tokens = server::auth::Tokens::parse(tokens.iter().map(String::as_str).chain(from_env.split(',')))
@@ -101,7 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok());
             shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)))
         }
-        Command::Serve { .. } => Ok(ExitCode::SUCCESS),
+        Command::Serve { .. } | Command::Ingest { .. } => Ok(ExitCode::SUCCESS),
         Command::Run { file, command, timing } => {
             let sql = match (file, command) {
                 (Some(path), None) => std::fs::read_to_string(&path)

@@ -203,3 +203,101 @@ async fn bad_records_fail_the_query_by_default_and_dead_brokers_are_named() -> T
     assert!(err.contains(&format!("cannot reach Kafka at 127.0.0.1:{dead_port}")), "{err}");
     Ok(())
 }
+
+async fn lake_ids(dir: &std::path::Path) -> Result<(i64, i64), Box<dyn std::error::Error>> {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::ListingOptions;
+    use datafusion::prelude::SessionContext;
+    let has_files = walk_files(dir).iter().any(|p| p.extension().is_some_and(|e| e == "parquet"));
+    if !has_files {
+        return Ok((0, 0));
+    }
+    let ctx = SessionContext::new();
+    let options = ListingOptions::new(std::sync::Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("dt".to_string(), DataType::Utf8), ("hour".to_string(), DataType::Utf8)]);
+    ctx.register_listing_table("lake", dir.display().to_string(), options, None, None).await?;
+    let batches = ctx.sql("SELECT count(*), count(DISTINCT id) FROM lake").await?.collect().await?;
+    let col = |i: usize| batches[0].column(i).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)).unwrap_or(-1);
+    Ok((col(0), col(1)))
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_survives_sigkill_without_loss_or_duplicates() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("clicks", 2)?;
+    let lines: Vec<String> = (0..3000)
+        .map(|i| format!("u{}\t{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T{:02}:{:02}:00\"}}", i % 5, i % 5, i / 1500, (i / 25) % 60))
+        .collect();
+    broker.produce("clicks", &lines)?;
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let sql = dir.path().join("ingest.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE clicks (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'kafka', topic = 'clicks', \
+               'bootstrap.servers' = '{}', 'group.id' = 'ingest-test'); \
+             CREATE TABLE lake (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}', \
+               'partition.by' = 'dt,hour', 'partition.time-column' = 'ts');",
+            broker.addr,
+            lake.display()
+        ),
+    )?;
+    let ingest = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["ingest", "--sql"])
+            .arg(&sql)
+            .args(["--from", "clicks", "--to", "lake", "--round-rows", "150", "--round-ms", "200"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    // First run: killed without warning once some files are in the lake.
+    let mut first = ingest()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while walk_files(&lake).len() < 4 {
+        assert!(Instant::now() < deadline, "no files written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill()?;
+    first.wait()?;
+    let (rows_before, _) = lake_ids(&lake).await?;
+    assert!(rows_before > 0 && rows_before < 3000, "killed too late to test anything: {rows_before}");
+
+    // Second run: picks up from the committed offsets, skips what is already there.
+    let second = ingest()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, _) = lake_ids(&lake).await?;
+        if rows >= 3000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {rows} rows landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = second.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status()?.success());
+    let out = second.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ingest stopped"));
+    assert_eq!(lake_ids(&lake).await?, (3000, 3000), "every record exactly once");
+    assert!(walk_files(&lake).iter().all(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-p"))));
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod conform;
 pub mod error;
 pub mod file;
 pub mod generator;
+pub mod ingest;
 pub mod kafka;
 pub mod lake;
 pub mod options;

@@ -86,6 +86,16 @@ impl Session {
         Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry() }
     }
 
+    /// What a connector needs to open the catalog table `name`.
+    pub fn table_spec(&self, name: &str) -> Result<sluice_connectors::TableSpec> {
+        let catalog = self.catalog()?;
+        let table = catalog
+            .table(&name.to_lowercase())
+            .or_else(|| catalog.table(name))
+            .ok_or_else(|| SqlError::Catalog(format!("table '{name}' does not exist")))?;
+        Ok(table.spec())
+    }
+
     /// Makes a connector of the embedding program's available to this session.
     pub fn add_connector(&mut self, connector: Arc<dyn Connector>) {
         self.connectors.push(connector);

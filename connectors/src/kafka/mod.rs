@@ -20,7 +20,7 @@
 //! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
 //! a failed delivery fails the query instead of losing the row.
 
-mod decode;
+pub mod decode;
 mod sink;
 mod source;
 

@@ -77,7 +77,30 @@ impl Partitioning {
     /// `batch` split by partition directory (`""` when unpartitioned), with the
     /// partition columns removed.
     pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
-        let to_err = |e: arrow::error::ArrowError| ConnectorError::External { connector: "lake".into(), message: e.to_string() };
+        let paths = self.row_dirs(batch)?;
+        let projected = self.file_columns(batch)?;
+        let mut groups: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        for (r, p) in paths.iter().enumerate() {
+            groups.entry(p.as_str()).or_default().push(r as u32);
+        }
+        if groups.len() == 1 {
+            let path = paths.first().cloned().unwrap_or_default();
+            return Ok(vec![(path, projected)]);
+        }
+        groups
+            .into_iter()
+            .map(|(p, rows)| Ok((p.to_string(), take_record_batch(&projected, &UInt32Array::from(rows)).map_err(arrow_err)?)))
+            .collect()
+    }
+
+    /// The columns that go into the files.
+    pub fn file_columns(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        batch.project(&self.kept).map_err(arrow_err)
+    }
+
+    /// The partition directory of every row of `batch`.
+    pub fn row_dirs(&self, batch: &RecordBatch) -> Result<Vec<String>> {
+        let to_err = arrow_err;
         let n = batch.num_rows();
         let mut paths: Vec<String> = vec![String::new(); n];
         let times = match self.time_column {
@@ -119,18 +142,10 @@ impl Partitioning {
                 }
             }
         }
-        let projected = batch.project(&self.kept).map_err(to_err)?;
-        let mut groups: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
-        for (r, p) in paths.iter().enumerate() {
-            groups.entry(p.as_str()).or_default().push(r as u32);
-        }
-        if groups.len() == 1 {
-            let path = paths.first().cloned().unwrap_or_default();
-            return Ok(vec![(path, projected)]);
-        }
-        groups
-            .into_iter()
-            .map(|(p, rows)| Ok((p.to_string(), take_record_batch(&projected, &UInt32Array::from(rows)).map_err(to_err)?)))
-            .collect()
+        Ok(paths)
     }
+}
+
+fn arrow_err(e: arrow::error::ArrowError) -> ConnectorError {
+    ConnectorError::External { connector: "lake".into(), message: e.to_string() }
 }
