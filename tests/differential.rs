@@ -145,30 +145,36 @@ async fn session_window_matches_batch_gaps_and_islands() -> TestResult {
     .await
 }
 
+/// Declares the generator table and `sink_ddl`, runs `insert` in two lanes to completion.
+async fn run_insert(sink_ddl: &str, insert: &str) -> TestResult {
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    session.execute_script(DDL).await?;
+    session.execute_script(sink_ddl).await?;
+    let mut outputs = session.execute_script(insert).await?;
+    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+    job.wait().await?;
+    Ok(())
+}
+
 /// The Parquet a file sink writes, read back by DataFusion's own Parquet reader,
 /// holds exactly the rows of the batch query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_sink_output_read_by_datafusion_matches_batch() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("counts.parquet");
-    let mut session = Session::default();
-    session.set_parallelism(2);
-    session.execute_script(DDL).await?;
     let sink_ddl = format!(
         "CREATE TABLE counts (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT, revenue DOUBLE) \
          WITH (connector = 'file', format = 'parquet', path = '{}')",
         path.display()
     );
-    session.execute_script(&sink_ddl).await?;
-    let mut outputs = session
-        .execute_script(
-            "INSERT INTO counts SELECT window_start, event_type, count(*), round(sum(price), 2) \
-             FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '5' MINUTE)) \
-             GROUP BY window_start, window_end, event_type",
-        )
-        .await?;
-    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
-    job.wait().await?;
+    run_insert(
+        &sink_ddl,
+        "INSERT INTO counts SELECT window_start, event_type, count(*), round(sum(price), 2) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '5' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    )
+    .await?;
 
     let reader = SessionContext::new();
     let written = reader.read_parquet(path.display().to_string(), Default::default()).await?.collect().await?;
@@ -192,25 +198,19 @@ async fn lake_partitions_read_back_by_datafusion_match_batch() -> TestResult {
     use datafusion::datasource::listing::ListingOptions;
 
     let dir = tempfile::tempdir()?;
-    let mut session = Session::default();
-    session.set_parallelism(2);
-    session.execute_script(DDL).await?;
     let sink_ddl = format!(
         "CREATE TABLE lake (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT, revenue DOUBLE) \
          WITH (connector = 'lake', path = '{}', 'partition.by' = 'dt,hour,event_type', \
                'partition.time-column' = 'window_start', 'rollover.rows' = '7')",
         dir.path().display()
     );
-    session.execute_script(&sink_ddl).await?;
-    let mut outputs = session
-        .execute_script(
-            "INSERT INTO lake SELECT window_start, event_type, count(*), round(sum(price), 2) \
-             FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
-             GROUP BY window_start, window_end, event_type",
-        )
-        .await?;
-    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
-    job.wait().await?;
+    run_insert(
+        &sink_ddl,
+        "INSERT INTO lake SELECT window_start, event_type, count(*), round(sum(price), 2) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    )
+    .await?;
 
     let reader = SessionContext::new();
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
