@@ -10,16 +10,15 @@
 //! directory already covers, so the lake ends with each record exactly once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
-use object_store::local::LocalFileSystem;
+use futures::StreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -29,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{ConnectorError, Result};
 use crate::kafka::{decode::RecordDecoder, kafka_error, BadData, KafkaConfig};
+use crate::lake::store::join;
 use crate::lake::{LakeConfig, Partitioning};
 
 /// What one ingestion job reads and writes.
@@ -58,29 +58,26 @@ pub struct IngestProgress {
 /// Offset ranges already in the lake, per (Kafka partition, directory).
 type Coverage = HashMap<(i32, String), Vec<(i64, i64)>>;
 
-fn existing_files(root: &Path) -> Coverage {
+/// The files already in the lake (local or S3), by the ranges their names give.
+async fn existing_files(store: &Arc<dyn ObjectStore>, prefix: &StorePath) -> Result<Coverage> {
     let mut coverage = Coverage::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some(rest) = name.strip_prefix("part-p").and_then(|r| r.strip_suffix(".parquet")) else { continue };
-            let parts: Vec<&str> = rest.splitn(2, "-o").collect();
-            let (Some(p), Some(range)) = (parts.first().and_then(|p| p.parse::<i32>().ok()), parts.get(1)) else { continue };
-            let Some((first, last)) = range.split_once('-') else { continue };
-            let (Ok(first), Ok(last)) = (first.parse::<i64>(), last.parse::<i64>()) else { continue };
-            let rel = dir.strip_prefix(root).map(|d| d.to_string_lossy().to_string()).unwrap_or_default();
-            let dir_key = if rel.is_empty() { String::new() } else { format!("{rel}/") };
-            coverage.entry((p, dir_key)).or_default().push((first, last));
-        }
+    let base = prefix.as_ref().to_string();
+    let mut listing = store.list(if base.is_empty() { None } else { Some(prefix) });
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(kafka_error)?;
+        let full = meta.location.as_ref().to_string();
+        let relative = full.strip_prefix(&base).unwrap_or(&full).trim_start_matches('/');
+        let (dir, name) = match relative.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), relative),
+        };
+        let Some(rest) = name.strip_prefix("part-p").and_then(|r| r.strip_suffix(".parquet")) else { continue };
+        let Some((p, range)) = rest.split_once("-o") else { continue };
+        let Some((first, last)) = range.split_once('-') else { continue };
+        let (Ok(p), Ok(first), Ok(last)) = (p.parse::<i32>(), first.parse::<i64>(), last.parse::<i64>()) else { continue };
+        coverage.entry((p, dir)).or_default().push((first, last));
     }
-    coverage
+    Ok(coverage)
 }
 
 fn covered(coverage: &Coverage, partition: i32, dir: &str, offset: i64) -> bool {
@@ -122,9 +119,8 @@ pub async fn run_ingest(
     }
     consumer.assign(&tpl).map_err(kafka_error)?;
 
-    std::fs::create_dir_all(&cfg.lake.root).map_err(|e| kafka_error(format!("{}: {e}", cfg.lake.root.display())))?;
-    let store = Arc::new(LocalFileSystem::new_with_prefix(&cfg.lake.root).map_err(kafka_error)?);
-    let mut coverage = existing_files(&cfg.lake.root);
+    let (store, prefix) = cfg.lake.location.open()?;
+    let mut coverage = existing_files(&store, &prefix).await?;
     let props = WriterProperties::builder()
         .set_compression(cfg.lake.compression)
         .set_max_row_group_row_count(Some(cfg.lake.row_group_rows))
@@ -196,7 +192,7 @@ pub async fn run_ingest(
                 writer.write(&part).map_err(kafka_error)?;
                 let bytes = writer.into_inner().map_err(kafka_error)?;
                 total.bytes += bytes.len() as u64;
-                let path = StorePath::from(format!("{dir}part-p{partition}-o{first:020}-{last:020}.parquet"));
+                let path = join(&prefix, &format!("{dir}part-p{partition}-o{first:020}-{last:020}.parquet"));
                 store.put(&path, PutPayload::from(bytes)).await.map_err(kafka_error)?;
                 coverage.entry((*partition, dir.to_string())).or_default().push((first, last));
                 total.rows += rows.len() as u64;

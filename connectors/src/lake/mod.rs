@@ -2,7 +2,9 @@
 //! object storage (the local filesystem by default).
 //!
 //! Options:
-//! - `path` (required): the lake's root directory, a local path or `file:///...`.
+//! - `path` (required): the lake's root: a local path, `file:///...`, or
+//!   `s3://bucket/prefix` with `s3.endpoint`, `s3.region`, `s3.access-key-id`,
+//!   `s3.secret-access-key`, `s3.allow-http` (or the usual `AWS_*` variables).
 //! - `partition.by`: partition levels, outermost first, separated by commas: `dt`
 //!   (`dt=YYYY-MM-DD`) and `hour` (`hour=HH`) from `partition.time-column`, or any
 //!   column name (`name=value`; the column is then left out of the files).
@@ -18,13 +20,13 @@
 
 mod partition;
 mod sink;
-
-use std::path::PathBuf;
+pub mod store;
 
 use parquet::basic::{Compression, ZstdLevel};
 use sluice_engine::Sink;
 
 pub use partition::{PartitionLevel, Partitioning};
+pub use store::LakeLocation;
 
 use crate::error::{ConnectorError, Result};
 use crate::registry::{Connector, TableSpec};
@@ -32,7 +34,7 @@ use crate::registry::{Connector, TableSpec};
 /// Typed `lake` options.
 #[derive(Debug, Clone)]
 pub struct LakeConfig {
-    pub root: PathBuf,
+    pub location: LakeLocation,
     pub partition_by: Option<String>,
     pub time_column: Option<String>,
     pub rollover_rows: usize,
@@ -47,11 +49,7 @@ impl LakeConfig {
         let mut o = table.options();
         let bad = |key: &str, reason: String| ConnectorError::Option { connector: "lake".into(), key: key.into(), reason };
         let path = o.take_str("path")?;
-        let root = match path.split_once("://") {
-            None => PathBuf::from(&path),
-            Some(("file", rest)) => PathBuf::from(rest),
-            Some((scheme, _)) => return Err(bad("path", format!("'{scheme}://' is not supported yet; use a local path or file://"))),
-        };
+        let location = LakeLocation::parse(&path, &mut o)?;
         let compression = match o.take_opt("compression").map(|c| c.to_ascii_lowercase()).as_deref() {
             None | Some("zstd") => Compression::ZSTD(ZstdLevel::default()),
             Some("snappy") => Compression::SNAPPY,
@@ -59,7 +57,7 @@ impl LakeConfig {
             Some(other) => return Err(bad("compression", format!("'{other}' is not one of zstd, snappy, none"))),
         };
         let cfg = LakeConfig {
-            root,
+            location,
             partition_by: o.take_opt("partition.by"),
             time_column: o.take_opt("partition.time-column"),
             rollover_rows: o.take_parsed("rollover.rows")?.unwrap_or(1_000_000),

@@ -7,15 +7,15 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use sluice_engine::{EngineError, Sink, Watermark};
 
+use super::store::join;
 use super::{LakeConfig, Partitioning};
-use crate::error::{ConnectorError, Result};
+use crate::error::Result;
 
 struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
@@ -28,6 +28,7 @@ pub struct LakeSink {
     cfg: LakeConfig,
     partitioning: Partitioning,
     store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
     props: WriterProperties,
     open: BTreeMap<String, OpenFile>,
     /// Distinguishes this run's files from earlier runs'.
@@ -41,18 +42,13 @@ fn lake_error(e: impl std::fmt::Display) -> EngineError {
 
 impl LakeSink {
     pub fn create(cfg: LakeConfig, partitioning: Partitioning) -> Result<Self> {
-        let io = |e: &dyn std::fmt::Display| ConnectorError::External {
-            connector: "lake".into(),
-            message: format!("{}: {e}", cfg.root.display()),
-        };
-        std::fs::create_dir_all(&cfg.root).map_err(|e| io(&e))?;
-        let store = LocalFileSystem::new_with_prefix(&cfg.root).map_err(|e| io(&e))?;
+        let (store, prefix) = cfg.location.open()?;
         let props = WriterProperties::builder()
             .set_compression(cfg.compression)
             .set_max_row_group_row_count(Some(cfg.row_group_rows))
             .build();
         let run_id = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
-        Ok(LakeSink { cfg, partitioning, store: Arc::new(store), props, open: BTreeMap::new(), run_id, files_written: 0 })
+        Ok(LakeSink { cfg, partitioning, store, prefix, props, open: BTreeMap::new(), run_id, files_written: 0 })
     }
 
     /// Completes the file of partition `dir` and puts it into the store.
@@ -60,7 +56,7 @@ impl LakeSink {
         let Some(file) = self.open.remove(dir) else { return Ok(()) };
         let bytes = file.writer.into_inner().map_err(lake_error)?;
         self.files_written += 1;
-        let path = StorePath::from(format!("{dir}part-{}-{:06}.parquet", self.run_id, self.files_written));
+        let path = join(&self.prefix, &format!("{dir}part-{}-{:06}.parquet", self.run_id, self.files_written));
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(lake_error)?;
         Ok(())
     }
@@ -70,7 +66,7 @@ impl LakeSink {
 impl Sink for LakeSink {
     fn describe(&self) -> String {
         let levels: Vec<String> = self.partitioning.levels.iter().map(|l| format!("{l:?}").to_lowercase()).collect();
-        format!("lake {} (parquet, partitioned by [{}])", self.cfg.root.display(), levels.join(", "))
+        format!("lake {} (parquet, partitioned by [{}])", self.cfg.location, levels.join(", "))
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
