@@ -1,6 +1,6 @@
 """A Kafka client no one in this project wrote (confluent-kafka), for the tests.
 
-    python3 kafka_client.py produce BROKER TOPIC < lines      # one record per line, "key\tvalue" or "value"
+    python3 kafka_client.py produce BROKER TOPIC [TIMESTAMP_MS] < lines   # one record per line, "key\tvalue" or "value"
     python3 kafka_client.py consume BROKER TOPIC COUNT         # prints JSON per record: key, value, headers
 """
 import json
@@ -9,11 +9,12 @@ import sys
 from confluent_kafka import Consumer, Producer
 
 
-def produce(broker, topic):
+def produce(broker, topic, timestamp=None):
     producer = Producer({"bootstrap.servers": broker})
     for line in sys.stdin.read().splitlines():
         key, _, value = line.partition("\t") if "\t" in line else (None, "", line)
-        producer.produce(topic, value=value.encode(), key=key.encode() if key else None)
+        extra = {"timestamp": int(timestamp)} if timestamp else {}
+        producer.produce(topic, value=value.encode(), key=key.encode() if key else None, **extra)
     if producer.flush(30) != 0:
         sys.exit("records not delivered")
 
@@ -41,6 +42,6 @@ def consume(broker, topic, count):
 if __name__ == "__main__":
     cmd, broker, topic = sys.argv[1:4]
     if cmd == "produce":
-        produce(broker, topic)
+        produce(broker, topic, sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         consume(broker, topic, int(sys.argv[4]))

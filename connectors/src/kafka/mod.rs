@@ -2,8 +2,9 @@
 //!
 //! Options:
 //! - `bootstrap.servers`, `topic` (required).
-//! - `scan.startup.mode`: `earliest`, `latest` or `group-offsets` (default: the
-//!   group's committed offsets, else earliest).
+//! - `scan.startup.mode`: `earliest`, `latest`, `group-offsets` (default: the
+//!   group's committed offsets, else earliest) or `timestamp` (the first record at
+//!   or after `scan.startup.timestamp-millis`, by Kafka record timestamp).
 //! - `group.id`: consumer group whose offsets are committed (default `sluice-TABLE`).
 //! - `format`: `json` (default), `csv` or `raw` (one `VARBINARY`/`VARCHAR` column holding the value).
 //! - `bad_data`: what a record that does not decode does: `fail` (default, the
@@ -38,6 +39,8 @@ pub enum StartupMode {
     Earliest,
     Latest,
     GroupOffsets,
+    /// The first record at or after this Kafka timestamp (epoch milliseconds).
+    Timestamp(i64),
 }
 
 /// Value encodings.
@@ -84,7 +87,13 @@ impl KafkaConfig {
             None | Some("group-offsets") => StartupMode::GroupOffsets,
             Some("earliest") | Some("earliest-offset") => StartupMode::Earliest,
             Some("latest") | Some("latest-offset") => StartupMode::Latest,
-            Some(other) => return Err(bad("scan.startup.mode", format!("'{other}' is not one of earliest, latest, group-offsets"))),
+            Some("timestamp") => match o.take_parsed::<i64>("scan.startup.timestamp-millis")? {
+                Some(ms) => StartupMode::Timestamp(ms),
+                None => return Err(bad("scan.startup.mode", "'timestamp' needs 'scan.startup.timestamp-millis'".into())),
+            },
+            Some(other) => {
+                return Err(bad("scan.startup.mode", format!("'{other}' is not one of earliest, latest, group-offsets, timestamp")))
+            }
         };
         let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
             None | Some("json") => KafkaFormat::Json,

@@ -30,6 +30,10 @@ pub struct KafkaSource {
     decoder: RecordDecoder,
     dead_letters: Option<FutureProducer>,
     dropped: u64,
+    /// With a timestamp start: partitions that reached it. Brokers that cannot
+    /// look offsets up by time (tansu answers 0) start earlier; the records
+    /// before the first one at or after the timestamp are skipped here.
+    reached_start: std::collections::HashSet<i32>,
 }
 
 impl KafkaSource {
@@ -61,9 +65,16 @@ impl KafkaSource {
                 StartupMode::Earliest => Offset::Beginning,
                 StartupMode::Latest => Offset::End,
                 StartupMode::GroupOffsets => Offset::Stored,
+                // offsets_for_times takes the timestamp in the offset field.
+                StartupMode::Timestamp(ms) => Offset::Offset(ms),
             };
             for p in &partitions {
                 tpl.add_partition_offset(&cfg.topic, *p, offset).map_err(kafka_error)?;
+            }
+            if let StartupMode::Timestamp(ms) = cfg.startup {
+                tpl = consumer
+                    .offsets_for_times(tpl, METADATA_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("looking up offsets for timestamp {ms}: {e}")))?;
             }
             consumer.assign(&tpl).map_err(kafka_error)?;
             Some(consumer)
@@ -73,7 +84,16 @@ impl KafkaSource {
             _ => None,
         };
         let decoder = RecordDecoder::new(schema.clone(), cfg.format);
-        Ok(KafkaSource { cfg, schema, consumer, partitions, decoder, dead_letters, dropped: 0 })
+        Ok(KafkaSource {
+            cfg,
+            schema,
+            consumer,
+            partitions,
+            decoder,
+            dead_letters,
+            dropped: 0,
+            reached_start: Default::default(),
+        })
     }
 
     async fn handle_bad(&mut self, record: &Record, error: &str) -> sluice_engine::Result<()> {
@@ -147,20 +167,37 @@ impl Source for KafkaSource {
             Ok(m) => m.map_err(|e| EngineError::connector("kafka", e))?,
             Err(_) => return Ok(SourceEvent::Idle),
         };
-        let to_record = |m: &rdkafka::message::BorrowedMessage<'_>| Record {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().unwrap_or_default().to_vec(),
+        let start_ms = match self.cfg.startup {
+            StartupMode::Timestamp(ms) => Some(ms),
+            _ => None,
         };
-        records.push(to_record(&first));
+        let reached = &mut self.reached_start;
+        let mut take = |m: &rdkafka::message::BorrowedMessage<'_>| {
+            if let Some(start) = start_ms {
+                if !reached.contains(&m.partition()) {
+                    if m.timestamp().to_millis().is_some_and(|t| t < start) {
+                        return;
+                    }
+                    reached.insert(m.partition());
+                }
+            }
+            records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+            });
+        };
+        take(&first);
         drop(first);
-        while records.len() < self.cfg.batch_size {
+        let mut read = 1;
+        while read < self.cfg.batch_size {
             match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
-                Ok(Ok(m)) => records.push(to_record(&m)),
+                Ok(Ok(m)) => take(&m),
                 Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
                 Err(_) => break,
             }
+            read += 1;
         }
         let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
         match self.decoder.decode(&values) {
@@ -173,6 +210,17 @@ impl Source for KafkaSource {
                 let batch = arrow::compute::concat_batches(&self.schema, &good)?;
                 Ok(SourceEvent::Batch(batch))
             }
+        }
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Closing a consumer waits for the broker (offset commits, leaving the
+    /// group); with the broker gone that can take long. Close it off the async
+    /// runtime so stopping a query never blocks it.
+    fn drop(&mut self) {
+        if let Some(consumer) = self.consumer.take() {
+            std::thread::spawn(move || drop(consumer));
         }
     }
 }
