@@ -20,7 +20,6 @@ use futures::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
-use parquet::file::properties::WriterProperties;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -121,10 +120,7 @@ pub async fn run_ingest(
 
     let (store, prefix) = cfg.lake.location.open()?;
     let mut coverage = existing_files(&store, &prefix).await?;
-    let props = WriterProperties::builder()
-        .set_compression(cfg.lake.compression)
-        .set_max_row_group_row_count(Some(cfg.lake.row_group_rows))
-        .build();
+    let props = cfg.lake.writer_properties();
     let decoder = RecordDecoder::new(Arc::clone(&cfg.schema), kafka.format);
     let mut total = IngestProgress::default();
 

@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, Ident, ObjectName, Query,
-    SetExpr, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 use sqlparser::parser::Parser;
 
@@ -246,13 +246,4 @@ fn alias_of(name: &ObjectName) -> TableAlias {
 
 fn derived(subquery: Box<Query>, alias: TableAlias) -> TableFactor {
     TableFactor::Derived { lateral: false, subquery, alias: Some(alias), sample: None }
-}
-
-/// True if a query has a FROM clause anywhere at its top level (used to reject
-/// table-less queries as streams).
-pub fn has_from(query: &Query) -> bool {
-    match query.body.as_ref() {
-        SetExpr::Select(s) => !s.from.is_empty(),
-        _ => true,
-    }
 }

@@ -23,6 +23,7 @@ mod sink;
 pub mod store;
 
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 use sluice_engine::Sink;
 
 pub use partition::{PartitionLevel, Partitioning};
@@ -71,6 +72,16 @@ impl LakeConfig {
             return Err(bad("rollover.rows", "sizes must be positive".into()));
         }
         Ok(cfg)
+    }
+}
+
+impl LakeConfig {
+    /// How every Parquet file of the lake is written.
+    pub fn writer_properties(&self) -> WriterProperties {
+        WriterProperties::builder()
+            .set_compression(self.compression)
+            .set_max_row_group_row_count(Some(self.row_group_rows))
+            .build()
     }
 }
 

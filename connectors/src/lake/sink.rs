@@ -43,10 +43,7 @@ fn lake_error(e: impl std::fmt::Display) -> EngineError {
 impl LakeSink {
     pub fn create(cfg: LakeConfig, partitioning: Partitioning) -> Result<Self> {
         let (store, prefix) = cfg.location.open()?;
-        let props = WriterProperties::builder()
-            .set_compression(cfg.compression)
-            .set_max_row_group_row_count(Some(cfg.row_group_rows))
-            .build();
+        let props = cfg.writer_properties();
         let run_id = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
         Ok(LakeSink { cfg, partitioning, store, prefix, props, open: BTreeMap::new(), run_id, files_written: 0 })
     }
