@@ -83,37 +83,95 @@ impl WatermarkMerger {
     }
 }
 
-/// Receives from `inputs` upstream lanes as if from one.
+/// What an inbox yields: a message, or the news that one logical input (all the
+/// upstream lanes of one side of a join) has ended.
+#[derive(Debug)]
+pub enum InboxEvent {
+    Batch { input: usize, batch: datafusion::arrow::record_batch::RecordBatch },
+    Watermark(Watermark),
+    InputEnded(usize),
+    End,
+}
+
+/// Receives from several upstream lanes as if from one. The lanes may be grouped
+/// into logical inputs (the two sides of a join): batches say which input they
+/// came from, and the end of each input is reported.
 pub struct Inbox {
     rx: mpsc::Receiver<Tagged>,
     merger: WatermarkMerger,
+    /// Lanes in each logical input, in tag order.
+    groups: Vec<usize>,
+    /// Lanes of each logical input still open.
+    open: Vec<usize>,
+    pending: Option<Watermark>,
 }
 
 impl Inbox {
+    /// One logical input fed by `inputs` lanes.
     pub fn new(rx: mpsc::Receiver<Tagged>, inputs: usize) -> Self {
-        Inbox { rx, merger: WatermarkMerger::new(inputs) }
+        Self::grouped(rx, vec![inputs])
+    }
+
+    /// Logical inputs of `groups[i]` lanes each; tags number the lanes in order.
+    pub fn grouped(rx: mpsc::Receiver<Tagged>, groups: Vec<usize>) -> Self {
+        let total = groups.iter().sum();
+        Inbox { rx, merger: WatermarkMerger::new(total), open: groups.clone(), groups, pending: None }
+    }
+
+    fn group_of(&self, tag: usize) -> usize {
+        let mut first = 0;
+        for (g, size) in self.groups.iter().enumerate() {
+            if tag < first + size {
+                return g;
+            }
+            first += size;
+        }
+        self.groups.len().saturating_sub(1)
     }
 
     /// The next merged message; `None` if every sender went away before ending
     /// its stream (an upstream task failed or was cancelled).
     pub async fn next(&mut self) -> Option<Message> {
         loop {
+            match self.next_event().await? {
+                InboxEvent::Batch { batch, .. } => return Some(Message::Batch(batch)),
+                InboxEvent::Watermark(wm) => return Some(Message::Watermark(wm)),
+                InboxEvent::InputEnded(_) => {}
+                InboxEvent::End => return Some(Message::EndOfStream),
+            }
+        }
+    }
+
+    /// The next event, telling inputs apart.
+    pub async fn next_event(&mut self) -> Option<InboxEvent> {
+        if let Some(wm) = self.pending.take() {
+            return Some(InboxEvent::Watermark(wm));
+        }
+        loop {
             let (i, msg) = self.rx.recv().await?;
             match msg {
-                Message::Batch(b) => return Some(Message::Batch(b)),
+                Message::Batch(batch) => return Some(InboxEvent::Batch { input: self.group_of(i), batch }),
                 Message::Watermark(wm) => {
                     if let Some(merged) = self.merger.update(i, wm) {
-                        return Some(Message::Watermark(merged));
+                        return Some(InboxEvent::Watermark(merged));
                     }
                 }
                 Message::EndOfStream => {
                     let merged = self.merger.end(i);
                     if self.merger.all_ended() {
                         // Every input sent its final (maximal) watermark before ending.
-                        return Some(Message::EndOfStream);
+                        return Some(InboxEvent::End);
+                    }
+                    let group = self.group_of(i);
+                    if let Some(open) = self.open.get_mut(group) {
+                        *open = open.saturating_sub(1);
+                        if *open == 0 && self.groups.len() > 1 {
+                            self.pending = merged;
+                            return Some(InboxEvent::InputEnded(group));
+                        }
                     }
                     if let Some(wm) = merged {
-                        return Some(Message::Watermark(wm));
+                        return Some(InboxEvent::Watermark(wm));
                     }
                 }
             }

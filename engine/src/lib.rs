@@ -7,6 +7,7 @@
 //! This crate knows nothing about SQL: the `sql` crate compiles queries into the
 //! operators defined here.
 
+pub mod changelog;
 pub mod error;
 pub mod exchange;
 pub mod feed;
@@ -24,7 +25,7 @@ pub mod time;
 pub use error::{EngineError, Result};
 pub use message::{Message, Watermark};
 pub use operator::{Emitter, Operator};
-pub use pipeline::{Lane, Pipeline};
+pub use pipeline::{ExchangeKey, Flow, FlowInput, JoinInput, Pipeline, Stage};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;
 pub use source::{Source, SourceEvent, SourceLag};

@@ -20,6 +20,8 @@ pub struct JobMetrics {
     late_rows: AtomicU64,
     /// Bytes held by stateful operators (accumulators, group keys), all lanes.
     state_bytes: AtomicI64,
+    /// The most `state_bytes` has been.
+    state_peak: AtomicI64,
     /// Last watermark seen by the sink, epoch nanos; `i64::MIN` before the first.
     watermark: AtomicI64,
 }
@@ -31,6 +33,8 @@ pub struct MetricsSnapshot {
     pub rows_out: u64,
     pub late_rows: u64,
     pub state_bytes: u64,
+    /// The most state the query has held at once.
+    pub state_bytes_peak: u64,
     pub watermark: Option<i64>,
 }
 
@@ -78,6 +82,7 @@ impl JobMetrics {
     /// Records that an operator's state grew (or, negative, shrank) by `delta` bytes.
     pub fn add_state_bytes(&self, delta: i64) {
         let total = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.state_peak.fetch_max(total, Ordering::Relaxed);
         metrics::gauge!("sluice_state_bytes").set(total as f64);
     }
 
@@ -92,6 +97,7 @@ impl JobMetrics {
             rows_out: self.rows_out.load(Ordering::Relaxed),
             late_rows: self.late_rows.load(Ordering::Relaxed),
             state_bytes: self.state_bytes.load(Ordering::Relaxed).max(0) as u64,
+            state_bytes_peak: self.state_peak.load(Ordering::Relaxed).max(0) as u64,
             watermark: (wm != i64::MIN).then_some(wm),
         }
     }

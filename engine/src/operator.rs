@@ -39,6 +39,10 @@ impl Emitter {
 /// watermark to forward (after whatever it emitted), or `None` to hold it back.
 /// `on_end` is called once after the last message of a bounded input, after the
 /// final maximal watermark.
+///
+/// A two-input operator (a join) gets its batches through `on_batch_from`, with
+/// the input they came from (0 left, 1 right), and hears through `on_input_end`
+/// when one input has ended while the other goes on.
 #[async_trait]
 pub trait Operator: Send {
     fn name(&self) -> &'static str;
@@ -47,6 +51,12 @@ pub trait Operator: Send {
         self.name().to_string()
     }
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()>;
+    async fn on_batch_from(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.on_batch(batch, out).await
+    }
+    async fn on_input_end(&mut self, _input: usize, _out: &mut Emitter) -> Result<()> {
+        Ok(())
+    }
     async fn on_watermark(
         &mut self,
         watermark: Watermark,

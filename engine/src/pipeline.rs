@@ -1,9 +1,11 @@
-//! A compiled continuous query: lanes of operators between a split source and one sink.
+//! A compiled continuous query: a tree of flows between split sources and one sink.
 //!
-//! A pipeline runs in P lanes. Each lane reads its share of the source and runs
-//! its own copy of every operator. Stages are separated by exchanges that
+//! A pipeline runs in P lanes. A [`Flow`] is a chain of stages over an input:
+//! either the P shards of one source, or a join of two flows. Each lane runs its
+//! own copy of every operator. Stages are separated by exchanges that
 //! hash-partition rows by the next stateful operator's key, so each lane owns a
-//! disjoint set of keys; after the last stage every lane feeds the one sink.
+//! disjoint set of keys; a join's two inputs are both partitioned by the join
+//! key. After the last stage every lane feeds the one sink.
 
 use std::sync::Arc;
 
@@ -15,20 +17,45 @@ use crate::operator::Operator;
 use crate::sink::Sink;
 use crate::source::Source;
 
-/// One lane: a share of the source and a copy of every stage.
-pub struct Lane {
-    pub source: Box<dyn Source>,
-    /// Operators stage by stage; every lane has the same number of stages.
-    pub stages: Vec<Vec<Box<dyn Operator>>>,
+/// A key to hash-partition rows by, evaluated on the rows that cross it.
+pub type ExchangeKey = Vec<Arc<dyn PhysicalExpr>>;
+
+/// One stage: the same operators in every lane, optionally behind an exchange.
+pub struct Stage {
+    /// `None`: the stage runs in the lane its input arrives in.
+    pub exchange: Option<ExchangeKey>,
+    /// Per lane, the stage's operators in order.
+    pub lanes: Vec<Vec<Box<dyn Operator>>>,
+}
+
+/// Where a flow's rows come from.
+pub enum FlowInput {
+    /// One source shard per lane.
+    Sources(Vec<Box<dyn Source>>),
+    /// Two flows joined by a two-input operator (one per lane).
+    Join(Box<JoinInput>),
+}
+
+/// Two flows partitioned by their join keys into one two-input operator per lane
+/// (input 0 is the left flow, input 1 the right).
+pub struct JoinInput {
+    pub left: Flow,
+    pub right: Flow,
+    pub left_key: ExchangeKey,
+    pub right_key: ExchangeKey,
+    pub lanes: Vec<Box<dyn Operator>>,
+}
+
+/// A chain of stages over an input.
+pub struct Flow {
+    pub input: FlowInput,
+    pub stages: Vec<Stage>,
 }
 
 /// Everything needed to run one continuous query. Built by the planner, run by
 /// [`crate::runtime::Job::start`].
 pub struct Pipeline {
-    pub lanes: Vec<Lane>,
-    /// The key of the exchange in front of stage `i + 1`, evaluated on what stage
-    /// `i` emits. One fewer than the stages.
-    pub exchange_keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub flow: Flow,
     pub sink: Box<dyn Sink>,
     /// Schema of the batches the sink receives.
     pub output_schema: SchemaRef,
@@ -36,22 +63,64 @@ pub struct Pipeline {
     pub metrics: Arc<JobMetrics>,
 }
 
-impl Pipeline {
-    /// One line per step of a lane, source first, for EXPLAIN.
-    pub fn describe(&self) -> Vec<String> {
-        let Some(lane) = self.lanes.first() else { return vec!["empty pipeline".into()] };
-        let p = self.lanes.len();
-        let mut lines = vec![format!("source: {} ({p} lane{})", lane.source.describe(), if p == 1 { "" } else { "s" })];
-        for (i, stage) in lane.stages.iter().enumerate() {
-            if i > 0 && p > 1 {
-                let keys: Vec<String> = self.exchange_keys[i - 1].iter().map(|k| k.to_string()).collect();
-                lines.push(match keys.is_empty() {
-                    true => "exchange: all rows to one lane".to_string(),
-                    false => format!("exchange: hash by [{}] across {p} lanes", keys.join(", ")),
-                });
-            }
-            lines.extend(stage.iter().map(|o| o.describe()));
+impl Flow {
+    /// The number of lanes the flow runs in.
+    pub fn lanes(&self) -> usize {
+        match &self.input {
+            FlowInput::Sources(s) => s.len(),
+            FlowInput::Join(j) => j.lanes.len(),
         }
+    }
+
+    fn describe_into(&self, depth: usize, lines: &mut Vec<String>) {
+        let indent = "  ".repeat(depth);
+        let p = self.lanes();
+        let exchange_line = |key: &ExchangeKey| {
+            let keys: Vec<String> = key.iter().map(|k| k.to_string()).collect();
+            match (p, keys.is_empty()) {
+                (1, _) => None,
+                (_, true) => Some("exchange: all rows to one lane".to_string()),
+                (_, false) => Some(format!("exchange: hash by [{}] across {p} lanes", keys.join(", "))),
+            }
+        };
+        match &self.input {
+            FlowInput::Sources(sources) => {
+                if let Some(s) = sources.first() {
+                    lines.push(format!("{indent}source: {} ({p} lane{})", s.describe(), if p == 1 { "" } else { "s" }));
+                }
+            }
+            FlowInput::Join(join) => {
+                for (side, flow, key) in [("left", &join.left, &join.left_key), ("right", &join.right, &join.right_key)] {
+                    lines.push(format!("{indent}  {side} input:"));
+                    if let Some(line) = exchange_line(key) {
+                        lines.push(format!("{indent}    {line}"));
+                    }
+                    flow.describe_into(depth + 2, lines);
+                }
+                if let Some(op) = join.lanes.first() {
+                    lines.push(format!("{indent}{}", op.describe()));
+                }
+            }
+        }
+        // Stages are listed from the input up, after it.
+        let mut after = Vec::new();
+        for stage in &self.stages {
+            if let Some(line) = stage.exchange.as_ref().and_then(exchange_line) {
+                after.push(format!("{indent}{line}"));
+            }
+            if let Some(ops) = stage.lanes.first() {
+                after.extend(ops.iter().map(|o| format!("{indent}{}", o.describe())));
+            }
+        }
+        lines.extend(after);
+    }
+}
+
+impl Pipeline {
+    /// One line per step, inputs first, for EXPLAIN.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.flow.describe_into(0, &mut lines);
         lines.push(format!("sink: {}", self.sink.describe()));
         lines
     }

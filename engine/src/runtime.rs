@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
-use crate::inbox::{Inbox, Tagged};
+use crate::inbox::{Inbox, InboxEvent, Tagged};
 use crate::message::{Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
-use crate::pipeline::{Lane, Pipeline};
+use crate::pipeline::{ExchangeKey, Flow, FlowInput, JoinInput, Pipeline};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
 
@@ -81,52 +81,96 @@ fn channel(inputs: usize) -> (mpsc::Sender<Tagged>, Inbox) {
 impl Job {
     /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { lanes, exchange_keys, sink, metrics, .. } = pipeline;
-        let p = lanes.len();
-        let mut tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
-        let mut heads: Vec<Inbox> = Vec::with_capacity(p);
-        let mut stages: Vec<std::vec::IntoIter<Vec<Box<dyn Operator>>>> = Vec::with_capacity(p);
-        for (lane, Lane { source, stages: lane_stages }) in lanes.into_iter().enumerate() {
-            let (tx, inbox) = channel(1);
-            tasks.spawn(run_source(source, lane, Outbox { tx, tag: 0 }, Arc::clone(&metrics)));
-            heads.push(inbox);
-            stages.push(lane_stages.into_iter());
-        }
-        let mut keys = exchange_keys.into_iter();
-        let mut first = true;
-        loop {
-            let mut any = false;
-            let lane_ops: Vec<Option<Vec<Box<dyn Operator>>>> = stages.iter_mut().map(|s| s.next()).collect();
-            if !first && lane_ops.iter().any(Option::is_some) {
-                // An exchange in front of every stage but the first.
-                let partitioner = Arc::new(KeyPartitioner::new(keys.next().unwrap_or_default(), p));
-                let (txs, inboxes): (Vec<_>, Vec<_>) = (0..p).map(|_| channel(p)).unzip();
-                for (i, inbox) in std::mem::take(&mut heads).into_iter().enumerate() {
-                    let outs = txs.iter().map(|tx| Outbox { tx: tx.clone(), tag: i }).collect();
-                    tasks.spawn(run_exchange(inbox, Arc::clone(&partitioner), outs));
-                }
-                heads = inboxes;
-            }
-            for (i, ops) in lane_ops.into_iter().enumerate() {
-                let Some(ops) = ops else { continue };
-                any = true;
-                for op in ops {
-                    let (tx, next) = channel(1);
-                    let inbox = std::mem::replace(&mut heads[i], next);
-                    tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
-                }
-            }
-            first = false;
-            if !any {
-                break;
-            }
-        }
-        let (tx, sink_inbox) = channel(p);
+        let Pipeline { flow, sink, metrics, .. } = pipeline;
+        let tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
+        let mut builder = Builder { tasks, metrics: Arc::clone(&metrics), sources: 0 };
+        let heads = builder.flow(flow);
+        let (tx, sink_inbox) = channel(heads.len());
         for (i, inbox) in heads.into_iter().enumerate() {
-            tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
+            builder.tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
         }
-        tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics)));
-        JobHandle { tasks: tasks.set, metrics }
+        builder.tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics)));
+        JobHandle { tasks: builder.tasks.set, metrics }
+    }
+}
+
+/// Spawns the tasks of a flow tree, returning the inboxes its lanes end in.
+struct Builder {
+    tasks: Tasks,
+    metrics: Arc<JobMetrics>,
+    /// Sources spawned so far: each gets its own progress slot.
+    sources: usize,
+}
+
+impl Builder {
+    fn flow(&mut self, flow: Flow) -> Vec<Inbox> {
+        let mut heads = match flow.input {
+            FlowInput::Sources(sources) => sources
+                .into_iter()
+                .map(|source| {
+                    let (tx, inbox) = channel(1);
+                    let slot = self.sources;
+                    self.sources += 1;
+                    self.tasks.spawn(run_source(source, slot, Outbox { tx, tag: 0 }, Arc::clone(&self.metrics)));
+                    inbox
+                })
+                .collect(),
+            FlowInput::Join(join) => self.join(*join),
+        };
+        for stage in flow.stages {
+            if let Some(key) = stage.exchange {
+                let p = stage.lanes.len();
+                heads = self.exchange(vec![(heads, key)], p);
+            }
+            for (lane, ops) in stage.lanes.into_iter().enumerate() {
+                for op in ops {
+                    if let Some(head) = heads.get_mut(lane) {
+                        let (tx, next) = channel(1);
+                        let inbox = std::mem::replace(head, next);
+                        self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
+                    }
+                }
+            }
+        }
+        heads
+    }
+
+    /// Repartitions each input's lanes by its key into `p` lanes whose inboxes
+    /// tell the inputs apart.
+    fn exchange(&mut self, inputs: Vec<(Vec<Inbox>, ExchangeKey)>, p: usize) -> Vec<Inbox> {
+        let groups: Vec<usize> = inputs.iter().map(|(heads, _)| heads.len()).collect();
+        let (txs, inboxes): (Vec<_>, Vec<_>) = (0..p)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+                (tx, Inbox::grouped(rx, groups.clone()))
+            })
+            .unzip();
+        let mut tag = 0;
+        for (heads, key) in inputs {
+            let partitioner = Arc::new(KeyPartitioner::new(key, p));
+            for inbox in heads {
+                let outs = txs.iter().map(|tx| Outbox { tx: tx.clone(), tag }).collect();
+                tag += 1;
+                self.tasks.spawn(run_exchange(inbox, Arc::clone(&partitioner), outs));
+            }
+        }
+        inboxes
+    }
+
+    fn join(&mut self, join: JoinInput) -> Vec<Inbox> {
+        let JoinInput { left, right, left_key, right_key, lanes } = join;
+        let left = self.flow(left);
+        let right = self.flow(right);
+        let inboxes = self.exchange(vec![(left, left_key), (right, right_key)], lanes.len());
+        inboxes
+            .into_iter()
+            .zip(lanes)
+            .map(|(inbox, op)| {
+                let (tx, next) = channel(1);
+                self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
+                next
+            })
+            .collect()
     }
 }
 
@@ -171,21 +215,21 @@ impl JobHandle {
     }
 }
 
-async fn run_source(mut source: Box<dyn Source>, lane: usize, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
+async fn run_source(mut source: Box<dyn Source>, slot: usize, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
     let mut rows_read = 0u64;
     loop {
         match source.next_event().await? {
             SourceEvent::Batch(batch) => {
                 metrics.add_rows_in(batch.num_rows());
                 rows_read += batch.num_rows() as u64;
-                metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
+                metrics.set_source_progress(slot, SourceProgress { rows_read, lag: source.lag() });
                 out.send(Message::Batch(batch)).await?;
             }
             SourceEvent::Idle => out.send(Message::Watermark(Watermark::Idle)).await?,
             SourceEvent::End => break,
         }
     }
-    metrics.set_source_progress(lane, SourceProgress { rows_read, lag: source.lag() });
+    metrics.set_source_progress(slot, SourceProgress { rows_read, lag: source.lag() });
     out.send(Message::Watermark(Watermark::MAX)).await?;
     out.send(Message::EndOfStream).await
 }
@@ -222,15 +266,16 @@ impl Forwarder {
 async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) -> Result<()> {
     let mut out = Forwarder { out, last_watermark: None, idle: false };
     let mut emitter = Emitter::default();
-    while let Some(msg) = inbox.next().await {
-        match msg {
-            Message::Batch(b) => op.on_batch(b, &mut emitter).await?,
-            Message::Watermark(wm) => {
+    while let Some(event) = inbox.next_event().await {
+        match event {
+            InboxEvent::Batch { input, batch } => op.on_batch_from(input, batch, &mut emitter).await?,
+            InboxEvent::Watermark(wm) => {
                 if let Some(fwd) = op.on_watermark(wm, &mut emitter).await? {
                     emitter.emit_watermark(fwd);
                 }
             }
-            Message::EndOfStream => {
+            InboxEvent::InputEnded(input) => op.on_input_end(input, &mut emitter).await?,
+            InboxEvent::End => {
                 op.on_end(&mut emitter).await?;
                 out.forward(emitter.drain()).await?;
                 return out.out.send(Message::EndOfStream).await;

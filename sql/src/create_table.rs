@@ -29,6 +29,8 @@ pub struct CreateTable {
     pub if_not_exists: bool,
     pub columns: Vec<ColumnDef>,
     pub watermark: Option<WatermarkClause>,
+    /// `PRIMARY KEY (...) NOT ENFORCED`: the key of a versioned (upsert) table.
+    pub primary_key: Vec<Ident>,
     /// `WITH (key = value, ...)` in order of appearance, keys as written.
     pub options: Vec<(String, String)>,
 }
@@ -50,6 +52,7 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
     parser.expect_token(&Token::LParen)?;
     let mut columns = Vec::new();
     let mut watermark = None;
+    let mut primary_key = Vec::new();
     loop {
         if at_word(parser, "WATERMARK") {
             if watermark.is_some() {
@@ -61,6 +64,18 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
             parser.expect_keyword(Keyword::AS)?;
             let expr = parser.parse_expr()?;
             watermark = Some(WatermarkClause { column, expr });
+        } else if parser.parse_keywords(&[Keyword::PRIMARY, Keyword::KEY]) {
+            if !primary_key.is_empty() {
+                return parser_error("only one PRIMARY KEY clause is allowed");
+            }
+            primary_key = parser.parse_parenthesized_column_list(sqlparser::parser::IsOptional::Mandatory, false)?;
+            // Flink's `NOT ENFORCED`: Sluice never enforces keys either.
+            if parser.parse_keyword(Keyword::NOT) {
+                if !at_word(parser, "ENFORCED") {
+                    return parser_error("expected ENFORCED after PRIMARY KEY (...) NOT");
+                }
+                parser.next_token();
+            }
         } else {
             columns.push(parser.parse_column_def()?);
         }
@@ -85,7 +100,7 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
             break;
         }
     }
-    Ok(CreateTable { name, if_not_exists, columns, watermark, options })
+    Ok(CreateTable { name, if_not_exists, columns, watermark, primary_key, options })
 }
 
 fn at_word(parser: &Parser, word: &str) -> bool {

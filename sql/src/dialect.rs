@@ -66,6 +66,11 @@ impl Dialect for SluiceDialect {
         }
     }
 
+    /// `JOIN t FOR SYSTEM_TIME AS OF s.ts` (temporal joins).
+    fn supports_table_versioning(&self) -> bool {
+        true
+    }
+
     like_generic!(
         supports_unicode_string_literal,
         supports_partition_by_after_order_by,

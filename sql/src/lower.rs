@@ -1,22 +1,35 @@
-//! Lowers a DataFusion physical plan into the operators of a pipeline.
+//! Lowers a DataFusion physical plan into the flows and operators of a pipeline.
 //!
-//! The plan is walked from its leaf (a [`FeedExec`] scanning a stream table) up:
-//! consecutive stateless nodes (projection, filter, unnest) stay one DataFusion
-//! plan run per batch by a [`StatelessOperator`]; a windowed `AggregateExec`
-//! becomes a [`WindowAggregate`] or [`SessionAggregate`]; anything that would need
-//! the whole input (sorts, limits, plain GROUP BY, joins) is rejected with a
+//! The plan is walked from its leaves (each a [`FeedExec`] scanning a stream
+//! table) up: consecutive stateless nodes (projection, filter, unnest) stay one
+//! DataFusion plan run per batch by a [`StatelessOperator`]; a windowed
+//! `AggregateExec` becomes a [`WindowAggregate`] or [`SessionAggregate`], a plain
+//! one an [`UpdatingAggregate`]; a `HashJoinExec` becomes a join of two flows
+//! (see [`crate::lower_join`]). Along the way it tracks which column carries each
+//! row's event time (joins need it to bound their state) and whether rows are a
+//! changelog (then every stateless step passes the change-kind column through).
+//! Anything that would need the whole input (sorts, limits) is rejected with a
 //! message saying so.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::projection::ProjectionExpr;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, PhysicalExpr, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
+use datafusion::physical_plan::joins::HashJoinExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
+use sluice_engine::changelog::{is_changelog, op_first_schema, with_op_field, OpFirst, OP_COLUMN};
 use sluice_engine::feed::{FeedExec, FeedHandle};
 use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::window_aggregate::AggregateSpec;
-use sluice_engine::operators::{SessionAggregate, StatelessOperator, WindowAggregate};
-use sluice_engine::Operator;
+use sluice_engine::operators::{EventTime, SessionAggregate, StatelessOperator, UpdatingAggregate, WindowAggregate};
+use sluice_engine::{ExchangeKey, Operator};
 
 use crate::error::{plan_err, Result};
 use crate::window_tvf::WindowTvfs;
@@ -25,13 +38,50 @@ use crate::window_tvf::WindowTvfs;
 const STATELESS: [&str; 5] =
     ["ProjectionExec", "FilterExec", "UnnestExec", "CoalesceBatchesExec", "CooperativeExec"];
 
-/// The operators of one lane of a continuous query, reading from one stream table.
+/// What lowering needs to know of a catalog table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// The column its WATERMARK is declared for.
+    pub time_column: Option<String>,
+    /// A bounded table without event time (a file): joined by lookup.
+    pub is_static: bool,
+}
+
+/// One stage of a lowered flow (for one lane).
+pub struct LoweredStage {
+    /// The key rows are repartitioned by in front of the stage (`None`: none).
+    pub exchange: Option<ExchangeKey>,
+    pub operators: Vec<Box<dyn Operator>>,
+}
+
+/// Where a lowered flow's rows come from.
+pub enum LoweredInput {
+    /// A stream table.
+    Table(String),
+    Join(Box<LoweredJoin>),
+}
+
+pub struct LoweredJoin {
+    pub left: LoweredFlow,
+    pub right: LoweredFlow,
+    pub left_key: ExchangeKey,
+    pub right_key: ExchangeKey,
+    pub operator: Box<dyn Operator>,
+}
+
+/// The operators of one lane of a continuous query.
+pub struct LoweredFlow {
+    pub input: LoweredInput,
+    pub stages: Vec<LoweredStage>,
+}
+
+/// One lane of a lowered query and what it produces.
 pub struct LoweredQuery {
-    pub source_table: String,
-    /// Operators stage by stage; a new stage starts at each stateful operator.
-    pub stages: Vec<Vec<Box<dyn Operator>>>,
-    /// The key rows are partitioned by in front of stage `i + 1`.
-    pub exchange_keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    pub flow: LoweredFlow,
+    /// True if the query's results are a changelog (an `op` column comes first).
+    pub changelog: bool,
+    /// The schema of the rows the sink gets.
+    pub output_schema: SchemaRef,
 }
 
 /// A stateless plan being grown node by node, fed by `feed`.
@@ -40,22 +90,51 @@ struct Segment {
     feed: FeedHandle,
 }
 
-struct Chain {
-    source_table: String,
+/// A flow being built, from its input up to the current node.
+pub(crate) struct Chain {
+    input: Option<LoweredInput>,
     /// Stages before the current one.
-    stages: Vec<Vec<Box<dyn Operator>>>,
-    exchange_keys: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    stages: Vec<LoweredStage>,
+    /// The exchange in front of the current stage.
+    exchange: Option<ExchangeKey>,
     /// The current stage.
     operators: Vec<Box<dyn Operator>>,
     segment: Option<Segment>,
     /// Aggregations below this point.
     aggregates: usize,
+    /// The column holding each row's event time, if still known.
+    pub(crate) time: Option<EventTime>,
+    /// Whether rows carry a change kind (last column).
+    pub(crate) changelog: bool,
+    /// The schema of the rows leaving the chain (change kind included).
+    pub(crate) schema: SchemaRef,
+    /// The tables the chain reads.
+    pub(crate) tables: Vec<String>,
 }
 
-struct Lowering<'a> {
-    windows: &'a WindowTvfs,
-    task_ctx: Arc<TaskContext>,
-    metrics: Arc<JobMetrics>,
+impl Chain {
+    pub(crate) fn joined(input: LoweredInput, schema: SchemaRef, time: Option<EventTime>, changelog: bool, tables: Vec<String>) -> Self {
+        Chain {
+            input: Some(input),
+            stages: Vec::new(),
+            exchange: None,
+            operators: Vec::new(),
+            segment: None,
+            aggregates: 0,
+            time,
+            changelog,
+            schema,
+            tables,
+        }
+    }
+}
+
+pub(crate) struct Lowering<'a> {
+    pub(crate) windows: &'a WindowTvfs,
+    pub(crate) tables: &'a HashMap<String, TableInfo>,
+    pub(crate) task_ctx: Arc<TaskContext>,
+    pub(crate) metrics: Arc<JobMetrics>,
+    pub(crate) ttl: Option<Duration>,
 }
 
 /// True if the plan reads a stream table (otherwise it is a plain batch query).
@@ -68,20 +147,33 @@ pub fn reads_stream(plan: &Arc<dyn ExecutionPlan>) -> bool {
 pub fn lower(
     plan: &Arc<dyn ExecutionPlan>,
     windows: &WindowTvfs,
+    tables: &HashMap<String, TableInfo>,
     task_ctx: Arc<TaskContext>,
     metrics: Arc<JobMetrics>,
+    ttl: Option<Duration>,
 ) -> Result<LoweredQuery> {
-    let cx = Lowering { windows, task_ctx, metrics };
+    let cx = Lowering { windows, tables, task_ctx, metrics, ttl };
     let mut chain = cx.lower(plan)?;
     if windows.has_session() && chain.aggregates == 0 {
         return plan_err(
             "SESSION windows exist only through aggregation: GROUP BY window_start, window_end (and keys)",
         );
     }
-    cx.close_segment(&mut chain);
-    let mut stages = chain.stages;
-    stages.push(chain.operators);
-    Ok(LoweredQuery { source_table: chain.source_table, stages, exchange_keys: chain.exchange_keys })
+    let changelog = chain.changelog;
+    let output_schema = match changelog {
+        true => {
+            if plan.schema().fields().iter().any(|f| f.name() == OP_COLUMN) {
+                return plan_err(format!(
+                    "the column name '{OP_COLUMN}' is taken by the change kind of updating results; rename the column"
+                ));
+            }
+            cx.close_segment(&mut chain);
+            chain.operators.push(Box::new(OpFirst));
+            op_first_schema(&chain.schema)
+        }
+        false => plan.schema(),
+    };
+    Ok(LoweredQuery { flow: cx.finish(chain), changelog, output_schema })
 }
 
 impl Lowering<'_> {
@@ -91,21 +183,32 @@ impl Lowering<'_> {
         }
     }
 
-    fn lower(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Chain> {
+    /// Ends the current stage; the next one sits behind an exchange on `key`.
+    fn new_stage(&self, chain: &mut Chain, key: ExchangeKey) {
+        self.close_segment(chain);
+        let operators = std::mem::take(&mut chain.operators);
+        chain.stages.push(LoweredStage { exchange: chain.exchange.take(), operators });
+        chain.exchange = Some(key);
+    }
+
+    /// The chain as a finished flow.
+    pub(crate) fn finish(&self, mut chain: Chain) -> LoweredFlow {
+        self.close_segment(&mut chain);
+        let operators = std::mem::take(&mut chain.operators);
+        chain.stages.push(LoweredStage { exchange: chain.exchange.take(), operators });
+        let input = chain.input.take().unwrap_or_else(|| LoweredInput::Table(String::new()));
+        LoweredFlow { input, stages: chain.stages }
+    }
+
+    pub(crate) fn lower(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Chain> {
         if let Some(feed) = plan.downcast_ref::<FeedExec>() {
-            let fresh = feed.fresh()?;
-            let handle = fresh.handle();
-            return Ok(Chain {
-                source_table: feed.label().to_string(),
-                stages: Vec::new(),
-                exchange_keys: Vec::new(),
-                operators: Vec::new(),
-                segment: Some(Segment { root: Arc::new(fresh), feed: handle }),
-                aggregates: 0,
-            });
+            return self.lower_feed(feed);
         }
         if let Some(agg) = plan.downcast_ref::<AggregateExec>() {
             return self.lower_aggregate(plan, agg);
+        }
+        if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+            return self.lower_join(plan, join);
         }
         let name = plan.name();
         if STATELESS.contains(&name) {
@@ -114,22 +217,50 @@ impl Lowering<'_> {
                 return plan_err(format!("internal: {name} with {} inputs", children.len()));
             };
             let mut chain = self.lower(child)?;
-            let root = match chain.segment.take() {
-                Some(seg) => {
-                    let root = Arc::clone(plan).replace_children(vec![seg.root], recompute())?;
-                    Segment { root, feed: seg.feed }
-                }
+            let (input, feed) = match chain.segment.take() {
+                Some(seg) => (seg.root, seg.feed),
                 None => {
-                    let feed = FeedExec::try_new(format!("stage {} output", chain.stages.len()), child.schema(), None)?;
+                    let feed =
+                        FeedExec::try_new(format!("stage {} output", chain.stages.len()), Arc::clone(&chain.schema), None)?;
                     let handle = feed.handle();
-                    let root = Arc::clone(plan).replace_children(vec![Arc::new(feed)], recompute())?;
-                    Segment { root, feed: handle }
+                    (Arc::new(feed) as Arc<dyn ExecutionPlan>, handle)
                 }
             };
-            chain.segment = Some(root);
+            let root = match chain.changelog {
+                true => keep_change_kind(plan, input)?,
+                false => Arc::clone(plan).replace_children(vec![input], recompute())?,
+            };
+            chain.time = chain.time.and_then(|t| time_through(plan, t));
+            chain.schema = root.schema();
+            chain.segment = Some(Segment { root, feed });
             return Ok(chain);
         }
         unsupported(name)
+    }
+
+    fn lower_feed(&self, feed: &FeedExec) -> Result<Chain> {
+        let fresh = feed.fresh()?;
+        let handle = fresh.handle();
+        let table = feed.label().to_string();
+        let schema = fresh.schema();
+        let time = self
+            .tables
+            .get(&table)
+            .and_then(|t| t.time_column.as_ref())
+            .and_then(|c| schema.index_of(c).ok())
+            .map(|column| EventTime { column, offset: 0 });
+        Ok(Chain {
+            input: Some(LoweredInput::Table(table.clone())),
+            stages: Vec::new(),
+            exchange: None,
+            operators: Vec::new(),
+            segment: Some(Segment { root: Arc::new(fresh), feed: handle }),
+            aggregates: 0,
+            time,
+            changelog: false,
+            schema,
+            tables: vec![table],
+        })
     }
 
     fn lower_aggregate(&self, plan: &Arc<dyn ExecutionPlan>, agg: &AggregateExec) -> Result<Chain> {
@@ -142,29 +273,26 @@ impl Lowering<'_> {
         }
         let group_exprs = group.expr().to_vec();
         let position = |col: &str| group_exprs.iter().position(|(_, n)| n == col);
-        let (window_start, window_end) = match (position("window_start"), position("window_end")) {
-            (Some(s), Some(e)) => (s, e),
-            (None, None) => {
-                return plan_err(
-                    "GROUP BY without a window is not supported on streams yet: aggregate over \
-                     TABLE(TUMBLE(...)), HOP(...) or SESSION(...) and GROUP BY window_start, window_end",
-                )
-            }
+        let window = match (position("window_start"), position("window_end")) {
+            (Some(s), Some(e)) => Some((s, e)),
+            (None, None) => None,
             _ => return plan_err("a windowed GROUP BY must include both window_start and window_end"),
         };
         let mut chain = self.lower(agg.input())?;
-        self.close_segment(&mut chain);
+        let Some((window_start, window_end)) = window else {
+            return self.lower_updating_aggregate(plan, agg, chain);
+        };
+        if chain.changelog {
+            return plan_err("a windowed aggregation over updating results (a GROUP BY or outer join without time bounds) is not supported");
+        }
         // A new stage, behind an exchange on the keys other than the window bounds.
-        let finished = std::mem::take(&mut chain.operators);
-        chain.stages.push(finished);
-        chain.exchange_keys.push(
-            group_exprs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != window_start && *i != window_end)
-                .map(|(_, (e, _))| Arc::clone(e))
-                .collect(),
-        );
+        let key = group_exprs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != window_start && *i != window_end)
+            .map(|(_, (e, _))| Arc::clone(e))
+            .collect();
+        self.new_stage(&mut chain, key);
         let spec = AggregateSpec {
             group_exprs,
             window_start,
@@ -172,6 +300,7 @@ impl Lowering<'_> {
             aggregates: agg.aggr_expr().to_vec(),
             filters: agg.filter_expr().to_vec(),
             output_schema: plan.schema(),
+            input_schema: Some(agg.input().schema()),
         };
         let metrics = Arc::clone(&self.metrics);
         let session_gap = match chain.aggregates {
@@ -184,11 +313,80 @@ impl Lowering<'_> {
         };
         chain.operators.push(op);
         chain.aggregates += 1;
+        // Group columns come first in the output: a window's rows take the time
+        // just before its end.
+        chain.time = Some(EventTime { column: window_end, offset: -1 });
+        chain.schema = plan.schema();
+        Ok(chain)
+    }
+
+    fn lower_updating_aggregate(&self, plan: &Arc<dyn ExecutionPlan>, agg: &AggregateExec, mut chain: Chain) -> Result<Chain> {
+        let changelog_input = chain.changelog;
+        let group_exprs = agg.group_expr().expr().to_vec();
+        self.new_stage(&mut chain, group_exprs.iter().map(|(e, _)| Arc::clone(e)).collect());
+        let output_schema = with_op_field(&plan.schema());
+        let spec = AggregateSpec {
+            group_exprs,
+            window_start: usize::MAX,
+            window_end: usize::MAX,
+            aggregates: agg.aggr_expr().to_vec(),
+            filters: agg.filter_expr().to_vec(),
+            output_schema: Arc::clone(&output_schema),
+            input_schema: Some(Arc::clone(&chain.schema)),
+        };
+        let op = UpdatingAggregate::try_new(spec, changelog_input, self.ttl, self.metrics.state_reporter())?;
+        chain.operators.push(Box::new(op));
+        chain.aggregates += 1;
+        chain.time = None;
+        chain.changelog = true;
+        chain.schema = output_schema;
         Ok(chain)
     }
 }
 
-fn recompute() -> ReplaceChildrenOptions {
+/// Rebuilds a stateless node over `input` (a changelog) so that the change-kind
+/// column, last in the input, stays last in its output.
+fn keep_change_kind(plan: &Arc<dyn ExecutionPlan>, input: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let op_index = input.schema().fields().len() - 1;
+    if !is_changelog(&input.schema()) {
+        return plan_err("internal: a changelog without its change-kind column");
+    }
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        let mut exprs: Vec<ProjectionExpr> = p.expr().to_vec();
+        exprs.push(ProjectionExpr::new(Arc::new(Column::new(OP_COLUMN, op_index)), OP_COLUMN));
+        return Ok(Arc::new(ProjectionExec::try_new(exprs, input)?));
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        let projection = f.projection().as_ref().map(|p| p.iter().copied().chain([op_index]).collect::<Vec<_>>());
+        let filter = FilterExecBuilder::new(Arc::clone(f.predicate()), input).apply_projection(projection)?.build()?;
+        return Ok(Arc::new(filter));
+    }
+    match plan.name() {
+        "CoalesceBatchesExec" | "CooperativeExec" => Ok(Arc::clone(plan).replace_children(vec![input], recompute())?),
+        other => plan_err(format!("{other} over updating results (a GROUP BY or outer join without time bounds) is not supported")),
+    }
+}
+
+/// Where the event-time column ends up after a stateless node.
+fn time_through(plan: &Arc<dyn ExecutionPlan>, time: EventTime) -> Option<EventTime> {
+    let moved = |column| Some(EventTime { column, offset: time.offset });
+    if let Some(p) = plan.downcast_ref::<ProjectionExec>() {
+        return p
+            .expr()
+            .iter()
+            .position(|e| e.expr.downcast_ref::<Column>().is_some_and(|c| c.index() == time.column))
+            .and_then(moved);
+    }
+    if let Some(f) = plan.downcast_ref::<FilterExec>() {
+        return match f.projection() {
+            None => Some(time),
+            Some(p) => p.iter().position(|i| *i == time.column).and_then(moved),
+        };
+    }
+    Some(time)
+}
+
+pub(crate) fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
@@ -198,9 +396,10 @@ fn unsupported<T>(node: &str) -> Result<T> {
             "ORDER BY is not supported on a stream: results are emitted as windows close"
         }
         "GlobalLimitExec" | "LocalLimitExec" => "LIMIT is not supported on a stream yet",
-        "HashJoinExec" | "NestedLoopJoinExec" | "SortMergeJoinExec" | "CrossJoinExec" | "SymmetricHashJoinExec" => {
-            "joins are not supported on streams yet"
+        "NestedLoopJoinExec" | "CrossJoinExec" => {
+            "a join of streams needs an equality between the two sides (ON a.k = b.k)"
         }
+        "SortMergeJoinExec" | "SymmetricHashJoinExec" => "this join is not supported on streams",
         "UnionExec" | "InterleaveExec" => "UNION is not supported on streams yet",
         "WindowAggExec" | "BoundedWindowAggExec" => "OVER (...) window functions are not supported on streams",
         _ => return plan_err(format!("{node} is not supported in a continuous query")),

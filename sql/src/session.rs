@@ -4,7 +4,8 @@
 //! changes the catalog, catalog statements answer with rows, and a query or
 //! INSERT starts a pipeline whose results the front end consumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{ArrayRef, StringArray};
@@ -18,7 +19,7 @@ use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
 use sluice_connectors::{find_connector, registry, Connector, Shard};
-use sluice_engine::{Job, JobHandle, Lane, Operator, Pipeline, Sink};
+use sluice_engine::{Flow, FlowInput, Job, JobHandle, JoinInput, Operator, Pipeline, Sink, Stage};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
@@ -26,7 +27,7 @@ use tokio::sync::mpsc;
 use crate::catalog::{normalize_name, Catalog, FunctionBody, FunctionDef, TableDef, ViewDef, WatermarkDef};
 use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
-use crate::lower::{lower, reads_stream};
+use crate::lower::{lower, reads_stream, LoweredFlow, LoweredInput, LoweredStage, TableInfo};
 use crate::planner::{plan_logical, plan_query, planning_context, watermark_expr, PlannedQuery};
 use crate::statement::{parse_statements, SluiceStatement};
 
@@ -68,6 +69,9 @@ pub struct Session {
     parallelism: usize,
     /// Connectors tables may name: Sluice's own plus any an embedder adds.
     connectors: Vec<Arc<dyn Connector>>,
+    /// How long updating aggregates and regular joins keep idle state
+    /// (`SET 'table.exec.state.ttl'`); `None`: for ever.
+    state_ttl: Option<Duration>,
 }
 
 /// The default number of lanes: one per core.
@@ -83,7 +87,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry() }
+        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry(), state_ttl: None }
     }
 
     /// What a connector needs to open the catalog table `name`.
@@ -201,7 +205,13 @@ impl Session {
                 }
                 _ => plan_err(format!("SET parallelism: '{value}' is not a positive whole number")),
             },
-            other => plan_err(format!("unknown setting '{other}' (settings: parallelism)")),
+            "table.exec.state.ttl" | "state.ttl" | "state_ttl" => {
+                let ttl = parse_duration(&value)
+                    .ok_or_else(|| SqlError::Plan(format!("SET {name}: '{value}' is not a duration (e.g. '1 h', '30 min', '0' for none)")))?;
+                self.state_ttl = (!ttl.is_zero()).then_some(ttl);
+                Ok(StatementOutput::Message(format!("table.exec.state.ttl = {value}")))
+            }
+            other => plan_err(format!("unknown setting '{other}' (settings: parallelism, 'table.exec.state.ttl')")),
         }
     }
 
@@ -448,32 +458,106 @@ impl Session {
             return Ok(Compiled::Batch(planned));
         }
         let metrics = JobMetrics::new();
-        let lanes_count = self.parallelism;
-        let mut lanes = Vec::with_capacity(lanes_count);
-        let mut exchange_keys = Vec::new();
-        for index in 0..lanes_count {
-            let lowered = lower(&planned.plan, &planned.windows, planned.ctx.task_ctx(), Arc::clone(&metrics))?;
-            let table = catalog
-                .table(&lowered.source_table)
-                .ok_or_else(|| SqlError::Catalog(format!("table '{}' does not exist", lowered.source_table)))?;
-            let shard = Shard { index, count: lanes_count };
-            let source = self.connector(&table.connector)?.source(&table.spec(), shard)?;
-            let mut stages = lowered.stages;
-            if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
-                let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
-                let assigner: Box<dyn Operator> =
-                    Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr)));
-                first.insert(0, assigner);
-            }
-            exchange_keys = lowered.exchange_keys;
-            lanes.push(Lane { source, stages });
+        let tables: HashMap<String, TableInfo> = catalog
+            .tables()
+            .map(|t| {
+                let info = TableInfo {
+                    time_column: t.watermark.as_ref().map(|w| w.column.clone()),
+                    is_static: t.watermark.is_none() && t.connector == "file",
+                };
+                (t.name.clone(), info)
+            })
+            .collect();
+        let mut lanes = Vec::with_capacity(self.parallelism);
+        for _ in 0..self.parallelism {
+            let task_ctx = planned.ctx.task_ctx();
+            lanes.push(lower(&planned.plan, &planned.windows, &tables, task_ctx, Arc::clone(&metrics), self.state_ttl)?);
         }
+        let Some(first) = lanes.first() else { return plan_err("internal: no lanes") };
+        let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
+        let flows = lanes.into_iter().map(|l| l.flow).collect();
+        let flow = self.flow(&catalog, &planned, flows)?;
         let sink = match target_table {
             None => results,
-            Some(t) => self.connector(&t.connector)?.sink(&t.spec())?,
+            Some(t) => {
+                let mut spec = t.spec();
+                if changelog {
+                    // The sink writes what it gets: the change kind, then the row.
+                    spec.schema = Arc::clone(&output_schema);
+                }
+                self.connector(&t.connector)?.sink(&spec)?
+            }
         };
-        let output_schema = planned.schema();
-        Ok(Compiled::Pipeline(Pipeline { lanes, exchange_keys, sink, output_schema, metrics }))
+        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics }))
+    }
+
+    /// Zips the lanes of a lowered query (each lowered on its own) into one flow,
+    /// opening a source shard per lane and table read.
+    fn flow(&self, catalog: &Catalog, planned: &PlannedQuery, lanes: Vec<LoweredFlow>) -> Result<Flow> {
+        let count = lanes.len();
+        let mut inputs = Vec::with_capacity(count);
+        let mut stage_lanes: Vec<Vec<LoweredStage>> = Vec::with_capacity(count);
+        for lane in lanes {
+            inputs.push(lane.input);
+            stage_lanes.push(lane.stages);
+        }
+        let mut stages: Vec<Stage> = Vec::new();
+        let mut by_stage: Vec<std::vec::IntoIter<LoweredStage>> = stage_lanes.into_iter().map(|s| s.into_iter()).collect();
+        loop {
+            let next: Vec<Option<LoweredStage>> = by_stage.iter_mut().map(|s| s.next()).collect();
+            if next.iter().any(Option::is_none) {
+                break;
+            }
+            let mut exchange = None;
+            let mut ops = Vec::with_capacity(count);
+            for stage in next.into_iter().flatten() {
+                exchange = stage.exchange;
+                ops.push(stage.operators);
+            }
+            stages.push(Stage { exchange, lanes: ops });
+        }
+        let input = match inputs.first() {
+            Some(LoweredInput::Table(name)) => {
+                let name = name.clone();
+                let table = catalog
+                    .table(&name)
+                    .ok_or_else(|| SqlError::Catalog(format!("table '{name}' does not exist")))?;
+                let connector = self.connector(&table.connector)?;
+                let sources = (0..count)
+                    .map(|index| Ok(connector.source(&table.spec(), Shard { index, count })?))
+                    .collect::<Result<Vec<_>>>()?;
+                if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
+                    for ops in &mut first.lanes {
+                        let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
+                        let assigner: Box<dyn Operator> =
+                            Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr)));
+                        ops.insert(0, assigner);
+                    }
+                }
+                FlowInput::Sources(sources)
+            }
+            _ => {
+                let (mut left, mut right, mut left_key, mut right_key, mut ops) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for input in inputs {
+                    let LoweredInput::Join(join) = input else { return plan_err("internal: lanes differ in shape") };
+                    let join = *join;
+                    left.push(join.left);
+                    right.push(join.right);
+                    left_key = join.left_key;
+                    right_key = join.right_key;
+                    ops.push(join.operator);
+                }
+                FlowInput::Join(Box::new(JoinInput {
+                    left: self.flow(catalog, planned, left)?,
+                    right: self.flow(catalog, planned, right)?,
+                    left_key,
+                    right_key,
+                    lanes: ops,
+                }))
+            }
+        };
+        Ok(Flow { input, stages })
     }
 
     async fn run_query(&mut self, query: &Query) -> Result<StatementOutput> {
@@ -561,4 +645,21 @@ pub fn sql_type_name(t: &DataType) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// A duration as Flink settings write it: `90 s`, `30 min`, `1h`, `2 days`, `500ms`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.trim().parse().ok()?;
+    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 0.001,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(n * seconds).ok()
 }

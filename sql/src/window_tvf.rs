@@ -16,7 +16,8 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, Ident, ObjectName, Query,
-    Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    Statement, TableAlias, TableFactor, TableVersion, VisitMut, VisitorMut, BinaryOperator, JoinConstraint,
+    JoinOperator, SetExpr,
 };
 use sqlparser::parser::Parser;
 
@@ -42,6 +43,8 @@ pub struct WindowTvf {
 #[derive(Debug, Default, Clone)]
 pub struct WindowTvfs {
     pub windows: Vec<WindowTvf>,
+    /// Tables read `FOR SYSTEM_TIME AS OF` (versioned tables of temporal joins).
+    pub temporal_tables: Vec<String>,
 }
 
 impl WindowTvfs {
@@ -91,7 +94,21 @@ struct Rewriter<'a> {
 impl VisitorMut for Rewriter<'_> {
     type Break = SqlError;
 
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<SqlError> {
+        match self.temporal_joins(query) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => ControlFlow::Break(e),
+        }
+    }
+
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
+        if let TableFactor::Table { version: Some(version), .. } = factor {
+            // Temporal joins took theirs off already (`pre_visit_query`).
+            return ControlFlow::Break(SqlError::Plan(format!(
+                "{version} is supported only on the table joined in a temporal join: \
+                 ... JOIN t FOR SYSTEM_TIME AS OF s.event_time ON ..."
+            )));
+        }
         match self.replacement(factor) {
             Ok(Some(new)) => {
                 *factor = new;
@@ -104,6 +121,47 @@ impl VisitorMut for Rewriter<'_> {
 }
 
 impl Rewriter<'_> {
+    /// Turns `JOIN t FOR SYSTEM_TIME AS OF x ON c` into `JOIN t ON c AND t.time <= x`,
+    /// recording `t` as a versioned table. The added condition holds for the
+    /// version a temporal join picks, and keeps both event times in the plan.
+    fn temporal_joins(&mut self, query: &mut Query) -> Result<()> {
+        let SetExpr::Select(select) = query.body.as_mut() else { return Ok(()) };
+        for from in &mut select.from {
+            for join in &mut from.joins {
+                let TableFactor::Table { name, alias, version, .. } = &mut join.relation else { continue };
+                let Some(found) = version.take() else { continue };
+                let TableVersion::ForSystemTimeAsOf(as_of) = found else {
+                    return plan_err(format!("{found} is not supported: use FOR SYSTEM_TIME AS OF <event time>"));
+                };
+                let table_name = normalize_name(name);
+                let Some(table) = self.catalog.table(&table_name) else {
+                    return plan_err(format!("FOR SYSTEM_TIME AS OF: '{table_name}' is not a table"));
+                };
+                let Some(watermark) = &table.watermark else {
+                    return plan_err(format!(
+                        "'{table_name}' is read FOR SYSTEM_TIME AS OF but has no WATERMARK: a versioned table needs event time"
+                    ));
+                };
+                let qualifier = alias.as_ref().map(|a| a.name.clone()).unwrap_or_else(|| alias_of(name).name);
+                let version_time = Expr::CompoundIdentifier(vec![qualifier, Ident::new(watermark.column.clone())]);
+                let implied = Expr::BinaryOp { left: Box::new(version_time), op: BinaryOperator::LtEq, right: Box::new(as_of) };
+                let constraint = match &mut join.join_operator {
+                    JoinOperator::Join(c)
+                    | JoinOperator::Inner(c)
+                    | JoinOperator::Left(c)
+                    | JoinOperator::LeftOuter(c) => c,
+                    _ => return plan_err("a temporal join is an INNER or LEFT JOIN ... FOR SYSTEM_TIME AS OF ... ON ..."),
+                };
+                let JoinConstraint::On(on) = constraint else {
+                    return plan_err("a temporal join needs an ON condition on the versioned table's key");
+                };
+                *on = Expr::BinaryOp { left: Box::new(Expr::Nested(Box::new(on.clone()))), op: BinaryOperator::And, right: Box::new(implied) };
+                self.found.temporal_tables.push(table_name);
+            }
+        }
+        Ok(())
+    }
+
     fn replacement(&mut self, factor: &TableFactor) -> Result<Option<TableFactor>> {
         match factor {
             TableFactor::Table { name, alias, args: None, .. } => {

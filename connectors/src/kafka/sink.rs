@@ -2,15 +2,17 @@
 
 use std::time::Duration;
 
+use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice_engine::changelog::{is_changelog_output, ChangeKind};
 use sluice_engine::{EngineError, Sink};
 
 use super::{kafka_error, KafkaConfig};
-use crate::error::Result;
+use crate::error::{ConnectorError, Result};
 
 /// How long one delivery may take before the query fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -20,6 +22,9 @@ pub struct KafkaSink {
     cfg: KafkaConfig,
     producer: FutureProducer,
     key_column: Option<usize>,
+    /// Updating results: the first column is the change kind, and records are
+    /// upserts by key (`+I`/`+U` the row, `-D` a tombstone, `-U` nothing).
+    upsert: bool,
 }
 
 impl KafkaSink {
@@ -28,7 +33,18 @@ impl KafkaSink {
         client.set("enable.idempotence", "true").set("message.timeout.ms", "60000");
         let producer: FutureProducer = client.create().map_err(kafka_error)?;
         let key_column = cfg.key_field.as_ref().and_then(|k| schema.column_with_name(k)).map(|(i, _)| i);
-        Ok(KafkaSink { cfg, producer, key_column })
+        let upsert = is_changelog_output(&schema);
+        if upsert && key_column.is_none() {
+            return Err(ConnectorError::Option {
+                connector: "kafka".into(),
+                key: "key.field".into(),
+                reason: format!(
+                    "topic {}: updating results (GROUP BY, outer joins) are written as upserts by key: name a column of the result",
+                    cfg.topic
+                ),
+            });
+        }
+        Ok(KafkaSink { cfg, producer, key_column, upsert })
     }
 }
 
@@ -39,8 +55,17 @@ impl Sink for KafkaSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
+        let (values, kinds) = match self.upsert {
+            true => {
+                let kinds = batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().map(|a| {
+                    (0..a.len()).map(|i| ChangeKind::parse(a.value(i)).unwrap_or(ChangeKind::Insert)).collect::<Vec<_>>()
+                });
+                (batch.project(&(1..batch.num_columns()).collect::<Vec<_>>())?, kinds)
+            }
+            false => (batch.clone(), None),
+        };
         let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
-        writer.write(&batch)?;
+        writer.write(&values)?;
         writer.finish()?;
         let text = String::from_utf8_lossy(&writer.into_inner()).to_string();
         let keys: Option<Vec<String>> = match self.key_column {
@@ -50,8 +75,12 @@ impl Sink for KafkaSink {
                 Some((0..batch.num_rows()).map(|r| f.value(r).to_string()).collect())
             }
         };
-        let sends = text.lines().enumerate().map(|(r, line)| {
-            let mut record = FutureRecord::<str, str>::to(&self.cfg.topic).payload(line);
+        let kind = |r: usize| kinds.as_ref().map_or(ChangeKind::Insert, |k| k[r]);
+        let sends = text.lines().enumerate().filter(|(r, _)| kind(*r) != ChangeKind::UpdateBefore).map(|(r, line)| {
+            let mut record = FutureRecord::<str, str>::to(&self.cfg.topic);
+            if kind(r) != ChangeKind::Delete {
+                record = record.payload(line);
+            }
             if let Some(keys) = &keys {
                 record = record.key(keys[r].as_str());
             }

@@ -1,8 +1,10 @@
 //! The operators a pipeline is made of.
 
+pub mod join;
 pub mod session_aggregate;
 pub mod stateless;
 pub mod watermark_assigner;
+pub mod updating_aggregate;
 pub mod window_aggregate;
 mod window_groups;
 
@@ -10,3 +12,5 @@ pub use session_aggregate::SessionAggregate;
 pub use stateless::StatelessOperator;
 pub use watermark_assigner::WatermarkAssigner;
 pub use window_aggregate::WindowAggregate;
+pub use updating_aggregate::UpdatingAggregate;
+pub use join::{EventTime, JoinKind, JoinMode, JoinSpec, SideTimes, StreamJoin, TemporalJoin};

@@ -27,6 +27,9 @@ pub struct AggregateSpec {
     pub aggregates: Vec<Arc<AggregateFunctionExpr>>,
     pub filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     pub output_schema: SchemaRef,
+    /// The schema the group expressions are evaluated on (needed by operators
+    /// that encode keys before seeing a batch).
+    pub input_schema: Option<SchemaRef>,
 }
 
 /// A batch with the group keys and aggregate inputs evaluated.

@@ -1,0 +1,363 @@
+//! The symmetric hash join behind interval, window, lookup and regular joins.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{filter_record_batch, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::output::{passes, OutputBuilder, Pick};
+use super::side::{keyed_rows, NewRows, RowRef, SideState};
+use super::{JoinKind, JoinMode, JoinSpec};
+use crate::changelog::ChangeKind;
+use crate::error::{EngineError, Result};
+use crate::message::Watermark;
+use crate::metrics::{JobMetrics, StateReporter};
+use crate::operator::{Emitter, Operator};
+
+/// Joins two inputs by key, keeping each side's rows while the other side can
+/// still bring partners for them (see [`JoinMode`]).
+pub struct StreamJoin {
+    kind: JoinKind,
+    keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    mode: JoinMode,
+    description: String,
+    converter: RowConverter,
+    out: OutputBuilder,
+    sides: [SideState; 2],
+    ended: [bool; 2],
+    watermark: Option<i64>,
+    /// Lookup joins: batches of the streaming input that arrived before the
+    /// table was complete, and the watermark held back with them.
+    held: Vec<RecordBatch>,
+    held_watermark: Option<Watermark>,
+    metrics: Arc<JobMetrics>,
+    state: StateReporter,
+}
+
+/// One arriving batch, reduced to the rows that are not late.
+struct Arrival {
+    batch: RecordBatch,
+    times: Vec<i64>,
+    expiries: Option<Vec<i64>>,
+}
+
+impl StreamJoin {
+    pub fn try_new(spec: JoinSpec, mode: JoinMode, metrics: Arc<JobMetrics>) -> Result<Self> {
+        let types = |side: usize| -> Result<Vec<DataType>> {
+            spec.keys[side].iter().map(|k| Ok(k.data_type(&spec.schemas[side])?)).collect()
+        };
+        let (left, right) = (types(0)?, types(1)?);
+        if left != right {
+            return Err(EngineError::Plan(format!(
+                "join keys have different types on the two sides: {left:?} and {right:?}; cast one side"
+            )));
+        }
+        if let JoinMode::Lookup { table } = mode {
+            if spec.kind.keeps_unmatched(table) {
+                return Err(EngineError::Plan(
+                    "a lookup join can keep unmatched rows of the stream only (use the stream on the outer side)"
+                        .into(),
+                ));
+            }
+        }
+        let converter = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
+        let changelog = matches!(mode, JoinMode::Regular { .. }) && spec.kind != JoinKind::Inner;
+        let out = OutputBuilder::new(&spec, changelog);
+        let state = metrics.state_reporter();
+        Ok(StreamJoin {
+            kind: spec.kind,
+            keys: spec.keys,
+            mode,
+            description: spec.description,
+            converter,
+            out,
+            sides: [SideState::default(), SideState::default()],
+            ended: [false, false],
+            watermark: None,
+            held: Vec::new(),
+            held_watermark: None,
+            metrics,
+            state,
+        })
+    }
+
+    /// The schema of the join's output (with the change-kind column if the join
+    /// emits a changelog).
+    pub fn output_schema(&self) -> SchemaRef {
+        self.out.schema()
+    }
+
+    /// Drops late rows and computes event times and expiries (time-bounded joins).
+    fn admit(&self, side: usize, batch: RecordBatch) -> Result<Arrival> {
+        let JoinMode::TimeBounded(times) = &self.mode else {
+            let n = batch.num_rows();
+            return Ok(Arrival { batch, times: vec![0; n], expiries: None });
+        };
+        let time = times[side].time.evaluate(&batch)?;
+        let offset = times[side].expiry_offset;
+        let expiry = time.unary::<_, datafusion::arrow::datatypes::Int64Type>(|t| t.saturating_add(offset));
+        let w = self.watermark.unwrap_or(i64::MIN);
+        let keep: Vec<bool> = (0..batch.num_rows())
+            .map(|i| time.is_valid(i) && expiry.is_valid(i) && time.value(i) >= w)
+            .collect();
+        let kept = keep.iter().filter(|k| **k).count();
+        self.metrics.add_late_rows(batch.num_rows() - kept);
+        let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+        let batch = if kept == batch.num_rows() { batch } else { filter_record_batch(&batch, &mask)? };
+        let pick = |a: &datafusion::arrow::array::Int64Array| -> Vec<i64> {
+            keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| a.value(i)).collect()
+        };
+        Ok(Arrival { batch, times: pick(&time), expiries: Some(pick(&expiry)) })
+    }
+
+    async fn arrive(&mut self, side: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.expire_by_ttl();
+        if let JoinMode::Lookup { table } = self.mode {
+            if side != table && !self.ended[table] {
+                self.held.push(batch);
+                self.report_state();
+                return Ok(());
+            }
+        }
+        let Arrival { batch, times, expiries } = self.admit(side, batch)?;
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let other = 1 - side;
+        let key_columns = self.keys[side].iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_columns)?;
+        let keyed = keyed_rows(&key_columns, n);
+        let columns = batch.columns().to_vec();
+
+        let mut matches = vec![0u32; n];
+        let mut probe_rows = Vec::new();
+        let mut stored_rows: Vec<RowRef> = Vec::new();
+        for (i, is_keyed) in keyed.iter().enumerate() {
+            if *is_keyed {
+                for r in self.sides[other].candidates(keys.row(i)) {
+                    probe_rows.push(i as u32);
+                    stored_rows.push(r);
+                }
+            }
+        }
+        if !probe_rows.is_empty() {
+            let probe: Vec<Pick> = probe_rows.iter().map(|i| Pick::Probe(*i)).collect();
+            let stored: Vec<Pick> = stored_rows.iter().map(|r| Pick::Stored(*r)).collect();
+            let picks = |s: usize| if s == side { &probe } else { &stored };
+            let probe_of = |s: usize| (s == side).then_some(columns.as_slice());
+            let left = self.out.gather(0, picks(0), probe_of(0), &self.sides[0])?;
+            let right = self.out.gather(1, picks(1), probe_of(1), &self.sides[1])?;
+            let mask = self.out.filter_mask(&left, &right, probe_rows.len())?;
+            let passing: Vec<u32> =
+                (0..probe_rows.len()).filter(|i| passes(mask.as_ref(), *i)).map(|i| i as u32).collect();
+            let mut first_matches = Vec::new();
+            for &k in &passing {
+                matches[probe_rows[k as usize] as usize] += 1;
+                let before = self.sides[other].add_match(stored_rows[k as usize]);
+                if before == 0 && self.out.is_changelog() && self.kind.keeps_unmatched(other) {
+                    first_matches.push(Pick::Stored(stored_rows[k as usize]));
+                }
+            }
+            if !first_matches.is_empty() {
+                // The NULL-padded rows sent for them before are taken back.
+                self.emit_padded(other, &first_matches, None, ChangeKind::Delete, out)?;
+            }
+            if !passing.is_empty() {
+                let indices = UInt32Array::from(passing.clone());
+                let take_all = |cols: Vec<ArrayRef>| -> Result<Vec<ArrayRef>> {
+                    cols.iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect()
+                };
+                let joined = self.out.build(take_all(left)?, take_all(right)?, passing.len(), ChangeKind::Insert)?;
+                out.emit(joined);
+            }
+        }
+
+        let w = self.watermark.unwrap_or(i64::MIN);
+        let store: Vec<bool> = (0..n)
+            .map(|i| match (&self.mode, &expiries) {
+                // The table is kept whole: held stream rows still probe it.
+                (JoinMode::Lookup { table }, _) => side == *table,
+                (JoinMode::TimeBounded(_), Some(e)) => !self.ended[other] && e[i] >= w,
+                _ => !self.ended[other],
+            })
+            .collect();
+        if self.kind.keeps_unmatched(side) {
+            let padded_now: Vec<Pick> = (0..n)
+                .filter(|i| matches[*i] == 0 && (!store[*i] || self.out.is_changelog()))
+                .map(|i| Pick::Probe(i as u32))
+                .collect();
+            if !padded_now.is_empty() {
+                self.emit_padded(side, &padded_now, Some(&columns), ChangeKind::Insert, out)?;
+            }
+        }
+        self.store(side, &batch, &store, &key_columns, times, expiries, matches)?;
+        self.report_state();
+        Ok(())
+    }
+
+    /// Keeps the rows of `batch` marked in `store`.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        side: usize,
+        batch: &RecordBatch,
+        store: &[bool],
+        key_columns: &[ArrayRef],
+        times: Vec<i64>,
+        expiries: Option<Vec<i64>>,
+        matches: Vec<u32>,
+    ) -> Result<()> {
+        let kept: Vec<u32> = (0..store.len()).filter(|i| store[*i]).map(|i| i as u32).collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let select = |v: &[i64]| kept.iter().map(|i| v[*i as usize]).collect::<Vec<_>>();
+        let (columns, key_columns) = if kept.len() == store.len() {
+            (batch.columns().to_vec(), key_columns.to_vec())
+        } else {
+            let indices = UInt32Array::from(kept.clone());
+            let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                cols.iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect()
+            };
+            (take_all(batch.columns())?, take_all(key_columns)?)
+        };
+        let keys = self.converter.convert_columns(&key_columns)?;
+        let keyed = keyed_rows(&key_columns, kept.len());
+        self.sides[side].insert(NewRows {
+            columns,
+            keys,
+            keyed,
+            times: select(&times),
+            expiries: expiries.as_deref().map(select),
+            matches: kept.iter().map(|i| matches[*i as usize]).collect(),
+        });
+        Ok(())
+    }
+
+    /// Emits rows of `side` with NULLs for the other side's columns.
+    fn emit_padded(
+        &self,
+        side: usize,
+        picks: &[Pick],
+        probe: Option<&[ArrayRef]>,
+        kind: ChangeKind,
+        out: &mut Emitter,
+    ) -> Result<()> {
+        let nulls = vec![Pick::Null; picks.len()];
+        let own = self.out.gather(side, picks, probe, &self.sides[side])?;
+        let other = self.out.gather(1 - side, &nulls, None, &self.sides[1 - side])?;
+        let (left, right) = if side == 0 { (own, other) } else { (other, own) };
+        out.emit(self.out.build(left, right, picks.len(), kind)?);
+        Ok(())
+    }
+
+    fn expire_by_ttl(&mut self) {
+        if let JoinMode::Regular { ttl: Some(ttl) } = self.mode {
+            for side in &mut self.sides {
+                side.expire_older_than(ttl);
+                side.sweep();
+            }
+        }
+    }
+
+    fn report_state(&mut self) {
+        let held: usize = self.held.iter().map(|b| b.get_array_memory_size()).sum();
+        self.state.set(self.sides[0].bytes() + self.sides[1].bytes() + held);
+    }
+}
+
+fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
+}
+
+#[async_trait]
+impl Operator for StreamJoin {
+    fn name(&self) -> &'static str {
+        "join"
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.arrive(0, batch, out).await
+    }
+
+    async fn on_batch_from(&mut self, input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.arrive(input.min(1), batch, out).await
+    }
+
+    async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        match self.mode {
+            JoinMode::Lookup { table } if !self.ended[table] => {
+                self.held_watermark = Some(wm);
+                Ok(None)
+            }
+            JoinMode::TimeBounded(_) => {
+                for side in 0..2 {
+                    let unmatched = self.sides[side].expire_before(t);
+                    if self.kind.keeps_unmatched(side) && !unmatched.is_empty() {
+                        let picks: Vec<Pick> = unmatched.into_iter().map(Pick::Stored).collect();
+                        self.emit_padded(side, &picks, None, ChangeKind::Insert, out)?;
+                    }
+                    self.sides[side].sweep();
+                }
+                self.report_state();
+                // Kept rows may still be emitted: time does not pass the oldest.
+                let oldest = self.sides.iter().filter_map(|s| s.min_time()).min();
+                Ok(Some(Watermark::EventTime(oldest.map_or(t, |o| o.min(t)))))
+            }
+            _ => {
+                self.expire_by_ttl();
+                self.report_state();
+                Ok(Some(wm))
+            }
+        }
+    }
+
+    async fn on_end(&mut self, out: &mut Emitter) -> Result<()> {
+        // The inputs' last ends come with the end of everything.
+        if let JoinMode::Lookup { table } = self.mode {
+            if !self.ended[table] {
+                self.on_input_end(table, out).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_input_end(&mut self, input: usize, out: &mut Emitter) -> Result<()> {
+        let input = input.min(1);
+        self.ended[input] = true;
+        if let JoinMode::Lookup { table } = self.mode {
+            if input == table {
+                for batch in std::mem::take(&mut self.held) {
+                    self.arrive(1 - table, batch, out).await?;
+                }
+                if let Some(wm) = self.held_watermark.take() {
+                    out.emit_watermark(wm);
+                }
+            }
+            self.report_state();
+            return Ok(());
+        }
+        // Rows kept for partners from the ended input will find none.
+        let other = 1 - input;
+        let unmatched = self.sides[other].retire_all();
+        if self.kind.keeps_unmatched(other) && !self.out.is_changelog() && !unmatched.is_empty() {
+            let picks: Vec<Pick> = unmatched.into_iter().map(Pick::Stored).collect();
+            self.emit_padded(other, &picks, None, ChangeKind::Insert, out)?;
+        }
+        self.sides[other].sweep();
+        self.report_state();
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! Event-time temporal join: each row of a stream joined with the version of a
+//! keyed (versioned) table that was valid at the row's event time, as Flink's
+//! `JOIN t FOR SYSTEM_TIME AS OF s.ts`.
+//!
+//! Every row of the table input is a new version of the row with its key
+//! (an upsert). A stream row waits until the watermark passes its time, so every
+//! version up to that time has arrived, then takes the latest version at or
+//! before it. Versions older than the latest one below the watermark are freed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::array::Array;
+use datafusion::physical_plan::PhysicalExpr;
+
+use super::output::{passes, OutputBuilder, Pick, StoredColumns};
+use super::side::{keyed_rows, BatchId, RowRef};
+use super::{EventTime, JoinKind, JoinSpec};
+use crate::changelog::ChangeKind;
+use crate::error::{EngineError, Result};
+use crate::message::Watermark;
+use crate::metrics::{JobMetrics, StateReporter};
+use crate::operator::{Emitter, Operator};
+
+/// The versions of the table input, by key and version time.
+#[derive(Default)]
+struct Versions {
+    by_key: HashMap<Box<[u8]>, BTreeMap<i64, RowRef>>,
+    /// Stored batches and how many versions still point into each.
+    batches: HashMap<BatchId, (Vec<ArrayRef>, usize, usize)>,
+    next_id: BatchId,
+    bytes: usize,
+}
+
+impl StoredColumns for Versions {
+    fn columns(&self, id: BatchId) -> Option<&[ArrayRef]> {
+        self.batches.get(&id).map(|(c, _, _)| c.as_slice())
+    }
+}
+
+impl Versions {
+    fn release(&mut self, (id, _): RowRef) {
+        if let Some(entry) = self.batches.get_mut(&id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.bytes -= entry.2;
+                self.batches.remove(&id);
+            }
+        }
+    }
+
+    /// Frees, per key, the versions older than the latest one before `watermark`.
+    fn compact(&mut self, watermark: i64) {
+        let mut freed = Vec::new();
+        for versions in self.by_key.values_mut() {
+            let older: Vec<i64> = versions.range(..watermark).map(|(t, _)| *t).collect();
+            for t in older.iter().take(older.len().saturating_sub(1)) {
+                if let Some(r) = versions.remove(t) {
+                    freed.push(r);
+                }
+            }
+        }
+        for r in freed {
+            self.release(r);
+        }
+    }
+}
+
+/// Joins stream rows with the versions of a table valid at their event time.
+pub struct TemporalJoin {
+    kind: JoinKind,
+    /// The input that holds the versioned table (the other is the stream).
+    table: usize,
+    keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    /// The stream row's lookup time (its event time, the `AS OF` column).
+    stream_time: EventTime,
+    /// The version time of a table row (its event time).
+    version_time: EventTime,
+    description: String,
+    converter: RowConverter,
+    out: OutputBuilder,
+    versions: Versions,
+    /// Stream rows waiting for the watermark to pass their time.
+    pending: Vec<(RecordBatch, Vec<i64>)>,
+    watermark: Option<i64>,
+    metrics: Arc<JobMetrics>,
+    state: StateReporter,
+}
+
+impl TemporalJoin {
+    pub fn try_new(
+        spec: JoinSpec,
+        table: usize,
+        stream_time: EventTime,
+        version_time: EventTime,
+        metrics: Arc<JobMetrics>,
+    ) -> Result<Self> {
+        if spec.kind.keeps_unmatched(table) {
+            return Err(EngineError::Plan(
+                "a temporal join keeps unmatched rows of the stream only (INNER or LEFT JOIN ... FOR SYSTEM_TIME AS OF)"
+                    .into(),
+            ));
+        }
+        let types = |side: usize| -> Result<Vec<_>> {
+            spec.keys[side].iter().map(|k| Ok(k.data_type(&spec.schemas[side])?)).collect()
+        };
+        let (left, right) = (types(0)?, types(1)?);
+        if left != right {
+            return Err(EngineError::Plan(format!("temporal join keys differ in type: {left:?} and {right:?}")));
+        }
+        let converter = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
+        let out = OutputBuilder::new(&spec, false);
+        let state = metrics.state_reporter();
+        Ok(TemporalJoin {
+            kind: spec.kind,
+            table,
+            keys: spec.keys,
+            stream_time,
+            version_time,
+            description: spec.description,
+            converter,
+            out,
+            versions: Versions::default(),
+            pending: Vec::new(),
+            watermark: None,
+            metrics,
+            state,
+        })
+    }
+
+    pub fn output_schema(&self) -> SchemaRef {
+        self.out.schema()
+    }
+
+    fn add_versions(&mut self, batch: RecordBatch) -> Result<()> {
+        let times = self.version_time.evaluate(&batch)?;
+        let key_columns = self.keys[self.table].iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_columns)?;
+        let keyed = keyed_rows(&key_columns, batch.num_rows());
+        let id = self.versions.next_id;
+        self.versions.next_id += 1;
+        let mut used = 0;
+        let mut replaced = Vec::new();
+        for i in 0..batch.num_rows() {
+            if !keyed[i] || !times.is_valid(i) {
+                continue;
+            }
+            let versions = self.versions.by_key.entry(keys.row(i).as_ref().into()).or_default();
+            if let Some(old) = versions.insert(times.value(i), (id, i as u32)) {
+                replaced.push(old);
+            }
+            used += 1;
+        }
+        if used > 0 {
+            let bytes = batch.get_array_memory_size();
+            self.versions.bytes += bytes;
+            self.versions.batches.insert(id, (batch.columns().to_vec(), used, bytes));
+        }
+        for r in replaced {
+            self.versions.release(r);
+        }
+        Ok(())
+    }
+
+    /// Joins the pending stream rows whose time is below `watermark`.
+    fn emit_ready(&mut self, watermark: i64, out: &mut Emitter) -> Result<()> {
+        let mut still = Vec::new();
+        for (batch, times) in std::mem::take(&mut self.pending) {
+            let ready: Vec<bool> = times.iter().map(|t| *t < watermark).collect();
+            if ready.iter().all(|r| !*r) {
+                still.push((batch, times));
+                continue;
+            }
+            let mask = BooleanArray::from(ready.clone());
+            let now = filter_record_batch(&batch, &mask)?;
+            let now_times: Vec<i64> = times.iter().zip(&ready).filter(|(_, r)| **r).map(|(t, _)| *t).collect();
+            self.join_rows(&now, &now_times, out)?;
+            if ready.iter().any(|r| !*r) {
+                let rest = BooleanArray::from(ready.iter().map(|r| !*r).collect::<Vec<_>>());
+                let later: Vec<i64> = times.iter().zip(&ready).filter(|(_, r)| !**r).map(|(t, _)| *t).collect();
+                still.push((filter_record_batch(&batch, &rest)?, later));
+            }
+        }
+        self.pending = still;
+        Ok(())
+    }
+
+    fn join_rows(&self, batch: &RecordBatch, times: &[i64], out: &mut Emitter) -> Result<()> {
+        let stream = 1 - self.table;
+        let key_columns = self.keys[stream].iter().map(|k| evaluate(k, batch)).collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.convert_columns(&key_columns)?;
+        let keyed = keyed_rows(&key_columns, batch.num_rows());
+        let found: Vec<Option<RowRef>> = (0..batch.num_rows())
+            .map(|i| {
+                keyed[i]
+                    .then(|| self.versions.by_key.get(keys.row(i).as_ref()))
+                    .flatten()
+                    .and_then(|v| v.range(..=times[i]).next_back().map(|(_, r)| *r))
+            })
+            .collect();
+        let columns = batch.columns();
+        let gather = |stream_picks: &[Pick], table_picks: &[Pick]| -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+            let s = self.out.gather(stream, stream_picks, Some(columns), &self.versions)?;
+            let t = self.out.gather(self.table, table_picks, None, &self.versions)?;
+            Ok(if stream == 0 { (s, t) } else { (t, s) })
+        };
+        // Candidates first, through the rest of the ON condition.
+        let candidates: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_some()).collect();
+        let stream_picks: Vec<Pick> = candidates.iter().map(|i| Pick::Probe(*i as u32)).collect();
+        let table_picks: Vec<Pick> = candidates.iter().filter_map(|i| found[*i].map(Pick::Stored)).collect();
+        let (left, right) = gather(&stream_picks, &table_picks)?;
+        let mask = self.out.filter_mask(&left, &right, candidates.len())?;
+        let mut matched: Vec<Option<RowRef>> = vec![None; found.len()];
+        for (k, i) in candidates.iter().enumerate() {
+            if passes(mask.as_ref(), k) {
+                matched[*i] = found[*i];
+            }
+        }
+        let keep_unmatched = self.kind.keeps_unmatched(stream);
+        let rows: Vec<usize> = (0..found.len()).filter(|i| matched[*i].is_some() || keep_unmatched).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stream_picks: Vec<Pick> = rows.iter().map(|i| Pick::Probe(*i as u32)).collect();
+        let table_picks: Vec<Pick> = rows.iter().map(|i| matched[*i].map_or(Pick::Null, Pick::Stored)).collect();
+        let (left, right) = gather(&stream_picks, &table_picks)?;
+        out.emit(self.out.build(left, right, rows.len(), ChangeKind::Insert)?);
+        Ok(())
+    }
+
+    fn report_state(&mut self) {
+        let pending: usize = self.pending.iter().map(|(b, t)| b.get_array_memory_size() + t.len() * 8).sum();
+        let keys = self.versions.by_key.len() * 64;
+        self.state.set(self.versions.bytes + pending + keys);
+    }
+}
+
+fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
+}
+
+#[async_trait]
+impl Operator for TemporalJoin {
+    fn name(&self) -> &'static str {
+        "temporal join"
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.on_batch_from(0, batch, out).await
+    }
+
+    async fn on_batch_from(&mut self, input: usize, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
+        if input.min(1) == self.table {
+            self.add_versions(batch)?;
+        } else {
+            let times: Int64Array = self.stream_time.evaluate(&batch)?;
+            let w = self.watermark.unwrap_or(i64::MIN);
+            let keep: Vec<bool> = (0..batch.num_rows()).map(|i| times.is_valid(i) && times.value(i) >= w).collect();
+            let kept: Vec<i64> = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| times.value(i)).collect();
+            self.metrics.add_late_rows(batch.num_rows() - kept.len());
+            if !kept.is_empty() {
+                let batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+                self.pending.push((batch, kept));
+            }
+        }
+        self.report_state();
+        Ok(())
+    }
+
+    async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
+        let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        self.emit_ready(t, out)?;
+        self.versions.compact(t);
+        self.report_state();
+        Ok(Some(wm))
+    }
+}
