@@ -257,3 +257,94 @@ fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+/// The rows a changelog leaves standing once applied: `+I`/`+U` add a row,
+/// `-U`/`-D` take one back (the change kind is the first column).
+async fn streaming_changelog_final(sql: &str, lanes: usize) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let mut standing: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+    for mut row in streaming(sql, lanes).await? {
+        let op = row.remove(0);
+        let delta = match op.as_str() {
+            "+I" | "+U" => 1,
+            "-U" | "-D" => -1,
+            other => return Err(format!("unexpected change kind {other}").into()),
+        };
+        *standing.entry(row).or_default() += delta;
+    }
+    let mut rows = Vec::new();
+    for (row, count) in standing {
+        assert!(count >= 0, "row {row:?} taken back more often than sent");
+        rows.extend(std::iter::repeat_n(row, count as usize));
+    }
+    Ok(rows)
+}
+
+/// Like [`assert_same`] for updating queries: the applied changelog must equal
+/// the batch result.
+async fn assert_same_when_applied(streaming_sql: &str, batch_sql: &str) -> TestResult {
+    let expected = batch(batch_sql).await?;
+    assert!(!expected.is_empty(), "the batch query found no rows");
+    for lanes in [1, 3] {
+        let actual = streaming_changelog_final(streaming_sql, lanes).await?;
+        assert_eq!(actual.len(), expected.len(), "row counts differ with {lanes} lane(s)");
+        assert_eq!(actual, expected, "rows differ with {lanes} lane(s)");
+    }
+    Ok(())
+}
+
+/// Views followed by purchases of the same user within 30 s; the same SQL runs
+/// as a batch join in DataFusion.
+const INTERVAL_JOIN: &str = "SELECT v.user_id, v.page, p.item_id, v.ts, p.ts \
+    FROM (SELECT * FROM clicks WHERE event_type = 'page_view') v \
+    JOIN (SELECT * FROM clicks WHERE event_type = 'checkout') p \
+    ON v.user_id = p.user_id AND p.ts BETWEEN v.ts AND v.ts + INTERVAL '30' SECOND";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_matches_batch_join() -> TestResult {
+    assert_same(INTERVAL_JOIN, INTERVAL_JOIN).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_outer_interval_join_matches_batch_join() -> TestResult {
+    let sql = "SELECT p.user_id, p.item_id, p.ts, c.ts \
+        FROM (SELECT * FROM clicks WHERE event_type = 'checkout') p \
+        LEFT JOIN (SELECT * FROM clicks WHERE event_type = 'add_to_cart') c \
+        ON p.user_id = c.user_id AND p.item_id = c.item_id AND c.ts BETWEEN p.ts - INTERVAL '2' MINUTE AND p.ts";
+    assert_same(sql, sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_join_matches_batch_join_of_aggregates() -> TestResult {
+    assert_same(
+        "SELECT v.window_start, v.user_id, v.views, p.purchases FROM \
+         (SELECT window_start, window_end, user_id, count(*) AS views \
+          FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) WHERE event_type = 'page_view' \
+          GROUP BY window_start, window_end, user_id) v \
+         JOIN (SELECT window_start, window_end, user_id, count(*) AS purchases \
+          FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) WHERE event_type = 'checkout' \
+          GROUP BY window_start, window_end, user_id) p \
+         ON v.window_start = p.window_start AND v.window_end = p.window_end AND v.user_id = p.user_id",
+        "SELECT v.ws, v.user_id, v.views, p.purchases FROM \
+         (SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, user_id, count(*) AS views \
+          FROM clicks WHERE event_type = 'page_view' GROUP BY 1, 2) v \
+         JOIN (SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, user_id, count(*) AS purchases \
+          FROM clicks WHERE event_type = 'checkout' GROUP BY 1, 2) p \
+         ON v.ws = p.ws AND v.user_id = p.user_id",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_aggregate_changelog_applies_to_batch_group_by() -> TestResult {
+    let sql = "SELECT event_type, count(*), sum(item_id), min(price), max(price) FROM clicks GROUP BY event_type";
+    assert_same_when_applied(sql, sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regular_left_join_changelog_applies_to_batch_join() -> TestResult {
+    let sql = "SELECT p.user_id, p.item_id, c.session_id \
+        FROM (SELECT * FROM clicks WHERE event_type = 'checkout' AND user_id < 20) p \
+        LEFT JOIN (SELECT * FROM clicks WHERE event_type = 'add_to_cart' AND user_id < 10) c \
+        ON p.user_id = c.user_id AND p.item_id = c.item_id";
+    assert_same_when_applied(sql, sql).await
+}
