@@ -218,15 +218,13 @@ impl StreamJoin {
             return Ok(());
         }
         let select = |v: &[i64]| kept.iter().map(|i| v[*i as usize]).collect::<Vec<_>>();
-        let (columns, key_columns) = if kept.len() == store.len() {
-            (batch.columns().to_vec(), key_columns.to_vec())
-        } else {
-            let indices = UInt32Array::from(kept.clone());
-            let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                cols.iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect()
-            };
-            (take_all(batch.columns())?, take_all(key_columns)?)
+        // Always copied: an arriving batch may be a slice of a much larger
+        // buffer, which keeping it would keep whole.
+        let indices = UInt32Array::from(kept.clone());
+        let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+            cols.iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect()
         };
+        let (columns, key_columns) = (take_all(batch.columns())?, take_all(key_columns)?);
         let keys = self.converter.convert_columns(&key_columns)?;
         let keyed = keyed_rows(&key_columns, kept.len());
         self.sides[side].insert(NewRows {
