@@ -201,7 +201,10 @@ impl SideState {
                 self.bytes -= b.bytes;
             }
         }
-        if self.index_entries > 1024 && self.index_entries > 2 * self.alive {
+        if self.alive == 0 {
+            self.index.clear();
+            self.index_entries = 0;
+        } else if self.index_entries > 1024 && self.index_entries > 2 * self.alive {
             self.index.clear();
             self.index_entries = 0;
             for (id, b) in &self.batches {

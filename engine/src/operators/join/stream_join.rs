@@ -359,3 +359,90 @@ impl Operator for StreamJoin {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use crate::operators::join::{EventTime, SideTimes};
+    use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::physical_expr::expressions::Column;
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn schema(name: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(name, DataType::Int64, false),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+        ]))
+    }
+
+    fn rows(schema: &SchemaRef, keys: &[i64], secs: &[i64]) -> RecordBatch {
+        let ts: Vec<i64> = secs.iter().map(|s| s * SEC).collect();
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![Arc::new(Int64Array::from(keys.to_vec())), Arc::new(TimestampNanosecondArray::from(ts))],
+        )
+        .unwrap()
+    }
+
+    /// A left outer join where the right row may come up to 5 s after the left.
+    fn interval_join(metrics: &Arc<JobMetrics>) -> (StreamJoin, SchemaRef, SchemaRef) {
+        let (l, r) = (schema("a"), schema("b"));
+        let output = Arc::new(Schema::new(
+            l.fields().iter().chain(r.fields().iter()).map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        let spec = JoinSpec {
+            kind: JoinKind::Left,
+            schemas: [Arc::clone(&l), Arc::clone(&r)],
+            keys: [vec![Arc::new(Column::new("a", 0))], vec![Arc::new(Column::new("b", 0))]],
+            filter: None,
+            projection: None,
+            output_schema: output,
+            description: "test".into(),
+        };
+        let time = EventTime { column: 1, offset: 0 };
+        let mode = JoinMode::TimeBounded([
+            SideTimes { time, expiry_offset: 5 * SEC },
+            SideTimes { time, expiry_offset: 0 },
+        ]);
+        (StreamJoin::try_new(spec, mode, Arc::clone(metrics)).unwrap(), l, r)
+    }
+
+    fn emitted(out: &mut Emitter) -> Vec<(Option<i64>, Option<i64>)> {
+        let mut pairs = Vec::new();
+        for m in out.drain() {
+            if let Message::Batch(b) = m {
+                let a = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                let c = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                for i in 0..b.num_rows() {
+                    pairs.push((a.is_valid(i).then(|| a.value(i)), c.is_valid(i).then(|| c.value(i))));
+                }
+            }
+        }
+        pairs
+    }
+
+    #[tokio::test]
+    async fn late_rows_are_dropped_and_unmatched_rows_wait_for_the_watermark() {
+        let metrics = JobMetrics::new();
+        let (mut join, l, r) = interval_join(&metrics);
+        let mut out = Emitter::default();
+        join.on_batch_from(0, rows(&l, &[1, 2], &[10, 11]), &mut out).await.unwrap();
+        join.on_batch_from(1, rows(&r, &[1], &[14]), &mut out).await.unwrap();
+        assert_eq!(emitted(&mut out), vec![(Some(1), Some(1))]);
+        // Time passes 16 s: left row 1 (10 s) and 2 (11 s) can still match up to 15 s and 16 s.
+        let wm = join.on_watermark(Watermark::EventTime(16 * SEC), &mut out).await.unwrap();
+        assert_eq!(emitted(&mut out), vec![], "row 2 may still find a partner at 16 s");
+        assert_eq!(wm, Some(Watermark::EventTime(11 * SEC)), "held back to the oldest kept row");
+        // A right row at 15 s is late (below the watermark): dropped and counted.
+        join.on_batch_from(1, rows(&r, &[2], &[15]), &mut out).await.unwrap();
+        assert_eq!(emitted(&mut out), vec![]);
+        assert_eq!(metrics.snapshot().late_rows, 1);
+        let wm = join.on_watermark(Watermark::EventTime(17 * SEC), &mut out).await.unwrap();
+        assert_eq!(emitted(&mut out), vec![(Some(2), None)], "row 2 can no longer match: padded with NULLs");
+        assert_eq!(wm, Some(Watermark::EventTime(17 * SEC)), "the right row (14 s) retired too: nothing kept");
+        assert_eq!(metrics.snapshot().state_bytes, 0);
+    }
+}
