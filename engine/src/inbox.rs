@@ -89,6 +89,9 @@ impl WatermarkMerger {
 pub enum InboxEvent {
     Batch { input: usize, batch: datafusion::arrow::record_batch::RecordBatch },
     Watermark(Watermark),
+    /// The watermark of one logical input advanced (grouped inboxes only; the
+    /// merged [`InboxEvent::Watermark`] follows when it advances too).
+    InputWatermark(usize, Watermark),
     InputEnded(usize),
     End,
 }
@@ -103,7 +106,10 @@ pub struct Inbox {
     groups: Vec<usize>,
     /// Lanes of each logical input still open.
     open: Vec<usize>,
-    pending: Option<Watermark>,
+    /// Per logical input, the merge of its lanes' watermarks (grouped inboxes).
+    input_mergers: Vec<WatermarkMerger>,
+    /// Events decided but not yet returned.
+    pending: std::collections::VecDeque<InboxEvent>,
 }
 
 impl Inbox {
@@ -115,18 +121,47 @@ impl Inbox {
     /// Logical inputs of `groups[i]` lanes each; tags number the lanes in order.
     pub fn grouped(rx: mpsc::Receiver<Tagged>, groups: Vec<usize>) -> Self {
         let total = groups.iter().sum();
-        Inbox { rx, merger: WatermarkMerger::new(total), open: groups.clone(), groups, pending: None }
+        let input_mergers = match groups.len() {
+            1 => Vec::new(),
+            _ => groups.iter().map(|g| WatermarkMerger::new(*g)).collect(),
+        };
+        Inbox {
+            rx,
+            merger: WatermarkMerger::new(total),
+            open: groups.clone(),
+            groups,
+            input_mergers,
+            pending: Default::default(),
+        }
     }
 
     fn group_of(&self, tag: usize) -> usize {
+        self.group_and_lane(tag).0
+    }
+
+    /// The logical input of a tag, and the tag's lane within it.
+    fn group_and_lane(&self, tag: usize) -> (usize, usize) {
         let mut first = 0;
         for (g, size) in self.groups.iter().enumerate() {
             if tag < first + size {
-                return g;
+                return (g, tag - first);
             }
             first += size;
         }
-        self.groups.len().saturating_sub(1)
+        (self.groups.len().saturating_sub(1), 0)
+    }
+
+    /// Feeds a lane's watermark (or end) to its input's own merger.
+    fn input_progress(&mut self, tag: usize, wm: Option<Watermark>) {
+        let (group, lane) = self.group_and_lane(tag);
+        let Some(merger) = self.input_mergers.get_mut(group) else { return };
+        let advanced = match wm {
+            Some(wm) => merger.update(lane, wm),
+            None => merger.end(lane),
+        };
+        if let Some(wm) = advanced {
+            self.pending.push_back(InboxEvent::InputWatermark(group, wm));
+        }
     }
 
     /// The next merged message; `None` if every sender went away before ending
@@ -136,7 +171,7 @@ impl Inbox {
             match self.next_event().await? {
                 InboxEvent::Batch { batch, .. } => return Some(Message::Batch(batch)),
                 InboxEvent::Watermark(wm) => return Some(Message::Watermark(wm)),
-                InboxEvent::InputEnded(_) => {}
+                InboxEvent::InputEnded(_) | InboxEvent::InputWatermark(..) => {}
                 InboxEvent::End => return Some(Message::EndOfStream),
             }
         }
@@ -144,34 +179,36 @@ impl Inbox {
 
     /// The next event, telling inputs apart.
     pub async fn next_event(&mut self) -> Option<InboxEvent> {
-        if let Some(wm) = self.pending.take() {
-            return Some(InboxEvent::Watermark(wm));
-        }
         loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
             let (i, msg) = self.rx.recv().await?;
             match msg {
                 Message::Batch(batch) => return Some(InboxEvent::Batch { input: self.group_of(i), batch }),
                 Message::Watermark(wm) => {
+                    self.input_progress(i, Some(wm));
                     if let Some(merged) = self.merger.update(i, wm) {
-                        return Some(InboxEvent::Watermark(merged));
+                        self.pending.push_back(InboxEvent::Watermark(merged));
                     }
                 }
                 Message::EndOfStream => {
                     let merged = self.merger.end(i);
                     if self.merger.all_ended() {
                         // Every input sent its final (maximal) watermark before ending.
+                        self.pending.clear();
                         return Some(InboxEvent::End);
                     }
+                    self.input_progress(i, None);
                     let group = self.group_of(i);
                     if let Some(open) = self.open.get_mut(group) {
                         *open = open.saturating_sub(1);
                         if *open == 0 && self.groups.len() > 1 {
-                            self.pending = merged;
-                            return Some(InboxEvent::InputEnded(group));
+                            self.pending.push_back(InboxEvent::InputEnded(group));
                         }
                     }
                     if let Some(wm) = merged {
-                        return Some(InboxEvent::Watermark(wm));
+                        self.pending.push_back(InboxEvent::Watermark(wm));
                     }
                 }
             }

@@ -57,6 +57,10 @@ pub trait Operator: Send {
     async fn on_input_end(&mut self, _input: usize, _out: &mut Emitter) -> Result<()> {
         Ok(())
     }
+    /// One input's own watermark advanced (before the merged one, if that moves).
+    async fn on_input_watermark(&mut self, _input: usize, _watermark: Watermark, _out: &mut Emitter) -> Result<()> {
+        Ok(())
+    }
     async fn on_watermark(
         &mut self,
         watermark: Watermark,

@@ -275,6 +275,7 @@ async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) 
                 }
             }
             InboxEvent::InputEnded(input) => op.on_input_end(input, &mut emitter).await?,
+            InboxEvent::InputWatermark(input, wm) => op.on_input_watermark(input, wm, &mut emitter).await?,
             InboxEvent::End => {
                 op.on_end(&mut emitter).await?;
                 out.forward(emitter.drain()).await?;

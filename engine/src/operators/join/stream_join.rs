@@ -31,6 +31,10 @@ pub struct StreamJoin {
     sides: [SideState; 2],
     ended: [bool; 2],
     watermark: Option<i64>,
+    /// Each input's own watermark: a row below its input's watermark is late,
+    /// whatever the other input's progress (so lateness does not depend on how
+    /// the two inputs interleave).
+    input_watermarks: [Option<i64>; 2],
     /// Lookup joins: batches of the streaming input that arrived before the
     /// table was complete, and the watermark held back with them.
     held: Vec<RecordBatch>,
@@ -79,6 +83,7 @@ impl StreamJoin {
             sides: [SideState::default(), SideState::default()],
             ended: [false, false],
             watermark: None,
+            input_watermarks: [None, None],
             held: Vec::new(),
             held_watermark: None,
             metrics,
@@ -101,7 +106,7 @@ impl StreamJoin {
         let time = times[side].time.evaluate(&batch)?;
         let offset = times[side].expiry_offset;
         let expiry = time.unary::<_, datafusion::arrow::datatypes::Int64Type>(|t| t.saturating_add(offset));
-        let w = self.watermark.unwrap_or(i64::MIN);
+        let w = self.input_watermarks[side].or(self.watermark).unwrap_or(i64::MIN);
         let keep: Vec<bool> = (0..batch.num_rows())
             .map(|i| time.is_valid(i) && expiry.is_valid(i) && time.value(i) >= w)
             .collect();
@@ -290,6 +295,13 @@ impl Operator for StreamJoin {
 
     async fn on_batch_from(&mut self, input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         self.arrive(input.min(1), batch, out).await
+    }
+
+    async fn on_input_watermark(&mut self, input: usize, wm: Watermark, _out: &mut Emitter) -> Result<()> {
+        if let (Watermark::EventTime(t), Some(w)) = (wm, self.input_watermarks.get_mut(input)) {
+            *w = Some(w.map_or(t, |w| w.max(t)));
+        }
+        Ok(())
     }
 
     async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {

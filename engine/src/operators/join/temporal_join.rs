@@ -89,6 +89,8 @@ pub struct TemporalJoin {
     /// Stream rows waiting for the watermark to pass their time.
     pending: Vec<(RecordBatch, Vec<i64>)>,
     watermark: Option<i64>,
+    /// The stream input's own watermark: stream rows below it are late.
+    stream_watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
     state: StateReporter,
 }
@@ -129,6 +131,7 @@ impl TemporalJoin {
             versions: Versions::default(),
             pending: Vec::new(),
             watermark: None,
+            stream_watermark: None,
             metrics,
             state,
         })
@@ -264,7 +267,7 @@ impl Operator for TemporalJoin {
             self.add_versions(batch)?;
         } else {
             let times: Int64Array = self.stream_time.evaluate(&batch)?;
-            let w = self.watermark.unwrap_or(i64::MIN);
+            let w = self.stream_watermark.or(self.watermark).unwrap_or(i64::MIN);
             let keep: Vec<bool> = (0..batch.num_rows()).map(|i| times.is_valid(i) && times.value(i) >= w).collect();
             let kept: Vec<i64> = keep.iter().enumerate().filter(|(_, k)| **k).map(|(i, _)| times.value(i)).collect();
             self.metrics.add_late_rows(batch.num_rows() - kept.len());
@@ -274,6 +277,13 @@ impl Operator for TemporalJoin {
             }
         }
         self.report_state();
+        Ok(())
+    }
+
+    async fn on_input_watermark(&mut self, input: usize, wm: Watermark, _out: &mut Emitter) -> Result<()> {
+        if let (Watermark::EventTime(t), true) = (wm, input.min(1) != self.table) {
+            self.stream_watermark = Some(self.stream_watermark.map_or(t, |w| w.max(t)));
+        }
         Ok(())
     }
 
