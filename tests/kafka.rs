@@ -95,8 +95,21 @@ impl Broker {
 
 /// Reads `count` records of `topic` with the foreign client.
 fn consume(addr: &str, topic: &str, count: usize) -> Result<Vec<Value>, String> {
+    consume_until_idle(addr, topic, count, 60)
+}
+
+/// Reads up to `count` records of `topic`, stopping after `idle_secs` seconds
+/// without one.
+fn consume_until_idle(addr: &str, topic: &str, count: usize, idle_secs: u32) -> Result<Vec<Value>, String> {
     let out = Command::new("python3")
-        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "consume", addr, topic, &count.to_string()])
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"),
+            "consume",
+            addr,
+            topic,
+            &count.to_string(),
+            &idle_secs.to_string(),
+        ])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -340,5 +353,81 @@ async fn startup_from_a_timestamp_skips_older_records() -> TestResult {
     }
     q.job.cancel();
     assert_eq!(seen, vec!["100", "101", "102"]);
+    Ok(())
+}
+
+/// Updating results into Kafka are upserts by key: the last record of each key
+/// is its final value, and a key whose group went away ends with a tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_results_are_upserted_by_key_with_tombstones() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("orders", 3)?;
+    broker.create_topic("per_user", 2)?;
+    broker.create_topic("histogram", 2)?;
+    let (lines, _) = events();
+    broker.produce("orders", &lines)?;
+
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    let b = &broker.addr;
+    session
+        .execute_script(&format!(
+            "CREATE TABLE orders (user VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH (connector = 'kafka', topic = 'orders', 'bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', \
+                   bad_data = 'drop', 'batch.size' = '5'); \
+             CREATE TABLE per_user (user VARCHAR, n BIGINT, total BIGINT) \
+             WITH (connector = 'kafka', topic = 'per_user', 'bootstrap.servers' = '{b}', 'key.field' = 'user'); \
+             CREATE TABLE histogram (n BIGINT, users BIGINT) \
+             WITH (connector = 'kafka', topic = 'histogram', 'bootstrap.servers' = '{b}', 'key.field' = 'n'); \
+             CREATE TABLE no_key (n BIGINT, users BIGINT) \
+             WITH (connector = 'kafka', topic = 'histogram', 'bootstrap.servers' = '{b}');"
+        ))
+        .await?;
+    let err = session
+        .execute_script("INSERT INTO no_key SELECT n, count(*) FROM (SELECT user, count(*) AS n FROM orders GROUP BY user) GROUP BY n")
+        .await
+        .err()
+        .ok_or("an updating query into Kafka without a key must be refused")?;
+    assert!(err.to_string().contains("key.field"), "{err}");
+
+    let mut jobs = Vec::new();
+    for insert in [
+        "INSERT INTO per_user SELECT user, count(*), sum(amount) FROM orders GROUP BY user",
+        "INSERT INTO histogram SELECT n, count(*) FROM (SELECT user, count(*) AS n FROM orders GROUP BY user) GROUP BY n",
+    ] {
+        let mut outputs = session.execute_script(insert).await?;
+        let Some(StatementOutput::Insert { job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+        jobs.push(job);
+    }
+    let last_by_key = |records: Vec<Value>| -> std::collections::BTreeMap<String, Option<Value>> {
+        let mut last = std::collections::BTreeMap::new();
+        for r in records {
+            let value = r["value"].as_str().and_then(|v| serde_json::from_str::<Value>(v).ok());
+            last.insert(r["key"].as_str().unwrap_or_default().to_string(), value);
+        }
+        last
+    };
+    let addr = broker.addr.clone();
+    let per_user = tokio::task::spawn_blocking(move || consume_until_idle(&addr, "per_user", 100_000, 8)).await??;
+    let addr = broker.addr.clone();
+    let histogram = tokio::task::spawn_blocking(move || consume_until_idle(&addr, "histogram", 100_000, 8)).await??;
+    for mut job in jobs {
+        job.cancel();
+    }
+
+    // 180 events, one per user in turn (a malformed extra one dropped), ann's extra last.
+    let per_user = last_by_key(per_user);
+    let n_of = |u: &str| per_user.get(u).and_then(|v| v.as_ref()).and_then(|v| v["n"].as_i64());
+    assert_eq!((n_of("ann"), n_of("bob"), n_of("cy")), (Some(61), Some(60), Some(60)));
+
+    let histogram = last_by_key(histogram);
+    let standing: std::collections::BTreeMap<String, i64> = histogram
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v["users"].as_i64().unwrap_or(-1))))
+        .collect();
+    let expected: std::collections::BTreeMap<String, i64> =
+        [("60".to_string(), 2), ("61".to_string(), 1)].into_iter().collect();
+    assert_eq!(standing, expected, "keys other than the final counts end with a tombstone");
+    assert!(histogram.values().any(|v| v.is_none()), "groups that went away were deleted: {histogram:?}");
     Ok(())
 }

@@ -19,13 +19,13 @@ def produce(broker, topic, timestamp=None):
         sys.exit("records not delivered")
 
 
-def consume(broker, topic, count):
+def consume(broker, topic, count, idle_limit=60):
     consumer = Consumer({"bootstrap.servers": broker, "group.id": "test-reader",
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     consumer.subscribe([topic])
     seen = 0
     idle = 0
-    while seen < count and idle < 60:
+    while seen < count and idle < idle_limit:
         msg = consumer.poll(1.0)
         if msg is None:
             idle += 1
@@ -34,7 +34,8 @@ def consume(broker, topic, count):
             continue
         headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
         print(json.dumps({"key": msg.key().decode() if msg.key() else None,
-                          "value": msg.value().decode(errors="replace"), "headers": headers}), flush=True)
+                          "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
+                          "partition": msg.partition(), "offset": msg.offset(), "headers": headers}), flush=True)
         seen += 1
     consumer.close()
 
@@ -44,4 +45,4 @@ if __name__ == "__main__":
     if cmd == "produce":
         produce(broker, topic, sys.argv[4] if len(sys.argv) > 4 else None)
     else:
-        consume(broker, topic, int(sys.argv[4]))
+        consume(broker, topic, int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 60)
