@@ -382,3 +382,41 @@ async fn changelog_into_lake_applies_to_batch_group_by() -> TestResult {
     assert_eq!(applied, batch("SELECT event_type, count(*), sum(item_id) FROM clicks GROUP BY event_type").await?);
     Ok(())
 }
+
+/// Running the same INSERT INTO a lake again replaces what the first run wrote:
+/// file names come from the statement, and the replay deletes the first run's
+/// files it did not rewrite (here the first run rolled files more often).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_insert_into_lake_overwrites_instead_of_duplicating() -> TestResult {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::ListingOptions;
+
+    let dir = tempfile::tempdir()?;
+    let insert = "INSERT INTO counts SELECT window_start, event_type, count(*) \
+        FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end, event_type";
+    let ddl = |rows: usize| {
+        format!(
+            "CREATE TABLE counts (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT) \
+             WITH (connector = 'lake', path = '{}', 'partition.by' = 'event_type', 'rollover.rows' = '{rows}')",
+            dir.path().display()
+        )
+    };
+    run_insert(&ddl(3), insert).await?;
+    let first_run = walk(dir.path())?.len();
+    run_insert(&ddl(10), insert).await?;
+    let files = walk(dir.path())?;
+    assert!(files.len() < first_run, "the replay's fewer, larger files replaced the first run's");
+    let reader = SessionContext::new();
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![("event_type".to_string(), DataType::Utf8)]);
+    reader.register_listing_table("counts", dir.path().display().to_string(), options, None, None).await?;
+    let written = reader.sql("SELECT window_start, event_type, n FROM counts").await?.collect().await?;
+    let expected = batch(
+        "SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00'), event_type, count(*) FROM clicks GROUP BY 1, 2",
+    )
+    .await?;
+    assert_eq!(sorted_rows(&written)?, expected, "exactly the rows of one run");
+    Ok(())
+}

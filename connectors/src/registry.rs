@@ -52,6 +52,13 @@ pub trait Connector: Send + Sync {
         let _ = table;
         Err(ConnectorError::Role { connector: self.name().to_string(), role: "sink" })
     }
+    /// A sink writing the results of the query identified by `query_id` (the same
+    /// for a replay of the same statement): sinks that name their output after
+    /// it make a replay overwrite what an earlier run wrote.
+    fn sink_for_query(&self, table: &TableSpec, query_id: &str) -> Result<Box<dyn Sink>> {
+        let _ = query_id;
+        self.sink(table)
+    }
 }
 
 /// Every connector Sluice knows.

@@ -485,7 +485,9 @@ impl Session {
                     // The sink writes what it gets: the change kind, then the row.
                     spec.schema = Arc::clone(&output_schema);
                 }
-                self.connector(&t.connector)?.sink(&spec)?
+                // The same statement replayed gets the same id.
+                let query_id = format!("{:016x}", fnv1a(format!("{}\n{query}", t.name).as_bytes()));
+                self.connector(&t.connector)?.sink_for_query(&spec, &query_id)?
             }
         };
         Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics }))
@@ -662,4 +664,9 @@ fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Duration::try_from_secs_f64(n * seconds).ok()
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across runs and builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }

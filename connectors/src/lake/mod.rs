@@ -100,9 +100,14 @@ impl Connector for LakeConnector {
     }
 
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        let run = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
+        self.sink_for_query(table, &run)
+    }
+
+    fn sink_for_query(&self, table: &TableSpec, query_id: &str) -> Result<Box<dyn Sink>> {
         let cfg = LakeConfig::from_table(table)?;
         let partitioning =
             Partitioning::try_new(&table.name, &table.schema, cfg.partition_by.as_deref(), cfg.time_column.as_deref())?;
-        Ok(Box::new(sink::LakeSink::create(cfg, partitioning)?))
+        Ok(Box::new(sink::LakeSink::create(cfg, partitioning, query_id)?))
     }
 }

@@ -1,5 +1,11 @@
 //! Writes result batches into partition directories, one Parquet file per
 //! partition at a time, completed on size, age or the end of the input.
+//!
+//! Files are named `part-{query}-{n}.parquet`: `query` identifies the statement
+//! (the same for a replay of it) and `n` counts the partition's files. A replay
+//! writes the same names again, overwriting what the earlier run wrote, and when
+//! it finishes it deletes the earlier run's files it did not rewrite, so a
+//! replayed bounded query leaves exactly its rows, never twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,9 +37,12 @@ pub struct LakeSink {
     prefix: StorePath,
     props: WriterProperties,
     open: BTreeMap<String, OpenFile>,
-    /// Distinguishes this run's files from earlier runs'.
-    run_id: String,
-    files_written: u64,
+    /// Identifies the query: its files' names start with `part-{query_id}-`.
+    query_id: String,
+    /// Files completed so far, per partition directory.
+    files_written: BTreeMap<String, u64>,
+    /// Every file this run has put.
+    written: std::collections::HashSet<String>,
 }
 
 fn lake_error(e: impl std::fmt::Display) -> EngineError {
@@ -41,20 +50,53 @@ fn lake_error(e: impl std::fmt::Display) -> EngineError {
 }
 
 impl LakeSink {
-    pub fn create(cfg: LakeConfig, partitioning: Partitioning) -> Result<Self> {
+    pub fn create(cfg: LakeConfig, partitioning: Partitioning, query_id: &str) -> Result<Self> {
         let (store, prefix) = cfg.location.open()?;
         let props = cfg.writer_properties();
-        let run_id = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
-        Ok(LakeSink { cfg, partitioning, store, prefix, props, open: BTreeMap::new(), run_id, files_written: 0 })
+        Ok(LakeSink {
+            cfg,
+            partitioning,
+            store,
+            prefix,
+            props,
+            open: BTreeMap::new(),
+            query_id: query_id.to_string(),
+            files_written: BTreeMap::new(),
+            written: Default::default(),
+        })
     }
 
     /// Completes the file of partition `dir` and puts it into the store.
     async fn complete(&mut self, dir: &str) -> sluice_engine::Result<()> {
         let Some(file) = self.open.remove(dir) else { return Ok(()) };
         let bytes = file.writer.into_inner().map_err(lake_error)?;
-        self.files_written += 1;
-        let path = join(&self.prefix, &format!("{dir}part-{}-{:06}.parquet", self.run_id, self.files_written));
+        let n = self.files_written.entry(dir.to_string()).or_default();
+        *n += 1;
+        let path = join(&self.prefix, &format!("{dir}part-{}-{:06}.parquet", self.query_id, n));
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(lake_error)?;
+        self.written.insert(path.as_ref().to_string());
+        Ok(())
+    }
+
+    /// Deletes files an earlier run of this query wrote that this run did not
+    /// write again.
+    async fn remove_stale(&mut self) -> sluice_engine::Result<()> {
+        use futures::StreamExt;
+        let mine = format!("part-{}-", self.query_id);
+        let base = self.prefix.as_ref().to_string();
+        let mut stale = Vec::new();
+        let mut listing = self.store.list(if base.is_empty() { None } else { Some(&self.prefix) });
+        while let Some(meta) = listing.next().await {
+            let location = meta.map_err(lake_error)?.location;
+            let name = location.filename().unwrap_or_default();
+            if name.starts_with(&mine) && !self.written.contains(location.as_ref()) {
+                stale.push(location);
+            }
+        }
+        drop(listing);
+        for location in stale {
+            self.store.delete(&location).await.map_err(lake_error)?;
+        }
         Ok(())
     }
 }
@@ -104,6 +146,6 @@ impl Sink for LakeSink {
         for dir in dirs {
             self.complete(&dir).await?;
         }
-        Ok(())
+        self.remove_stale().await
     }
 }
