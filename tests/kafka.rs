@@ -72,6 +72,18 @@ impl Broker {
         self.produce_at(topic, lines, None)
     }
 
+    /// Produces records given as JSON objects (key, value or null, headers, timestamp).
+    fn produce_records(&self, topic: &str, records: &[Value]) -> TestResult {
+        let mut child = Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce-records", &self.addr, topic])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
+        assert!(child.wait()?.success(), "producing failed");
+        Ok(())
+    }
+
     /// Produces with the given Kafka record timestamp (epoch ms), if any.
     fn produce_at(&self, topic: &str, lines: &[String], timestamp_ms: Option<i64>) -> TestResult {
         let ts = timestamp_ms.map(|t| t.to_string()).unwrap_or_default();
@@ -429,5 +441,59 @@ async fn updating_results_are_upserted_by_key_with_tombstones() -> TestResult {
         [("60".to_string(), 2), ("61".to_string(), 1)].into_iter().collect();
     assert_eq!(standing, expected, "keys other than the final counts end with a tombstone");
     assert!(histogram.values().any(|v| v.is_none()), "groups that went away were deleted: {histogram:?}");
+    Ok(())
+}
+
+/// Metadata columns carry each record's key, partition, offset, Kafka timestamp
+/// and headers; tombstones hold no row; unknown metadata keys are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_columns_carry_key_partition_offset_timestamp_and_headers() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("events", 1)?;
+    broker.produce_records(
+        "events",
+        &[
+            serde_json::json!({"key": "k1", "value": "{\"n\": 1}", "headers": {"source": "web"}, "timestamp": 1_700_000_000_000i64}),
+            serde_json::json!({"key": "k1", "value": null}),
+            serde_json::json!({"key": "k2", "value": "{\"n\": 2}", "timestamp": 1_700_000_001_000i64}),
+        ],
+    )?;
+    let mut session = Session::default();
+    session.set_parallelism(1);
+    let b = &broker.addr;
+    let err = session
+        .execute_script(&format!(
+            "CREATE TABLE bad (n BIGINT, x VARCHAR METADATA FROM 'leader') \
+             WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{b}')"
+        ))
+        .await
+        .err()
+        .ok_or("an unknown metadata key must be refused")?;
+    assert!(err.to_string().contains("unknown Kafka metadata 'leader'"), "{err}");
+    session
+        .execute_script(&format!(
+            "CREATE TABLE events (n BIGINT, k VARCHAR METADATA FROM 'key', p INT METADATA FROM 'partition' VIRTUAL, \
+               \"offset\" BIGINT METADATA VIRTUAL, kafka_ts TIMESTAMP(3) METADATA FROM 'timestamp', \
+               headers VARCHAR METADATA) \
+             WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest')"
+        ))
+        .await?;
+    let mut outputs = session
+        .execute_script("SELECT n, k, p, \"offset\", kafka_ts, json_get_str(headers, 'source') FROM events")
+        .await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
+        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
+    }
+    q.job.cancel();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["1", "k1", "0", "0", "2023-11-14T22:13:20", "web"],
+            vec!["2", "k2", "0", "2", "2023-11-14T22:13:21", "NULL"],
+        ]
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
 """A Kafka client no one in this project wrote (confluent-kafka), for the tests.
 
     python3 kafka_client.py produce BROKER TOPIC [TIMESTAMP_MS] < lines   # one record per line, "key\tvalue" or "value"
-    python3 kafka_client.py consume BROKER TOPIC COUNT         # prints JSON per record: key, value, headers
+    python3 kafka_client.py produce-records BROKER TOPIC < lines  # one JSON per line: key, value (null: tombstone), headers, timestamp
+    python3 kafka_client.py consume BROKER TOPIC COUNT [IDLE]  # prints JSON per record: key, value, partition, offset, headers
 """
 import json
 import sys
@@ -15,6 +16,19 @@ def produce(broker, topic, timestamp=None):
         key, _, value = line.partition("\t") if "\t" in line else (None, "", line)
         extra = {"timestamp": int(timestamp)} if timestamp else {}
         producer.produce(topic, value=value.encode(), key=key.encode() if key else None, **extra)
+    if producer.flush(30) != 0:
+        sys.exit("records not delivered")
+
+
+def produce_records(broker, topic):
+    producer = Producer({"bootstrap.servers": broker})
+    for line in sys.stdin.read().splitlines():
+        r = json.loads(line)
+        extra = {"timestamp": int(r["timestamp"])} if r.get("timestamp") else {}
+        value = r.get("value")
+        producer.produce(topic, value=value.encode() if value is not None else None,
+                         key=r["key"].encode() if r.get("key") is not None else None,
+                         headers=[(k, v.encode()) for k, v in (r.get("headers") or {}).items()], **extra)
     if producer.flush(30) != 0:
         sys.exit("records not delivered")
 
@@ -42,7 +56,9 @@ def consume(broker, topic, count, idle_limit=60):
 
 if __name__ == "__main__":
     cmd, broker, topic = sys.argv[1:4]
-    if cmd == "produce":
+    if cmd == "produce-records":
+        produce_records(broker, topic)
+    elif cmd == "produce":
         produce(broker, topic, sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         consume(broker, topic, int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 60)

@@ -12,6 +12,7 @@ pub mod generator;
 pub mod ingest;
 pub mod kafka;
 pub mod lake;
+pub mod metadata;
 pub mod options;
 pub mod registry;
 pub mod stdout;

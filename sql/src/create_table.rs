@@ -22,6 +22,16 @@ pub struct WatermarkClause {
     pub expr: Expr,
 }
 
+/// `col TYPE METADATA [FROM 'key'] [VIRTUAL]`: a column the connector fills
+/// from a record's metadata (the key defaults to the column's name); a VIRTUAL
+/// one is read but never written by a sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetadataColumn {
+    pub column: Ident,
+    pub key: Option<String>,
+    pub is_virtual: bool,
+}
+
 /// A parsed `CREATE TABLE`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateTable {
@@ -31,6 +41,8 @@ pub struct CreateTable {
     pub watermark: Option<WatermarkClause>,
     /// `PRIMARY KEY (...) NOT ENFORCED`: the key of a versioned (upsert) table.
     pub primary_key: Vec<Ident>,
+    /// Columns declared `METADATA [FROM 'key'] [VIRTUAL]`.
+    pub metadata: Vec<MetadataColumn>,
     /// `WITH (key = value, ...)` in order of appearance, keys as written.
     pub options: Vec<(String, String)>,
 }
@@ -53,6 +65,7 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
     let mut columns = Vec::new();
     let mut watermark = None;
     let mut primary_key = Vec::new();
+    let mut metadata = Vec::new();
     loop {
         if at_word(parser, "WATERMARK") {
             if watermark.is_some() {
@@ -77,7 +90,20 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
                 parser.next_token();
             }
         } else {
-            columns.push(parser.parse_column_def()?);
+            let column = parser.parse_column_def()?;
+            if at_word(parser, "METADATA") {
+                parser.next_token();
+                let key = match parser.parse_keyword(Keyword::FROM) {
+                    true => Some(parser.parse_literal_string()?),
+                    false => None,
+                };
+                let is_virtual = at_word(parser, "VIRTUAL");
+                if is_virtual {
+                    parser.next_token();
+                }
+                metadata.push(MetadataColumn { column: column.name.clone(), key, is_virtual });
+            }
+            columns.push(column);
         }
         if parser.consume_token(&Token::Comma) {
             continue;
@@ -100,7 +126,7 @@ pub fn parse_create_table(parser: &mut Parser) -> Result<CreateTable, ParserErro
             break;
         }
     }
-    Ok(CreateTable { name, if_not_exists, columns, watermark, primary_key, options })
+    Ok(CreateTable { name, if_not_exists, columns, watermark, primary_key, metadata, options })
 }
 
 fn at_word(parser: &Parser, word: &str) -> bool {

@@ -224,7 +224,10 @@ impl Session {
             return Err(SqlError::Catalog(format!("table '{name}' already exists")));
         }
         let ctx = planning_context();
-        let schema = self.schema_of(&create.name, create.columns).await?;
+        let mut schema = self.schema_of(&create.name, create.columns).await?;
+        if !create.metadata.is_empty() {
+            schema = with_metadata_columns(&name, &schema, &create.metadata)?;
+        }
         let mut options: BTreeMap<String, String> = BTreeMap::new();
         for (key, value) in create.options {
             if options.insert(key.to_lowercase(), value).is_some() {
@@ -235,6 +238,9 @@ impl Session {
         let connector = options
             .remove("connector")
             .ok_or_else(|| SqlError::Plan(format!("table '{name}': WITH (connector = ...) is required (one of {known})")))?;
+        if sluice_connectors::metadata::has_metadata_columns(&schema) && !connector.eq_ignore_ascii_case("kafka") {
+            return plan_err(format!("table '{name}': METADATA columns are known to the kafka connector only, not '{connector}'"));
+        }
         let watermark = create.watermark.map(|w| WatermarkDef { column: normalize_ident(&w.column), expr: w.expr });
         let table = TableDef { name: name.clone(), schema, watermark, connector, options };
         if let Some(wm) = &table.watermark {
@@ -669,4 +675,22 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// FNV-1a, 64 bits: a hash that stays the same across runs and builds.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Marks the columns declared `METADATA` in `schema`.
+fn with_metadata_columns(
+    table: &str,
+    schema: &SchemaRef,
+    columns: &[crate::create_table::MetadataColumn],
+) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for m in columns {
+        let name = normalize_ident(&m.column);
+        let Some(field) = fields.iter_mut().find(|f| f.name() == &name) else {
+            return plan_err(format!("table '{table}': METADATA column {name} is not a column"));
+        };
+        let key = m.key.clone().unwrap_or_else(|| name.clone());
+        *field = sluice_connectors::metadata::with_metadata_key(field.clone(), &key);
+    }
+    Ok(Arc::new(Schema::new(fields)))
 }

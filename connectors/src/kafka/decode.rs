@@ -20,6 +20,11 @@ impl RecordDecoder {
         RecordDecoder { schema, format }
     }
 
+    /// The schema values decode into.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
     /// All values as one batch, or the first error.
     pub fn decode(&self, values: &[&[u8]]) -> Result<RecordBatch, String> {
         match self.format {

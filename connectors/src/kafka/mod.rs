@@ -17,11 +17,17 @@
 //! - `source.idle-timeout.ms`: a lane whose partitions deliver nothing for this
 //!   long (default 5000) is idle: event time no longer waits for it.
 //!
+//! Metadata columns (`col TYPE METADATA [FROM 'key'] [VIRTUAL]`): `key` (BYTES or
+//! VARCHAR), `topic`, `partition`, `offset`, `timestamp` (the record's Kafka
+//! timestamp) and `headers` (a JSON object of strings, for `json_get`). Records
+//! without a value (tombstones) hold no row and are skipped.
+//!
 //! Lanes split a topic's partitions between them (partition `p` goes to lane
 //! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
 //! a failed delivery fails the query instead of losing the row.
 
 pub mod decode;
+mod metadata;
 mod sink;
 mod source;
 
@@ -147,6 +153,7 @@ impl Connector for KafkaConnector {
     }
 
     fn validate(&self, table: &TableSpec) -> Result<()> {
+        metadata::check(&table.name, &table.schema)?;
         KafkaConfig::from_table(table).map(|_| ())
     }
 

@@ -9,6 +9,8 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_engine::changelog::{is_changelog_output, ChangeKind};
+
+use crate::metadata::metadata_key;
 use sluice_engine::{EngineError, Sink};
 
 use super::{kafka_error, KafkaConfig};
@@ -25,6 +27,8 @@ pub struct KafkaSink {
     /// Updating results: the first column is the change kind, and records are
     /// upserts by key (`+I`/`+U` the row, `-D` a tombstone, `-U` nothing).
     upsert: bool,
+    /// Columns written into the value (metadata columns are not).
+    value_columns: Vec<usize>,
 }
 
 impl KafkaSink {
@@ -32,8 +36,15 @@ impl KafkaSink {
         let mut client = cfg.client_config();
         client.set("enable.idempotence", "true").set("message.timeout.ms", "60000");
         let producer: FutureProducer = client.create().map_err(kafka_error)?;
-        let key_column = cfg.key_field.as_ref().and_then(|k| schema.column_with_name(k)).map(|(i, _)| i);
+        // The key: `key.field`, else a `METADATA FROM 'key'` column.
+        let key_column = match &cfg.key_field {
+            Some(k) => schema.column_with_name(k).map(|(i, _)| i),
+            None => schema.fields().iter().position(|f| metadata_key(f).is_some_and(|m| m.eq_ignore_ascii_case("key"))),
+        };
         let upsert = is_changelog_output(&schema);
+        let value_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !(upsert && *i == 0) && metadata_key(schema.field(*i)).is_none())
+            .collect();
         if upsert && key_column.is_none() {
             return Err(ConnectorError::Option {
                 connector: "kafka".into(),
@@ -44,7 +55,7 @@ impl KafkaSink {
                 ),
             });
         }
-        Ok(KafkaSink { cfg, producer, key_column, upsert })
+        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns })
     }
 }
 
@@ -55,15 +66,13 @@ impl Sink for KafkaSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
-        let (values, kinds) = match self.upsert {
-            true => {
-                let kinds = batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().map(|a| {
-                    (0..a.len()).map(|i| ChangeKind::parse(a.value(i)).unwrap_or(ChangeKind::Insert)).collect::<Vec<_>>()
-                });
-                (batch.project(&(1..batch.num_columns()).collect::<Vec<_>>())?, kinds)
-            }
-            false => (batch.clone(), None),
+        let kinds = match self.upsert {
+            true => batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().map(|a| {
+                (0..a.len()).map(|i| ChangeKind::parse(a.value(i)).unwrap_or(ChangeKind::Insert)).collect::<Vec<_>>()
+            }),
+            false => None,
         };
+        let values = batch.project(&self.value_columns)?;
         let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
         writer.write(&values)?;
         writer.finish()?;

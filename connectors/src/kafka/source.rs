@@ -6,12 +6,14 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::{EngineError, Source, SourceEvent};
 
 use super::decode::RecordDecoder;
+use super::metadata::{self, Record};
+use crate::metadata::{has_metadata_columns, value_schema};
 use super::{kafka_error, BadData, KafkaConfig, StartupMode};
 use crate::error::Result;
 use crate::registry::Shard;
@@ -30,6 +32,8 @@ pub struct KafkaSource {
     decoder: RecordDecoder,
     dead_letters: Option<FutureProducer>,
     dropped: u64,
+    /// Whether the table declares metadata columns (filled from each record).
+    with_metadata: bool,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
     /// look offsets up by time (tansu answers 0) start earlier; the records
     /// before the first one at or after the timestamp are skipped here.
@@ -83,7 +87,8 @@ impl KafkaSource {
             BadData::DeadLetter(_) => Some(cfg.client_config().create::<FutureProducer>().map_err(kafka_error)?),
             _ => None,
         };
-        let decoder = RecordDecoder::new(schema.clone(), cfg.format);
+        let decoder = RecordDecoder::new(value_schema(&schema), cfg.format);
+        let with_metadata = has_metadata_columns(&schema);
         Ok(KafkaSource {
             cfg,
             schema,
@@ -92,6 +97,7 @@ impl KafkaSource {
             decoder,
             dead_letters,
             dropped: 0,
+            with_metadata,
             reached_start: Default::default(),
         })
     }
@@ -129,12 +135,6 @@ impl KafkaSource {
     }
 }
 
-struct Record {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-}
 
 #[async_trait]
 impl Source for KafkaSource {
@@ -181,11 +181,20 @@ impl Source for KafkaSource {
                     reached.insert(m.partition());
                 }
             }
+            // A tombstone (no value) deletes its key in a compacted topic: it
+            // holds no row.
+            let Some(value) = m.payload() else { return };
+            let headers = m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+                .unwrap_or_default();
             records.push(Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().unwrap_or_default().to_vec(),
+                value: value.to_vec(),
+                timestamp: m.timestamp().to_millis(),
+                headers,
             });
         };
         take(&first);
@@ -200,17 +209,24 @@ impl Source for KafkaSource {
             read += 1;
         }
         let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
-        match self.decoder.decode(&values) {
-            Ok(batch) => Ok(SourceEvent::Batch(batch)),
+        let (decoded, good): (RecordBatch, Vec<&Record>) = match self.decoder.decode(&values) {
+            Ok(batch) => (batch, records.iter().collect()),
             Err(_) => {
                 let (good, bad) = self.decoder.decode_each(&values);
+                let bad_rows: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
                 for (i, error) in bad {
                     self.handle_bad(&records[i], &error).await?;
                 }
-                let batch = arrow::compute::concat_batches(&self.schema, &good)?;
-                Ok(SourceEvent::Batch(batch))
+                let batch = arrow::compute::concat_batches(&self.decoder.schema(), &good)?;
+                (batch, records.iter().enumerate().filter(|(i, _)| !bad_rows.contains(i)).map(|(_, r)| r).collect())
             }
+        };
+        if !self.with_metadata {
+            return Ok(SourceEvent::Batch(decoded));
         }
+        let batch = metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &good)
+            .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?;
+        Ok(SourceEvent::Batch(batch))
     }
 }
 
