@@ -497,3 +497,51 @@ async fn metadata_columns_carry_key_partition_offset_timestamp_and_headers() -> 
     );
     Ok(())
 }
+
+/// Reads at least `count` values of column `n` from a running `SELECT n FROM t`,
+/// then whatever else comes within 1.5 s (while offsets get committed).
+async fn read_n(session: &mut Session, count: usize) -> Result<(Vec<String>, sluice_engine::JobHandle), Box<dyn std::error::Error>> {
+    let mut outputs = session.execute_script("SELECT n FROM t").await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
+        seen.extend(sluice_connectors::table_printer::format_cells(&batch)?.into_iter().map(|r| r[0].clone()));
+    }
+    while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(1500), q.results.recv()).await {
+        seen.extend(sluice_connectors::table_printer::format_cells(&batch)?.into_iter().map(|r| r[0].clone()));
+    }
+    Ok((seen, q.job))
+}
+
+/// With `scan.startup.mode = 'group-offsets'`, a query started again resumes
+/// where the consumer group left off: it reads the new records, not the old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_query_resumes_from_its_consumer_group_offsets() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("numbers", 2)?;
+    let first: Vec<String> = (0..10).map(|i| format!("{{\"n\": {i}}}")).collect();
+    broker.produce("numbers", &first)?;
+    let ddl = format!(
+        "CREATE TABLE t (n BIGINT) WITH (connector = 'kafka', topic = 'numbers', 'bootstrap.servers' = '{}', \
+         'group.id' = 'resume-test', 'scan.startup.mode' = 'group-offsets', \
+         'properties.auto.commit.interval.ms' = '100')",
+        broker.addr
+    );
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    session.execute_script(&ddl).await?;
+    let (mut seen, mut job) = read_n(&mut session, 10).await?;
+    seen.sort_by_key(|n| n.parse::<i64>().unwrap_or(-1));
+    assert_eq!(seen, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    job.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let second: Vec<String> = (10..15).map(|i| format!("{{\"n\": {i}}}")).collect();
+    broker.produce("numbers", &second)?;
+    let (mut resumed, mut job) = read_n(&mut session, 5).await?;
+    job.cancel();
+    resumed.sort_by_key(|n| n.parse::<i64>().unwrap_or(-1));
+    assert_eq!(resumed, (10..15).map(|i| i.to_string()).collect::<Vec<_>>(), "only the new records are read again");
+    Ok(())
+}
