@@ -34,7 +34,10 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn create(cfg: KafkaConfig, schema: SchemaRef) -> Result<Self> {
         let mut client = cfg.client_config();
-        client.set("enable.idempotence", "true").set("message.timeout.ms", "60000");
+        client.set("enable.idempotence", "true");
+        if client.get("message.timeout.ms").is_none() {
+            client.set("message.timeout.ms", "60000");
+        }
         let producer: FutureProducer = client.create().map_err(kafka_error)?;
         // The key: `key.field`, else a `METADATA FROM 'key'` column.
         let key_column = match &cfg.key_field {
