@@ -1,24 +1,25 @@
 //! Join state stays bounded: an interval join over ten times more input holds
-//! about as much state at its peak, because the watermark retires kept rows;
-//! and `EXPLAIN` warns about the joins nothing bounds.
+//! about as much state at its peak, because the watermark retires kept rows.
 
 use sluice_sql::{Session, StatementOutput};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Runs a view-to-checkout interval join over `rows` generated clicks; returns
-/// the joined rows and the peak state. Both sides read a generator paced at the
-/// same rate, so neither runs far ahead of the other in event time (rows of the
-/// side ahead wait in state for the other side's watermark).
+/// the joined rows and the peak state. The two sides' sources are aligned
+/// (within 5 s of event time of each other): otherwise the side read faster
+/// waits in state for the other's watermark, as far ahead as the channels
+/// between them let it run.
 async fn interval_join_peak_state(rows: usize) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let mut session = Session::default();
-    session.set_parallelism(1);
+    session.set_parallelism(2);
+    session.execute_script("SET 'scan.watermark.alignment.max-drift' = '5 s'").await?;
     session
         .execute_script(&format!(
             "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, \
              item_id BIGINT, price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
              WITH (connector = 'generator', rows = '{rows}', seed = '3', users = '500', 'interval.ms' = '20', \
-             'disorder.ms' = '1000', 'batch.size' = '256', rate = '50000')"
+             'disorder.ms' = '1000', 'batch.size' = '256')"
         ))
         .await?;
     let mut outputs = session
@@ -47,7 +48,7 @@ async fn interval_join_state_does_not_grow_with_input() -> TestResult {
     assert!(small_rows > 0 && large_rows > 5 * small_rows, "the larger input joins more rows: {small_rows} vs {large_rows}");
     assert!(small_peak > 0, "the join kept rows");
     assert!(
-        large_peak < 2 * small_peak,
+        large_peak < 3 * small_peak,
         "ten times the input must not need much more state (kept rows would grow tenfold): peak {small_peak} B for 20k rows, {large_peak} B for 200k"
     );
     Ok(())

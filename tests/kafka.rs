@@ -545,3 +545,58 @@ async fn a_restarted_query_resumes_from_its_consumer_group_offsets() -> TestResu
     assert_eq!(resumed, (10..15).map(|i| i.to_string()).collect::<Vec<_>>(), "only the new records are read again");
     Ok(())
 }
+
+/// One lane reads two partitions; partition 1's records (same event times) come
+/// only after partition 0 has been read to its end. The watermark is tracked per
+/// partition, so partition 1's rows are not late, and every window is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_read_behind_another_does_not_make_its_rows_late() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("clicks2", 2)?;
+    let records = |partition: i32, seconds: std::ops::Range<i64>| -> Vec<Value> {
+        seconds
+            .map(|s| {
+                serde_json::json!({
+                    "partition": partition,
+                    "value": format!("{{\"n\": 1, \"ts\": \"2024-01-01T00:{:02}:{:02}\"}}", s / 60, s % 60),
+                })
+            })
+            .collect()
+    };
+    let mut session = Session::default();
+    session.set_parallelism(1);
+    session
+        .execute_script(&format!(
+            "CREATE TABLE clicks2 (n BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH (connector = 'kafka', topic = 'clicks2', 'bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
+                   'source.idle-timeout.ms' = '10000')",
+            broker.addr
+        ))
+        .await?;
+    let mut outputs = session
+        .execute_script(
+            "SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE clicks2, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+             GROUP BY window_start, window_end",
+        )
+        .await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    broker.produce_records("clicks2", &records(0, 0..120))?;
+    broker.produce_records("clicks2", &records(0, 600..601))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.produce_records("clicks2", &records(1, 0..120))?;
+    broker.produce_records("clicks2", &records(1, 600..601))?;
+    let mut rows = Vec::new();
+    while rows.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
+        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
+    }
+    let late = q.job.metrics().late_rows;
+    q.job.cancel();
+    assert_eq!(late, 0, "no row is late");
+    assert_eq!(
+        rows,
+        vec![vec!["2024-01-01T00:00:00", "120"], vec!["2024-01-01T00:01:00", "120"]],
+        "both partitions' rows in every window"
+    );
+    Ok(())
+}

@@ -1,7 +1,7 @@
 """A Kafka client no one in this project wrote (confluent-kafka), for the tests.
 
     python3 kafka_client.py produce BROKER TOPIC [TIMESTAMP_MS] < lines   # one record per line, "key\tvalue" or "value"
-    python3 kafka_client.py produce-records BROKER TOPIC < lines  # one JSON per line: key, value (null: tombstone), headers, timestamp
+    python3 kafka_client.py produce-records BROKER TOPIC < lines  # one JSON per line: key, value (null: tombstone), headers, timestamp, partition
     python3 kafka_client.py consume BROKER TOPIC COUNT [IDLE]  # prints JSON per record: key, value, partition, offset, headers
 """
 import json
@@ -25,6 +25,8 @@ def produce_records(broker, topic):
     for line in sys.stdin.read().splitlines():
         r = json.loads(line)
         extra = {"timestamp": int(r["timestamp"])} if r.get("timestamp") else {}
+        if r.get("partition") is not None:
+            extra["partition"] = int(r["partition"])
         value = r.get("value")
         producer.produce(topic, value=value.encode() if value is not None else None,
                          key=r["key"].encode() if r.get("key") is not None else None,

@@ -172,7 +172,19 @@ impl ExecutionPlan for FeedExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let batches = self.take_queued()?;
+        let batches = self
+            .take_queued()?
+            .into_iter()
+            .map(|b| match b.schema().metadata().is_empty() {
+                true => Ok(b),
+                // Schema metadata a source tagged the batch with is not the plan's.
+                false => RecordBatch::try_new_with_options(
+                    Arc::clone(&self.schema),
+                    b.columns().to_vec(),
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                ),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Box::pin(MemoryStream::try_new(batches, Arc::clone(&self.schema), None)?))
     }
 }

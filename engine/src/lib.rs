@@ -7,6 +7,7 @@
 //! This crate knows nothing about SQL: the `sql` crate compiles queries into the
 //! operators defined here.
 
+pub mod alignment;
 pub mod changelog;
 pub mod error;
 pub mod exchange;

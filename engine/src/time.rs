@@ -43,3 +43,14 @@ pub fn format_nanos(nanos: i64) -> String {
         None => nanos.to_string(),
     }
 }
+
+/// A span of event time, the way people write it (`30s`, `5m`, `250ms`).
+pub fn format_duration_nanos(nanos: i64) -> String {
+    let ms = nanos / 1_000_000;
+    match ms {
+        ms if ms % 3_600_000 == 0 && ms != 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 && ms != 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 && ms != 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}

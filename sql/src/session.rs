@@ -14,12 +14,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::{collect, displayable};
 use datafusion::sql::parser::Statement as DfStatement;
+use sluice_engine::alignment::AlignmentGroup;
 use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
 use sluice_connectors::{find_connector, registry, Connector, Shard};
-use sluice_engine::{Flow, FlowInput, Job, JobHandle, JoinInput, Operator, Pipeline, Sink, Stage};
+use sluice_engine::{Flow, FlowInput, Job, JobHandle, JoinInput, Pipeline, Sink, Stage};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
@@ -72,6 +73,9 @@ pub struct Session {
     /// How long updating aggregates and regular joins keep idle state
     /// (`SET 'table.exec.state.ttl'`); `None`: for ever.
     state_ttl: Option<Duration>,
+    /// How far in event time a query's sources may run ahead of its slowest
+    /// (`SET 'scan.watermark.alignment.max-drift'`); `None`: no alignment.
+    max_drift: Option<Duration>,
 }
 
 /// The default number of lanes: one per core.
@@ -87,7 +91,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry(), state_ttl: None }
+        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry(), state_ttl: None, max_drift: None }
     }
 
     /// What a connector needs to open the catalog table `name`.
@@ -211,7 +215,15 @@ impl Session {
                 self.state_ttl = (!ttl.is_zero()).then_some(ttl);
                 Ok(StatementOutput::Message(format!("table.exec.state.ttl = {value}")))
             }
-            other => plan_err(format!("unknown setting '{other}' (settings: parallelism, 'table.exec.state.ttl')")),
+            "scan.watermark.alignment.max-drift" | "watermark.alignment.max-drift" => {
+                let drift = parse_duration(&value)
+                    .ok_or_else(|| SqlError::Plan(format!("SET {name}: '{value}' is not a duration (e.g. '30 s', '0' for none)")))?;
+                self.max_drift = (!drift.is_zero()).then_some(drift);
+                Ok(StatementOutput::Message(format!("scan.watermark.alignment.max-drift = {value}")))
+            }
+            other => plan_err(format!(
+                "unknown setting '{other}' (settings: parallelism, 'table.exec.state.ttl', 'scan.watermark.alignment.max-drift')"
+            )),
         }
     }
 
@@ -482,7 +494,8 @@ impl Session {
         let Some(first) = lanes.first() else { return plan_err("internal: no lanes") };
         let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
         let flows = lanes.into_iter().map(|l| l.flow).collect();
-        let flow = self.flow(&catalog, &planned, flows)?;
+        let alignment = self.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
+        let flow = self.flow(&catalog, &planned, flows, alignment.as_ref())?;
         let sink = match target_table {
             None => results,
             Some(t) => {
@@ -501,7 +514,13 @@ impl Session {
 
     /// Zips the lanes of a lowered query (each lowered on its own) into one flow,
     /// opening a source shard per lane and table read.
-    fn flow(&self, catalog: &Catalog, planned: &PlannedQuery, lanes: Vec<LoweredFlow>) -> Result<Flow> {
+    fn flow(
+        &self,
+        catalog: &Catalog,
+        planned: &PlannedQuery,
+        lanes: Vec<LoweredFlow>,
+        alignment: Option<&Arc<AlignmentGroup>>,
+    ) -> Result<Flow> {
         let count = lanes.len();
         let mut inputs = Vec::with_capacity(count);
         let mut stage_lanes: Vec<Vec<LoweredStage>> = Vec::with_capacity(count);
@@ -537,9 +556,11 @@ impl Session {
                 if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
                     for ops in &mut first.lanes {
                         let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
-                        let assigner: Box<dyn Operator> =
-                            Box::new(WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr)));
-                        ops.insert(0, assigner);
+                        let mut assigner = WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr));
+                        if let Some(group) = alignment {
+                            assigner = assigner.aligned(group);
+                        }
+                        ops.insert(0, Box::new(assigner));
                     }
                 }
                 FlowInput::Sources(sources)
@@ -557,8 +578,8 @@ impl Session {
                     ops.push(join.operator);
                 }
                 FlowInput::Join(Box::new(JoinInput {
-                    left: self.flow(catalog, planned, left)?,
-                    right: self.flow(catalog, planned, right)?,
+                    left: self.flow(catalog, planned, left, alignment)?,
+                    right: self.flow(catalog, planned, right, alignment)?,
                     left_key,
                     right_key,
                     lanes: ops,

@@ -14,6 +14,8 @@ use sluice_engine::{EngineError, Source, SourceEvent};
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
 use crate::metadata::{has_metadata_columns, value_schema};
+use sluice_engine::operators::watermark_assigner::{SPLITS_KEY, SPLIT_IDLE_MS_KEY, SPLIT_KEY};
+use std::sync::Arc;
 use super::{kafka_error, BadData, KafkaConfig, StartupMode};
 use crate::error::Result;
 use crate::registry::Shard;
@@ -34,6 +36,8 @@ pub struct KafkaSource {
     dropped: u64,
     /// Whether the table declares metadata columns (filled from each record).
     with_metadata: bool,
+    /// Batches split by partition, not yet returned.
+    pending: std::collections::VecDeque<RecordBatch>,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
     /// look offsets up by time (tansu answers 0) start earlier; the records
     /// before the first one at or after the timestamp are skipped here.
@@ -98,8 +102,42 @@ impl KafkaSource {
             dead_letters,
             dropped: 0,
             with_metadata,
+            pending: Default::default(),
             reached_start: Default::default(),
         })
+    }
+
+    /// One batch per partition, each tagged with its partition and the lane's
+    /// partitions, so event time is tracked per partition (see the watermark
+    /// assigner).
+    fn split_by_partition(&self, batch: &RecordBatch, partitions: &[i32]) -> sluice_engine::Result<Vec<RecordBatch>> {
+        let mut rows: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
+        for (i, p) in partitions.iter().enumerate() {
+            rows.entry(*p).or_default().push(i as u32);
+        }
+        let all = self.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let idle_ms = self.cfg.idle_timeout.as_millis().to_string();
+        rows.into_iter()
+            .map(|(p, indices)| {
+                let metadata: std::collections::HashMap<String, String> = [
+                    (SPLIT_KEY.to_string(), p.to_string()),
+                    (SPLITS_KEY.to_string(), all.clone()),
+                    (SPLIT_IDLE_MS_KEY.to_string(), idle_ms.clone()),
+                ]
+                .into_iter()
+                .collect();
+                let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata));
+                let part = match indices.len() == batch.num_rows() {
+                    true => batch.clone(),
+                    false => arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))?,
+                };
+                Ok(RecordBatch::try_new_with_options(
+                    schema,
+                    part.columns().to_vec(),
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(part.num_rows())),
+                )?)
+            })
+            .collect()
     }
 
     async fn handle_bad(&mut self, record: &Record, error: &str) -> sluice_engine::Result<()> {
@@ -158,6 +196,9 @@ impl Source for KafkaSource {
     }
 
     async fn next_event(&mut self) -> sluice_engine::Result<SourceEvent> {
+        if let Some(batch) = self.pending.pop_front() {
+            return Ok(SourceEvent::Batch(batch));
+        }
         let Some(consumer) = &self.consumer else {
             // No partition for this lane: end at once, holding no one's time back.
             return Ok(SourceEvent::End);
@@ -221,11 +262,17 @@ impl Source for KafkaSource {
                 (batch, records.iter().enumerate().filter(|(i, _)| !bad_rows.contains(i)).map(|(_, r)| r).collect())
             }
         };
-        if !self.with_metadata {
-            return Ok(SourceEvent::Batch(decoded));
+        let batch = match self.with_metadata {
+            false => decoded,
+            true => metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &good)
+                .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?,
+        };
+        if self.partitions.len() < 2 {
+            return Ok(SourceEvent::Batch(batch));
         }
-        let batch = metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &good)
-            .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?;
+        let partitions: Vec<i32> = good.iter().map(|r| r.partition).collect();
+        self.pending.extend(self.split_by_partition(&batch, &partitions)?);
+        let batch = self.pending.pop_front().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
         Ok(SourceEvent::Batch(batch))
     }
 }

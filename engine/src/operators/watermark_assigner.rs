@@ -1,6 +1,15 @@
 //! Turns a source's rows into watermarks: `WATERMARK FOR ts AS <expr>`.
+//!
+//! A source that reads several splits in one lane (a Kafka consumer assigned
+//! several partitions) tags each batch with its split and the lane's splits
+//! (schema metadata [`SPLIT_KEY`], [`SPLITS_KEY`], [`SPLIT_IDLE_MS_KEY`]). The
+//! watermark is then the minimum over the splits, so a partition read ahead of
+//! another does not make the other's rows late; a split without rows for the
+//! idle time stops holding the others back, as in Flink.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -20,17 +29,76 @@ pub struct WatermarkAssigner {
     current: Option<i64>,
     /// The source went idle: the next batch re-announces the current watermark.
     idle: bool,
+    /// Per split of the lane: its highest candidate and when it last had rows.
+    splits: HashMap<String, SplitState>,
+    /// With watermark alignment: this source's place among the query's sources.
+    alignment: Option<crate::alignment::AlignmentMember>,
+}
+
+/// Schema-metadata key: the split a batch's rows come from.
+pub const SPLIT_KEY: &str = "sluice.split";
+/// Schema-metadata key: every split of the lane, comma-separated.
+pub const SPLITS_KEY: &str = "sluice.splits";
+/// Schema-metadata key: after how many milliseconds without rows a split is idle.
+pub const SPLIT_IDLE_MS_KEY: &str = "sluice.split-idle-ms";
+
+struct SplitState {
+    max: Option<i64>,
+    seen: Instant,
 }
 
 impl WatermarkAssigner {
     /// `expr` is evaluated against the source schema and must yield a timestamp.
     pub fn new(expr: Arc<dyn PhysicalExpr>, expr_sql: impl Into<String>) -> Self {
-        WatermarkAssigner { expr, expr_sql: expr_sql.into(), current: None, idle: false }
+        WatermarkAssigner {
+            expr,
+            expr_sql: expr_sql.into(),
+            current: None,
+            idle: false,
+            splits: HashMap::new(),
+            alignment: None,
+        }
+    }
+
+    /// Keeps this source within the group's drift of the query's other sources.
+    pub fn aligned(mut self, group: &Arc<crate::alignment::AlignmentGroup>) -> Self {
+        self.alignment = Some(group.join());
+        self
+    }
+
+    /// Records a split's batch; the lane's candidate is the minimum over its
+    /// active splits (`None` while an active split has had no rows yet).
+    fn split_candidate(&mut self, batch: &RecordBatch, split: String, max: Option<i64>) -> Option<i64> {
+        let metadata = batch.schema().metadata().clone();
+        let now = Instant::now();
+        if let Some(all) = metadata.get(SPLITS_KEY) {
+            for s in all.split(',').filter(|s| !s.is_empty()) {
+                self.splits.entry(s.to_string()).or_insert(SplitState { max: None, seen: now });
+            }
+        }
+        let state = self.splits.entry(split).or_insert(SplitState { max: None, seen: now });
+        state.seen = now;
+        if let Some(m) = max {
+            state.max = Some(state.max.map_or(m, |c| c.max(m)));
+        }
+        let idle = metadata.get(SPLIT_IDLE_MS_KEY).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+        let mut candidate: Option<i64> = None;
+        for s in self.splits.values() {
+            if idle.is_some_and(|d| now.duration_since(s.seen) > d) {
+                continue;
+            }
+            let m = s.max?;
+            candidate = Some(candidate.map_or(m, |c| c.min(m)));
+        }
+        candidate
     }
 
     fn advance(&mut self, candidate: i64) -> Option<Watermark> {
         if self.current.is_none_or(|c| candidate > c) {
             self.current = Some(candidate);
+            if let Some(a) = &self.alignment {
+                a.report(candidate);
+            }
             Some(Watermark::EventTime(candidate))
         } else {
             None
@@ -45,13 +113,48 @@ impl Operator for WatermarkAssigner {
     }
 
     fn describe(&self) -> String {
-        format!("watermark: {}", self.expr_sql)
+        match &self.alignment {
+            None => format!("watermark: {}", self.expr_sql),
+            Some(a) => format!(
+                "watermark: {} (aligned: at most {} ahead of the query's slowest source)",
+                self.expr_sql,
+                crate::time::format_duration_nanos(a.max_drift())
+            ),
+        }
+    }
+
+    async fn on_end(&mut self, _out: &mut Emitter) -> Result<()> {
+        if let Some(a) = &self.alignment {
+            a.set_active(false);
+        }
+        Ok(())
     }
 
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        if let Some(a) = &self.alignment {
+            if self.idle {
+                a.set_active(true);
+            }
+            // Ahead of the slowest source by more than the drift: wait for it
+            // (this holds the source back too).
+            a.wait_aligned().await;
+        }
         let values = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
         let nanos = as_epoch_nanos(&values)?;
-        let max = datafusion::arrow::compute::max(&nanos);
+        let mut max = datafusion::arrow::compute::max(&nanos);
+        let batch = match batch.schema().metadata().get(SPLIT_KEY).cloned() {
+            None => batch,
+            Some(split) => {
+                max = self.split_candidate(&batch, split, max);
+                // Downstream plans expect the table's schema as declared.
+                let plain = Arc::new(datafusion::arrow::datatypes::Schema::new(batch.schema().fields().clone()));
+                RecordBatch::try_new_with_options(
+                    plain,
+                    batch.columns().to_vec(),
+                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+                )?
+            }
+        };
         out.emit(batch);
         match max.and_then(|m| self.advance(m)) {
             Some(wm) => out.emit_watermark(wm),
@@ -66,11 +169,20 @@ impl Operator for WatermarkAssigner {
         Ok(())
     }
 
-    async fn on_watermark(&mut self, wm: Watermark, _out: &mut Emitter) -> Result<Option<Watermark>> {
+    async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
         match wm {
             Watermark::EventTime(t) => Ok(self.advance(t)),
             Watermark::Idle => {
+                // Every split is quiet: none holds the others back any more,
+                // so time moves to what the furthest one has seen.
+                let furthest = self.splits.values().filter_map(|s| s.max).max();
+                if let Some(wm) = furthest.and_then(|m| self.advance(m)) {
+                    out.emit_watermark(wm);
+                }
                 self.idle = true;
+                if let Some(a) = &self.alignment {
+                    a.set_active(false);
+                }
                 Ok(Some(Watermark::Idle))
             }
         }
