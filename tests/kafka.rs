@@ -600,3 +600,130 @@ async fn a_partition_read_behind_another_does_not_make_its_rows_late() -> TestRe
     );
     Ok(())
 }
+
+/// A schema registry for the Avro test (Confluent's is not installable here; the
+/// test client serves its REST subset), stopped when dropped.
+struct Registry {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry() -> Result<Registry, Box<dyn std::error::Error>> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("python3")
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "registry", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let registry = Registry { child, url: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        if Instant::now() > deadline {
+            return Err("the schema registry did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(registry)
+}
+
+/// Avro in Confluent's wire format both ways: confluent-kafka's AvroSerializer
+/// writes the input, Sluice reads it through the registry, aggregates, writes
+/// Avro that confluent-kafka's AvroDeserializer reads back; a value not in the
+/// wire format goes to the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_with_a_schema_registry_in_and_out() -> TestResult {
+    let broker = start_broker()?;
+    let registry = start_registry()?;
+    broker.create_topic("orders_avro", 2)?;
+    broker.create_topic("totals_avro", 1)?;
+    broker.create_topic("avro_dlq", 1)?;
+    let schema = r#"{"type": "record", "name": "Order", "fields": [
+        {"name": "user", "type": "string"}, {"name": "amount", "type": "long"},
+        {"name": "note", "type": ["null", "string"], "default": null},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+    let base = 1_704_067_200_000i64; // 2024-01-01T00:00:00Z
+    let mut lines: Vec<String> = (0..120)
+        .map(|s| {
+            let user = ["ann", "bob"][s % 2];
+            serde_json::json!({"user": user, "amount": s % 5, "note": null, "ts": base + s as i64 * 1000}).to_string()
+        })
+        .collect();
+    lines.insert(7, serde_json::json!({"raw": "{\"not\": \"avro\"}"}).to_string());
+    lines.push(serde_json::json!({"user": "ann", "amount": 0, "note": "closes", "ts": base + 600_000}).to_string());
+    let mut child = Command::new("python3")
+        .args([
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"),
+            "produce-avro",
+            &broker.addr,
+            "orders_avro",
+            &registry.url,
+            schema,
+        ])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
+    assert!(child.wait()?.success(), "producing Avro failed");
+
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    let (b, r) = (&broker.addr, &registry.url);
+    session
+        .execute_script(&format!(
+            "CREATE TABLE orders_avro (user VARCHAR, amount BIGINT, note VARCHAR, ts TIMESTAMP(3), \
+               WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH (connector = 'kafka', topic = 'orders_avro', 'bootstrap.servers' = '{b}', 'scan.startup.mode' = 'earliest', \
+                   format = 'avro-confluent', 'avro-confluent.url' = '{r}', bad_data = 'dead-letter', \
+                   'dead-letter.topic' = 'avro_dlq', 'source.idle-timeout.ms' = '300'); \
+             CREATE TABLE totals_avro (window_start TIMESTAMP(3), user VARCHAR, total BIGINT, orders BIGINT) \
+             WITH (connector = 'kafka', topic = 'totals_avro', 'bootstrap.servers' = '{b}', 'key.field' = 'user', \
+                   format = 'avro-confluent', 'avro-confluent.url' = '{r}');"
+        ))
+        .await?;
+    let mut outputs = session
+        .execute_script(
+            "INSERT INTO totals_avro SELECT window_start, user, sum(amount), count(*) \
+             FROM TABLE(TUMBLE(TABLE orders_avro, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end, user",
+        )
+        .await?;
+    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+    let (addr, url) = (broker.addr.clone(), registry.url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "consume-avro", &addr, "totals_avro", "4", &url])
+            .output()
+    })
+    .await??;
+    job.cancel();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut got: Vec<(String, String, i64, i64)> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line)?;
+        got.push((
+            v["window_start"].as_str().unwrap_or_default().to_string(),
+            v["user"].as_str().unwrap_or_default().to_string(),
+            v["total"].as_i64().unwrap_or(-1),
+            v["orders"].as_i64().unwrap_or(-1),
+        ));
+    }
+    got.sort();
+    let expected_total = |user: usize, minute: usize| -> i64 {
+        (minute * 60..minute * 60 + 60).filter(|s| s % 2 == user).map(|s| (s % 5) as i64).sum()
+    };
+    let expected: Vec<(String, String, i64, i64)> = vec![
+        ("2024-01-01 00:00:00+00:00".into(), "ann".into(), expected_total(0, 0), 30),
+        ("2024-01-01 00:00:00+00:00".into(), "bob".into(), expected_total(1, 0), 30),
+        ("2024-01-01 00:01:00+00:00".into(), "ann".into(), expected_total(0, 1), 30),
+        ("2024-01-01 00:01:00+00:00".into(), "bob".into(), expected_total(1, 1), 30),
+    ];
+    assert_eq!(got, expected);
+    let dead = broker.consume("avro_dlq", 1)?;
+    assert_eq!(dead[0]["value"], "{\"not\": \"avro\"}");
+    assert!(dead[0]["headers"]["sluice.error"].as_str().unwrap_or_default().contains("wire format"));
+    Ok(())
+}

@@ -122,6 +122,7 @@ pub async fn run_ingest(
     let mut coverage = existing_files(&store, &prefix).await?;
     let props = cfg.lake.writer_properties();
     let decoder = RecordDecoder::new(Arc::clone(&cfg.schema), kafka.format);
+    let mut registry = kafka.avro.as_ref().map(|a| crate::kafka::avro::SchemaRegistry::new(&a.registry_url));
     let mut total = IngestProgress::default();
 
     while !stop.is_cancelled() {
@@ -144,6 +145,18 @@ pub async fn run_ingest(
                         round.entry(m.partition()).or_default().push((m.offset(), m.payload().unwrap_or_default().to_vec()));
                         count += 1;
                     }
+                }
+            }
+        }
+        // Avro values become the JSON the decoder reads; one that cannot is left
+        // as bytes the decoder rejects, so it is handled as a bad record.
+        if let Some(registry) = &mut registry {
+            for records in round.values_mut() {
+                for (_, value) in records.iter_mut() {
+                    *value = match crate::kafka::avro::to_json(registry, value).await {
+                        Ok(json) => json,
+                        Err(e) => format!("not Avro: {e}").into_bytes(),
+                    };
                 }
             }
         }

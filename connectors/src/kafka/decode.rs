@@ -28,7 +28,8 @@ impl RecordDecoder {
     /// All values as one batch, or the first error.
     pub fn decode(&self, values: &[&[u8]]) -> Result<RecordBatch, String> {
         match self.format {
-            KafkaFormat::Json => {
+            // Avro values reach the decoder already turned into JSON.
+            KafkaFormat::Json | KafkaFormat::AvroConfluent => {
                 let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
                     .with_batch_size(values.len().max(1))
                     .build_decoder()

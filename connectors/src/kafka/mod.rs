@@ -6,7 +6,10 @@
 //!   group's committed offsets, else earliest) or `timestamp` (the first record at
 //!   or after `scan.startup.timestamp-millis`, by Kafka record timestamp).
 //! - `group.id`: consumer group whose offsets are committed (default `sluice-TABLE`).
-//! - `format`: `json` (default), `csv` or `raw` (one `VARBINARY`/`VARCHAR` column holding the value).
+//! - `format`: `json` (default), `csv`, `raw` (one `VARBINARY`/`VARCHAR` column
+//!   holding the value) or `avro-confluent` (Avro in Confluent's wire format, with
+//!   `avro-confluent.url` naming the schema registry and, for sinks,
+//!   `avro-confluent.subject`, default `<topic>-value`).
 //! - `bad_data`: what a record that does not decode does: `fail` (default, the
 //!   query fails naming topic, partition and offset), `drop` (counted, skipped) or
 //!   `dead-letter` (its raw bytes go to `dead-letter.topic` with headers
@@ -26,6 +29,7 @@
 //! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
 //! a failed delivery fails the query instead of losing the row.
 
+pub(crate) mod avro;
 pub mod decode;
 mod metadata;
 mod sink;
@@ -55,6 +59,17 @@ pub enum KafkaFormat {
     Json,
     Csv,
     Raw,
+    /// Avro in Confluent's wire format, schemas in a schema registry.
+    AvroConfluent,
+}
+
+/// Where Avro schemas live (`format = 'avro-confluent'`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvroOptions {
+    /// The schema registry's base URL (`avro-confluent.url`).
+    pub registry_url: String,
+    /// The subject a sink registers its schema under (default `<topic>-value`).
+    pub subject: String,
 }
 
 /// What to do with records that do not decode.
@@ -73,6 +88,7 @@ pub struct KafkaConfig {
     pub group_id: String,
     pub startup: StartupMode,
     pub format: KafkaFormat,
+    pub avro: Option<AvroOptions>,
     pub bad_data: BadData,
     pub key_field: Option<String>,
     pub batch_size: usize,
@@ -105,7 +121,20 @@ impl KafkaConfig {
             None | Some("json") => KafkaFormat::Json,
             Some("csv") => KafkaFormat::Csv,
             Some("raw") => KafkaFormat::Raw,
-            Some(other) => return Err(bad("format", format!("'{other}' is not one of json, csv, raw"))),
+            Some("avro-confluent") | Some("avro") => KafkaFormat::AvroConfluent,
+            Some(other) => return Err(bad("format", format!("'{other}' is not one of json, csv, raw, avro-confluent"))),
+        };
+        let registry_url = o.take_opt("avro-confluent.url");
+        let subject = o.take_opt("avro-confluent.subject");
+        let avro = match (format, registry_url) {
+            (KafkaFormat::AvroConfluent, Some(registry_url)) => {
+                Some(AvroOptions { registry_url, subject: subject.unwrap_or_else(|| format!("{topic}-value")) })
+            }
+            (KafkaFormat::AvroConfluent, None) => {
+                return Err(bad("format", "'avro-confluent' needs the schema registry: 'avro-confluent.url'".into()))
+            }
+            (_, Some(_)) => return Err(bad("avro-confluent.url", "only for format = 'avro-confluent'".into())),
+            (_, None) => None,
         };
         let dead_letter = o.take_opt("dead-letter.topic");
         let bad_data = match o.take_opt("bad_data").map(|b| b.to_ascii_lowercase()).as_deref() {
@@ -127,10 +156,10 @@ impl KafkaConfig {
         let idle_timeout = std::time::Duration::from_millis(o.take_parsed("source.idle-timeout.ms")?.unwrap_or(5000));
         let properties = o.take_prefixed("properties.");
         o.ensure_empty()?;
-        if format == KafkaFormat::Raw && table.schema.fields().len() != 1 {
+        if format == KafkaFormat::Raw && crate::metadata::value_schema(&table.schema).fields().len() != 1 {
             return Err(bad("format", "'raw' tables have exactly one column".into()));
         }
-        Ok(KafkaConfig { brokers, topic, group_id, startup, format, bad_data, key_field, batch_size, idle_timeout, properties })
+        Ok(KafkaConfig { brokers, topic, group_id, startup, format, avro, bad_data, key_field, batch_size, idle_timeout, properties })
     }
 
     /// librdkafka settings shared by consumers and producers.

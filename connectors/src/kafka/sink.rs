@@ -13,7 +13,7 @@ use sluice_engine::changelog::{is_changelog_output, ChangeKind};
 use crate::metadata::metadata_key;
 use sluice_engine::{EngineError, Sink};
 
-use super::{kafka_error, KafkaConfig};
+use super::{avro, kafka_error, KafkaConfig};
 use crate::error::{ConnectorError, Result};
 
 /// How long one delivery may take before the query fails.
@@ -29,6 +29,8 @@ pub struct KafkaSink {
     upsert: bool,
     /// Columns written into the value (metadata columns are not).
     value_columns: Vec<usize>,
+    /// With `format = 'avro-confluent'`.
+    avro: Option<AvroWriter>,
 }
 
 impl KafkaSink {
@@ -58,14 +60,59 @@ impl KafkaSink {
                 ),
             });
         }
-        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns })
+        let avro = match &cfg.avro {
+            None => None,
+            Some(options) => {
+                let value_schema = schema.project(&value_columns).map_err(|e| kafka_error(e.to_string()))?;
+                let schema = avro::avro_schema(&cfg.topic, &value_schema).map_err(|e| ConnectorError::Schema {
+                    table: cfg.topic.clone(),
+                    reason: format!("format 'avro-confluent': {e}"),
+                })?;
+                Some(AvroWriter {
+                    registry: avro::SchemaRegistry::new(&options.registry_url),
+                    subject: options.subject.clone(),
+                    schema,
+                    id: None,
+                })
+            }
+        };
+        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns, avro })
     }
+
+    /// Each row's value, encoded in the sink's format.
+    async fn values(&mut self, values: &RecordBatch) -> sluice_engine::Result<Vec<Vec<u8>>> {
+        let Some(avro) = &mut self.avro else {
+            let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
+            writer.write(values)?;
+            writer.finish()?;
+            let text = writer.into_inner();
+            return Ok(text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect());
+        };
+        let id = match avro.id {
+            Some(id) => id,
+            None => {
+                let id = avro.registry.register(&avro.subject, &avro.schema).await.map_err(|e| EngineError::connector("kafka", e))?;
+                avro.id = Some(id);
+                id
+            }
+        };
+        avro::encode(values, &avro.schema, id).map_err(|e| EngineError::connector("kafka", format!("Avro: {e}")))
+    }
+}
+
+/// Encodes values as Avro, registering the schema before the first record.
+struct AvroWriter {
+    registry: avro::SchemaRegistry,
+    subject: String,
+    schema: apache_avro::Schema,
+    id: Option<u32>,
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
     fn describe(&self) -> String {
-        format!("kafka topic {} at {} (json)", self.cfg.topic, self.cfg.brokers)
+        let format = if self.avro.is_some() { "avro-confluent" } else { "json" };
+        format!("kafka topic {} at {} ({format})", self.cfg.topic, self.cfg.brokers)
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
@@ -76,10 +123,7 @@ impl Sink for KafkaSink {
             false => None,
         };
         let values = batch.project(&self.value_columns)?;
-        let mut writer = arrow_json::LineDelimitedWriter::new(Vec::new());
-        writer.write(&values)?;
-        writer.finish()?;
-        let text = String::from_utf8_lossy(&writer.into_inner()).to_string();
+        let payloads = self.values(&values).await?;
         let keys: Option<Vec<String>> = match self.key_column {
             None => None,
             Some(i) => {
@@ -88,10 +132,10 @@ impl Sink for KafkaSink {
             }
         };
         let kind = |r: usize| kinds.as_ref().map_or(ChangeKind::Insert, |k| k[r]);
-        let sends = text.lines().enumerate().filter(|(r, _)| kind(*r) != ChangeKind::UpdateBefore).map(|(r, line)| {
-            let mut record = FutureRecord::<str, str>::to(&self.cfg.topic);
+        let sends = payloads.iter().enumerate().filter(|(r, _)| kind(*r) != ChangeKind::UpdateBefore).map(|(r, payload)| {
+            let mut record = FutureRecord::<str, [u8]>::to(&self.cfg.topic);
             if kind(r) != ChangeKind::Delete {
-                record = record.payload(line);
+                record = record.payload(payload.as_slice());
             }
             if let Some(keys) = &keys {
                 record = record.key(keys[r].as_str());

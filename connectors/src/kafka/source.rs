@@ -11,6 +11,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::{EngineError, Source, SourceEvent};
 
+use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
 use crate::metadata::{has_metadata_columns, value_schema};
@@ -36,6 +37,8 @@ pub struct KafkaSource {
     dropped: u64,
     /// Whether the table declares metadata columns (filled from each record).
     with_metadata: bool,
+    /// With `format = 'avro-confluent'`: where writer schemas are looked up.
+    registry: Option<avro::SchemaRegistry>,
     /// Batches split by partition, not yet returned.
     pending: std::collections::VecDeque<RecordBatch>,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
@@ -92,6 +95,7 @@ impl KafkaSource {
             _ => None,
         };
         let decoder = RecordDecoder::new(value_schema(&schema), cfg.format);
+        let cfg_avro = cfg.avro.clone();
         let with_metadata = has_metadata_columns(&schema);
         Ok(KafkaSource {
             cfg,
@@ -103,6 +107,7 @@ impl KafkaSource {
             dropped: 0,
             with_metadata,
             pending: Default::default(),
+            registry: cfg_avro.map(|a| avro::SchemaRegistry::new(&a.registry_url)),
             reached_start: Default::default(),
         })
     }
@@ -248,6 +253,23 @@ impl Source for KafkaSource {
                 Err(_) => break,
             }
             read += 1;
+        }
+        if let Some(registry) = &mut self.registry {
+            let mut kept = Vec::with_capacity(records.len());
+            let mut failed = Vec::new();
+            for mut record in records {
+                match avro::to_json(registry, &record.value).await {
+                    Ok(json) => {
+                        record.value = json;
+                        kept.push(record);
+                    }
+                    Err(e) => failed.push((record, e)),
+                }
+            }
+            for (record, error) in failed {
+                self.handle_bad(&record, &error).await?;
+            }
+            records = kept;
         }
         let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
         let (decoded, good): (RecordBatch, Vec<&Record>) = match self.decoder.decode(&values) {
