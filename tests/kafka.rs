@@ -727,3 +727,81 @@ async fn avro_with_a_schema_registry_in_and_out() -> TestResult {
     assert!(dead[0]["headers"]["sluice.error"].as_str().unwrap_or_default().contains("wire format"));
     Ok(())
 }
+
+/// A tansu that keeps its data in SQLite under `dir`, listening on `port`.
+fn start_durable_broker(dir: &std::path::Path, port: u16) -> Result<Broker, Box<dyn std::error::Error>> {
+    let tansu = std::env::var("TANSU_DURABLE")
+        .map_err(|_| "TANSU_DURABLE is not set: scripts/test.sh builds a tansu with SQLite storage")?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    // tansu reads the SQLite path relative to its working directory.
+    std::fs::create_dir_all(dir.join("data"))?;
+    let child = Command::new(&tansu)
+        .current_dir(dir)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://data/tansu.db"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start durable tansu ({tansu}): {e}"))?;
+    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&broker.addr).is_err() {
+        if Instant::now() > deadline {
+            return Err("durable tansu did not start listening".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(broker)
+}
+
+/// The broker is killed and started again (same port, same storage) while a
+/// query copies one topic into another: the query keeps running, and every
+/// record produced before and after the restart comes out once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_survives_a_broker_restart_without_loss_or_duplicates() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let broker = start_durable_broker(dir.path(), port)?;
+    broker.create_topic("ids_in", 2)?;
+    broker.create_topic("ids_out", 1)?;
+    let batch = |range: std::ops::Range<i64>| range.map(|i| format!("{{\"id\": {i}}}")).collect::<Vec<_>>();
+    broker.produce("ids_in", &batch(0..100))?;
+
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    let b = &broker.addr;
+    session
+        .execute_script(&format!(
+            "CREATE TABLE ids_in (id BIGINT) WITH (connector = 'kafka', topic = 'ids_in', 'bootstrap.servers' = '{b}', \
+               'scan.startup.mode' = 'earliest'); \
+             CREATE TABLE ids_out (id BIGINT, doubled BIGINT) WITH (connector = 'kafka', topic = 'ids_out', \
+               'bootstrap.servers' = '{b}', 'key.field' = 'id');"
+        ))
+        .await?;
+    let mut outputs = session.execute_script("INSERT INTO ids_out SELECT id, id * 2 FROM ids_in").await?;
+    let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { return Err("not an insert".into()) };
+    let addr = broker.addr.clone();
+    let before = tokio::task::spawn_blocking(move || consume_until_idle(&addr, "ids_out", 100, 30)).await??;
+    assert_eq!(before.len(), 100, "the first records came through");
+
+    // Kill the broker, start it again on the same port and storage.
+    drop(broker);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let broker = start_durable_broker(dir.path(), port)?;
+    broker.produce("ids_in", &batch(100..200))?;
+    let addr = broker.addr.clone();
+    // The reader's group resumes after what it read before the restart.
+    let after = tokio::task::spawn_blocking(move || consume_until_idle(&addr, "ids_out", 100_000, 15)).await??;
+    let all: Vec<Value> = before.into_iter().chain(after).collect();
+    if let Ok(ended) = tokio::time::timeout(Duration::from_millis(100), job.wait()).await {
+        return Err(format!("the query ended after the broker restart: {ended:?}").into());
+    }
+    job.cancel();
+    let mut ids: Vec<i64> = all
+        .iter()
+        .filter_map(|r| r["value"].as_str().and_then(|v| serde_json::from_str::<Value>(v).ok()))
+        .filter_map(|v| v["id"].as_i64())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..200).collect::<Vec<_>>(), "every record once, before and after the restart");
+    Ok(())
+}

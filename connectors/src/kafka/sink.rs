@@ -1,4 +1,5 @@
-//! Writes result rows as JSON records, keyed by a chosen column.
+//! Writes result rows as JSON (or Avro) records, keyed by a chosen column;
+//! updating results as upserts.
 
 use std::time::Duration;
 
@@ -9,12 +10,11 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice_engine::changelog::{is_changelog_output, ChangeKind};
-
-use crate::metadata::metadata_key;
 use sluice_engine::{EngineError, Sink};
 
 use super::{avro, kafka_error, KafkaConfig};
 use crate::error::{ConnectorError, Result};
+use crate::metadata::metadata_key;
 
 /// How long one delivery may take before the query fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,5 +1,6 @@
 //! Reads a topic's partitions assigned to one lane into batches.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -9,20 +10,21 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_engine::operators::watermark_assigner::{SPLITS_KEY, SPLIT_IDLE_MS_KEY, SPLIT_KEY};
 use sluice_engine::{EngineError, Source, SourceEvent};
 
 use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
 use crate::metadata::{has_metadata_columns, value_schema};
-use sluice_engine::operators::watermark_assigner::{SPLITS_KEY, SPLIT_IDLE_MS_KEY, SPLIT_KEY};
-use std::sync::Arc;
 use super::{kafka_error, BadData, KafkaConfig, StartupMode};
 use crate::error::Result;
 use crate::registry::Shard;
 
 /// How long to wait for more records once one has arrived, to fill a batch.
 const FILL_WAIT: Duration = Duration::from_millis(50);
+/// How long to wait after a transient error before reading again.
+const TRANSIENT_BACKOFF: Duration = Duration::from_millis(200);
 /// How long to wait for the cluster when starting.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -210,7 +212,16 @@ impl Source for KafkaSource {
         };
         let mut records = Vec::with_capacity(self.cfg.batch_size);
         let first = match tokio::time::timeout(self.cfg.idle_timeout, consumer.recv()).await {
-            Ok(m) => m.map_err(|e| EngineError::connector("kafka", e))?,
+            Ok(Ok(m)) => m,
+            // A broker restarting or out of reach for a while: librdkafka
+            // reconnects by itself; the lane has nothing to read until then.
+            Ok(Err(e)) if is_transient(&e) => {
+                tracing::warn!("kafka topic {}: {e} (retrying)", self.cfg.topic);
+                metrics::counter!("sluice_kafka_transient_errors_total").increment(1);
+                tokio::time::sleep(TRANSIENT_BACKOFF).await;
+                return Ok(SourceEvent::Idle);
+            }
+            Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
             Err(_) => return Ok(SourceEvent::Idle),
         };
         let start_ms = match self.cfg.startup {
@@ -249,6 +260,7 @@ impl Source for KafkaSource {
         while read < self.cfg.batch_size {
             match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
                 Ok(Ok(m)) => take(&m),
+                Ok(Err(e)) if is_transient(&e) => break,
                 Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
                 Err(_) => break,
             }
@@ -297,6 +309,29 @@ impl Source for KafkaSource {
         let batch = self.pending.pop_front().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
         Ok(SourceEvent::Batch(batch))
     }
+}
+
+/// Errors librdkafka recovers from by itself (reconnecting, retrying); a
+/// consumer that reports them keeps its position and goes on once they pass.
+fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let Some(code) = e.rdkafka_error_code() else { return false };
+    matches!(
+        code,
+        Code::BrokerTransportFailure
+            | Code::AllBrokersDown
+            | Code::NetworkException
+            | Code::RequestTimedOut
+            | Code::OperationTimedOut
+            | Code::LeaderNotAvailable
+            | Code::NotLeaderForPartition
+            | Code::BrokerNotAvailable
+            | Code::CoordinatorNotAvailable
+            | Code::NotCoordinator
+            | Code::CoordinatorLoadInProgress
+            | Code::Resolve
+            | Code::UnknownTopicOrPartition
+    )
 }
 
 impl Drop for KafkaSource {
