@@ -31,6 +31,13 @@ pub async fn run_statement(session: &mut Session, statement: SluiceStatement, ti
         Ok(output) => print_output(output, out).await,
         Err(e) => Err(e.to_string()),
     };
+    report_outcome(result, started, timing, out)
+}
+
+/// Prints a statement's summary line (or its error, on stderr) and, with
+/// `timing`, how long it took; true if it succeeded. Local and remote
+/// sessions report alike.
+pub fn report_outcome(result: Result<Option<String>, String>, started: Instant, timing: bool, out: &mut impl Write) -> bool {
     let ok = match result {
         Ok(summary) => {
             if let Some(s) = summary {

@@ -83,20 +83,9 @@ impl Remote {
                 _ => sql.to_string(),
             };
             let result = if is_query { self.run_query(&text, out).await } else { self.run_statement(&text, out).await };
-            match result {
-                Ok(summary) => {
-                    let _ = writeln!(out, "{summary}");
-                }
-                Err(e) => {
-                    let _ = out.flush();
-                    eprintln!("error: {e}");
-                    return false;
-                }
+            if !crate::render::report_outcome(result.map(Some), started, timing, out) {
+                return false;
             }
-            if timing {
-                let _ = writeln!(out, "Time: {:.3}s", started.elapsed().as_secs_f64());
-            }
-            let _ = out.flush();
         }
         true
     }
