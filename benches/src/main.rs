@@ -22,7 +22,7 @@ use sluice_connectors::{Connector, ConnectorError, Shard, TableSpec};
 use sluice_engine::Source;
 use sluice_sql::{Session, StatementOutput};
 
-const QUERIES: [(&str, &str); 4] = [
+const QUERIES: [(&str, &str); 6] = [
     (
         "tumble 1 min, count+sum by event_type",
         "SELECT window_start, event_type, count(*), sum(price) \
@@ -46,6 +46,17 @@ const QUERIES: [(&str, &str); 4] = [
         "SELECT user_id, window_start, count(*), max(price) \
          FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND)) \
          GROUP BY window_start, window_end, user_id",
+    ),
+    (
+        "interval join: page_view then checkout by user within 30 s",
+        "SELECT v.user_id, v.page, c.item_id FROM \
+         (SELECT * FROM clicks WHERE event_type = 'page_view') v \
+         JOIN (SELECT * FROM clicks WHERE event_type = 'checkout') c \
+         ON v.user_id = c.user_id AND c.ts BETWEEN v.ts AND v.ts + INTERVAL '30' SECOND",
+    ),
+    (
+        "updating GROUP BY user_id: count+sum (changelog)",
+        "SELECT user_id, count(*), sum(price) FROM clicks GROUP BY user_id",
     ),
 ];
 
