@@ -53,3 +53,39 @@ async fn interval_join_state_does_not_grow_with_input() -> TestResult {
     );
     Ok(())
 }
+
+/// Peak state of `query` over 3,000 clicks paced at 1,000 a second, nearly every
+/// one from a user of its own, with the given TTL (`'0'`: none).
+async fn peak_state_with_ttl(query: &str, ttl: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut session = Session::default();
+    session.set_parallelism(1);
+    session.execute_script(&format!("SET 'table.exec.state.ttl' = '{ttl}'")).await?;
+    session
+        .execute_script(
+            "CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, item_id BIGINT, ts TIMESTAMP(3), \
+             WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+             WITH (connector = 'generator', rows = '3000', rate = '1000', users = '1000000', 'batch.size' = '50')",
+        )
+        .await?;
+    let mut outputs = session.execute_script(query).await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a continuous query".into()) };
+    while q.results.recv().await.is_some() {}
+    q.job.wait().await?;
+    Ok(q.job.metrics().state_bytes_peak)
+}
+
+/// A TTL bounds the state of what nothing else bounds: a GROUP BY without a
+/// window and a join without time bounds keep only recently updated keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_ttl_bounds_updating_aggregates_and_regular_joins() -> TestResult {
+    for query in [
+        "SELECT user_id, count(*) FROM clicks GROUP BY user_id",
+        "SELECT a.user_id, b.item_id FROM clicks a JOIN clicks b ON a.user_id = b.user_id",
+    ] {
+        let unbounded = peak_state_with_ttl(query, "0").await?;
+        let with_ttl = peak_state_with_ttl(query, "300 ms").await?;
+        eprintln!("{query}: peak state {unbounded} B without a TTL, {with_ttl} B with 300 ms");
+        assert!(with_ttl * 2 < unbounded, "{query}: a 300 ms TTL keeps a fraction of 3 s of keys ({with_ttl} B vs {unbounded} B)");
+    }
+    Ok(())
+}
