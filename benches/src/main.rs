@@ -153,31 +153,40 @@ async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize) -> a
     Ok((started.elapsed().as_secs_f64(), rows))
 }
 
-fn parse_args() -> anyhow::Result<(u64, Vec<usize>)> {
+/// What to run: events, lane counts, and a filter on query names.
+struct Args {
+    events: u64,
+    lanes: Vec<usize>,
+    only: Option<String>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
     let mut events = 2_000_000;
     let mut lanes = vec![1, sluice_sql::default_parallelism()];
+    let mut only = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().with_context(|| format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--events" => events = value.parse()?,
             "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4)"),
+            "--only" => only = Some(value),
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART)"),
         }
     }
     lanes.dedup();
-    Ok((events, lanes))
+    Ok(Args { events, lanes, only })
 }
 
 fn main() -> anyhow::Result<()> {
-    let (events, lanes) = parse_args()?;
+    let Args { events, lanes, only } = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let generated = Instant::now();
     let batches = Arc::new(pregenerate(events)?);
     eprintln!("generated {events} events in {:.1}s (not timed below)", generated.elapsed().as_secs_f64());
     println!("| query | lanes | seconds | events/s | result rows |");
     println!("|---|---|---|---|---|");
-    for (name, sql) in QUERIES {
+    for (name, sql) in QUERIES.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str()))) {
         for &p in &lanes {
             let (secs, rows) = runtime.block_on(run_once(&batches, sql, p))?;
             println!("| {name} | {p} | {secs:.2} | {:.0} | {rows} |", events as f64 / secs);

@@ -90,15 +90,22 @@ impl SessionAggregate {
         })
     }
 
+    /// Reports the state's size. Asking every accumulator its size costs as
+    /// much as the aggregation itself once sessions number in the millions, so
+    /// the size per session is measured on a sample and multiplied out.
     fn report_state(&mut self) {
+        const SAMPLE: usize = 64;
         self.open_sessions = self.keys.values().map(|k| k.sessions.len()).sum();
-        let accumulators: usize = self
+        let (sampled, bytes) = self
             .keys
             .values()
             .flat_map(|k| k.sessions.iter())
-            .flat_map(|s| s.accumulators.iter())
-            .map(|a| a.size())
-            .sum();
+            .take(SAMPLE)
+            .fold((0usize, 0usize), |(n, b), s| (n + 1, b + s.accumulators.iter().map(|a| a.size()).sum::<usize>()));
+        let accumulators = match sampled {
+            0 => 0,
+            n => bytes / n * self.open_sessions,
+        };
         self.state.set(accumulators + self.keys.len() * 64 + self.open_sessions * 32);
     }
 
