@@ -109,9 +109,12 @@ fn add_comparison(bounds: &mut TimeBounds, op: Operator, (sa, ca): (JoinSide, i6
     }
 }
 
+/// A join's equi-key pairs, as DataFusion plans them.
+type EquiKeys = [(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)];
+
 /// The time bounds in a join's equi-keys and filter, given each side's event time.
 pub fn time_bounds(
-    on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
+    on: &EquiKeys,
     filter: Option<&JoinFilter>,
     times: [Option<EventTime>; 2],
 ) -> TimeBounds {

@@ -150,8 +150,8 @@ impl TemporalJoin {
         self.versions.next_id += 1;
         let mut used = 0;
         let mut replaced = Vec::new();
-        for i in 0..batch.num_rows() {
-            if !keyed[i] || !times.is_valid(i) {
+        for (i, has_key) in keyed.iter().enumerate() {
+            if !has_key || !times.is_valid(i) {
                 continue;
             }
             let versions = self.versions.by_key.entry(keys.row(i).as_ref().into()).or_default();
