@@ -54,7 +54,7 @@ async fn streaming(sql: &str, lanes: usize) -> Result<Vec<Vec<String>>, Box<dyn 
 
 async fn batch(sql: &str) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
     let options: BTreeMap<String, String> = OPTIONS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let spec = TableSpec { name: "clicks".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+    let spec = TableSpec::new("clicks", clickstream_schema(), "generator", options);
     let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL);
     let mut data = Vec::new();
     while let Some(b) = generator.next_batch(4096)? {

@@ -805,3 +805,77 @@ async fn a_query_survives_a_broker_restart_without_loss_or_duplicates() -> TestR
     assert_eq!(ids, (0..200).collect::<Vec<_>>(), "every record once, before and after the restart");
     Ok(())
 }
+
+/// A compacted topic as the versioned table of a temporal join: with a PRIMARY
+/// KEY the Kafka table is read as upserts, and a tombstone deletes its key from
+/// its Kafka timestamp on (until the key's next record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporal_join_against_an_upsert_topic_honours_tombstones() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("rates_kv", 1)?;
+    let at = |s: i64| 1_704_067_200_000i64 + s * 1000; // 2024-01-01T00:00:00Z + s
+    let rate = |currency: &str, rate: f64, s: i64| {
+        serde_json::json!({
+            "key": currency,
+            "value": format!("{{\"currency\": \"{currency}\", \"rate\": {rate}, \"ts\": \"2024-01-01T00:00:{s:02}\"}}"),
+            "timestamp": at(s),
+        })
+    };
+    broker.produce_records(
+        "rates_kv",
+        &[
+            rate("EUR", 1.1, 0),
+            rate("USD", 1.0, 0),
+            serde_json::json!({"key": "EUR", "value": null, "timestamp": at(8)}),
+            rate("EUR", 1.3, 20),
+            rate("USD", 0.8, 30),
+        ],
+    )?;
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    session
+        .execute_script(&format!(
+            "CREATE TABLE orders (order_id BIGINT, user_id VARCHAR, amount BIGINT, currency VARCHAR, ts TIMESTAMP(3), \
+               WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+             WITH (connector = 'file', path = '{}/tests/data/joins/orders.jsonl', format = 'json'); \
+             CREATE TABLE rates_kv (currency VARCHAR, rate DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts, \
+               PRIMARY KEY (currency) NOT ENFORCED) \
+             WITH (connector = 'kafka', topic = 'rates_kv', 'bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
+                   'source.idle-timeout.ms' = '3000');",
+            env!("CARGO_MANIFEST_DIR"),
+            broker.addr
+        ))
+        .await?;
+    let err = session
+        .execute_script("SELECT currency, count(*) FROM rates_kv GROUP BY currency")
+        .await
+        .err()
+        .ok_or("aggregating an upsert table must be refused")?;
+    assert!(err.to_string().contains("upsert table"), "{err}");
+    let mut outputs = session
+        .execute_script(
+            "SELECT o.order_id, o.currency, o.amount * r.rate FROM orders o \
+             LEFT JOIN rates_kv FOR SYSTEM_TIME AS OF o.ts AS r ON o.currency = r.currency",
+        )
+        .await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    let mut rows = Vec::new();
+    while rows.len() < 8 {
+        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
+        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
+    }
+    q.job.cancel();
+    rows.sort_by_key(|r| r[0].parse::<i64>().unwrap_or(-1));
+    let expected: Vec<Vec<&str>> = vec![
+        vec!["1", "EUR", "11.0"],
+        vec!["2", "USD", "20.0"],
+        vec!["3", "EUR", "33.0"],
+        vec!["4", "USD", "40.0"],
+        vec!["5", "EUR", "NULL"], // EUR deleted at 00:00:08 ...
+        vec!["6", "GBP", "NULL"],
+        vec!["7", "EUR", "NULL"], // ... until 00:00:20
+        vec!["8", "USD", "80.0"],
+    ];
+    assert_eq!(rows, expected);
+    Ok(())
+}

@@ -111,7 +111,7 @@ fn pregenerate(events: u64) -> anyhow::Result<Vec<RecordBatch>> {
         ("interval.ms".to_string(), "10".to_string()),
         ("disorder.ms".to_string(), "500".to_string()),
     ]);
-    let spec = TableSpec { name: "clicks".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+    let spec = TableSpec::new("clicks", clickstream_schema(), "generator", options);
     let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL);
     // The columns as the DDL below declares them (VARCHAR is Utf8View), cast up front.
     let declared = Arc::new(Schema::new(

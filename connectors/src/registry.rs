@@ -16,9 +16,19 @@ pub struct TableSpec {
     pub schema: SchemaRef,
     pub connector: String,
     pub options: BTreeMap<String, String>,
+    /// `PRIMARY KEY (...)`: a Kafka table with one is read as upserts by key
+    /// (a tombstone deletes its key).
+    pub primary_key: Vec<String>,
+    /// The column its WATERMARK is declared for.
+    pub time_column: Option<String>,
 }
 
 impl TableSpec {
+    /// A table of `connector` with these columns and options (no key, no event time).
+    pub fn new(name: impl Into<String>, schema: SchemaRef, connector: impl Into<String>, options: BTreeMap<String, String>) -> Self {
+        TableSpec { name: name.into(), schema, connector: connector.into(), options, primary_key: Vec::new(), time_column: None }
+    }
+
     pub fn options(&self) -> Options {
         Options::new(self.connector.clone(), self.options.clone())
     }

@@ -86,6 +86,15 @@ impl FeedExec {
         FeedExec::try_new(self.label.clone(), Arc::clone(&self.input_schema), self.projection.clone())
     }
 
+    /// A new feed like this one whose input also carries the change kind as a
+    /// last column, passed through to its output (an upsert table's source).
+    pub fn with_change_kind(&self) -> Result<FeedExec> {
+        let input_schema = crate::changelog::with_op_field(&self.input_schema);
+        let op = input_schema.fields().len() - 1;
+        let projection = self.projection.as_ref().map(|p| p.iter().copied().chain([op]).collect());
+        FeedExec::try_new(self.label.clone(), input_schema, projection)
+    }
+
     /// Schema of the batches that must be queued.
     pub fn input_schema(&self) -> &SchemaRef {
         &self.input_schema

@@ -28,6 +28,8 @@ pub struct TableDef {
     pub connector: String,
     /// WITH options other than `connector`.
     pub options: BTreeMap<String, String>,
+    /// `PRIMARY KEY (...) NOT ENFORCED` columns.
+    pub primary_key: Vec<String>,
 }
 
 impl TableDef {
@@ -38,6 +40,8 @@ impl TableDef {
             schema: self.schema.clone(),
             connector: self.connector.clone(),
             options: self.options.clone(),
+            primary_key: self.primary_key.clone(),
+            time_column: self.watermark.as_ref().map(|w| w.column.clone()),
         }
     }
 }

@@ -45,6 +45,9 @@ pub struct TableInfo {
     pub time_column: Option<String>,
     /// A bounded table without event time (a file): joined by lookup.
     pub is_static: bool,
+    /// An upsert table (a Kafka table with a PRIMARY KEY): its source sends
+    /// `+U`/`-D` changes by key.
+    pub is_upsert: bool,
 }
 
 /// One stage of a lowered flow (for one lane).
@@ -110,6 +113,9 @@ pub(crate) struct Chain {
     pub(crate) schema: SchemaRef,
     /// The tables the chain reads.
     pub(crate) tables: Vec<String>,
+    /// The changes come from an upsert table: `+U` without the `-U` before it,
+    /// which only a temporal join (or a plain read) can take.
+    pub(crate) upsert: bool,
 }
 
 impl Chain {
@@ -125,6 +131,7 @@ impl Chain {
             changelog,
             schema,
             tables,
+            upsert: false,
         }
     }
 }
@@ -239,13 +246,14 @@ impl Lowering<'_> {
     }
 
     fn lower_feed(&self, feed: &FeedExec) -> Result<Chain> {
-        let fresh = feed.fresh()?;
-        let handle = fresh.handle();
         let table = feed.label().to_string();
+        let info = self.tables.get(&table);
+        let is_upsert = info.is_some_and(|t| t.is_upsert);
+        // An upsert table's source sends the change kind as a last column.
+        let fresh = if is_upsert { feed.with_change_kind()? } else { feed.fresh()? };
+        let handle = fresh.handle();
         let schema = fresh.schema();
-        let time = self
-            .tables
-            .get(&table)
+        let time = info
             .and_then(|t| t.time_column.as_ref())
             .and_then(|c| schema.index_of(c).ok())
             .map(|column| EventTime { column, offset: 0 });
@@ -257,9 +265,10 @@ impl Lowering<'_> {
             segment: Some(Segment { root: Arc::new(fresh), feed: handle }),
             aggregates: 0,
             time,
-            changelog: false,
+            changelog: is_upsert,
             schema,
             tables: vec![table],
+            upsert: is_upsert,
         })
     }
 
@@ -321,6 +330,12 @@ impl Lowering<'_> {
     }
 
     fn lower_updating_aggregate(&self, plan: &Arc<dyn ExecutionPlan>, agg: &AggregateExec, mut chain: Chain) -> Result<Chain> {
+        if chain.upsert {
+            return plan_err(
+                "aggregating an upsert table (a Kafka table with a PRIMARY KEY) is not supported: its changes carry \
+                 no old values to take back; read it as the versioned table of a temporal join, or without a PRIMARY KEY",
+            );
+        }
         let changelog_input = chain.changelog;
         let group_exprs = agg.group_expr().expr().to_vec();
         self.new_stage(&mut chain, group_exprs.iter().map(|(e, _)| Arc::clone(e)).collect());

@@ -31,9 +31,13 @@ impl Lowering<'_> {
         };
         let left = self.lower(join.left())?;
         let right = self.lower(join.right())?;
-        if left.changelog || right.changelog {
+        let versioned = |c: &Chain| c.tables.iter().any(|t| self.windows.temporal_tables.contains(t));
+        // Only a temporal join's versioned table may be an upsert table's changes.
+        let acceptable = |c: &Chain| !c.changelog || (c.upsert && versioned(c));
+        if !acceptable(&left) || !acceptable(&right) {
             return plan_err(
-                "joining updating results (a GROUP BY or an outer join without time bounds) is not supported",
+                "joining updating results (a GROUP BY, an outer join without time bounds, or an upsert table \
+                 outside FOR SYSTEM_TIME AS OF) is not supported",
             );
         }
         let on = join.on();
@@ -41,7 +45,7 @@ impl Lowering<'_> {
         let right_key: Vec<Arc<dyn PhysicalExpr>> = on.iter().map(|(_, r)| Arc::clone(r)).collect();
         let keys_text = on.iter().map(|(l, r)| format!("{l} = {r}")).collect::<Vec<_>>().join(", ");
         let times = [left.time, right.time];
-        let left_width = left.schema.fields().len();
+        let left_width = join.left().schema().fields().len();
         let projection = join.projection.as_ref().map(|p| p.to_vec());
         let output_time = |side: usize, t: EventTime| -> Option<EventTime> {
             let all = if side == 0 { t.column } else { left_width + t.column };
@@ -52,9 +56,7 @@ impl Lowering<'_> {
             column.map(|column| EventTime { column, offset: t.offset })
         };
         let sides = [&left, &right];
-        let temporal_side = sides
-            .iter()
-            .position(|c| c.tables.iter().any(|t| self.windows.temporal_tables.contains(t)));
+        let temporal_side = sides.iter().position(|c| versioned(c));
         let static_side = sides.iter().position(|c| {
             c.time.is_none()
                 && !c.tables.is_empty()
@@ -62,7 +64,9 @@ impl Lowering<'_> {
         });
         let spec = |description: String| JoinSpec {
             kind,
-            schemas: [Arc::clone(&left.schema), Arc::clone(&right.schema)],
+            // DataFusion's input schemas: without the change kind an upsert
+            // table's rows carry (the temporal join takes it off).
+            schemas: [join.left().schema(), join.right().schema()],
             keys: [left_key.clone(), right_key.clone()],
             filter: join.filter().cloned(),
             projection: projection.clone(),
@@ -82,7 +86,8 @@ impl Lowering<'_> {
                 "temporal join ({kind_text}) on [{keys_text}] as of the stream's event time; state: versions per key \
                  and rows waiting for the watermark, older versions freed as it passes (bounded by watermark)"
             );
-            let op = TemporalJoin::try_new(spec(description), table, stream_time, version_time, metrics)?;
+            let table_changes = sides[table].changelog;
+            let op = TemporalJoin::try_new(spec(description), table, stream_time, version_time, table_changes, metrics)?;
             let schema = op.output_schema();
             (Box::new(op), schema, output_time(stream, stream_time), false)
         } else if let Some(table) = static_side {

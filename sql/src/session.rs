@@ -254,7 +254,11 @@ impl Session {
             return plan_err(format!("table '{name}': METADATA columns are known to the kafka connector only, not '{connector}'"));
         }
         let watermark = create.watermark.map(|w| WatermarkDef { column: normalize_ident(&w.column), expr: w.expr });
-        let table = TableDef { name: name.clone(), schema, watermark, connector, options };
+        let primary_key: Vec<String> = create.primary_key.iter().map(normalize_ident).collect();
+        if let Some(missing) = primary_key.iter().find(|k| schema.column_with_name(k).is_none()) {
+            return plan_err(format!("table '{name}': PRIMARY KEY column {missing} is not a column"));
+        }
+        let table = TableDef { name: name.clone(), schema, watermark, connector, options, primary_key };
         if let Some(wm) = &table.watermark {
             match table.schema.field_with_name(&wm.column).map(|f| f.data_type()) {
                 Ok(DataType::Timestamp(_, _)) => {}
@@ -482,6 +486,7 @@ impl Session {
                 let info = TableInfo {
                     time_column: t.watermark.as_ref().map(|w| w.column.clone()),
                     is_static: t.watermark.is_none() && t.connector == "file",
+                    is_upsert: !t.primary_key.is_empty() && t.connector.eq_ignore_ascii_case("kafka"),
                 };
                 (t.name.clone(), info)
             })

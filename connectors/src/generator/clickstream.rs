@@ -141,7 +141,7 @@ mod tests {
 
     fn config(rows: u64) -> Result<GeneratorConfig, Box<dyn std::error::Error>> {
         let options = BTreeMap::from([("rows".to_string(), rows.to_string())]);
-        let spec = TableSpec { name: "t".into(), schema: clickstream_schema(), connector: "generator".into(), options };
+        let spec = TableSpec::new("t", clickstream_schema(), "generator", options);
         Ok(GeneratorConfig::from_table(&spec)?)
     }
 

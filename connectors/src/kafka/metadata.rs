@@ -24,6 +24,8 @@ pub struct Record {
     /// Kafka timestamp, epoch milliseconds.
     pub timestamp: Option<i64>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// No value: in an upsert table, the key's deletion.
+    pub tombstone: bool,
 }
 
 /// A metadata column's source.
@@ -139,4 +141,10 @@ pub fn assemble(schema: &arrow::datatypes::SchemaRef, topic: &str, values: &Reco
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(records.len())),
     )
     .map_err(|e| e.to_string())
+}
+
+/// Epoch milliseconds as the timestamp text the JSON decoder reads.
+pub fn timestamp_text(ms: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default();
+    t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
 }

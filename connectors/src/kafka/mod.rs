@@ -23,7 +23,12 @@
 //! Metadata columns (`col TYPE METADATA [FROM 'key'] [VIRTUAL]`): `key` (BYTES or
 //! VARCHAR), `topic`, `partition`, `offset`, `timestamp` (the record's Kafka
 //! timestamp) and `headers` (a JSON object of strings, for `json_get`). Records
-//! without a value (tombstones) hold no row and are skipped.
+//! without a value (tombstones) hold no row and are skipped, unless the table has
+//! a `PRIMARY KEY`: then it is an upsert table (as Flink's `upsert-kafka`), read as
+//! a changelog: every record is `+U` for its key, a tombstone is `-D` for the key
+//! in its record key (the key column's value, or a JSON object of the key
+//! columns), at its Kafka timestamp. Such a table is the versioned table of a
+//! temporal join, or is read as it is.
 //!
 //! Lanes split a topic's partitions between them (partition `p` goes to lane
 //! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
@@ -96,6 +101,11 @@ pub struct KafkaConfig {
     pub idle_timeout: std::time::Duration,
     /// `properties.*` with the prefix removed.
     pub properties: BTreeMap<String, String>,
+    /// The table's PRIMARY KEY: with one, records are upserts by key and
+    /// tombstones delete (see the source).
+    pub primary_key: Vec<String>,
+    /// The table's event-time column (a tombstone takes its Kafka timestamp).
+    pub time_column: Option<String>,
 }
 
 impl KafkaConfig {
@@ -159,7 +169,8 @@ impl KafkaConfig {
         if format == KafkaFormat::Raw && crate::metadata::value_schema(&table.schema).fields().len() != 1 {
             return Err(bad("format", "'raw' tables have exactly one column".into()));
         }
-        Ok(KafkaConfig { brokers, topic, group_id, startup, format, avro, bad_data, key_field, batch_size, idle_timeout, properties })
+        let (primary_key, time_column) = (table.primary_key.clone(), table.time_column.clone());
+        Ok(KafkaConfig { primary_key, time_column, brokers, topic, group_id, startup, format, avro, bad_data, key_field, batch_size, idle_timeout, properties })
     }
 
     /// librdkafka settings shared by consumers and producers.

@@ -17,7 +17,8 @@ use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
 use crate::metadata::{has_metadata_columns, value_schema};
-use super::{kafka_error, BadData, KafkaConfig, StartupMode};
+use super::{kafka_error, BadData, KafkaConfig, KafkaFormat, StartupMode};
+use sluice_engine::changelog::{attach_ops, with_op_field, ChangeKind};
 use crate::error::Result;
 use crate::registry::Shard;
 
@@ -27,6 +28,16 @@ const FILL_WAIT: Duration = Duration::from_millis(50);
 const TRANSIENT_BACKOFF: Duration = Duration::from_millis(200);
 /// How long to wait for the cluster when starting.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How an upsert table (one with a PRIMARY KEY) turns records into changes.
+struct Upsert {
+    key_columns: Vec<String>,
+    time_column: Option<String>,
+    /// Decodes the JSON built for a tombstone's key columns and time.
+    key_decoder: RecordDecoder,
+    /// The table's columns and the change kind.
+    output_schema: SchemaRef,
+}
 
 /// A consumer assigned this lane's partitions of the topic.
 pub struct KafkaSource {
@@ -41,6 +52,8 @@ pub struct KafkaSource {
     with_metadata: bool,
     /// With `format = 'avro-confluent'`: where writer schemas are looked up.
     registry: Option<avro::SchemaRegistry>,
+    /// With a PRIMARY KEY: records are upserts, tombstones deletes.
+    upsert: Option<Upsert>,
     /// Batches split by partition, not yet returned.
     pending: std::collections::VecDeque<RecordBatch>,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
@@ -97,6 +110,15 @@ impl KafkaSource {
             _ => None,
         };
         let decoder = RecordDecoder::new(value_schema(&schema), cfg.format);
+        let upsert = match cfg.primary_key.is_empty() {
+            true => None,
+            false => Some(Upsert {
+                key_columns: cfg.primary_key.clone(),
+                time_column: cfg.time_column.clone(),
+                key_decoder: RecordDecoder::new(value_schema(&schema), KafkaFormat::Json),
+                output_schema: with_op_field(&schema),
+            }),
+        };
         let cfg_avro = cfg.avro.clone();
         let with_metadata = has_metadata_columns(&schema);
         Ok(KafkaSource {
@@ -109,9 +131,49 @@ impl KafkaSource {
             dropped: 0,
             with_metadata,
             pending: Default::default(),
+            upsert,
             registry: cfg_avro.map(|a| avro::SchemaRegistry::new(&a.registry_url)),
             reached_start: Default::default(),
         })
+    }
+
+    /// The schema of the batches this source produces.
+    fn output_schema(&self) -> SchemaRef {
+        self.upsert.as_ref().map_or_else(|| Arc::clone(&self.schema), |u| Arc::clone(&u.output_schema))
+    }
+
+    /// The rows tombstones delete: the key columns from the record key, the
+    /// event time from the Kafka timestamp, the other columns NULL.
+    fn tombstone_rows(&self, upsert: &Upsert, tombstones: &[Record]) -> sluice_engine::Result<RecordBatch> {
+        let mut lines = Vec::with_capacity(tombstones.len());
+        for r in tombstones {
+            let key_text = r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let mut row = serde_json::Map::new();
+            match upsert.key_columns.as_slice() {
+                [only] => {
+                    let value = serde_json::from_str(&key_text).unwrap_or(serde_json::Value::String(key_text.to_string()));
+                    row.insert(only.clone(), value);
+                }
+                columns => {
+                    let object: serde_json::Value = serde_json::from_str(&key_text).unwrap_or_default();
+                    for c in columns {
+                        row.insert(c.clone(), object.get(c).cloned().unwrap_or_default());
+                    }
+                }
+            }
+            if let (Some(column), Some(ms)) = (&upsert.time_column, r.timestamp) {
+                row.insert(column.clone(), metadata::timestamp_text(ms).into());
+            }
+            lines.push(serde_json::Value::Object(row).to_string().into_bytes());
+        }
+        let values: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let decoded = upsert
+            .key_decoder
+            .decode(&values)
+            .map_err(|e| EngineError::connector("kafka", format!("tombstone key: {e}")))?;
+        let records: Vec<&Record> = tombstones.iter().collect();
+        metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &records)
+            .map_err(|e| EngineError::connector("kafka", format!("tombstones: {e}")))
     }
 
     /// One batch per partition, each tagged with its partition and the lane's
@@ -184,7 +246,7 @@ impl KafkaSource {
 #[async_trait]
 impl Source for KafkaSource {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.output_schema()
     }
 
     fn describe(&self) -> String {
@@ -229,6 +291,7 @@ impl Source for KafkaSource {
             _ => None,
         };
         let reached = &mut self.reached_start;
+        let upsert = self.upsert.is_some();
         let mut take = |m: &rdkafka::message::BorrowedMessage<'_>| {
             if let Some(start) = start_ms {
                 if !reached.contains(&m.partition()) {
@@ -238,9 +301,13 @@ impl Source for KafkaSource {
                     reached.insert(m.partition());
                 }
             }
-            // A tombstone (no value) deletes its key in a compacted topic: it
-            // holds no row.
-            let Some(value) = m.payload() else { return };
+            // A tombstone (no value) deletes its key in a compacted topic: a
+            // row only in an upsert table.
+            let tombstone = m.payload().is_none();
+            if tombstone && !upsert {
+                return;
+            }
+            let value = m.payload().unwrap_or_default();
             let headers = m
                 .headers()
                 .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
@@ -252,6 +319,7 @@ impl Source for KafkaSource {
                 value: value.to_vec(),
                 timestamp: m.timestamp().to_millis(),
                 headers,
+                tombstone,
             });
         };
         take(&first);
@@ -266,6 +334,8 @@ impl Source for KafkaSource {
             }
             read += 1;
         }
+        let (records, tombstones): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| !r.tombstone);
+        let mut records = records;
         if let Some(registry) = &mut self.registry {
             let mut kept = Vec::with_capacity(records.len());
             let mut failed = Vec::new();
@@ -296,17 +366,26 @@ impl Source for KafkaSource {
                 (batch, records.iter().enumerate().filter(|(i, _)| !bad_rows.contains(i)).map(|(_, r)| r).collect())
             }
         };
-        let batch = match self.with_metadata {
+        let mut batch = match self.with_metadata {
             false => decoded,
             true => metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &good)
                 .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?,
         };
+        let mut partitions: Vec<i32> = good.iter().map(|r| r.partition).collect();
+        if let Some(upsert) = &self.upsert {
+            let deletes = self.tombstone_rows(upsert, &tombstones)?;
+            let kinds: Vec<ChangeKind> = std::iter::repeat_n(ChangeKind::UpdateAfter, batch.num_rows())
+                .chain(std::iter::repeat_n(ChangeKind::Delete, deletes.num_rows()))
+                .collect();
+            let rows = arrow::compute::concat_batches(&self.schema, [&batch, &deletes])?;
+            batch = attach_ops(&upsert.output_schema, &rows, &kinds)?;
+            partitions.extend(tombstones.iter().map(|r| r.partition));
+        }
         if self.partitions.len() < 2 {
             return Ok(SourceEvent::Batch(batch));
         }
-        let partitions: Vec<i32> = good.iter().map(|r| r.partition).collect();
         self.pending.extend(self.split_by_partition(&batch, &partitions)?);
-        let batch = self.pending.pop_front().unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&self.schema)));
+        let batch = self.pending.pop_front().unwrap_or_else(|| RecordBatch::new_empty(self.output_schema()));
         Ok(SourceEvent::Batch(batch))
     }
 }

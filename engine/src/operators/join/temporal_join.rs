@@ -22,7 +22,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use super::output::{passes, OutputBuilder, Pick, StoredColumns};
 use super::side::{keyed_rows, BatchId, RowRef};
 use super::{EventTime, JoinKind, JoinSpec};
-use crate::changelog::ChangeKind;
+use crate::changelog::{detach_ops, ChangeKind};
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::metrics::{JobMetrics, StateReporter};
@@ -31,7 +31,8 @@ use crate::operator::{Emitter, Operator};
 /// The versions of the table input, by key and version time.
 #[derive(Default)]
 struct Versions {
-    by_key: HashMap<Box<[u8]>, BTreeMap<i64, RowRef>>,
+    /// Per key, its versions by time; `None`: the key was deleted then.
+    by_key: HashMap<Box<[u8]>, BTreeMap<i64, Option<RowRef>>>,
     /// Stored batches and how many versions still point into each.
     batches: HashMap<BatchId, (Vec<ArrayRef>, usize, usize)>,
     next_id: BatchId,
@@ -61,7 +62,7 @@ impl Versions {
         for versions in self.by_key.values_mut() {
             let older: Vec<i64> = versions.range(..watermark).map(|(t, _)| *t).collect();
             for t in older.iter().take(older.len().saturating_sub(1)) {
-                if let Some(r) = versions.remove(t) {
+                if let Some(Some(r)) = versions.remove(t) {
                     freed.push(r);
                 }
             }
@@ -83,6 +84,8 @@ pub struct TemporalJoin {
     /// The version time of a table row (its event time).
     version_time: EventTime,
     description: String,
+    /// The table input is a changelog (an upsert table): `-D` rows delete.
+    table_changes: bool,
     converter: RowConverter,
     out: OutputBuilder,
     versions: Versions,
@@ -101,6 +104,7 @@ impl TemporalJoin {
         table: usize,
         stream_time: EventTime,
         version_time: EventTime,
+        table_changes: bool,
         metrics: Arc<JobMetrics>,
     ) -> Result<Self> {
         if spec.kind.keeps_unmatched(table) {
@@ -126,6 +130,7 @@ impl TemporalJoin {
             stream_time,
             version_time,
             description: spec.description,
+            table_changes,
             converter,
             out,
             versions: Versions::default(),
@@ -142,6 +147,13 @@ impl TemporalJoin {
     }
 
     fn add_versions(&mut self, batch: RecordBatch) -> Result<()> {
+        let (batch, deletes) = match self.table_changes {
+            true => {
+                let (rows, kinds) = detach_ops(&batch)?;
+                (rows, kinds.iter().map(|k| *k == ChangeKind::Delete).collect())
+            }
+            false => (batch, Vec::new()),
+        };
         let times = self.version_time.evaluate(&batch)?;
         let key_columns = self.keys[self.table].iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
         let keys = self.converter.convert_columns(&key_columns)?;
@@ -155,10 +167,16 @@ impl TemporalJoin {
                 continue;
             }
             let versions = self.versions.by_key.entry(keys.row(i).as_ref().into()).or_default();
-            if let Some(old) = versions.insert(times.value(i), (id, i as u32)) {
+            let version = match deletes.get(i) {
+                Some(true) => None,
+                _ => {
+                    used += 1;
+                    Some((id, i as u32))
+                }
+            };
+            if let Some(Some(old)) = versions.insert(times.value(i), version) {
                 replaced.push(old);
             }
-            used += 1;
         }
         if used > 0 {
             let bytes = batch.get_array_memory_size();
@@ -204,7 +222,7 @@ impl TemporalJoin {
                 keyed[i]
                     .then(|| self.versions.by_key.get(keys.row(i).as_ref()))
                     .flatten()
-                    .and_then(|v| v.range(..=times[i]).next_back().map(|(_, r)| *r))
+                    .and_then(|v| v.range(..=times[i]).next_back().and_then(|(_, r)| *r))
             })
             .collect();
         let columns = batch.columns();
