@@ -84,6 +84,18 @@ impl Broker {
         Ok(())
     }
 
+    /// Produces JSON objects as Avro of `schema`, with confluent-kafka's
+    /// AvroSerializer and the registry at `registry` (`{"raw": ...}`: as is).
+    fn produce_avro(&self, topic: &str, registry: &str, schema: &str, lines: &[String]) -> TestResult {
+        let mut child = Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce-avro", &self.addr, topic, registry, schema])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
+        assert!(child.wait()?.success(), "producing Avro failed");
+        Ok(())
+    }
+
     /// Produces with the given Kafka record timestamp (epoch ms), if any.
     fn produce_at(&self, topic: &str, lines: &[String], timestamp_ms: Option<i64>) -> TestResult {
         let ts = timestamp_ms.map(|t| t.to_string()).unwrap_or_default();
@@ -656,19 +668,7 @@ async fn avro_with_a_schema_registry_in_and_out() -> TestResult {
         .collect();
     lines.insert(7, serde_json::json!({"raw": "{\"not\": \"avro\"}"}).to_string());
     lines.push(serde_json::json!({"user": "ann", "amount": 0, "note": "closes", "ts": base + 600_000}).to_string());
-    let mut child = Command::new("python3")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"),
-            "produce-avro",
-            &broker.addr,
-            "orders_avro",
-            &registry.url,
-            schema,
-        ])
-        .stdin(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
-    assert!(child.wait()?.success(), "producing Avro failed");
+    broker.produce_avro("orders_avro", &registry.url, schema, &lines)?;
 
     let mut session = Session::default();
     session.set_parallelism(2);
@@ -877,5 +877,57 @@ async fn a_temporal_join_against_an_upsert_topic_honours_tombstones() -> TestRes
         vec!["8", "USD", "80.0"],
     ];
     assert_eq!(rows, expected);
+    Ok(())
+}
+
+/// `sluice ingest` reads Avro through the registry into the lake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_reads_avro_into_the_lake() -> TestResult {
+    let broker = start_broker()?;
+    let registry = start_registry()?;
+    broker.create_topic("clicks_avro", 2)?;
+    let schema = r#"{"type": "record", "name": "Click", "fields": [
+        {"name": "id", "type": "long"}, {"name": "user", "type": "string"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}}]}"#;
+    let base = 1_704_067_200_000i64;
+    let lines: Vec<String> = (0..500)
+        .map(|i| serde_json::json!({"id": i, "user": format!("u{}", i % 7), "ts": base + i * 10_000}).to_string())
+        .collect();
+    broker.produce_avro("clicks_avro", &registry.url, schema, &lines)?;
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let sql = dir.path().join("ingest.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE clicks (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'kafka', topic = 'clicks_avro', \
+               'bootstrap.servers' = '{}', 'group.id' = 'ingest-avro', format = 'avro-confluent', 'avro-confluent.url' = '{}'); \
+             CREATE TABLE lake (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}', \
+               'partition.by' = 'dt,hour', 'partition.time-column' = 'ts');",
+            broker.addr,
+            registry.url,
+            lake.display()
+        ),
+    )?;
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["ingest", "--sql"])
+        .arg(&sql)
+        .args(["--from", "clicks", "--to", "lake", "--round-rows", "100", "--round-ms", "200"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, _) = if lake.exists() { lake_ids(&lake).await? } else { (0, 0) };
+        if rows >= 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {rows} rows landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status()?.success());
+    let out = child.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lake_ids(&lake).await?, (500, 500), "every Avro record once");
     Ok(())
 }
