@@ -271,6 +271,27 @@ async fn lake_ids(dir: &std::path::Path) -> Result<(i64, i64), Box<dyn std::erro
     Ok((col(0), col(1)))
 }
 
+/// An ingest job's files in a temporary directory: the SQL declaring a Kafka
+/// table `clicks (id, user, ts)` with `kafka_options` and a `lake` table
+/// partitioned by day and hour; returns the directory, the lake and the SQL file.
+fn ingest_job(
+    kafka_options: &str,
+) -> Result<(tempfile::TempDir, std::path::PathBuf, std::path::PathBuf), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let sql = dir.path().join("ingest.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE clicks (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'kafka', {kafka_options}); \
+             CREATE TABLE lake (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}', \
+               'partition.by' = 'dt,hour', 'partition.time-column' = 'ts');",
+            lake.display()
+        ),
+    )?;
+    Ok((dir, lake, sql))
+}
+
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
@@ -293,20 +314,8 @@ async fn ingest_survives_sigkill_without_loss_or_duplicates() -> TestResult {
         .map(|i| format!("u{}\t{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T{:02}:{:02}:00\"}}", i % 5, i % 5, i / 1500, (i / 25) % 60))
         .collect();
     broker.produce("clicks", &lines)?;
-    let dir = tempfile::tempdir()?;
-    let lake = dir.path().join("lake");
-    let sql = dir.path().join("ingest.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE TABLE clicks (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'kafka', topic = 'clicks', \
-               'bootstrap.servers' = '{}', 'group.id' = 'ingest-test'); \
-             CREATE TABLE lake (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}', \
-               'partition.by' = 'dt,hour', 'partition.time-column' = 'ts');",
-            broker.addr,
-            lake.display()
-        ),
-    )?;
+    let (dir, lake, sql) =
+        ingest_job(&format!("topic = 'clicks', 'bootstrap.servers' = '{}', 'group.id' = 'ingest-test'", broker.addr))?;
     let ingest = || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["ingest", "--sql"])
@@ -894,21 +903,11 @@ async fn ingest_reads_avro_into_the_lake() -> TestResult {
         .map(|i| serde_json::json!({"id": i, "user": format!("u{}", i % 7), "ts": base + i * 10_000}).to_string())
         .collect();
     broker.produce_avro("clicks_avro", &registry.url, schema, &lines)?;
-    let dir = tempfile::tempdir()?;
-    let lake = dir.path().join("lake");
-    let sql = dir.path().join("ingest.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE TABLE clicks (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'kafka', topic = 'clicks_avro', \
-               'bootstrap.servers' = '{}', 'group.id' = 'ingest-avro', format = 'avro-confluent', 'avro-confluent.url' = '{}'); \
-             CREATE TABLE lake (id BIGINT, user VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}', \
-               'partition.by' = 'dt,hour', 'partition.time-column' = 'ts');",
-            broker.addr,
-            registry.url,
-            lake.display()
-        ),
-    )?;
+    let (_dir, lake, sql) = ingest_job(&format!(
+        "topic = 'clicks_avro', 'bootstrap.servers' = '{}', 'group.id' = 'ingest-avro', \
+         format = 'avro-confluent', 'avro-confluent.url' = '{}'",
+        broker.addr, registry.url
+    ))?;
     let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["ingest", "--sql"])
         .arg(&sql)
