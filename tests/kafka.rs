@@ -314,7 +314,7 @@ async fn ingest_survives_sigkill_without_loss_or_duplicates() -> TestResult {
         .map(|i| format!("u{}\t{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T{:02}:{:02}:00\"}}", i % 5, i % 5, i / 1500, (i / 25) % 60))
         .collect();
     broker.produce("clicks", &lines)?;
-    let (dir, lake, sql) =
+    let (_dir, lake, sql) =
         ingest_job(&format!("topic = 'clicks', 'bootstrap.servers' = '{}', 'group.id' = 'ingest-test'", broker.addr))?;
     let ingest = || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
