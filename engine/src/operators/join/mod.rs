@@ -8,6 +8,7 @@
 //! without one its state grows without bound). [`TemporalJoin`] joins each row
 //! with the version of a keyed table valid at the row's event time.
 
+mod keys;
 mod output;
 mod side;
 mod stream_join;

@@ -219,11 +219,6 @@ impl SideState {
     }
 }
 
-/// Whether each row of `keys` (the evaluated key columns) has no NULL.
-pub fn keyed_rows(keys: &[ArrayRef], rows: usize) -> Vec<bool> {
-    (0..rows).map(|i| keys.iter().all(|k| k.is_valid(i))).collect()
-}
-
 impl super::output::StoredColumns for SideState {
     fn columns(&self, id: BatchId) -> Option<&[ArrayRef]> {
         self.batches.get(&id).map(|b| b.columns.as_slice())

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::physical_plan::PhysicalExpr;
 
 use super::output::{passes, OutputBuilder, Pick};
-use super::side::{keyed_rows, NewRows, RowRef, SideState};
+use super::keys::JoinKeys;
+use super::side::{NewRows, RowRef, SideState};
 use super::{JoinKind, JoinMode, JoinSpec};
 use crate::changelog::ChangeKind;
 use crate::error::{EngineError, Result};
@@ -23,10 +22,9 @@ use crate::operator::{Emitter, Operator};
 /// still bring partners for them (see [`JoinMode`]).
 pub struct StreamJoin {
     kind: JoinKind,
-    keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    keys: JoinKeys,
     mode: JoinMode,
     description: String,
-    converter: RowConverter,
     out: OutputBuilder,
     sides: [SideState; 2],
     ended: [bool; 2],
@@ -52,15 +50,6 @@ struct Arrival {
 
 impl StreamJoin {
     pub fn try_new(spec: JoinSpec, mode: JoinMode, metrics: Arc<JobMetrics>) -> Result<Self> {
-        let types = |side: usize| -> Result<Vec<DataType>> {
-            spec.keys[side].iter().map(|k| Ok(k.data_type(&spec.schemas[side])?)).collect()
-        };
-        let (left, right) = (types(0)?, types(1)?);
-        if left != right {
-            return Err(EngineError::Plan(format!(
-                "join keys have different types on the two sides: {left:?} and {right:?}; cast one side"
-            )));
-        }
         if let JoinMode::Lookup { table } = mode {
             if spec.kind.keeps_unmatched(table) {
                 return Err(EngineError::Plan(
@@ -69,16 +58,14 @@ impl StreamJoin {
                 ));
             }
         }
-        let converter = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
         let changelog = matches!(mode, JoinMode::Regular { .. }) && spec.kind != JoinKind::Inner;
         let out = OutputBuilder::new(&spec, changelog);
         let state = metrics.state_reporter();
         Ok(StreamJoin {
             kind: spec.kind,
-            keys: spec.keys,
+            keys: JoinKeys::try_new(spec.keys, &spec.schemas)?,
             mode,
             description: spec.description,
-            converter,
             out,
             sides: [SideState::default(), SideState::default()],
             ended: [false, false],
@@ -135,17 +122,15 @@ impl StreamJoin {
             return Ok(());
         }
         let other = 1 - side;
-        let key_columns = self.keys[side].iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.convert_columns(&key_columns)?;
-        let keyed = keyed_rows(&key_columns, n);
+        let keys = self.keys.evaluate(side, &batch)?;
         let columns = batch.columns().to_vec();
 
         let mut matches = vec![0u32; n];
         let mut probe_rows = Vec::new();
         let mut stored_rows: Vec<RowRef> = Vec::new();
-        for (i, is_keyed) in keyed.iter().enumerate() {
+        for (i, is_keyed) in keys.keyed.iter().enumerate() {
             if *is_keyed {
-                for r in self.sides[other].candidates(keys.row(i)) {
+                for r in self.sides[other].candidates(keys.rows.row(i)) {
                     probe_rows.push(i as u32);
                     stored_rows.push(r);
                 }
@@ -201,7 +186,7 @@ impl StreamJoin {
                 self.emit_padded(side, &padded_now, Some(&columns), ChangeKind::Insert, out)?;
             }
         }
-        self.store(side, &batch, &store, &key_columns, times, expiries, matches)?;
+        self.store(side, &batch, &store, &keys.columns, times, expiries, matches)?;
         self.report_state();
         Ok(())
     }
@@ -229,13 +214,12 @@ impl StreamJoin {
         let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
             cols.iter().map(|c| Ok(take(c.as_ref(), &indices, None)?)).collect()
         };
-        let (columns, key_columns) = (take_all(batch.columns())?, take_all(key_columns)?);
-        let keys = self.converter.convert_columns(&key_columns)?;
-        let keyed = keyed_rows(&key_columns, kept.len());
+        let columns = take_all(batch.columns())?;
+        let keys = self.keys.encode(take_all(key_columns)?, kept.len())?;
         self.sides[side].insert(NewRows {
             columns,
-            keys,
-            keyed,
+            keys: keys.rows,
+            keyed: keys.keyed,
             times: select(&times),
             expiries: expiries.as_deref().map(select),
             matches: kept.iter().map(|i| matches[*i as usize]).collect(),
@@ -273,10 +257,6 @@ impl StreamJoin {
         let held: usize = self.held.iter().map(|b| b.get_array_memory_size()).sum();
         self.state.set(self.sides[0].bytes() + self.sides[1].bytes() + held);
     }
-}
-
-fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
-    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
 }
 
 #[async_trait]
@@ -378,7 +358,7 @@ mod tests {
     use crate::message::Message;
     use crate::operators::join::{EventTime, SideTimes};
     use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
-    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::physical_expr::expressions::Column;
 
     const SEC: i64 = 1_000_000_000;

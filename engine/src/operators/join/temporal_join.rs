@@ -15,12 +15,11 @@ use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::array::Array;
-use datafusion::physical_plan::PhysicalExpr;
 
 use super::output::{passes, OutputBuilder, Pick, StoredColumns};
-use super::side::{keyed_rows, BatchId, RowRef};
+use super::keys::JoinKeys;
+use super::side::{BatchId, RowRef};
 use super::{EventTime, JoinKind, JoinSpec};
 use crate::changelog::{detach_ops, ChangeKind};
 use crate::error::{EngineError, Result};
@@ -78,7 +77,7 @@ pub struct TemporalJoin {
     kind: JoinKind,
     /// The input that holds the versioned table (the other is the stream).
     table: usize,
-    keys: [Vec<Arc<dyn PhysicalExpr>>; 2],
+    keys: JoinKeys,
     /// The stream row's lookup time (its event time, the `AS OF` column).
     stream_time: EventTime,
     /// The version time of a table row (its event time).
@@ -86,7 +85,6 @@ pub struct TemporalJoin {
     description: String,
     /// The table input is a changelog (an upsert table): `-D` rows delete.
     table_changes: bool,
-    converter: RowConverter,
     out: OutputBuilder,
     versions: Versions,
     /// Stream rows waiting for the watermark to pass their time.
@@ -113,25 +111,16 @@ impl TemporalJoin {
                     .into(),
             ));
         }
-        let types = |side: usize| -> Result<Vec<_>> {
-            spec.keys[side].iter().map(|k| Ok(k.data_type(&spec.schemas[side])?)).collect()
-        };
-        let (left, right) = (types(0)?, types(1)?);
-        if left != right {
-            return Err(EngineError::Plan(format!("temporal join keys differ in type: {left:?} and {right:?}")));
-        }
-        let converter = RowConverter::new(left.into_iter().map(SortField::new).collect())?;
         let out = OutputBuilder::new(&spec, false);
         let state = metrics.state_reporter();
         Ok(TemporalJoin {
             kind: spec.kind,
             table,
-            keys: spec.keys,
+            keys: JoinKeys::try_new(spec.keys, &spec.schemas)?,
             stream_time,
             version_time,
             description: spec.description,
             table_changes,
-            converter,
             out,
             versions: Versions::default(),
             pending: Vec::new(),
@@ -155,18 +144,16 @@ impl TemporalJoin {
             false => (batch, Vec::new()),
         };
         let times = self.version_time.evaluate(&batch)?;
-        let key_columns = self.keys[self.table].iter().map(|k| evaluate(k, &batch)).collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.convert_columns(&key_columns)?;
-        let keyed = keyed_rows(&key_columns, batch.num_rows());
+        let keys = self.keys.evaluate(self.table, &batch)?;
         let id = self.versions.next_id;
         self.versions.next_id += 1;
         let mut used = 0;
         let mut replaced = Vec::new();
-        for (i, has_key) in keyed.iter().enumerate() {
+        for (i, has_key) in keys.keyed.iter().enumerate() {
             if !has_key || !times.is_valid(i) {
                 continue;
             }
-            let versions = self.versions.by_key.entry(keys.row(i).as_ref().into()).or_default();
+            let versions = self.versions.by_key.entry(keys.rows.row(i).as_ref().into()).or_default();
             let version = match deletes.get(i) {
                 Some(true) => None,
                 _ => {
@@ -214,13 +201,11 @@ impl TemporalJoin {
 
     fn join_rows(&self, batch: &RecordBatch, times: &[i64], out: &mut Emitter) -> Result<()> {
         let stream = 1 - self.table;
-        let key_columns = self.keys[stream].iter().map(|k| evaluate(k, batch)).collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.convert_columns(&key_columns)?;
-        let keyed = keyed_rows(&key_columns, batch.num_rows());
+        let keys = self.keys.evaluate(stream, batch)?;
         let found: Vec<Option<RowRef>> = (0..batch.num_rows())
             .map(|i| {
-                keyed[i]
-                    .then(|| self.versions.by_key.get(keys.row(i).as_ref()))
+                keys.keyed[i]
+                    .then(|| self.versions.by_key.get(keys.rows.row(i).as_ref()))
                     .flatten()
                     .and_then(|v| v.range(..=times[i]).next_back().and_then(|(_, r)| *r))
             })
@@ -260,10 +245,6 @@ impl TemporalJoin {
         let keys = self.versions.by_key.len() * 64;
         self.state.set(self.versions.bytes + pending + keys);
     }
-}
-
-fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
-    Ok(expr.evaluate(batch)?.into_array(batch.num_rows())?)
 }
 
 #[async_trait]
