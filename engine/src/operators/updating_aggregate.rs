@@ -171,41 +171,48 @@ impl Operator for UpdatingAggregate {
             None => None,
         };
         // Rows per group, in order of first appearance: (added, taken back).
-        let mut order: Vec<Box<[u8]>> = Vec::new();
-        let mut rows_of: HashMap<Box<[u8]>, (Vec<u32>, Vec<u32>)> = HashMap::new();
+        // The batch's groups in order of first appearance, with their rows
+        // (added, taken back); keys are borrowed from the encoded rows.
+        let mut touched: Vec<(&[u8], Vec<u32>, Vec<u32>)> = Vec::new();
+        let mut slot_of: HashMap<&[u8], usize> = HashMap::new();
         for i in 0..evaluated.num_rows {
-            let key: Box<[u8]> = keys.as_ref().map_or_else(|| Box::from([]), |k| k.row(i).as_ref().into());
-            if !self.groups.contains_key(&key) {
-                let values = evaluated
-                    .groups
-                    .iter()
-                    .map(|g| Ok(ScalarValue::try_from_array(g, i)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let group = self.new_group(values)?;
-                self.groups.insert(key.clone(), group);
-            }
-            let entry = rows_of.entry(key.clone()).or_insert_with(|| {
-                order.push(key);
-                (Vec::new(), Vec::new())
-            });
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            let slot = match slot_of.get(key) {
+                Some(slot) => *slot,
+                None => {
+                    if !self.groups.contains_key(key) {
+                        let values = evaluated
+                            .groups
+                            .iter()
+                            .map(|g| Ok(ScalarValue::try_from_array(g, i)?))
+                            .collect::<Result<Vec<_>>>()?;
+                        let group = self.new_group(values)?;
+                        self.groups.insert(key.into(), group);
+                    }
+                    touched.push((key, Vec::new(), Vec::new()));
+                    slot_of.insert(key, touched.len() - 1);
+                    touched.len() - 1
+                }
+            };
             match kinds.as_ref().is_some_and(|k| k[i].is_retraction()) {
-                true => entry.1.push(i as u32),
-                false => entry.0.push(i as u32),
+                true => touched[slot].2.push(i as u32),
+                false => touched[slot].1.push(i as u32),
             }
         }
         let mut changes = Changes::default();
-        for key in order {
-            let Some((added, taken)) = rows_of.remove(&key) else { continue };
-            let Some(group) = self.groups.get_mut(&key) else { continue };
+        for (key, added, taken) in touched {
+            let Some(group) = self.groups.get_mut(key) else { continue };
+            let (added_rows, taken_rows) = (added.len() as i64, taken.len() as i64);
+            let (added, taken) = (UInt32Array::from(added), UInt32Array::from(taken));
             for (a, acc) in group.accumulators.iter_mut().enumerate() {
-                if !added.is_empty() {
-                    acc.update_batch(&evaluated.filtered_agg_rows(a, Some(&UInt32Array::from(added.clone())))?)?;
+                if added_rows > 0 {
+                    acc.update_batch(&evaluated.filtered_agg_rows(a, Some(&added))?)?;
                 }
-                if !taken.is_empty() {
-                    acc.retract_batch(&evaluated.filtered_agg_rows(a, Some(&UInt32Array::from(taken.clone())))?)?;
+                if taken_rows > 0 {
+                    acc.retract_batch(&evaluated.filtered_agg_rows(a, Some(&taken))?)?;
                 }
             }
-            group.rows += added.len() as i64 - taken.len() as i64;
+            group.rows += added_rows - taken_rows;
             group.touched = Instant::now();
             let now = match group.rows > 0 {
                 true => Some(group.accumulators.iter_mut().map(|a| a.evaluate()).collect::<datafusion::error::Result<Vec<_>>>()?),
@@ -236,7 +243,7 @@ impl Operator for UpdatingAggregate {
             group.size = size;
             if gone {
                 self.state_bytes -= group.size;
-                self.groups.remove(&key);
+                self.groups.remove(key);
             }
         }
         self.state.set(self.state_bytes);
