@@ -69,11 +69,15 @@ impl WatermarkAssigner {
     /// Records a split's batch; the lane's candidate is the minimum over its
     /// active splits (`None` while an active split has had no rows yet).
     fn split_candidate(&mut self, batch: &RecordBatch, split: String, max: Option<i64>) -> Option<i64> {
-        let metadata = batch.schema().metadata().clone();
+        let schema = batch.schema();
+        let metadata = schema.metadata();
         let now = Instant::now();
-        if let Some(all) = metadata.get(SPLITS_KEY) {
-            for s in all.split(',').filter(|s| !s.is_empty()) {
-                self.splits.entry(s.to_string()).or_insert(SplitState { max: None, seen: now });
+        // The lane's splits are learnt from the first batch of each new split.
+        if !self.splits.contains_key(&split) {
+            if let Some(all) = metadata.get(SPLITS_KEY) {
+                for s in all.split(',').filter(|s| !s.is_empty()) {
+                    self.splits.entry(s.to_string()).or_insert(SplitState { max: None, seen: now });
+                }
             }
         }
         let state = self.splits.entry(split).or_insert(SplitState { max: None, seen: now });
