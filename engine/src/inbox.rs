@@ -3,7 +3,8 @@
 //! Every message is tagged with the index of the lane that sent it. The inbox
 //! passes batches through, forwards the minimum watermark over its inputs when it
 //! advances (an idle input does not hold time back; an ended one no longer
-//! counts), and reports the end of stream once every input has ended.
+//! counts; once every input is idle, time moves to the furthest any announced),
+//! and reports the end of stream once every input has ended.
 
 use tokio::sync::mpsc;
 
@@ -26,11 +27,18 @@ pub struct WatermarkMerger {
     emitted: Option<i64>,
     /// Whether `Idle` was reported since the last event-time watermark.
     idle_reported: bool,
+    /// Every input went idle and time moved: `Idle` is owed after that watermark.
+    idle_owed: bool,
 }
 
 impl WatermarkMerger {
     pub fn new(inputs: usize) -> Self {
-        WatermarkMerger { inputs: vec![InputState::default(); inputs], emitted: None, idle_reported: false }
+        WatermarkMerger {
+            inputs: vec![InputState::default(); inputs],
+            emitted: None,
+            idle_reported: false,
+            idle_owed: false,
+        }
     }
 
     /// Records input `i`'s watermark; returns the merged watermark if it advanced.
@@ -54,6 +62,15 @@ impl WatermarkMerger {
         self.advance()
     }
 
+    /// The `Idle` owed after the watermark an all-idle update returned.
+    pub fn take_idle(&mut self) -> Option<Watermark> {
+        if !std::mem::take(&mut self.idle_owed) {
+            return None;
+        }
+        self.idle_reported = true;
+        Some(Watermark::Idle)
+    }
+
     pub fn all_ended(&self) -> bool {
         self.inputs.iter().all(|i| i.ended)
     }
@@ -67,6 +84,14 @@ impl WatermarkMerger {
         let Some(candidate) = min else {
             // No input is active: if some are idle (not all ended), so are we.
             let all_idle = self.inputs.iter().any(|i| !i.ended) && self.inputs.iter().all(|i| i.ended || i.idle);
+            // None holds time back any more: it moves to the furthest any input
+            // announced (whichever went idle last), then we are idle too.
+            let furthest = self.inputs.iter().filter(|i| !i.ended).filter_map(|i| i.watermark).max();
+            if let Some(f) = furthest.filter(|f| all_idle && self.emitted.is_none_or(|e| *f > e)) {
+                self.emitted = Some(f);
+                self.idle_owed = true;
+                return Some(Watermark::EventTime(f));
+            }
             if all_idle && !self.idle_reported {
                 self.idle_reported = true;
                 return Some(Watermark::Idle);
@@ -159,7 +184,7 @@ impl Inbox {
             Some(wm) => merger.update(lane, wm),
             None => merger.end(lane),
         };
-        if let Some(wm) = advanced {
+        for wm in advanced.into_iter().chain(merger.take_idle()) {
             self.pending.push_back(InboxEvent::InputWatermark(group, wm));
         }
     }
@@ -188,8 +213,9 @@ impl Inbox {
                 Message::Batch(batch) => return Some(InboxEvent::Batch { input: self.group_of(i), batch }),
                 Message::Watermark(wm) => {
                     self.input_progress(i, Some(wm));
-                    if let Some(merged) = self.merger.update(i, wm) {
-                        self.pending.push_back(InboxEvent::Watermark(merged));
+                    let merged = self.merger.update(i, wm);
+                    for wm in merged.into_iter().chain(self.merger.take_idle()) {
+                        self.pending.push_back(InboxEvent::Watermark(wm));
                     }
                 }
                 Message::EndOfStream => {
@@ -207,7 +233,7 @@ impl Inbox {
                             self.pending.push_back(InboxEvent::InputEnded(group));
                         }
                     }
-                    if let Some(wm) = merged {
+                    for wm in merged.into_iter().chain(self.merger.take_idle()) {
                         self.pending.push_back(InboxEvent::Watermark(wm));
                     }
                 }
@@ -236,6 +262,19 @@ mod tests {
         assert_eq!(m.update(1, Watermark::Idle), Some(Watermark::Idle));
         assert_eq!(m.update(1, Watermark::Idle), None);
         assert_eq!(m.update(0, Watermark::EventTime(4)), Some(Watermark::EventTime(4)));
+    }
+
+    #[test]
+    fn once_every_input_is_idle_time_moves_to_the_furthest_announced() {
+        let mut m = WatermarkMerger::new(2);
+        m.update(0, Watermark::EventTime(50));
+        assert_eq!(m.update(1, Watermark::EventTime(20)), Some(Watermark::EventTime(20)));
+        assert_eq!(m.update(0, Watermark::Idle), None, "input 1 is still active at 20");
+        assert_eq!(m.take_idle(), None);
+        assert_eq!(m.update(1, Watermark::Idle), Some(Watermark::EventTime(50)), "whichever goes idle last");
+        assert_eq!(m.take_idle(), Some(Watermark::Idle));
+        assert_eq!(m.take_idle(), None);
+        assert_eq!(m.update(1, Watermark::Idle), None);
     }
 
     #[test]
