@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sluice_sql::{Session, StatementOutput};
+use sluice_sql::{QueryOutput, Session, StatementOutput};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -38,6 +38,18 @@ fn tansu_binary() -> String {
     bundled.unwrap_or_else(|| "tansu".to_string())
 }
 
+/// Waits up to 30 s for something to accept connections at `addr`.
+fn wait_listening(addr: &str, fails_with: &str) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(fails_with.into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("tcp://127.0.0.1:{port}");
@@ -49,13 +61,7 @@ fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
         .spawn()
         .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
     let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&broker.addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("tansu did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&broker.addr, "tansu did not start listening")?;
     Ok(broker)
 }
 
@@ -140,6 +146,17 @@ fn consume_until_idle(addr: &str, topic: &str, count: usize, idle_secs: u32) -> 
         return Err(format!("consuming failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).map_err(|e| e.to_string())).collect()
+}
+
+/// The rows (as text) of a running query's results until at least `count`
+/// have come, each within 30 s.
+async fn rows_at_least(q: &mut QueryOutput, count: usize) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    while rows.len() < count {
+        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
+        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
+    }
+    Ok(rows)
 }
 
 /// Events 00:00:00 .. 00:02:59 one second apart, three users, plus malformed
@@ -377,13 +394,7 @@ async fn startup_from_a_timestamp_skips_older_records() -> TestResult {
         .await?;
     let mut outputs = session.execute_script("SELECT n FROM ticks").await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
-        for row in sluice_connectors::table_printer::format_cells(&batch)? {
-            seen.push(row[0].clone());
-        }
-    }
+    let seen: Vec<String> = rows_at_least(&mut q, 3).await?.into_iter().map(|r| r[0].clone()).collect();
     q.job.cancel();
     assert_eq!(seen, vec!["100", "101", "102"]);
     Ok(())
@@ -503,11 +514,7 @@ async fn metadata_columns_carry_key_partition_offset_timestamp_and_headers() -> 
         .execute_script("SELECT n, k, p, \"offset\", kafka_ts, json_get_str(headers, 'source') FROM events")
         .await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
-    let mut rows = Vec::new();
-    while rows.len() < 2 {
-        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
-        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
-    }
+    let rows = rows_at_least(&mut q, 2).await?;
     q.job.cancel();
     assert_eq!(
         rows,
@@ -524,11 +531,7 @@ async fn metadata_columns_carry_key_partition_offset_timestamp_and_headers() -> 
 async fn read_n(session: &mut Session, count: usize) -> Result<(Vec<String>, sluice_engine::JobHandle), Box<dyn std::error::Error>> {
     let mut outputs = session.execute_script("SELECT n FROM t").await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
-        seen.extend(sluice_connectors::table_printer::format_cells(&batch)?.into_iter().map(|r| r[0].clone()));
-    }
+    let mut seen: Vec<String> = rows_at_least(&mut q, count).await?.into_iter().map(|r| r[0].clone()).collect();
     while let Ok(Some(batch)) = tokio::time::timeout(Duration::from_millis(1500), q.results.recv()).await {
         seen.extend(sluice_connectors::table_printer::format_cells(&batch)?.into_iter().map(|r| r[0].clone()));
     }
@@ -606,11 +609,7 @@ async fn a_partition_read_behind_another_does_not_make_its_rows_late() -> TestRe
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.produce_records("clicks2", &records(1, 0..120))?;
     broker.produce_records("clicks2", &records(1, 600..601))?;
-    let mut rows = Vec::new();
-    while rows.len() < 2 {
-        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
-        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
-    }
+    let rows = rows_at_least(&mut q, 2).await?;
     let late = q.job.metrics().late_rows;
     q.job.cancel();
     assert_eq!(late, 0, "no row is late");
@@ -643,13 +642,7 @@ fn start_registry() -> Result<Registry, Box<dyn std::error::Error>> {
         .stdout(Stdio::null())
         .spawn()?;
     let registry = Registry { child, url: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        if Instant::now() > deadline {
-            return Err("the schema registry did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&format!("127.0.0.1:{port}"), "the schema registry did not start")?;
     Ok(registry)
 }
 
@@ -752,13 +745,7 @@ fn start_durable_broker(dir: &std::path::Path, port: u16) -> Result<Broker, Box<
         .spawn()
         .map_err(|e| format!("cannot start durable tansu ({tansu}): {e}"))?;
     let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&broker.addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("durable tansu did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&broker.addr, "durable tansu did not start listening")?;
     Ok(broker)
 }
 
@@ -868,11 +855,7 @@ async fn a_temporal_join_against_an_upsert_topic_honours_tombstones() -> TestRes
         )
         .await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
-    let mut rows = Vec::new();
-    while rows.len() < 8 {
-        let batch = tokio::time::timeout(Duration::from_secs(30), q.results.recv()).await?.ok_or("query ended")?;
-        rows.extend(sluice_connectors::table_printer::format_cells(&batch)?);
-    }
+    let mut rows = rows_at_least(&mut q, 8).await?;
     q.job.cancel();
     rows.sort_by_key(|r| r[0].parse::<i64>().unwrap_or(-1));
     let expected: Vec<Vec<&str>> = vec![

@@ -105,34 +105,13 @@ def produce_avro(broker, topic, registry_url, schema):
         sys.exit("records not delivered")
 
 
-def consume_avro(broker, topic, count, registry_url):
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
-    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": "avro-reader",
+def records(broker, topic, group, count, idle_limit=60):
+    """Up to `count` records of `topic`, read as consumer group `group`, until
+    `idle_limit` seconds pass without one."""
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": group,
                          "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
     consumer.subscribe([topic])
     seen, idle = 0, 0
-    while seen < count and idle < 60:
-        msg = consumer.poll(1.0)
-        if msg is None:
-            idle += 1
-            continue
-        if msg.error():
-            continue
-        value = deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE))
-        print(json.dumps(value, default=str), flush=True)
-        seen += 1
-    consumer.close()
-
-
-def consume(broker, topic, count, idle_limit=60):
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": "test-reader",
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-    consumer.subscribe([topic])
-    seen = 0
-    idle = 0
     while seen < count and idle < idle_limit:
         msg = consumer.poll(1.0)
         if msg is None:
@@ -140,12 +119,27 @@ def consume(broker, topic, count, idle_limit=60):
             continue
         if msg.error():
             continue
+        yield msg
+        seen += 1
+    consumer.close()
+
+
+def consume_avro(broker, topic, count, registry_url):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    for msg in records(broker, topic, "avro-reader", count):
+        value = deserializer(msg.value(), SerializationContext(topic, MessageField.VALUE))
+        print(json.dumps(value, default=str), flush=True)
+
+
+def consume(broker, topic, count, idle_limit=60):
+    for msg in records(broker, topic, "test-reader", count, idle_limit):
         headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
         print(json.dumps({"key": msg.key().decode() if msg.key() else None,
                           "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
                           "partition": msg.partition(), "offset": msg.offset(), "headers": headers}), flush=True)
-        seen += 1
-    consumer.close()
 
 
 if __name__ == "__main__":
