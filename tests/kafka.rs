@@ -2,27 +2,23 @@
 //! records produced and read by a foreign client (Python confluent-kafka).
 //! `.ci/run` installs both; `TANSU` names the broker binary if it is not on PATH.
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice_sql::{QueryOutput, Session, StatementOutput};
 
+use common::{free_port, wait_listening, KillOnDrop};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 struct Broker {
-    child: Child,
+    _child: KillOnDrop,
     addr: String,
     tansu: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn tansu_binary() -> String {
@@ -38,20 +34,8 @@ fn tansu_binary() -> String {
     bundled.unwrap_or_else(|| "tansu".to_string())
 }
 
-/// Waits up to 30 s for something to accept connections at `addr`.
-fn wait_listening(addr: &str, fails_with: &str) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            return Err(fails_with.into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
     let tansu = tansu_binary();
     let child = Command::new(&tansu)
@@ -60,7 +44,7 @@ fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
-    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
+    let broker = Broker { _child: KillOnDrop(child), addr: format!("127.0.0.1:{port}"), tansu };
     wait_listening(&broker.addr, "tansu did not start listening")?;
     Ok(broker)
 }
@@ -256,7 +240,7 @@ async fn bad_records_fail_the_query_by_default_and_dead_brokers_are_named() -> T
     let err = q.job.wait().await.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("bad record at topic raw partition 0 offset 1"), "{err}");
 
-    let dead_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dead_port = free_port()?;
     session
         .execute_script(&format!(
             "CREATE TABLE nowhere (n BIGINT) WITH (connector = 'kafka', topic = 'x', 'bootstrap.servers' = '127.0.0.1:{dead_port}', \
@@ -624,24 +608,17 @@ async fn a_partition_read_behind_another_does_not_make_its_rows_late() -> TestRe
 /// A schema registry for the Avro test (Confluent's is not installable here; the
 /// test client serves its REST subset), stopped when dropped.
 struct Registry {
-    child: Child,
+    _child: KillOnDrop,
     url: String,
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_registry() -> Result<Registry, Box<dyn std::error::Error>> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let child = Command::new("python3")
         .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "registry", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()?;
-    let registry = Registry { child, url: format!("http://127.0.0.1:{port}") };
+    let registry = Registry { _child: KillOnDrop(child), url: format!("http://127.0.0.1:{port}") };
     wait_listening(&format!("127.0.0.1:{port}"), "the schema registry did not start")?;
     Ok(registry)
 }
@@ -744,7 +721,7 @@ fn start_durable_broker(dir: &std::path::Path, port: u16) -> Result<Broker, Box<
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start durable tansu ({tansu}): {e}"))?;
-    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
+    let broker = Broker { _child: KillOnDrop(child), addr: format!("127.0.0.1:{port}"), tansu };
     wait_listening(&broker.addr, "durable tansu did not start listening")?;
     Ok(broker)
 }
@@ -755,7 +732,7 @@ fn start_durable_broker(dir: &std::path::Path, port: u16) -> Result<Broker, Box<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_survives_a_broker_restart_without_loss_or_duplicates() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let broker = start_durable_broker(dir.path(), port)?;
     broker.create_topic("ids_in", 2)?;
     broker.create_topic("ids_out", 1)?;

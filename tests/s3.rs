@@ -1,10 +1,10 @@
 //! The lake on S3: written through an S3-compatible endpoint (moto's server, from
 //! PyPI), listed by boto3 and read back by DataFusion over `object_store`.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -14,35 +14,24 @@ use object_store::aws::AmazonS3Builder;
 use sluice_connectors::table_printer::format_cells;
 use sluice_sql::{Session, StatementOutput};
 
+use common::{free_port, wait_listening, KillOnDrop};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 struct S3Server {
-    child: Child,
+    _child: KillOnDrop,
     endpoint: String,
 }
 
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_s3() -> Result<S3Server, Box<dyn std::error::Error>> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let child = Command::new("python3")
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("moto server did not start (pip install 'moto[server]')".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let server = S3Server { _child: KillOnDrop(child), endpoint: format!("http://127.0.0.1:{port}") };
+    wait_listening(&format!("127.0.0.1:{port}"), "moto server did not start (pip install 'moto[server]')")?;
     Ok(server)
 }
 

@@ -2,13 +2,17 @@
 //! streaming results (NDJSON and SSE), stopping, bad requests, many concurrent
 //! queries, and state surviving a restart.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
+
+use common::KillOnDrop;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,15 +22,8 @@ const EDITOR: &str = "editor-token";
 const VIEWER: &str = "viewer-token";
 
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(state_dir: &std::path::Path) -> Result<Server, Box<dyn std::error::Error>> {
@@ -42,7 +39,7 @@ fn start(state_dir: &std::path::Path) -> Result<Server, Box<dyn std::error::Erro
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line.trim().strip_prefix("listening on ").ok_or_else(|| format!("unexpected: {line}"))?;
-    Ok(Server { child, base: format!("http://{addr}") })
+    Ok(Server { _child: KillOnDrop(child), base: format!("http://{addr}") })
 }
 
 async fn call(client: &Client, token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> Result<(StatusCode, Value), Box<dyn std::error::Error>> {
