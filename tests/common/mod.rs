@@ -11,12 +11,6 @@ use std::time::{Duration, Instant};
 /// A child process killed (and reaped) when dropped.
 pub struct KillOnDrop(pub Child);
 
-impl KillOnDrop {
-    pub fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
