@@ -18,6 +18,13 @@ pub enum EngineError {
     Arrow(#[from] ArrowError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The query's operators hold more state than its memory limit allows.
+    #[error(
+        "the query holds {} of state, over its limit of {} ('sluice.memory.limit'): bound its state with a window or a TTL (SET 'table.exec.state.ttl'), or raise the limit",
+        crate::metrics::format_bytes(*used),
+        crate::metrics::format_bytes(*limit)
+    )]
+    MemoryLimit { used: u64, limit: u64 },
     /// The query was cancelled by its owner.
     #[error("query cancelled")]
     Cancelled,

@@ -6,9 +6,11 @@
 //! counts; once every input is idle, time moves to the furthest any announced),
 //! and reports the end of stream once every input has ended.
 
+use std::collections::BTreeMap;
+
 use tokio::sync::mpsc;
 
-use crate::message::{Message, Watermark};
+use crate::message::{Barrier, Message, Watermark};
 
 /// A message and the index of the upstream lane that sent it.
 pub type Tagged = (usize, Message);
@@ -118,7 +120,59 @@ pub enum InboxEvent {
     /// merged [`InboxEvent::Watermark`] follows when it advances too).
     InputWatermark(usize, Watermark),
     InputEnded(usize),
+    /// A barrier has arrived from every input that has not ended.
+    Barrier(Barrier),
     End,
+}
+
+/// Forwards each barrier once every input that has not ended delivered it.
+///
+/// Inputs are not blocked while others catch up (that needs a channel per
+/// input): rows that arrive after an input's barrier are processed before the
+/// barrier goes on, so a completed barrier means at least everything before it
+/// reached the sink.
+#[derive(Debug)]
+struct BarrierMerger {
+    /// Per input, the id of the last barrier it delivered (0: none yet).
+    delivered: Vec<u64>,
+    ended: Vec<bool>,
+    /// Barriers some input delivered that have not gone on yet, by id.
+    waiting: BTreeMap<u64, Barrier>,
+}
+
+impl BarrierMerger {
+    fn new(inputs: usize) -> Self {
+        BarrierMerger { delivered: vec![0; inputs], ended: vec![false; inputs], waiting: BTreeMap::new() }
+    }
+
+    fn deliver(&mut self, input: usize, barrier: Barrier) -> Vec<Barrier> {
+        if let Some(d) = self.delivered.get_mut(input) {
+            *d = (*d).max(barrier.id);
+        }
+        self.waiting.insert(barrier.id, barrier);
+        self.ready()
+    }
+
+    fn end(&mut self, input: usize) -> Vec<Barrier> {
+        if let Some(e) = self.ended.get_mut(input) {
+            *e = true;
+        }
+        self.ready()
+    }
+
+    /// The waiting barriers every open input has delivered, in order.
+    fn ready(&mut self) -> Vec<Barrier> {
+        let reached = self
+            .delivered
+            .iter()
+            .zip(&self.ended)
+            .filter(|(_, ended)| !**ended)
+            .map(|(d, _)| *d)
+            .min()
+            .unwrap_or(u64::MAX);
+        let later = self.waiting.split_off(&reached.saturating_add(1));
+        std::mem::replace(&mut self.waiting, later).into_values().collect()
+    }
 }
 
 /// Receives from several upstream lanes as if from one. The lanes may be grouped
@@ -133,6 +187,7 @@ pub struct Inbox {
     open: Vec<usize>,
     /// Per logical input, the merge of its lanes' watermarks (grouped inboxes).
     input_mergers: Vec<WatermarkMerger>,
+    barriers: BarrierMerger,
     /// Events decided but not yet returned.
     pending: std::collections::VecDeque<InboxEvent>,
 }
@@ -156,6 +211,7 @@ impl Inbox {
             open: groups.clone(),
             groups,
             input_mergers,
+            barriers: BarrierMerger::new(total),
             pending: Default::default(),
         }
     }
@@ -196,6 +252,7 @@ impl Inbox {
             match self.next_event().await? {
                 InboxEvent::Batch { batch, .. } => return Some(Message::Batch(batch)),
                 InboxEvent::Watermark(wm) => return Some(Message::Watermark(wm)),
+                InboxEvent::Barrier(b) => return Some(Message::Barrier(b)),
                 InboxEvent::InputEnded(_) | InboxEvent::InputWatermark(..) => {}
                 InboxEvent::End => return Some(Message::EndOfStream),
             }
@@ -218,6 +275,11 @@ impl Inbox {
                         self.pending.push_back(InboxEvent::Watermark(wm));
                     }
                 }
+                Message::Barrier(b) => {
+                    for b in self.barriers.deliver(i, b) {
+                        self.pending.push_back(InboxEvent::Barrier(b));
+                    }
+                }
                 Message::EndOfStream => {
                     let merged = self.merger.end(i);
                     if self.merger.all_ended() {
@@ -235,6 +297,9 @@ impl Inbox {
                     }
                     for wm in merged.into_iter().chain(self.merger.take_idle()) {
                         self.pending.push_back(InboxEvent::Watermark(wm));
+                    }
+                    for b in self.barriers.end(i) {
+                        self.pending.push_back(InboxEvent::Barrier(b));
                     }
                 }
             }
@@ -275,6 +340,22 @@ mod tests {
         assert_eq!(m.take_idle(), Some(Watermark::Idle));
         assert_eq!(m.take_idle(), None);
         assert_eq!(m.update(1, Watermark::Idle), None);
+    }
+
+    fn barrier(id: u64) -> Barrier {
+        Barrier { id, kind: crate::message::BarrierKind::Checkpoint }
+    }
+
+    #[test]
+    fn a_barrier_goes_on_once_every_open_input_delivered_it() {
+        let mut b = BarrierMerger::new(3);
+        assert!(b.deliver(0, barrier(1)).is_empty());
+        assert!(b.deliver(0, barrier(2)).is_empty(), "input 0 ran ahead");
+        assert!(b.deliver(1, barrier(1)).is_empty());
+        assert_eq!(b.end(2), vec![barrier(1)], "an ended input does not hold barriers back");
+        assert_eq!(b.deliver(1, barrier(2)), vec![barrier(2)]);
+        assert!(b.deliver(1, barrier(3)).is_empty());
+        assert_eq!(b.end(0), vec![barrier(3)]);
     }
 
     #[test]

@@ -18,15 +18,16 @@ pub mod metrics;
 pub mod operator;
 pub mod operators;
 pub mod pipeline;
+pub mod row_error;
 pub mod runtime;
 pub mod sink;
 pub mod source;
 pub mod time;
 
 pub use error::{EngineError, Result};
-pub use message::{Message, Watermark};
+pub use message::{Barrier, BarrierKind, Message, Watermark};
 pub use operator::{Emitter, Operator};
-pub use pipeline::{ExchangeKey, Flow, FlowInput, JoinInput, Pipeline, Stage};
+pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, Stage};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;
 pub use source::{Source, SourceEvent, SourceLag};

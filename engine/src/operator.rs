@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
-use crate::message::{Message, Watermark};
+use crate::message::{Barrier, Message, Watermark};
 
 /// Collects what an operator emits while handling one message; the runtime sends
 /// it downstream, in order, before anything that follows.
@@ -37,8 +37,9 @@ impl Emitter {
 ///
 /// Batches and watermarks arrive in channel order. `on_watermark` returns the
 /// watermark to forward (after whatever it emitted), or `None` to hold it back.
-/// `on_end` is called once after the last message of a bounded input, after the
-/// final maximal watermark.
+/// `on_end` is called once after the last message: of a bounded input after the
+/// final maximal watermark, or after a stop barrier (then with no maximal
+/// watermark: open windows stay unemitted).
 ///
 /// A two-input operator (a join) gets its batches through `on_batch_from`, with
 /// the input they came from (0 left, 1 right), and hears through `on_input_end`
@@ -67,6 +68,12 @@ pub trait Operator: Send {
         _out: &mut Emitter,
     ) -> Result<Option<Watermark>> {
         Ok(Some(watermark))
+    }
+    /// A barrier arrived from every input (after every batch before it); the
+    /// runtime forwards it after what this emits. Checkpoints will snapshot
+    /// state here; stateless operators keep the default.
+    async fn on_barrier(&mut self, _barrier: Barrier, _out: &mut Emitter) -> Result<()> {
+        Ok(())
     }
     async fn on_end(&mut self, _out: &mut Emitter) -> Result<()> {
         Ok(())

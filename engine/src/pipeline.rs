@@ -52,6 +52,17 @@ pub struct Flow {
     pub stages: Vec<Stage>,
 }
 
+/// How a query runs, beyond its plan: the settings the runtime enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// Fail the query once its operators hold more state than this many bytes.
+    pub memory_limit: Option<u64>,
+    /// Send a checkpoint barrier this often. Without one, barriers go every
+    /// [`crate::runtime::DEFAULT_COMMIT_INTERVAL`] when a source has positions to
+    /// commit (a Kafka consumer group), and never otherwise.
+    pub checkpoint_interval: Option<std::time::Duration>,
+}
+
 /// Everything needed to run one continuous query. Built by the planner, run by
 /// [`crate::runtime::Job::start`].
 pub struct Pipeline {
@@ -61,9 +72,18 @@ pub struct Pipeline {
     pub output_schema: SchemaRef,
     /// Counters shared with operators that report into them (late rows).
     pub metrics: Arc<JobMetrics>,
+    pub options: JobOptions,
 }
 
 impl Flow {
+    /// Whether any source of the flow has positions to commit.
+    pub fn commits_positions(&self) -> bool {
+        match &self.input {
+            FlowInput::Sources(sources) => sources.iter().any(|s| s.commits_positions()),
+            FlowInput::Join(join) => join.left.commits_positions() || join.right.commits_positions(),
+        }
+    }
+
     /// The number of lanes the flow runs in.
     pub fn lanes(&self) -> usize {
         match &self.input {

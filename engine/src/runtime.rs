@@ -5,8 +5,17 @@
 //! partitioning rows between lanes, counting rows, closing the chain in order at
 //! the end of a bounded input, and turning a failure anywhere into one error for
 //! the query's owner.
+//!
+//! A coordinator task sends barriers into the sources (periodically, and once to
+//! stop). A barrier that has passed the sink from every lane means everything the
+//! sources read before it is durable: the coordinator then tells the sources,
+//! which commit their positions (Kafka offsets) up to it. A stop is such a
+//! barrier after which the sources end: the pipeline drains (open windows are
+//! not emitted early), the sink flushes and commits, and only then does
+//! [`JobHandle::stop`] return.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::future::Future;
 
@@ -17,23 +26,49 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
 use crate::inbox::{Inbox, InboxEvent, Tagged};
-use crate::message::{Message, Watermark};
+use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
-use crate::pipeline::{ExchangeKey, Flow, FlowInput, JoinInput, Pipeline};
+use crate::pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
 
 /// Messages buffered between two steps before the sender waits.
 const CHANNEL_CAPACITY: usize = 16;
 
+/// How often barriers go when a source has positions to commit and the query
+/// set no checkpoint interval (Kafka's own auto-commit interval).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The id of the last checkpoint of a pipeline: it completes once the sink has
+/// finished, after the end of a bounded input (a source that ends remembers its
+/// final position under it).
+pub const FINAL_CHECKPOINT: u64 = u64::MAX;
+
 /// Starts pipelines.
 pub struct Job;
 
-/// A running pipeline. Dropping it does not stop the tasks; call [`JobHandle::cancel`].
+/// A running pipeline. Dropping it does not stop the tasks; call
+/// [`JobHandle::stop`] (graceful) or [`JobHandle::cancel`].
 pub struct JobHandle {
     tasks: JoinSet<Result<()>>,
     metrics: Arc<JobMetrics>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// What a job's owner asks of its coordinator.
+#[derive(Debug)]
+enum Control {
+    Stop,
+}
+
+/// What the coordinator tells a source.
+#[derive(Debug)]
+enum SourceCommand {
+    /// Send this barrier after what was read so far.
+    Barrier(Barrier),
+    /// Everything read before this checkpoint's barrier is durable.
+    Complete(u64),
 }
 
 /// The sending end of a channel, with the tag the receiver knows this sender by.
@@ -81,16 +116,23 @@ fn channel(inputs: usize) -> (mpsc::Sender<Tagged>, Inbox) {
 impl Job {
     /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { flow, sink, metrics, .. } = pipeline;
+        let Pipeline { flow, sink, metrics, options, .. } = pipeline;
+        let interval = options
+            .checkpoint_interval
+            .or_else(|| flow.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));
         let tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
-        let mut builder = Builder { tasks, metrics: Arc::clone(&metrics), sources: 0 };
+        let mut builder = Builder { tasks, metrics: Arc::clone(&metrics), options, sources: Vec::new() };
         let heads = builder.flow(flow);
         let (tx, sink_inbox) = channel(heads.len());
         for (i, inbox) in heads.into_iter().enumerate() {
             builder.tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
         }
-        builder.tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics)));
-        JobHandle { tasks: builder.tasks.set, metrics }
+        let (completed_tx, completed_rx) = mpsc::unbounded_channel();
+        builder.tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics), completed_tx));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let coordinator = Coordinator { sources: builder.sources, interval, last_id: 0 };
+        builder.tasks.spawn(coordinator.run(control_rx, completed_rx));
+        JobHandle { tasks: builder.tasks.set, metrics, control }
     }
 }
 
@@ -98,8 +140,9 @@ impl Job {
 struct Builder {
     tasks: Tasks,
     metrics: Arc<JobMetrics>,
-    /// Sources spawned so far: each gets its own progress slot.
-    sources: usize,
+    options: JobOptions,
+    /// Per source spawned so far (its progress slot), where its commands go.
+    sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
 }
 
 impl Builder {
@@ -109,9 +152,11 @@ impl Builder {
                 .into_iter()
                 .map(|source| {
                     let (tx, inbox) = channel(1);
-                    let slot = self.sources;
-                    self.sources += 1;
-                    self.tasks.spawn(run_source(source, slot, Outbox { tx, tag: 0 }, Arc::clone(&self.metrics)));
+                    let slot = self.sources.len();
+                    let (commands_tx, commands) = mpsc::unbounded_channel();
+                    self.sources.push(commands_tx);
+                    let lane = SourceLane { slot, out: Outbox { tx, tag: 0 }, metrics: Arc::clone(&self.metrics), commands };
+                    self.tasks.spawn(lane.run(source));
                     inbox
                 })
                 .collect(),
@@ -127,7 +172,8 @@ impl Builder {
                     if let Some(head) = heads.get_mut(lane) {
                         let (tx, next) = channel(1);
                         let inbox = std::mem::replace(head, next);
-                        self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
+                        let guard = self.guard();
+                        self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }, guard));
                     }
                 }
             }
@@ -167,10 +213,32 @@ impl Builder {
             .zip(lanes)
             .map(|(inbox, op)| {
                 let (tx, next) = channel(1);
-                self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }));
+                let guard = self.guard();
+                self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }, guard));
                 next
             })
             .collect()
+    }
+
+    fn guard(&self) -> MemoryGuard {
+        MemoryGuard { metrics: Arc::clone(&self.metrics), limit: self.options.memory_limit }
+    }
+}
+
+/// Fails a query whose operators hold more state than its memory limit.
+struct MemoryGuard {
+    metrics: Arc<JobMetrics>,
+    limit: Option<u64>,
+}
+
+impl MemoryGuard {
+    fn check(&self) -> Result<()> {
+        let Some(limit) = self.limit else { return Ok(()) };
+        let used = self.metrics.state_bytes();
+        if used > limit {
+            return Err(EngineError::MemoryLimit { used, limit });
+        }
+        Ok(())
     }
 }
 
@@ -201,6 +269,19 @@ impl JobHandle {
         }
     }
 
+    /// Stops the query gracefully and waits until it has: the sources stop after
+    /// a stop barrier, what is in flight drains to the sink (open windows are not
+    /// emitted early), the sink makes everything it received durable and the
+    /// sources commit their positions. Afterwards [`JobHandle::metrics`]'s
+    /// `rows_out` is what readers can read. A query that already ended reports
+    /// how it ended. While it stops, keep reading a results channel (or drop it).
+    pub async fn stop(&mut self) -> Result<()> {
+        // A closed control channel means the coordinator is gone: the pipeline
+        // already ended, and `wait` tells how.
+        let _ = self.control.send(Control::Stop);
+        self.wait().await
+    }
+
     /// Stops every step now; results not yet delivered are discarded.
     pub fn cancel(&mut self) {
         self.tasks.abort_all();
@@ -215,23 +296,140 @@ impl JobHandle {
     }
 }
 
-async fn run_source(mut source: Box<dyn Source>, slot: usize, out: Outbox, metrics: Arc<JobMetrics>) -> Result<()> {
-    let mut rows_read = 0u64;
-    loop {
-        match source.next_event().await? {
-            SourceEvent::Batch(batch) => {
-                metrics.add_rows_in(batch.num_rows());
-                rows_read += batch.num_rows() as u64;
-                metrics.set_source_progress(slot, SourceProgress { rows_read, lag: source.lag() });
-                out.send(Message::Batch(batch)).await?;
+/// One source shard's task: reads events, counts them and sends them on, with
+/// the barriers the coordinator asks for in between.
+struct SourceLane {
+    slot: usize,
+    out: Outbox,
+    metrics: Arc<JobMetrics>,
+    commands: mpsc::UnboundedReceiver<SourceCommand>,
+}
+
+impl SourceLane {
+    async fn run(mut self, mut source: Box<dyn Source>) -> Result<()> {
+        let mut rows_read = 0u64;
+        let stopped = loop {
+            // A waiting read is dropped when a command arrives (sources are
+            // cancel-safe): a barrier must not wait for the next record.
+            let event = tokio::select! {
+                biased;
+                command = self.commands.recv() => match command {
+                    Some(SourceCommand::Barrier(barrier)) => {
+                        source.on_barrier(barrier.id).await?;
+                        self.out.send(Message::Barrier(barrier)).await?;
+                        if barrier.kind == BarrierKind::Stop {
+                            break true;
+                        }
+                        continue;
+                    }
+                    Some(SourceCommand::Complete(id)) => {
+                        source.on_checkpoint_complete(id).await?;
+                        continue;
+                    }
+                    None => return Err(EngineError::Cancelled),
+                },
+                event = source.next_event() => event?,
+            };
+            match event {
+                SourceEvent::Batch(batch) => {
+                    self.metrics.add_rows_in(batch.num_rows());
+                    rows_read += batch.num_rows() as u64;
+                    self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag() });
+                    self.out.send(Message::Batch(batch)).await?;
+                }
+                SourceEvent::Idle => self.out.send(Message::Watermark(Watermark::Idle)).await?,
+                SourceEvent::End => break false,
             }
-            SourceEvent::Idle => out.send(Message::Watermark(Watermark::Idle)).await?,
-            SourceEvent::End => break,
+        };
+        self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag() });
+        if !stopped {
+            // The end of a bounded input: every open window closes, and the
+            // final position is committed once the sink has finished.
+            source.on_barrier(FINAL_CHECKPOINT).await?;
+            self.out.send(Message::Watermark(Watermark::MAX)).await?;
+        }
+        self.out.send(Message::EndOfStream).await?;
+        // Checkpoints this source took part in may complete after its end.
+        while let Some(command) = self.commands.recv().await {
+            if let SourceCommand::Complete(id) = command {
+                source.on_checkpoint_complete(id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends barriers into the sources and tells them when checkpoints complete.
+struct Coordinator {
+    sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
+    interval: Option<Duration>,
+    last_id: u64,
+}
+
+impl Coordinator {
+    async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut completed: mpsc::UnboundedReceiver<u64>,
+    ) -> Result<()> {
+        let mut ticker = self.interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        // At most one periodic barrier in flight: a slow sink delays the next.
+        let mut in_flight: Option<u64> = None;
+        let mut stopping = false;
+        let mut owner_gone = false;
+        loop {
+            tokio::select! {
+                _ = tick(&mut ticker), if !stopping && in_flight.is_none() => {
+                    in_flight = Some(self.inject(BarrierKind::Checkpoint));
+                }
+                request = control.recv(), if !stopping && !owner_gone => match request {
+                    Some(Control::Stop) => {
+                        stopping = true;
+                        self.inject(BarrierKind::Stop);
+                    }
+                    None => owner_gone = true,
+                },
+                done = completed.recv() => match done {
+                    Some(id) => {
+                        if in_flight == Some(id) {
+                            in_flight = None;
+                        }
+                        for source in &self.sources {
+                            let _ = source.send(SourceCommand::Complete(id));
+                        }
+                        if id == FINAL_CHECKPOINT {
+                            return Ok(());
+                        }
+                    }
+                    // The sink ended without finishing: the pipeline failed.
+                    None => return Ok(()),
+                },
+            }
         }
     }
-    metrics.set_source_progress(slot, SourceProgress { rows_read, lag: source.lag() });
-    out.send(Message::Watermark(Watermark::MAX)).await?;
-    out.send(Message::EndOfStream).await
+
+    /// Sends the next barrier to every source (those that ended ignore it).
+    fn inject(&mut self, kind: BarrierKind) -> u64 {
+        self.last_id += 1;
+        let barrier = Barrier { id: self.last_id, kind };
+        for source in &self.sources {
+            let _ = source.send(SourceCommand::Barrier(barrier));
+        }
+        barrier.id
+    }
+}
+
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sends an operator's output, dropping watermarks that do not advance.
@@ -263,11 +461,17 @@ impl Forwarder {
     }
 }
 
-async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) -> Result<()> {
+async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
     let mut out = Forwarder { out, last_watermark: None, idle: false };
     let mut emitter = Emitter::default();
     while let Some(event) = inbox.next_event().await {
         match event {
+            InboxEvent::Barrier(barrier) => {
+                op.on_barrier(barrier, &mut emitter).await?;
+                out.forward(emitter.drain()).await?;
+                out.out.send(Message::Barrier(barrier)).await?;
+                continue;
+            }
             InboxEvent::Batch { input, batch } => op.on_batch_from(input, batch, &mut emitter).await?,
             InboxEvent::Watermark(wm) => {
                 if let Some(fwd) = op.on_watermark(wm, &mut emitter).await? {
@@ -282,6 +486,7 @@ async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox) 
                 return out.out.send(Message::EndOfStream).await;
             }
         }
+        memory.check()?;
         out.forward(emitter.drain()).await?;
     }
     // An upstream task ended without EndOfStream: it failed or was cancelled.
@@ -325,7 +530,14 @@ async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
     Err(EngineError::Cancelled)
 }
 
-async fn run_sink(mut sink: Box<dyn Sink>, mut inbox: Inbox, metrics: Arc<JobMetrics>) -> Result<()> {
+/// Writes into the sink, reporting each barrier (and the end) as a completed
+/// checkpoint once the sink has made what came before it durable.
+async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut inbox: Inbox,
+    metrics: Arc<JobMetrics>,
+    completed: mpsc::UnboundedSender<u64>,
+) -> Result<()> {
     while let Some(msg) = inbox.next().await {
         match msg {
             Message::Batch(b) => {
@@ -338,8 +550,20 @@ async fn run_sink(mut sink: Box<dyn Sink>, mut inbox: Inbox, metrics: Arc<JobMet
                 }
                 sink.on_watermark(wm).await?;
             }
-            Message::EndOfStream => return sink.finish().await,
+            Message::Barrier(barrier) => {
+                sink.on_barrier(barrier).await?;
+                let _ = completed.send(barrier.id);
+            }
+            Message::EndOfStream => {
+                sink.finish().await?;
+                let _ = completed.send(FINAL_CHECKPOINT);
+                return Ok(());
+            }
         }
     }
     Err(EngineError::Cancelled)
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

@@ -5,19 +5,29 @@ use datafusion::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, Result};
-use crate::message::Watermark;
+use crate::message::{Barrier, Watermark};
 
 /// Receives a pipeline's output in arrival order.
 ///
 /// `write_batch` is called for every result batch, `on_watermark` whenever event
-/// time advances, and `finish` once at the end of a bounded input (not when the
-/// pipeline is cancelled). Errors stop the pipeline.
+/// time advances, `on_barrier` when a barrier has arrived from every lane, and
+/// `finish` once at the end: of a bounded input, or after a stop barrier (not
+/// when the pipeline is cancelled or fails). Errors stop the pipeline.
+///
+/// After `on_barrier` returns, every row written before it must be durable and
+/// visible to readers (files completed and put, Kafka deliveries confirmed):
+/// the sources then commit their positions, and a stop reports those rows as
+/// written.
 #[async_trait]
 pub trait Sink: Send {
     /// A one-line description for EXPLAIN.
     fn describe(&self) -> String;
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()>;
     async fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {
+        Ok(())
+    }
+    /// Makes everything written so far durable and visible (see the trait docs).
+    async fn on_barrier(&mut self, _barrier: Barrier) -> Result<()> {
         Ok(())
     }
     async fn finish(&mut self) -> Result<()>;

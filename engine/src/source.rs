@@ -29,8 +29,13 @@ pub enum SourceEvent {
 ///
 /// The runtime calls [`Source::next_batch`] until it returns `None` (a bounded source
 /// is exhausted); it then sends a final maximal watermark so every open window
-/// closes. An unbounded source never returns `None`; it is stopped by cancelling
-/// its pipeline. Batches must match [`Source::schema`] exactly.
+/// closes. An unbounded source never returns `None`; it is stopped by a stop
+/// barrier (or by cancelling its pipeline). Batches must match [`Source::schema`]
+/// exactly.
+///
+/// `next_event` must be cancel-safe: when a stop or barrier arrives while it
+/// waits, the runtime drops the call, and a dropped call must not have moved the
+/// position that [`Source::on_barrier`] records past rows it did not return.
 #[async_trait]
 pub trait Source: Send {
     /// The schema of every batch this source produces.
@@ -50,5 +55,24 @@ pub trait Source: Send {
     /// when it cannot tell.
     fn lag(&self) -> Option<SourceLag> {
         None
+    }
+    /// Whether this source has positions to commit once output is durable (a
+    /// Kafka consumer group): the runtime then sends barriers periodically even
+    /// when the query did not ask for checkpoints.
+    fn commits_positions(&self) -> bool {
+        false
+    }
+    /// A barrier for checkpoint `checkpoint` goes out now, after every batch this
+    /// source has returned: remember the position reached (the next record to
+    /// read), to commit it when the checkpoint completes. Called between two
+    /// calls of `next_event`, never during one.
+    async fn on_barrier(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Everything this source returned before barrier `checkpoint` is durable in
+    /// the sink: commit the position remembered for it (and forget earlier ones).
+    /// May come after the source ended.
+    async fn on_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
     }
 }

@@ -1,0 +1,235 @@
+//! Runtime tests: barriers, graceful stop, commits and the memory limit, over
+//! sources and sinks that record what the runtime asked of them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::Int64Array;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::*;
+use crate::metrics::JobMetrics;
+use crate::pipeline::{Flow, FlowInput, JobOptions, Pipeline, Stage};
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
+}
+
+/// What a [`CountingSource`] was asked and did.
+#[derive(Default, Debug)]
+struct SourceLog {
+    /// (checkpoint, rows returned before its barrier)
+    barriers: Vec<(u64, u64)>,
+    /// The positions committed, in order.
+    committed: Vec<u64>,
+}
+
+/// Returns one-row batches, unbounded unless `limit` is set.
+struct CountingSource {
+    returned: u64,
+    limit: Option<u64>,
+    log: Arc<Mutex<SourceLog>>,
+    commits: bool,
+}
+
+#[async_trait]
+impl Source for CountingSource {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.limit.is_some_and(|l| self.returned >= l) {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.returned += 1;
+        let batch = RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(vec![self.returned as i64]))])?;
+        Ok(Some(batch))
+    }
+    fn commits_positions(&self) -> bool {
+        self.commits
+    }
+    async fn on_barrier(&mut self, checkpoint: u64) -> Result<()> {
+        self.log.lock().unwrap().barriers.push((checkpoint, self.returned));
+        Ok(())
+    }
+    async fn on_checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        let mut log = self.log.lock().unwrap();
+        if let Some((_, position)) = log.barriers.iter().find(|(id, _)| *id == checkpoint).copied() {
+            log.committed.push(position);
+        }
+        Ok(())
+    }
+}
+
+/// What a [`RecordingSink`] received, and what was durable at each barrier.
+#[derive(Default, Debug)]
+struct SinkLog {
+    rows: u64,
+    barriers: Vec<(Barrier, u64)>,
+    finished: bool,
+}
+
+struct RecordingSink(Arc<Mutex<SinkLog>>);
+
+#[async_trait]
+impl Sink for RecordingSink {
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        self.0.lock().unwrap().rows += batch.num_rows() as u64;
+        Ok(())
+    }
+    async fn on_barrier(&mut self, barrier: Barrier) -> Result<()> {
+        let mut log = self.0.lock().unwrap();
+        let rows = log.rows;
+        log.barriers.push((barrier, rows));
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.0.lock().unwrap().finished = true;
+        Ok(())
+    }
+}
+
+struct Harness {
+    sources: Vec<Arc<Mutex<SourceLog>>>,
+    sink: Arc<Mutex<SinkLog>>,
+    job: JobHandle,
+}
+
+fn start(lanes: usize, limit: Option<u64>, commits: bool, options: JobOptions, stages: Vec<Stage>) -> Harness {
+    let logs: Vec<Arc<Mutex<SourceLog>>> = (0..lanes).map(|_| Arc::default()).collect();
+    let sources = logs
+        .iter()
+        .map(|log| Box::new(CountingSource { returned: 0, limit, log: Arc::clone(log), commits }) as Box<dyn Source>)
+        .collect();
+    let sink: Arc<Mutex<SinkLog>> = Arc::default();
+    let pipeline = Pipeline {
+        flow: Flow { input: FlowInput::Sources(sources), stages },
+        sink: Box::new(RecordingSink(Arc::clone(&sink))),
+        output_schema: schema(),
+        metrics: JobMetrics::new(),
+        options,
+    };
+    Harness { sources: logs, sink, job: Job::start(pipeline) }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_to_the_sink_finishes_it_and_commits_what_it_received() -> Result<()> {
+    let mut h = start(2, None, true, JobOptions::default(), Vec::new());
+    let sink = Arc::clone(&h.sink);
+    until("rows to flow", || sink.lock().unwrap().rows > 20).await;
+    h.job.stop().await?;
+    let sink = h.sink.lock().unwrap();
+    assert!(sink.finished, "a stop finishes the sink");
+    let (stop, durable) = *sink.barriers.last().expect("the stop barrier reached the sink");
+    assert_eq!(stop.kind, BarrierKind::Stop);
+    assert_eq!(durable, sink.rows, "nothing reaches the sink after the stop barrier");
+    assert_eq!(h.job.metrics().rows_out, sink.rows);
+    // Each source committed the position of its stop barrier, and together
+    // those positions are exactly the rows the sink has.
+    let committed: u64 = h.sources.iter().map(|s| *s.lock().unwrap().committed.last().expect("a commit")).sum();
+    assert_eq!(committed, sink.rows);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_barriers_commit_only_what_the_sink_made_durable() -> Result<()> {
+    let options = JobOptions { checkpoint_interval: Some(Duration::from_millis(20)), ..Default::default() };
+    let mut h = start(2, None, false, options, Vec::new());
+    let logs = h.sources.clone();
+    until("three commits per source", || logs.iter().all(|l| l.lock().unwrap().committed.len() >= 3)).await;
+    h.job.stop().await?;
+    let sink = h.sink.lock().unwrap();
+    let checkpoints: Vec<u64> = sink.barriers.iter().map(|(b, _)| b.id).collect();
+    assert!(checkpoints.windows(2).all(|w| w[0] < w[1]), "barriers reach the sink in order: {checkpoints:?}");
+    for (barrier, durable) in &sink.barriers {
+        let read: u64 = h
+            .sources
+            .iter()
+            .map(|s| s.lock().unwrap().barriers.iter().find(|(id, _)| *id == barrier.id).map_or(0, |b| b.1))
+            .sum();
+        assert!(read <= *durable, "checkpoint {}: sources read {read} before it, the sink had {durable}", barrier.id);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_end_commits_the_final_position() -> Result<()> {
+    let mut h = start(3, Some(7), false, JobOptions::default(), Vec::new());
+    h.job.wait().await?;
+    assert_eq!(h.sink.lock().unwrap().rows, 21);
+    for log in &h.sources {
+        let log = log.lock().unwrap();
+        assert_eq!(log.barriers, vec![(FINAL_CHECKPOINT, 7)]);
+        assert_eq!(log.committed, vec![7]);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_query_that_ended_reports_how_it_ended() -> Result<()> {
+    let mut h = start(1, Some(3), false, JobOptions::default(), Vec::new());
+    let sink = Arc::clone(&h.sink);
+    until("the end", || sink.lock().unwrap().finished).await;
+    h.job.stop().await?;
+    assert_eq!(h.sink.lock().unwrap().rows, 3);
+    Ok(())
+}
+
+/// Holds every row it sees, reporting its size as state.
+struct Hoarder {
+    held: Vec<RecordBatch>,
+    state: crate::metrics::StateReporter,
+}
+
+#[async_trait]
+impl Operator for Hoarder {
+    fn name(&self) -> &'static str {
+        "hoarder"
+    }
+    async fn on_batch(&mut self, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
+        self.held.push(batch);
+        self.state.set(self.held.iter().map(|b| b.get_array_memory_size()).sum());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_its_memory_limit_fails_with_a_clear_error() -> Result<()> {
+    let metrics = JobMetrics::new();
+    let stage = Stage { exchange: None, lanes: vec![vec![Box::new(Hoarder { held: Vec::new(), state: metrics.state_reporter() })]] };
+    let logs = Arc::new(Mutex::new(SourceLog::default()));
+    let pipeline = Pipeline {
+        flow: Flow {
+            input: FlowInput::Sources(vec![Box::new(CountingSource { returned: 0, limit: None, log: logs, commits: false })]),
+            stages: vec![stage],
+        },
+        sink: Box::new(RecordingSink(Arc::default())),
+        output_schema: schema(),
+        metrics,
+        options: JobOptions { memory_limit: Some(4096), ..Default::default() },
+    };
+    let mut job = Job::start(pipeline);
+    let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query fails").unwrap_err();
+    assert!(matches!(err, EngineError::MemoryLimit { limit: 4096, .. }), "{err}");
+    assert!(err.to_string().contains("sluice.memory.limit"), "{err}");
+    Ok(())
+}
