@@ -24,6 +24,9 @@ pub struct JobMetrics {
     state_peak: AtomicI64,
     /// Last watermark seen by the sink, epoch nanos; `i64::MIN` before the first.
     watermark: AtomicI64,
+    /// The `query` label of the exported counters, so one server's queries can
+    /// be told apart in `/metrics`; `None`: unlabelled.
+    query: Option<String>,
 }
 
 /// A snapshot of [`JobMetrics`].
@@ -41,6 +44,15 @@ pub struct MetricsSnapshot {
 impl JobMetrics {
     pub fn new() -> Arc<Self> {
         Arc::new(JobMetrics { watermark: AtomicI64::new(i64::MIN), ..Default::default() })
+    }
+
+    /// Counters exported with the label `query="<query>"`.
+    pub fn with_label(query: Option<String>) -> Arc<Self> {
+        Arc::new(JobMetrics { watermark: AtomicI64::new(i64::MIN), query, ..Default::default() })
+    }
+
+    fn labels(&self) -> Vec<metrics::Label> {
+        self.query.iter().map(|q| metrics::Label::new("query", q.clone())).collect()
     }
 
     /// Tracks one operator's share of [`JobMetrics::add_state_bytes`].
@@ -65,25 +77,30 @@ impl JobMetrics {
 
     pub fn add_rows_in(&self, n: usize) {
         self.rows_in.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("sluice_rows_in_total").increment(n as u64);
+        metrics::counter!("sluice_rows_in_total", self.labels()).increment(n as u64);
     }
 
     pub fn add_rows_out(&self, n: usize) {
         self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("sluice_rows_out_total").increment(n as u64);
+        metrics::counter!("sluice_rows_out_total", self.labels()).increment(n as u64);
     }
 
     /// Counts rows dropped because their window had already been emitted.
     pub fn add_late_rows(&self, n: usize) {
         self.late_rows.fetch_add(n as u64, Ordering::Relaxed);
-        metrics::counter!("sluice_late_rows_total").increment(n as u64);
+        metrics::counter!("sluice_late_rows_total", self.labels()).increment(n as u64);
+    }
+
+    /// Bytes of state held now, all operators and lanes.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// Records that an operator's state grew (or, negative, shrank) by `delta` bytes.
     pub fn add_state_bytes(&self, delta: i64) {
         let total = self.state_bytes.fetch_add(delta, Ordering::Relaxed) + delta;
         self.state_peak.fetch_max(total, Ordering::Relaxed);
-        metrics::gauge!("sluice_state_bytes").set(total as f64);
+        metrics::gauge!("sluice_state_bytes", self.labels()).set(total as f64);
     }
 
     pub fn set_watermark(&self, nanos: i64) {
@@ -123,5 +140,21 @@ impl StateReporter {
 impl Drop for StateReporter {
     fn drop(&mut self) {
         self.set(0);
+    }
+}
+
+/// A byte count for people: `1.5 GB`, `512 MB`, `12 KB`, `100 B` (powers of 1024).
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
