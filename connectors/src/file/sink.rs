@@ -1,5 +1,11 @@
-//! Writes results into one file: JSON lines as they arrive, or Parquet made
-//! visible only once complete.
+//! Writes results into one file: JSON lines or CSV as they arrive, or Parquet
+//! made visible only once complete.
+//!
+//! JSON lines and CSV are appended to an existing file, never truncated: a
+//! restarted query (a server restart, a resumed consumer group) adds to what
+//! readers may already have read. Each barrier (checkpoint or stop) flushes and
+//! syncs them. A Parquet file cannot grow once written: it is written whole
+//! under a hidden name and renamed over `path` when the query ends or stops.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -11,14 +17,16 @@ use async_trait::async_trait;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use sluice_engine::Sink;
+use sluice_engine::{Barrier, Sink};
 
 use super::{io_error, FileConfig, FileFormat};
 use crate::error::Result;
 
 enum Writer {
     Json(arrow_json::LineDelimitedWriter<BufWriter<File>>),
-    Csv(arrow_csv::Writer<BufWriter<File>>),
+    /// The file, and how each batch is written into it (with a header while
+    /// `header` is set: only at the top of a new file).
+    Csv { file: BufWriter<File>, header: bool, delimiter: u8 },
     /// Writes into a hidden staging file, renamed to `path` on finish.
     Parquet { writer: ArrowWriter<File>, staging: PathBuf },
 }
@@ -35,18 +43,14 @@ impl FileSink {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
         }
+        let append = || std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| io_error(&path, e));
         let writer = match cfg.format {
-            FileFormat::Json => {
-                let f = File::create(&path).map_err(|e| io_error(&path, e))?;
-                Writer::Json(arrow_json::LineDelimitedWriter::new(BufWriter::new(f)))
-            }
+            FileFormat::Json => Writer::Json(arrow_json::LineDelimitedWriter::new(BufWriter::new(append()?))),
             FileFormat::Csv => {
-                let f = File::create(&path).map_err(|e| io_error(&path, e))?;
-                let w = arrow_csv::WriterBuilder::new()
-                    .with_header(cfg.csv_header)
-                    .with_delimiter(cfg.csv_delimiter)
-                    .build(BufWriter::new(f));
-                Writer::Csv(w)
+                let f = append()?;
+                // A header only at the top of a new file.
+                let empty = f.metadata().map_err(|e| io_error(&path, e))?.len() == 0;
+                Writer::Csv { file: BufWriter::new(f), header: cfg.csv_header && empty, delimiter: cfg.csv_delimiter }
             }
             FileFormat::Parquet => {
                 let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -76,10 +80,27 @@ impl Sink for FileSink {
                 w.write(&batch).map_err(|e| io_error(path, e))?;
                 w.get_mut().flush().map_err(|e| io_error(path, e))?;
             }
-            Some(Writer::Csv(w)) => w.write(&batch).map_err(|e| io_error(path, e))?,
+            Some(Writer::Csv { file, header, delimiter }) => {
+                let mut w = arrow_csv::WriterBuilder::new().with_header(*header).with_delimiter(*delimiter).build(&mut *file);
+                w.write(&batch).map_err(|e| io_error(path, e))?;
+                *header = false;
+            }
             Some(Writer::Parquet { writer, .. }) => writer.write(&batch).map_err(|e| io_error(path, e))?,
             None => {}
         }
+        Ok(())
+    }
+
+    async fn on_barrier(&mut self, _barrier: Barrier) -> sluice_engine::Result<()> {
+        let path = &self.path;
+        let file = match &mut self.writer {
+            Some(Writer::Json(w)) => w.get_mut(),
+            Some(Writer::Csv { file, .. }) => file,
+            // Written whole at the end (see the module docs).
+            Some(Writer::Parquet { .. }) | None => return Ok(()),
+        };
+        file.flush().map_err(|e| io_error(path, e))?;
+        file.get_ref().sync_data().map_err(|e| io_error(path, e))?;
         Ok(())
     }
 
@@ -88,11 +109,9 @@ impl Sink for FileSink {
         match self.writer.take() {
             Some(Writer::Json(mut w)) => {
                 w.finish().map_err(|e| io_error(&path, e))?;
-                w.into_inner().flush().map_err(|e| io_error(&path, e))?;
+                sync(w.into_inner(), &path)?;
             }
-            Some(Writer::Csv(w)) => {
-                w.into_inner().flush().map_err(|e| io_error(&path, e))?;
-            }
+            Some(Writer::Csv { file, .. }) => sync(file, &path)?,
             Some(Writer::Parquet { writer, staging }) => {
                 writer.close().map_err(|e| io_error(&path, e))?;
                 std::fs::rename(&staging, &path).map_err(|e| io_error(&path, e))?;
@@ -101,4 +120,11 @@ impl Sink for FileSink {
         }
         Ok(())
     }
+}
+
+/// Flushes a written file and waits until its data is on disk.
+fn sync(mut file: BufWriter<File>, path: &std::path::Path) -> sluice_engine::Result<()> {
+    file.flush().map_err(|e| io_error(path, e))?;
+    file.get_ref().sync_data().map_err(|e| io_error(path, e))?;
+    Ok(())
 }

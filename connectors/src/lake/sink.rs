@@ -1,11 +1,15 @@
 //! Writes result batches into partition directories, one Parquet file per
-//! partition at a time, completed on size, age or the end of the input.
+//! partition at a time, completed on size, age, a barrier (a checkpoint or a
+//! stop) or the end of the input.
 //!
-//! Files are named `part-{query}-{n}.parquet`: `query` identifies the statement
-//! (the same for a replay of it) and `n` counts the partition's files. A replay
-//! writes the same names again, overwriting what the earlier run wrote, and when
-//! it finishes it deletes the earlier run's files it did not rewrite, so a
-//! replayed bounded query leaves exactly its rows, never twice.
+//! Files are named `part-{query}-{run}-{n}.parquet`: `query` identifies the
+//! statement (the same for a replay of it), `run` this run of it (a new one each
+//! time the query starts) and `n` counts the partition's files. A file, once put,
+//! is never overwritten: a restarted unbounded query adds files next to those of
+//! its earlier runs. A bounded query that reaches the end of its input has
+//! written its whole result: it then deletes the files earlier runs of the same
+//! statement left, so a replayed bounded query leaves exactly its rows, never
+//! twice. A stopped run deletes nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
-use sluice_engine::{EngineError, Sink, Watermark};
+use sluice_engine::{Barrier, BarrierKind, EngineError, Sink, Watermark};
 
 use super::store::join;
 use super::{LakeConfig, Partitioning};
@@ -39,6 +43,10 @@ pub struct LakeSink {
     open: BTreeMap<String, OpenFile>,
     /// Identifies the query: its files' names start with `part-{query_id}-`.
     query_id: String,
+    /// Identifies this run of the query: its files start with `part-{query_id}-{run_id}-`.
+    run_id: String,
+    /// A stop barrier came: the input did not end, so earlier runs' files stay.
+    stopped: bool,
     /// Files completed so far, per partition directory.
     files_written: BTreeMap<String, u64>,
     /// Every file this run has put.
@@ -61,6 +69,8 @@ impl LakeSink {
             props,
             open: BTreeMap::new(),
             query_id: query_id.to_string(),
+            run_id: run_id(),
+            stopped: false,
             files_written: BTreeMap::new(),
             written: Default::default(),
         })
@@ -72,14 +82,22 @@ impl LakeSink {
         let bytes = file.writer.into_inner().map_err(lake_error)?;
         let n = self.files_written.entry(dir.to_string()).or_default();
         *n += 1;
-        let path = join(&self.prefix, &format!("{dir}part-{}-{:06}.parquet", self.query_id, n));
+        let path = join(&self.prefix, &format!("{dir}part-{}-{}-{:06}.parquet", self.query_id, self.run_id, n));
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(lake_error)?;
         self.written.insert(path.as_ref().to_string());
         Ok(())
     }
 
-    /// Deletes files an earlier run of this query wrote that this run did not
-    /// write again.
+    /// Completes every open file.
+    async fn complete_all(&mut self) -> sluice_engine::Result<()> {
+        let dirs: Vec<String> = self.open.keys().cloned().collect();
+        for dir in dirs {
+            self.complete(&dir).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes files an earlier run of this query wrote.
     async fn remove_stale(&mut self) -> sluice_engine::Result<()> {
         use futures::StreamExt;
         let mine = format!("part-{}-", self.query_id);
@@ -141,11 +159,22 @@ impl Sink for LakeSink {
         Ok(())
     }
 
+    async fn on_barrier(&mut self, barrier: Barrier) -> sluice_engine::Result<()> {
+        self.stopped |= barrier.kind == BarrierKind::Stop;
+        self.complete_all().await
+    }
+
     async fn finish(&mut self) -> sluice_engine::Result<()> {
-        let dirs: Vec<String> = self.open.keys().cloned().collect();
-        for dir in dirs {
-            self.complete(&dir).await?;
+        self.complete_all().await?;
+        if self.stopped {
+            return Ok(());
         }
         self.remove_stale().await
     }
+}
+
+/// A new run's id: its start time in milliseconds and a random part, so that two
+/// runs never share file names and names sort by run.
+fn run_id() -> String {
+    format!("{:011x}{:04x}", chrono::Utc::now().timestamp_millis().max(0), rand::random::<u16>())
 }
