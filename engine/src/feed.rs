@@ -2,13 +2,17 @@
 //!
 //! Stateless SQL (filters, projections, scalar functions, unnest) stays in DataFusion
 //! `ExecutionPlan`s. The planner puts a `FeedExec` at the leaf of such a plan; at run
-//! time the pipeline queues each arriving batch into it and executes the plan once
-//! per batch, so results come out before the watermark that follows the batch.
+//! time each arriving batch goes through the plan on its own, so results come out
+//! before the watermark that follows the batch: either the batch is queued into the
+//! feed and the plan executed, or (filters and projections, see
+//! [`crate::operators::StatelessOperator`]) the feed's [`FeedShape`] and the plan's
+//! expressions are applied to it directly.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use datafusion::arrow::array::RecordBatchOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -33,6 +37,30 @@ impl FeedHandle {
         if let Ok(mut q) = self.0.lock() {
             q.push_back(batch);
         }
+    }
+}
+
+/// How a batch queued into a feed becomes a batch of the feed's output: projected,
+/// and stripped of the schema metadata a source tagged it with (the Kafka source
+/// carries its splits there for the watermark assigner; they are not the plan's).
+#[derive(Clone, Debug)]
+pub struct FeedShape {
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+impl FeedShape {
+    /// The batch as the plan above the feed expects it.
+    pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let batch = match &self.projection {
+            Some(p) => batch.project(p)?,
+            None => batch,
+        };
+        if batch.schema().metadata().is_empty() {
+            return Ok(batch);
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(Arc::clone(&self.schema), batch.columns().to_vec(), &options)?)
     }
 }
 
@@ -105,18 +133,19 @@ impl FeedExec {
         self.queue.clone()
     }
 
+    /// What is done to each queued batch on its way out.
+    pub fn shape(&self) -> FeedShape {
+        FeedShape { projection: self.projection.clone(), schema: Arc::clone(&self.schema) }
+    }
+
     fn take_queued(&self) -> Result<Vec<RecordBatch>> {
         let mut q = self
             .queue
             .0
             .lock()
             .map_err(|_| DataFusionError::Internal("feed queue poisoned".into()))?;
-        q.drain(..)
-            .map(|b| match &self.projection {
-                Some(p) => b.project(p).map_err(DataFusionError::from),
-                None => Ok(b),
-            })
-            .collect()
+        let shape = self.shape();
+        q.drain(..).map(|b| shape.apply(b)).collect()
     }
 }
 
@@ -181,19 +210,7 @@ impl ExecutionPlan for FeedExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let batches = self
-            .take_queued()?
-            .into_iter()
-            .map(|b| match b.schema().metadata().is_empty() {
-                true => Ok(b),
-                // Schema metadata a source tagged the batch with is not the plan's.
-                false => RecordBatch::try_new_with_options(
-                    Arc::clone(&self.schema),
-                    b.columns().to_vec(),
-                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                ),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let batches = self.take_queued()?;
         Ok(Box::pin(MemoryStream::try_new(batches, Arc::clone(&self.schema), None)?))
     }
 }
