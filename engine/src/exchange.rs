@@ -1,18 +1,16 @@
 //! Hash-partitions rows across lanes by a key, so each lane of a stateful
-//! operator owns a disjoint set of keys.
+//! operator owns a disjoint set of keys: the key's group (see
+//! [`crate::key_group`]) decides its lane.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::hash_utils::{create_hashes, RandomState};
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::error::Result;
-
-/// Fixed seed so a key always lands in the same lane.
-const HASH_STATE: RandomState = RandomState::with_seed(0x5_11ce);
+use crate::key_group::{key_group, lane_of, KeyHasher};
 
 /// Splits batches by the hash of `keys`, evaluated on each batch.
 pub struct KeyPartitioner {
@@ -23,7 +21,7 @@ pub struct KeyPartitioner {
 impl KeyPartitioner {
     /// With no keys every row goes to lane 0 (a global aggregate has one owner).
     pub fn new(keys: Vec<Arc<dyn PhysicalExpr>>, lanes: usize) -> Self {
-        KeyPartitioner { keys, lanes: lanes.max(1) }
+        KeyPartitioner { keys, lanes: lanes.clamp(1, crate::key_group::KEY_GROUPS as usize) }
     }
 
     pub fn keys(&self) -> &[Arc<dyn PhysicalExpr>] {
@@ -41,11 +39,10 @@ impl KeyPartitioner {
             .iter()
             .map(|k| Ok(k.evaluate(batch)?.into_array(n)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let mut hashes = vec![0u64; n];
-        create_hashes(&columns, &HASH_STATE, &mut hashes)?;
+        let hashes = KeyHasher::hash_rows(&columns, n)?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.lanes];
         for (i, h) in hashes.iter().enumerate() {
-            rows[(*h % self.lanes as u64) as usize].push(i as u32);
+            rows[lane_of(key_group(*h), self.lanes)].push(i as u32);
         }
         let mut out = Vec::new();
         for (lane, idx) in rows.into_iter().enumerate() {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exchange;
 pub mod feed;
 pub mod inbox;
+pub mod key_group;
 pub mod message;
 pub mod metrics;
 pub mod operator;
