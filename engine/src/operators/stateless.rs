@@ -34,6 +34,7 @@ use futures::TryStreamExt;
 use crate::error::Result;
 use crate::feed::{FeedExec, FeedHandle, FeedShape};
 use crate::operator::{Emitter, Operator};
+use crate::row_error;
 
 /// A DataFusion plan whose single leaf is a [`crate::feed::FeedExec`]; holds no state between
 /// batches, so watermarks pass straight through.
@@ -108,6 +109,17 @@ fn compile(plan: &Arc<dyn ExecutionPlan>) -> Option<(FeedShape, Vec<Step>)> {
 }
 
 impl Step {
+    /// The step as an error message names it.
+    fn describe(&self) -> String {
+        match self {
+            Step::Filter { predicate, .. } => format!("filter {predicate}"),
+            Step::Project { exprs, .. } => {
+                let exprs: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                format!("projection [{}]", exprs.join(", "))
+            }
+        }
+    }
+
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         match self {
             Step::Filter { predicate, projection } => {
@@ -151,7 +163,14 @@ impl Operator for StatelessOperator {
                     if batch.num_rows() == 0 {
                         return Ok(());
                     }
-                    batch = step.apply(batch)?;
+                    batch = match step.apply(batch.clone()) {
+                        Ok(next) => next,
+                        // Name the step and the first row it fails on.
+                        Err(e) => {
+                            let located = row_error::locate(&step.describe(), &batch, e, |rows| step.apply(rows.clone()));
+                            return Err(located.into());
+                        }
+                    };
                 }
                 out.emit(batch);
             }
