@@ -74,7 +74,7 @@ impl Connector for PregeneratedConnector {
         Ok(())
     }
 
-    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>, ConnectorError> {
+    fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(Replay { batches: Arc::clone(&self.batches), next: shard.index, step: shard.count, schema: table.schema.clone() }))
     }
 }

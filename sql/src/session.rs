@@ -500,7 +500,10 @@ impl Session {
         let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
         let flows = lanes.into_iter().map(|l| l.flow).collect();
         let alignment = self.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
-        let flow = self.flow(&catalog, &planned, flows, alignment.as_ref())?;
+        // The same statement replayed gets the same id (sources keep their
+        // positions per query, sinks may name their output after it).
+        let query_id = format!("{:016x}", fnv1a(format!("{}\n{query}", target_table.map_or("", |t| t.name.as_str())).as_bytes()));
+        let flow = self.flow(&catalog, &planned, flows, alignment.as_ref(), &query_id)?;
         let sink = match target_table {
             None => results,
             Some(t) => {
@@ -509,8 +512,6 @@ impl Session {
                     // The sink writes what it gets: the change kind, then the row.
                     spec.schema = Arc::clone(&output_schema);
                 }
-                // The same statement replayed gets the same id.
-                let query_id = format!("{:016x}", fnv1a(format!("{}\n{query}", t.name).as_bytes()));
                 self.connector(&t.connector)?.sink_for_query(&spec, &query_id)?
             }
         };
@@ -525,6 +526,7 @@ impl Session {
         planned: &PlannedQuery,
         lanes: Vec<LoweredFlow>,
         alignment: Option<&Arc<AlignmentGroup>>,
+        query_id: &str,
     ) -> Result<Flow> {
         let count = lanes.len();
         let mut inputs = Vec::with_capacity(count);
@@ -556,7 +558,7 @@ impl Session {
                     .ok_or_else(|| SqlError::Catalog(format!("table '{name}' does not exist")))?;
                 let connector = self.connector(&table.connector)?;
                 let sources = (0..count)
-                    .map(|index| Ok(connector.source(&table.spec(), Shard { index, count })?))
+                    .map(|index| Ok(connector.source(&table.spec(), Shard { index, count }, query_id)?))
                     .collect::<Result<Vec<_>>>()?;
                 if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
                     for ops in &mut first.lanes {
@@ -583,8 +585,8 @@ impl Session {
                     ops.push(join.operator);
                 }
                 FlowInput::Join(Box::new(JoinInput {
-                    left: self.flow(catalog, planned, left, alignment)?,
-                    right: self.flow(catalog, planned, right, alignment)?,
+                    left: self.flow(catalog, planned, left, alignment, query_id)?,
+                    right: self.flow(catalog, planned, right, alignment, query_id)?,
                     left_key,
                     right_key,
                     lanes: ops,
