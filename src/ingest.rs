@@ -1,8 +1,9 @@
 //! `sluice ingest`: lands a Kafka topic in a Parquet lake with a progress display.
 //!
 //! The source and lake tables are declared in a SQL file (`--sql`); the job
-//! commits Kafka offsets only after the files holding them are in the lake, and
-//! Ctrl-C finishes the round in progress before stopping.
+//! commits Kafka offsets, in its own consumer group, only after the files holding
+//! them are in the lake, and Ctrl-C or SIGTERM finishes the round in progress
+//! before stopping.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -37,6 +38,22 @@ fn describe(p: &IngestProgress) -> String {
     )
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM: both end the job after the round in progress.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let ddl = std::fs::read_to_string(&args.sql).with_context(|| format!("reading {}", args.sql.display()))?;
     let mut session = Session::default();
@@ -47,6 +64,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         bail!("ingest reads a kafka table (--from) into a lake table (--to)");
     }
     let kafka = KafkaConfig::from_table(&source)?;
+    // The job's own group (unless `group.id` names one): queries reading the
+    // same table keep theirs, so none moves the job's offsets.
+    let group_id = kafka.group_id.clone().unwrap_or_else(|| format!("sluice-ingest-{}", sink.name));
     let lake = LakeConfig::from_table(&sink)?;
     let partitioning = Partitioning::try_new(&sink.name, &sink.schema, lake.partition_by.as_deref(), lake.time_column.as_deref())?;
     if source.schema.fields().len() != sink.schema.fields().len() {
@@ -54,6 +74,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     }
     let cfg = IngestConfig {
         kafka,
+        group_id,
         schema: source.schema.clone(),
         lake,
         partitioning,
@@ -63,7 +84,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let on_ctrl_c = stop.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_signal().await;
         on_ctrl_c.cancel();
     });
     let bar = std::io::stderr().is_terminal().then(|| {

@@ -137,7 +137,7 @@ def consume_avro(broker, topic, count, registry_url):
 def consume(broker, topic, count, idle_limit=60):
     for msg in records(broker, topic, "test-reader", count, idle_limit):
         headers = {k: (v.decode() if v is not None else None) for k, v in (msg.headers() or [])}
-        print(json.dumps({"key": msg.key().decode() if msg.key() else None,
+        print(json.dumps({"key": msg.key().decode() if msg.key() is not None else None,
                           "value": msg.value().decode(errors="replace") if msg.value() is not None else None,
                           "partition": msg.partition(), "offset": msg.offset(), "headers": headers}), flush=True)
 

@@ -1,12 +1,13 @@
 //! Fault injection with librdkafka's mock cluster: request errors and a broker
-//! that goes down, which a real broker cannot be made to do on cue. (The real
-//! broker tests are in tests/kafka.rs.)
+//! that goes down (and comes back), which a real broker cannot be made to do on
+//! cue. (The real broker tests are in tests/kafka.rs.)
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_sql::{Session, StatementOutput};
@@ -92,5 +93,66 @@ async fn a_broker_that_stays_down_fails_the_query_with_the_delivery_error() -> T
         .err()
         .ok_or("the query must fail when its records cannot be delivered")?;
     assert!(err.to_string().contains("delivery to out"), "{err}");
+    Ok(())
+}
+
+/// Records `{"n": 1, "ts": 2024-01-01 00:00:00 + s}` for each second `s`, into
+/// one partition of `clicks`.
+fn produce_seconds(bootstrap: &str, partition: i32, seconds: std::ops::Range<i64>) -> Result<(), Box<dyn std::error::Error>> {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create()?;
+    for s in seconds {
+        let value = format!("{{\"n\": 1, \"ts\": \"2024-01-01T00:{:02}:{:02}\"}}", s / 60, s % 60);
+        producer.send(BaseRecord::<(), str>::to("clicks").partition(partition).payload(&value)).map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// One lane reads two partitions, partition 1 half a minute behind partition 0,
+/// when the broker goes away for longer than the idle timeout. Cut off from
+/// its broker the lane is not idle, so the watermark stays with partition 1,
+/// and partition 1's rows that come after the broker is back are not late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_holds_the_watermark_for_the_lagging_partition() -> TestResult {
+    let cluster = MockCluster::new(1)?;
+    cluster.create_topic("clicks", 2, 1)?;
+    let bootstrap = cluster.bootstrap_servers();
+    let mut session = Session::default();
+    session.set_parallelism(1);
+    session
+        .execute_script(&format!(
+            "CREATE TABLE clicks (n BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH (connector = 'kafka', topic = 'clicks', 'bootstrap.servers' = '{bootstrap}', \
+                   'scan.startup.mode' = 'earliest', 'source.idle-timeout.ms' = '3000', \
+                   'properties.reconnect.backoff.max.ms' = '200')"
+        ))
+        .await?;
+    let mut outputs = session
+        .execute_script(
+            "SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+             GROUP BY window_start, window_end",
+        )
+        .await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+    produce_seconds(&bootstrap, 0, 0..60)?;
+    produce_seconds(&bootstrap, 1, 0..30)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while q.job.metrics().rows_in < 90 {
+        assert!(std::time::Instant::now() < deadline, "the first records were not read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Down for longer than the idle timeout (an outage, not a quiet topic).
+    cluster.broker_down(1)?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.broker_up(1)?;
+    produce_seconds(&bootstrap, 1, 30..60)?;
+    produce_seconds(&bootstrap, 0, 600..601)?;
+    produce_seconds(&bootstrap, 1, 600..601)?;
+    let batch = tokio::time::timeout(Duration::from_secs(60), q.results.recv()).await?.ok_or("query ended")?;
+    let rows = sluice_connectors::table_printer::format_cells(&batch)?;
+    let late = q.job.metrics().late_rows;
+    q.job.cancel();
+    assert_eq!(late, 0, "no row of the lagging partition is late");
+    assert_eq!(rows.first(), Some(&vec!["2024-01-01T00:00:00".to_string(), "120".to_string()]), "both partitions' rows");
     Ok(())
 }

@@ -33,6 +33,9 @@ use crate::lake::{LakeConfig, Partitioning};
 /// What one ingestion job reads and writes.
 pub struct IngestConfig {
     pub kafka: KafkaConfig,
+    /// The job's consumer group: its own, never a query's (a query reading
+    /// ahead must not make the job skip records).
+    pub group_id: String,
     pub schema: SchemaRef,
     pub lake: LakeConfig,
     pub partitioning: Partitioning,
@@ -95,7 +98,7 @@ pub async fn run_ingest(
     let kafka = &cfg.kafka;
     let mut client = kafka.client_config();
     client
-        .set("group.id", &kafka.group_id)
+        .set("group.id", &cfg.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest");

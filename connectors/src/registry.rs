@@ -53,8 +53,11 @@ pub trait Connector: Send + Sync {
     fn validate(&self, table: &TableSpec) -> Result<()>;
     /// A source reading one shard of the table (each call starts from the
     /// beginning). The shards of one table together produce every row once.
-    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
-        let _ = (table, shard);
+    /// `query_id` identifies the reading query (the same for a replay of the
+    /// same statement): sources that keep a position outside Sluice (a Kafka
+    /// consumer group) keep one per query, so queries never move each other's.
+    fn source(&self, table: &TableSpec, shard: Shard, query_id: &str) -> Result<Box<dyn Source>> {
+        let _ = (table, shard, query_id);
         Err(ConnectorError::Role { connector: self.name().to_string(), role: "source" })
     }
     /// A sink writing into the table.

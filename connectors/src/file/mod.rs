@@ -9,6 +9,11 @@
 //! - `csv.header`: whether CSV has a header line (default true).
 //! - `csv.delimiter`: one character (default `,`).
 //! - `batch.size`: rows per batch when reading (default 1024).
+//! - `bad_data` (JSON and CSV sources): what a line that does not decode does:
+//!   `fail` (default: the rows before it come out, then the query fails naming
+//!   `file:line`), `drop` (counted, logged, skipped) or `dead-letter` (appended to
+//!   the JSON lines file `dead-letter.path` as `{"file", "line", "error",
+//!   "record"}`, where `record` is the line's text).
 
 mod sink;
 mod source;
@@ -29,6 +34,17 @@ pub enum FileFormat {
     Parquet,
 }
 
+/// What a source does with a record that does not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadData {
+    /// Emit the rows before it, then fail the query naming the file and line.
+    Fail,
+    /// Skip it, counted in `sluice_bad_records_total` and logged.
+    Drop,
+    /// Append it, with its file, line and error, to this JSON lines file.
+    DeadLetter(PathBuf),
+}
+
 /// Typed `file` options.
 #[derive(Debug, Clone)]
 pub struct FileConfig {
@@ -37,6 +53,8 @@ pub struct FileConfig {
     pub csv_header: bool,
     pub csv_delimiter: u8,
     pub batch_size: usize,
+    /// What a JSON or CSV source does with a line that does not decode.
+    pub bad_data: BadData,
 }
 
 impl FileConfig {
@@ -61,8 +79,22 @@ impl FileConfig {
             Some(d) => return Err(bad("csv.delimiter", format!("'{d}' is not a single character"))),
         };
         let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
+        let dead_letter = o.take_opt("dead-letter.path");
+        let bad_data = match (o.take_opt("bad_data").map(|b| b.to_ascii_lowercase()).as_deref(), dead_letter) {
+            (None | Some("fail"), None) => BadData::Fail,
+            (Some("drop"), None) => BadData::Drop,
+            (Some("dead-letter"), Some(p)) => BadData::DeadLetter(PathBuf::from(p)),
+            (Some("dead-letter"), None) => return Err(bad("bad_data", "'dead-letter' needs 'dead-letter.path'".into())),
+            (None | Some("fail") | Some("drop"), Some(_)) => {
+                return Err(bad("dead-letter.path", "only used with bad_data = 'dead-letter'".into()))
+            }
+            (Some(other), _) => return Err(bad("bad_data", format!("'{other}' is not one of fail, drop, dead-letter"))),
+        };
+        if format == FileFormat::Parquet && bad_data != BadData::Fail {
+            return Err(bad("bad_data", "only for format = 'json' or 'csv'".into()));
+        }
         o.ensure_empty()?;
-        Ok(FileConfig { path, format, csv_header, csv_delimiter, batch_size })
+        Ok(FileConfig { path, format, csv_header, csv_delimiter, batch_size, bad_data })
     }
 }
 
@@ -78,7 +110,7 @@ impl Connector for FileConnector {
         FileConfig::from_table(table).map(|_| ())
     }
 
-    fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {
+    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
         let cfg = FileConfig::from_table(table)?;
         Ok(Box::new(source::FileSource::open(cfg, table.schema.clone(), shard)?))
     }

@@ -1,20 +1,30 @@
 //! Reads JSON lines, CSV or Parquet files into batches of the declared schema.
+//!
+//! JSON and CSV are read record by record (a CSV record may span lines inside
+//! quotes), so that a record that does not decode is known by its file and line.
+//! Records are decoded a batch at a time; only when a batch fails is each of its
+//! records decoded alone, to tell the good rows from the bad. The good rows come
+//! out in file order either way, and `bad_data` decides what a bad record does:
+//! with `fail` the rows before it are still emitted, then the query fails with
+//! `path:line: error`; `drop` skips it; `dead-letter` appends it to a file.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::BufReader;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatchReader;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sluice_engine::{Source, SourceLag};
+use sluice_engine::{EngineError, Source, SourceLag};
 
-use super::{io_error, FileConfig, FileFormat};
+use super::{io_error, BadData, FileConfig, FileFormat};
 use crate::conform::Conformer;
-use crate::error::Result;
+use crate::error::{ConnectorError, Result};
 use crate::registry::Shard;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
@@ -24,7 +34,71 @@ pub struct FileSource {
     cfg: FileConfig,
     schema: SchemaRef,
     pending: VecDeque<PathBuf>,
-    current: Option<(PathBuf, BatchReader)>,
+    current: Option<Reader>,
+    /// A `fail` record's error, returned after the rows before it.
+    failed: Option<EngineError>,
+    /// The dead-letter file, opened at the first bad record.
+    dead_letters: Option<File>,
+}
+
+/// The file being read.
+enum Reader {
+    Text(TextRecords),
+    Parquet(PathBuf, BatchReader),
+}
+
+/// One JSON line or CSV record, and the line it starts on (from 1).
+struct Record {
+    line: u64,
+    text: Vec<u8>,
+}
+
+/// The records of a JSON lines or CSV file; blank lines and a CSV header are skipped.
+struct TextRecords {
+    path: PathBuf,
+    input: BufReader<File>,
+    /// Lines read so far.
+    line: u64,
+    /// A CSV record ends only at a line end outside quotes.
+    csv: bool,
+    skip_header: bool,
+}
+
+impl TextRecords {
+    fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            let first = self.line + 1;
+            let mut text = Vec::new();
+            let mut in_quotes = false;
+            loop {
+                let n = self.input.read_until(b'\n', &mut text).map_err(|e| io_error(&self.path, e))?;
+                if n == 0 {
+                    break;
+                }
+                self.line += 1;
+                if self.csv {
+                    let quotes = text[text.len() - n..].iter().filter(|b| **b == b'"').count();
+                    in_quotes ^= quotes % 2 == 1;
+                }
+                if !in_quotes {
+                    break;
+                }
+            }
+            if text.is_empty() {
+                return Ok(None);
+            }
+            while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                text.pop();
+            }
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if std::mem::take(&mut self.skip_header) {
+                continue;
+            }
+            return Ok(Some(Record { line: first, text }));
+        }
+    }
 }
 
 impl FileSource {
@@ -50,40 +124,174 @@ impl FileSource {
             .filter(|(i, _)| i % shard.count.max(1) == shard.index)
             .map(|(_, f)| f)
             .collect();
-        Ok(FileSource { cfg, schema, pending, current: None })
+        Ok(FileSource { cfg, schema, pending, current: None, failed: None, dead_letters: None })
     }
 
-    fn buffered(path: &PathBuf) -> Result<BufReader<File>> {
-        Ok(BufReader::new(File::open(path).map_err(|e| io_error(path, e))?))
-    }
-
-    fn reader(&self, path: &PathBuf) -> Result<BatchReader> {
-        let reader: BatchReader = match self.cfg.format {
-            FileFormat::Json => Box::new(
-                arrow_json::ReaderBuilder::new(self.schema.clone())
-                    .with_batch_size(self.cfg.batch_size)
-                    .build(Self::buffered(path)?)
-                    .map_err(|e| io_error(path, e))?,
-            ),
-            FileFormat::Csv => Box::new(
-                arrow_csv::ReaderBuilder::new(self.schema.clone())
-                    .with_header(self.cfg.csv_header)
-                    .with_delimiter(self.cfg.csv_delimiter)
-                    .with_batch_size(self.cfg.batch_size)
-                    .build(Self::buffered(path)?)
-                    .map_err(|e| io_error(path, e))?,
-            ),
+    fn reader(&self, path: &Path) -> Result<Reader> {
+        let input = || Ok::<_, ConnectorError>(BufReader::new(File::open(path).map_err(|e| io_error(path, e))?));
+        let text = |csv: bool| -> Result<Reader> {
+            let skip_header = csv && self.cfg.csv_header;
+            Ok(Reader::Text(TextRecords { path: path.to_path_buf(), input: input()?, line: 0, csv, skip_header }))
+        };
+        match self.cfg.format {
+            FileFormat::Json => text(false),
+            FileFormat::Csv => text(true),
             FileFormat::Parquet => {
                 let file = File::open(path).map_err(|e| io_error(path, e))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| b.with_batch_size(self.cfg.batch_size).build())
                     .map_err(|e| io_error(path, e))?;
                 let conformer = Conformer::try_new(&path.display().to_string(), &reader.schema(), &self.schema)?;
-                Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))))
+                Ok(Reader::Parquet(path.to_path_buf(), Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))))))
+            }
+        }
+    }
+
+    /// `records` as one batch, or the first error.
+    fn decode(&self, records: &[&Record]) -> std::result::Result<RecordBatch, String> {
+        let size = records.len().max(1);
+        let batches = match self.cfg.format {
+            FileFormat::Json => {
+                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
+                    .with_batch_size(size)
+                    .build_decoder()
+                    .map_err(|e| e.to_string())?;
+                feed(&mut decoder, records)
+            }
+            FileFormat::Csv | FileFormat::Parquet => {
+                let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                    .with_header(false)
+                    .with_delimiter(self.cfg.csv_delimiter)
+                    .with_batch_size(size)
+                    .build_decoder();
+                feed(&mut decoder, records)
             }
         };
-        Ok(reader)
+        let batches = batches.map_err(|e| e.to_string())?;
+        arrow::compute::concat_batches(&self.schema, &batches).map_err(|e| e.to_string())
     }
+
+    /// The good rows of `records`, in order, each bad record handled as
+    /// `bad_data` says (with `fail`, the rows after it are not returned).
+    fn salvage(&mut self, path: &Path, records: &[Record]) -> sluice_engine::Result<RecordBatch> {
+        let mut good = Vec::new();
+        let mut dead = Vec::new();
+        for record in records {
+            let error = match self.decode(&[record]) {
+                Ok(batch) => {
+                    good.push(batch);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let place = format!("{}:{}", path.display(), record.line);
+            metrics::counter!("sluice_bad_records_total").increment(1);
+            match &self.cfg.bad_data {
+                BadData::Fail => {
+                    self.failed = Some(EngineError::connector(
+                        "file",
+                        format!("{place}: {error} (set bad_data = 'drop' or 'dead-letter' to keep going)"),
+                    ));
+                    break;
+                }
+                BadData::Drop => tracing::warn!("dropped bad record at {place}: {error}"),
+                BadData::DeadLetter(_) => {
+                    let letter = serde_json::json!({
+                        "file": path.display().to_string(),
+                        "line": record.line,
+                        "error": error,
+                        "record": String::from_utf8_lossy(&record.text),
+                    });
+                    dead.extend_from_slice(letter.to_string().as_bytes());
+                    dead.push(b'\n');
+                }
+            }
+        }
+        self.write_dead_letters(&dead)?;
+        Ok(arrow::compute::concat_batches(&self.schema, &good)?)
+    }
+
+    /// Appends whole dead-letter lines in one write, so lanes sharing the file
+    /// do not interleave within a line.
+    fn write_dead_letters(&mut self, lines: &[u8]) -> sluice_engine::Result<()> {
+        let BadData::DeadLetter(target) = &self.cfg.bad_data else { return Ok(()) };
+        if lines.is_empty() {
+            return Ok(());
+        }
+        if self.dead_letters.is_none() {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(target).map_err(|e| io_error(target, e))?;
+            self.dead_letters = Some(file);
+        }
+        if let Some(file) = &mut self.dead_letters {
+            file.write_all(lines).and_then(|()| file.flush()).map_err(|e| io_error(target, e))?;
+        }
+        Ok(())
+    }
+
+    /// The next batch of the current text file, `None` at its end.
+    fn next_text_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
+        let Some(Reader::Text(text)) = &mut self.current else { return Ok(None) };
+        let mut records = Vec::with_capacity(self.cfg.batch_size.min(4096));
+        while records.len() < self.cfg.batch_size.max(1) {
+            match text.next_record()? {
+                Some(r) => records.push(r),
+                None => break,
+            }
+        }
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let path = text.path.clone();
+        let all: Vec<&Record> = records.iter().collect();
+        match self.decode(&all) {
+            Ok(batch) => Ok(Some(batch)),
+            Err(_) => self.salvage(&path, &records).map(Some),
+        }
+    }
+}
+
+/// The push decoders of arrow's JSON and CSV readers.
+trait PushDecoder {
+    /// Decodes from `bytes`, returning how many it used (0 when the batch is full).
+    fn decode(&mut self, bytes: &[u8]) -> Result<usize, ArrowError>;
+    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError>;
+}
+
+impl PushDecoder for arrow_json::reader::Decoder {
+    fn decode(&mut self, bytes: &[u8]) -> Result<usize, ArrowError> {
+        arrow_json::reader::Decoder::decode(self, bytes)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        arrow_json::reader::Decoder::flush(self)
+    }
+}
+
+impl PushDecoder for arrow_csv::reader::Decoder {
+    fn decode(&mut self, bytes: &[u8]) -> Result<usize, ArrowError> {
+        arrow_csv::reader::Decoder::decode(self, bytes)
+    }
+    fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError> {
+        arrow_csv::reader::Decoder::flush(self)
+    }
+}
+
+/// Every record, each ended by a line end, through `decoder`.
+fn feed(decoder: &mut dyn PushDecoder, records: &[&Record]) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut batches = Vec::new();
+    for record in records {
+        for mut rest in [record.text.as_slice(), &b"\n"[..]] {
+            while !rest.is_empty() {
+                let used = decoder.decode(rest)?;
+                if used == 0 {
+                    // The batch is full: a line held several JSON values.
+                    batches.extend(decoder.flush()?);
+                }
+                rest = &rest[used..];
+            }
+        }
+    }
+    batches.extend(decoder.flush()?);
+    Ok(batches)
 }
 
 #[async_trait]
@@ -104,16 +312,28 @@ impl Source for FileSource {
 
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
         loop {
-            if let Some((path, reader)) = &mut self.current {
-                match reader.next() {
+            if let Some(e) = self.failed.take() {
+                // Nothing after a failed record is read: the source ends here.
+                self.pending.clear();
+                self.current = None;
+                return Err(e);
+            }
+            match &mut self.current {
+                Some(Reader::Parquet(path, reader)) => match reader.next() {
                     Some(Ok(batch)) => return Ok(Some(batch)),
                     Some(Err(e)) => return Err(io_error(path, format!("bad record: {e}")).into()),
                     None => self.current = None,
+                },
+                Some(Reader::Text(_)) => match self.next_text_batch()? {
+                    Some(batch) if batch.num_rows() > 0 => return Ok(Some(batch)),
+                    Some(_) => {}
+                    None => self.current = None,
+                },
+                None => {
+                    let Some(path) = self.pending.pop_front() else { return Ok(None) };
+                    self.current = Some(self.reader(&path)?);
                 }
             }
-            let Some(path) = self.pending.pop_front() else { return Ok(None) };
-            let reader = self.reader(&path)?;
-            self.current = Some((path, reader));
         }
     }
 }

@@ -113,7 +113,7 @@ impl Connector for GeneratorConnector {
         Ok(())
     }
 
-    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
+    fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {
         let cfg = GeneratorConfig::from_table(table)?;
         let conformer = Conformer::try_new(&table.name, &clickstream_schema(), &table.schema)?;
         Ok(Box::new(GeneratorSource {

@@ -5,7 +5,13 @@
 //! - `scan.startup.mode`: `earliest`, `latest`, `group-offsets` (default: the
 //!   group's committed offsets, else earliest) or `timestamp` (the first record at
 //!   or after `scan.startup.timestamp-millis`, by Kafka record timestamp).
-//! - `group.id`: consumer group whose offsets are committed (default `sluice-TABLE`).
+//! - `group.id`: the consumer group whose offsets are committed. By default each
+//!   query has its own, `sluice-<query id>` (the same for the same statement), and
+//!   each `sluice ingest` job its own, `sluice-ingest-<lake table>`, so readers of
+//!   one topic never move each other's offsets. Offsets are committed only once
+//!   the rows read before them are durable in the sink (at each checkpoint
+//!   barrier, every few seconds, and when the query stops gracefully); a query
+//!   cancelled or crashed reads again from the last commit.
 //! - `format`: `json` (default), `csv`, `raw` (one `VARBINARY`/`VARCHAR` column
 //!   holding the value) or `avro-confluent` (Avro in Confluent's wire format, with
 //!   `avro-confluent.url` naming the schema registry and, for sinks,
@@ -37,6 +43,8 @@
 pub(crate) mod avro;
 pub mod decode;
 mod metadata;
+mod positions;
+mod quiet;
 mod sink;
 mod source;
 
@@ -90,7 +98,8 @@ pub enum BadData {
 pub struct KafkaConfig {
     pub brokers: String,
     pub topic: String,
-    pub group_id: String,
+    /// `group.id` as given; `None`: each reader takes its own (see the module docs).
+    pub group_id: Option<String>,
     pub startup: StartupMode,
     pub format: KafkaFormat,
     pub avro: Option<AvroOptions>,
@@ -114,7 +123,7 @@ impl KafkaConfig {
         let bad = |key: &str, reason: String| ConnectorError::Option { connector: "kafka".into(), key: key.into(), reason };
         let brokers = o.take_str("bootstrap.servers")?;
         let topic = o.take_str("topic")?;
-        let group_id = o.take_opt("group.id").unwrap_or_else(|| format!("sluice-{}", table.name));
+        let group_id = o.take_opt("group.id");
         let startup = match o.take_opt("scan.startup.mode").map(|m| m.to_ascii_lowercase()).as_deref() {
             None | Some("group-offsets") => StartupMode::GroupOffsets,
             Some("earliest") | Some("earliest-offset") => StartupMode::Earliest,
@@ -197,8 +206,9 @@ impl Connector for KafkaConnector {
         KafkaConfig::from_table(table).map(|_| ())
     }
 
-    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
-        let cfg = KafkaConfig::from_table(table)?;
+    fn source(&self, table: &TableSpec, shard: Shard, query_id: &str) -> Result<Box<dyn Source>> {
+        let mut cfg = KafkaConfig::from_table(table)?;
+        cfg.group_id.get_or_insert_with(|| format!("sluice-{query_id}"));
         Ok(Box::new(source::KafkaSource::create(cfg, table.schema.clone(), shard)?))
     }
 

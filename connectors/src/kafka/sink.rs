@@ -124,11 +124,13 @@ impl Sink for KafkaSink {
         };
         let values = batch.project(&self.value_columns)?;
         let payloads = self.values(&values).await?;
-        let keys: Option<Vec<String>> = match self.key_column {
+        // A NULL key is a record without a key, not the key "".
+        let keys: Option<Vec<Option<String>>> = match self.key_column {
             None => None,
             Some(i) => {
-                let f = ArrayFormatter::try_new(batch.column(i).as_ref(), &FormatOptions::default())?;
-                Some((0..batch.num_rows()).map(|r| f.value(r).to_string()).collect())
+                let column = batch.column(i);
+                let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+                Some((0..batch.num_rows()).map(|r| column.is_valid(r).then(|| f.value(r).to_string())).collect())
             }
         };
         let kind = |r: usize| kinds.as_ref().map_or(ChangeKind::Insert, |k| k[r]);
@@ -137,8 +139,8 @@ impl Sink for KafkaSink {
             if kind(r) != ChangeKind::Delete {
                 record = record.payload(payload.as_slice());
             }
-            if let Some(keys) = &keys {
-                record = record.key(keys[r].as_str());
+            if let Some(Some(key)) = keys.as_ref().map(|k| &k[r]) {
+                record = record.key(key.as_str());
             }
             self.producer.send(record, DELIVERY_TIMEOUT)
         });

@@ -1,13 +1,22 @@
 //! Reads a topic's partitions assigned to one lane into batches.
+//!
+//! Records keep their order within a partition (an upsert's tombstone stays
+//! between the values around it), reading is cancel-safe (records read by a
+//! call that was dropped stay in the source and come out with the next call),
+//! and offsets go to the consumer group only once a checkpoint made the rows
+//! before them durable (see `positions`). A lane cut off from its broker is not
+//! idle (see `quiet`).
 
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arrow::array::UInt32Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_engine::operators::watermark_assigner::{SPLITS_KEY, SPLIT_IDLE_MS_KEY, SPLIT_KEY};
@@ -16,6 +25,8 @@ use sluice_engine::{EngineError, Source, SourceEvent};
 use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
+use super::positions::{Offsets, Positions};
+use super::quiet::Quiet;
 use crate::metadata::{has_metadata_columns, value_schema};
 use super::{kafka_error, BadData, KafkaConfig, KafkaFormat, StartupMode};
 use sluice_engine::changelog::{attach_ops, with_op_field, ChangeKind};
@@ -26,7 +37,8 @@ use crate::registry::Shard;
 const FILL_WAIT: Duration = Duration::from_millis(50);
 /// How long to wait after a transient error before reading again.
 const TRANSIENT_BACKOFF: Duration = Duration::from_millis(200);
-/// How long to wait for the cluster when starting.
+/// How long to wait for the cluster when starting, asking whether it is back,
+/// or committing offsets.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How an upsert table (one with a PRIMARY KEY) turns records into changes.
@@ -39,35 +51,77 @@ struct Upsert {
     output_schema: SchemaRef,
 }
 
+/// A batch ready to return, and the positions it takes its partitions to.
+struct Ready {
+    batch: RecordBatch,
+    positions: Vec<(i32, i64)>,
+}
+
+/// Records read and not yet returned. They live in the source, not in a call
+/// of `next_event`, so a call dropped midway (a barrier or a stop arriving)
+/// loses none: the next call goes on where it stopped.
+#[derive(Default)]
+struct Fetch {
+    /// Records that make rows (values, and tombstones of an upsert table), in
+    /// the order read.
+    records: Vec<Record>,
+    /// Per partition: the offset after the last record read, rows or not.
+    upto: Offsets,
+    /// Records read, rows or not.
+    read: usize,
+    /// Reading is over: the records are being decoded.
+    full: bool,
+    /// With Avro: how many records were converted to JSON.
+    converted: usize,
+    /// Records that do not decode: index in `records`, error.
+    bad: Vec<(usize, String)>,
+    /// How many of `bad` were dropped or dead-lettered.
+    handled: usize,
+    /// The decoded values and the index in `records` of each row.
+    decoded: Option<(RecordBatch, Vec<usize>)>,
+}
+
 /// A consumer assigned this lane's partitions of the topic.
 pub struct KafkaSource {
     cfg: KafkaConfig,
     schema: SchemaRef,
-    consumer: Option<StreamConsumer>,
+    /// Shared with the blocking calls (commits, probes) made off the runtime.
+    consumer: Option<Arc<StreamConsumer>>,
     partitions: Vec<i32>,
     decoder: RecordDecoder,
     dead_letters: Option<FutureProducer>,
-    dropped: u64,
     /// Whether the table declares metadata columns (filled from each record).
     with_metadata: bool,
     /// With `format = 'avro-confluent'`: where writer schemas are looked up.
     registry: Option<avro::SchemaRegistry>,
     /// With a PRIMARY KEY: records are upserts, tombstones deletes.
     upsert: Option<Upsert>,
-    /// Batches split by partition, not yet returned.
-    pending: std::collections::VecDeque<RecordBatch>,
+    /// Records read, not yet made into batches.
+    fetch: Fetch,
+    /// Batches (split by partition) not yet returned.
+    pending: VecDeque<Ready>,
+    /// Positions returned, remembered at barriers and committed.
+    positions: Positions,
+    /// Whether the lane is quiet or cut off from its broker.
+    quiet: Quiet,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
     /// look offsets up by time (tansu answers 0) start earlier; the records
     /// before the first one at or after the timestamp are skipped here.
-    reached_start: std::collections::HashSet<i32>,
+    reached_start: HashSet<i32>,
 }
 
 impl KafkaSource {
+    /// A consumer of `shard`'s partitions in the group `cfg.group_id` (set by
+    /// the connector: the table's or the query's).
     pub fn create(cfg: KafkaConfig, schema: SchemaRef, shard: Shard) -> Result<Self> {
         let mut client = cfg.client_config();
+        if let Some(group) = &cfg.group_id {
+            client.set("group.id", group);
+        }
         client
-            .set("group.id", &cfg.group_id)
-            .set("enable.auto.commit", "true")
+            // Offsets are committed when checkpoints complete, never on read.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", if cfg.startup == StartupMode::Latest { "latest" } else { "earliest" });
         let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
@@ -103,7 +157,7 @@ impl KafkaSource {
                     .map_err(|e| kafka_error(format!("looking up offsets for timestamp {ms}: {e}")))?;
             }
             consumer.assign(&tpl).map_err(kafka_error)?;
-            Some(consumer)
+            Some(Arc::new(consumer))
         };
         let dead_letters = match &cfg.bad_data {
             BadData::DeadLetter(_) => Some(cfg.client_config().create::<FutureProducer>().map_err(kafka_error)?),
@@ -121,6 +175,7 @@ impl KafkaSource {
         };
         let cfg_avro = cfg.avro.clone();
         let with_metadata = has_metadata_columns(&schema);
+        let quiet = Quiet::new(cfg.idle_timeout, Instant::now());
         Ok(KafkaSource {
             cfg,
             schema,
@@ -128,12 +183,14 @@ impl KafkaSource {
             partitions,
             decoder,
             dead_letters,
-            dropped: 0,
             with_metadata,
-            pending: Default::default(),
             upsert,
             registry: cfg_avro.map(|a| avro::SchemaRegistry::new(&a.registry_url)),
-            reached_start: Default::default(),
+            fetch: Fetch::default(),
+            pending: VecDeque::new(),
+            positions: Positions::default(),
+            quiet,
+            reached_start: HashSet::new(),
         })
     }
 
@@ -144,7 +201,7 @@ impl KafkaSource {
 
     /// The rows tombstones delete: the key columns from the record key, the
     /// event time from the Kafka timestamp, the other columns NULL.
-    fn tombstone_rows(&self, upsert: &Upsert, tombstones: &[Record]) -> sluice_engine::Result<RecordBatch> {
+    fn tombstone_rows(&self, upsert: &Upsert, tombstones: &[&Record]) -> sluice_engine::Result<RecordBatch> {
         let mut lines = Vec::with_capacity(tombstones.len());
         for r in tombstones {
             let key_text = r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
@@ -171,77 +228,313 @@ impl KafkaSource {
             .key_decoder
             .decode(&values)
             .map_err(|e| EngineError::connector("kafka", format!("tombstone key: {e}")))?;
-        let records: Vec<&Record> = tombstones.iter().collect();
-        metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &records)
+        metadata::assemble(&self.schema, &self.cfg.topic, &decoded, tombstones)
             .map_err(|e| EngineError::connector("kafka", format!("tombstones: {e}")))
     }
 
-    /// One batch per partition, each tagged with its partition and the lane's
-    /// partitions, so event time is tracked per partition (see the watermark
-    /// assigner).
-    fn split_by_partition(&self, batch: &RecordBatch, partitions: &[i32]) -> sluice_engine::Result<Vec<RecordBatch>> {
-        let mut rows: std::collections::BTreeMap<i32, Vec<u32>> = Default::default();
+    /// `batch` tagged with its partition and the lane's partitions, so event
+    /// time is tracked per partition (see the watermark assigner).
+    fn tagged(&self, partition: i32, batch: &RecordBatch) -> sluice_engine::Result<RecordBatch> {
+        let all = self.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let metadata: std::collections::HashMap<String, String> = [
+            (SPLIT_KEY.to_string(), partition.to_string()),
+            (SPLITS_KEY.to_string(), all),
+            (SPLIT_IDLE_MS_KEY.to_string(), self.cfg.idle_timeout.as_millis().to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata));
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            batch.columns().to_vec(),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+
+    /// One batch per partition (`partitions` gives each row's), tagged.
+    fn split_by_partition(&self, batch: &RecordBatch, partitions: &[i32]) -> sluice_engine::Result<Vec<(i32, RecordBatch)>> {
+        let mut rows: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
         for (i, p) in partitions.iter().enumerate() {
             rows.entry(*p).or_default().push(i as u32);
         }
-        let all = self.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let idle_ms = self.cfg.idle_timeout.as_millis().to_string();
         rows.into_iter()
             .map(|(p, indices)| {
-                let metadata: std::collections::HashMap<String, String> = [
-                    (SPLIT_KEY.to_string(), p.to_string()),
-                    (SPLITS_KEY.to_string(), all.clone()),
-                    (SPLIT_IDLE_MS_KEY.to_string(), idle_ms.clone()),
-                ]
-                .into_iter()
-                .collect();
-                let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata));
                 let part = match indices.len() == batch.num_rows() {
                     true => batch.clone(),
-                    false => arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))?,
+                    false => arrow::compute::take_record_batch(batch, &UInt32Array::from(indices))?,
                 };
-                Ok(RecordBatch::try_new_with_options(
-                    schema,
-                    part.columns().to_vec(),
-                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(part.num_rows())),
-                )?)
+                Ok((p, self.tagged(p, &part)?))
             })
             .collect()
     }
 
-    async fn handle_bad(&mut self, record: &Record, error: &str) -> sluice_engine::Result<()> {
-        let where_ = format!("topic {} partition {} offset {}", self.cfg.topic, record.partition, record.offset);
-        match &self.cfg.bad_data {
-            BadData::Fail => Err(EngineError::connector("kafka", format!("bad record at {where_}: {error} (set bad_data = 'drop' or 'dead-letter' to keep going)"))),
-            BadData::Drop => {
-                self.dropped += 1;
-                metrics::counter!("sluice_bad_records_total").increment(1);
-                tracing::warn!("dropped bad record at {where_}: {error}");
-                Ok(())
-            }
-            BadData::DeadLetter(topic) => {
-                let Some(producer) = &self.dead_letters else { return Ok(()) };
-                metrics::counter!("sluice_bad_records_total").increment(1);
-                let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
-                let headers = OwnedHeaders::new()
-                    .insert(Header { key: "sluice.topic", value: Some(self.cfg.topic.as_str()) })
-                    .insert(Header { key: "sluice.partition", value: Some(partition.as_str()) })
-                    .insert(Header { key: "sluice.offset", value: Some(offset.as_str()) })
-                    .insert(Header { key: "sluice.error", value: Some(error) });
-                let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value).headers(headers);
-                if let Some(k) = &record.key {
-                    out = out.key(k.as_slice());
+    /// The broker answers again after errors: every partition of the lane gets
+    /// an empty batch first, so none counts as quiet for the time it was cut
+    /// off (the watermark assigner's per-partition idleness starts over).
+    fn back_from_errors(&mut self) -> sluice_engine::Result<()> {
+        if self.partitions.len() < 2 {
+            return Ok(());
+        }
+        let empty = RecordBatch::new_empty(self.output_schema());
+        for p in self.partitions.clone().into_iter().rev() {
+            let batch = self.tagged(p, &empty)?;
+            self.pending.push_front(Ready { batch, positions: Vec::new() });
+        }
+        Ok(())
+    }
+
+    /// Returns a ready batch, moving its partitions' positions.
+    fn hand_out(&mut self, ready: Ready) -> SourceEvent {
+        for (p, next) in ready.positions {
+            self.positions.returned(p, next);
+        }
+        SourceEvent::Batch(ready.batch)
+    }
+
+    /// Keeps one record read (or skips it: before the start timestamp, or a
+    /// tombstone of a table without a key).
+    fn take(&mut self, m: &BorrowedMessage<'_>) {
+        let fetch = &mut self.fetch;
+        fetch.read += 1;
+        fetch.upto.insert(m.partition(), m.offset() + 1);
+        if let StartupMode::Timestamp(start) = self.cfg.startup {
+            if !self.reached_start.contains(&m.partition()) {
+                if m.timestamp().to_millis().is_some_and(|t| t < start) {
+                    return;
                 }
-                producer
-                    .send(out, Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| EngineError::connector("kafka", format!("dead-letter topic {topic}: {e}")))?;
-                Ok(())
+                self.reached_start.insert(m.partition());
             }
         }
+        // A tombstone (no value) deletes its key in a compacted topic: a row
+        // only in an upsert table.
+        let tombstone = m.payload().is_none();
+        if tombstone && self.upsert.is_none() {
+            return;
+        }
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
+            .unwrap_or_default();
+        fetch.records.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+            tombstone,
+        });
+    }
+
+    /// Whether the broker answers a metadata request (asked off the runtime).
+    async fn broker_answers(&self, consumer: &Arc<StreamConsumer>) -> bool {
+        let (consumer, topic) = (Arc::clone(consumer), self.cfg.topic.clone());
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Reads until a batch is full, or until no more records come for a moment.
+    /// `None`: no record came, and the lane is idle (or a batch for the broker
+    /// being back is ready). Cancel-safe: what was read stays in `self.fetch`.
+    async fn read(&mut self, consumer: &Arc<StreamConsumer>) -> sluice_engine::Result<Option<()>> {
+        while self.fetch.read == 0 {
+            let now = Instant::now();
+            if self.quiet.idle(now) {
+                return Ok(None);
+            }
+            match tokio::time::timeout(self.quiet.wait(now), consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    if self.quiet.heard(Instant::now()) {
+                        self.back_from_errors()?;
+                    }
+                    self.take(&m);
+                }
+                // A broker restarting or out of reach for a while: librdkafka
+                // reconnects by itself; the lane is not idle meanwhile.
+                Ok(Err(e)) if is_transient(&e) => {
+                    tracing::warn!("kafka topic {}: {e} (retrying)", self.cfg.topic);
+                    metrics::counter!("sluice_kafka_transient_errors_total").increment(1);
+                    self.quiet.failed(Instant::now());
+                    tokio::time::sleep(TRANSIENT_BACKOFF).await;
+                }
+                Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
+                Err(_) if self.quiet.failing() => {
+                    if self.broker_answers(consumer).await && self.quiet.heard(Instant::now()) {
+                        self.back_from_errors()?;
+                        if !self.pending.is_empty() {
+                            return Ok(None);
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        while self.fetch.read < self.cfg.batch_size {
+            match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    self.quiet.heard(Instant::now());
+                    self.take(&m);
+                }
+                Ok(Err(e)) if is_transient(&e) => {
+                    self.quiet.failed(Instant::now());
+                    break;
+                }
+                Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
+                Err(_) => break,
+            }
+        }
+        self.fetch.full = true;
+        Ok(Some(()))
+    }
+
+    /// Decodes the records read, handling those that do not decode (dropped,
+    /// dead-lettered, or failing the query). Cancel-safe: it goes on where a
+    /// dropped call stopped.
+    async fn decode(&mut self) -> sluice_engine::Result<()> {
+        let fetch = &mut self.fetch;
+        if let Some(registry) = &mut self.registry {
+            while fetch.converted < fetch.records.len() {
+                let i = fetch.converted;
+                if !fetch.records[i].tombstone {
+                    match avro::to_json(registry, &fetch.records[i].value).await {
+                        Ok(json) => fetch.records[i].value = json,
+                        Err(e) => fetch.bad.push((i, e)),
+                    }
+                }
+                fetch.converted += 1;
+            }
+        }
+        if fetch.decoded.is_none() {
+            let not_avro: HashSet<usize> = fetch.bad.iter().map(|(i, _)| *i).collect();
+            let rows: Vec<usize> =
+                (0..fetch.records.len()).filter(|i| !fetch.records[*i].tombstone && !not_avro.contains(i)).collect();
+            let values: Vec<&[u8]> = rows.iter().map(|i| fetch.records[*i].value.as_slice()).collect();
+            let decoded = match self.decoder.decode(&values) {
+                Ok(batch) => (batch, rows),
+                Err(_) => {
+                    let (good, bad) = self.decoder.decode_each(&values);
+                    let bad_rows: HashSet<usize> = bad.iter().map(|(k, _)| *k).collect();
+                    fetch.bad.extend(bad.into_iter().map(|(k, e)| (rows[k], e)));
+                    let batch = arrow::compute::concat_batches(&self.decoder.schema(), &good)?;
+                    let rows = rows.into_iter().enumerate().filter(|(k, _)| !bad_rows.contains(k)).map(|(_, i)| i).collect();
+                    (batch, rows)
+                }
+            };
+            fetch.decoded = Some(decoded);
+        }
+        while fetch.handled < fetch.bad.len() {
+            let (i, error) = &fetch.bad[fetch.handled];
+            handle_bad(&self.cfg, self.dead_letters.as_ref(), &fetch.records[*i], error).await?;
+            fetch.handled += 1;
+        }
+        Ok(())
+    }
+
+    /// Makes the decoded records into batches, in the order read, one per
+    /// partition when the lane reads several, each taking its partition's
+    /// position with it.
+    fn assemble(&mut self) -> sluice_engine::Result<()> {
+        let fetch = std::mem::take(&mut self.fetch);
+        let Fetch { records, mut upto, decoded, .. } = fetch;
+        let (values, value_rows) = decoded.unwrap_or_else(|| (RecordBatch::new_empty(self.decoder.schema()), Vec::new()));
+        let good: Vec<&Record> = value_rows.iter().map(|i| &records[*i]).collect();
+        let mut batch = match self.with_metadata {
+            false => values,
+            true => metadata::assemble(&self.schema, &self.cfg.topic, &values, &good)
+                .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?,
+        };
+        let mut row_records = value_rows;
+        if let Some(upsert) = &self.upsert {
+            let tombstone_rows: Vec<usize> = (0..records.len()).filter(|i| records[*i].tombstone).collect();
+            let tombstones: Vec<&Record> = tombstone_rows.iter().map(|i| &records[*i]).collect();
+            let deletes = self.tombstone_rows(upsert, &tombstones)?;
+            let rows = arrow::compute::concat_batches(&self.schema, [&batch, &deletes])?;
+            // Back in the order read: `+U a, -D, +U b` for one key must end
+            // with b, not with the key deleted.
+            let mut order: Vec<(usize, u32)> =
+                row_records.iter().chain(&tombstone_rows).enumerate().map(|(row, record)| (*record, row as u32)).collect();
+            order.sort_unstable();
+            let rows = arrow::compute::take_record_batch(&rows, &UInt32Array::from_iter_values(order.iter().map(|(_, row)| *row)))?;
+            let kinds: Vec<ChangeKind> = order
+                .iter()
+                .map(|(record, _)| if records[*record].tombstone { ChangeKind::Delete } else { ChangeKind::UpdateAfter })
+                .collect();
+            batch = attach_ops(&upsert.output_schema, &rows, &kinds)?;
+            row_records = order.into_iter().map(|(record, _)| record).collect();
+        }
+        if self.partitions.len() < 2 {
+            self.pending.push_back(Ready { batch, positions: upto.into_iter().collect() });
+            return Ok(());
+        }
+        let partitions: Vec<i32> = row_records.iter().map(|i| records[*i].partition).collect();
+        let first = self.pending.len();
+        for (p, part) in self.split_by_partition(&batch, &partitions)? {
+            let positions = upto.remove(&p).map(|next| (p, next)).into_iter().collect();
+            self.pending.push_back(Ready { batch: part, positions });
+        }
+        // Partitions read without rows (records skipped or bad) move with the first batch.
+        match self.pending.get_mut(first) {
+            Some(ready) => ready.positions.extend(upto),
+            None => self.pending.push_back(Ready { batch: RecordBatch::new_empty(self.output_schema()), positions: upto.into_iter().collect() }),
+        }
+        Ok(())
+    }
+
+    /// Commits `offsets` to the consumer group, waiting for the broker (off the
+    /// runtime).
+    async fn commit(&mut self, offsets: Offsets) -> sluice_engine::Result<()> {
+        let Some(consumer) = &self.consumer else { return Ok(()) };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &offsets {
+            tpl.add_partition_offset(&self.cfg.topic, *p, Offset::Offset(*next))
+                .map_err(|e| EngineError::connector("kafka", e))?;
+        }
+        let consumer = Arc::clone(consumer);
+        let committed = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| EngineError::connector("kafka", format!("committing offsets: {e}")))?;
+        committed.map_err(|e| EngineError::connector("kafka", format!("committing offsets of topic {}: {e}", self.cfg.topic)))?;
+        self.positions.committed(&offsets);
+        Ok(())
     }
 }
 
+/// What a record that does not decode does: fail the query, or be counted and
+/// dropped, or go to the dead-letter topic.
+async fn handle_bad(cfg: &KafkaConfig, dead_letters: Option<&FutureProducer>, record: &Record, error: &str) -> sluice_engine::Result<()> {
+    let where_ = format!("topic {} partition {} offset {}", cfg.topic, record.partition, record.offset);
+    match &cfg.bad_data {
+        BadData::Fail => Err(EngineError::connector("kafka", format!("bad record at {where_}: {error} (set bad_data = 'drop' or 'dead-letter' to keep going)"))),
+        BadData::Drop => {
+            metrics::counter!("sluice_bad_records_total").increment(1);
+            tracing::warn!("dropped bad record at {where_}: {error}");
+            Ok(())
+        }
+        BadData::DeadLetter(topic) => {
+            let Some(producer) = dead_letters else { return Ok(()) };
+            metrics::counter!("sluice_bad_records_total").increment(1);
+            let (partition, offset) = (record.partition.to_string(), record.offset.to_string());
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "sluice.topic", value: Some(cfg.topic.as_str()) })
+                .insert(Header { key: "sluice.partition", value: Some(partition.as_str()) })
+                .insert(Header { key: "sluice.offset", value: Some(offset.as_str()) })
+                .insert(Header { key: "sluice.error", value: Some(error) });
+            let mut out = FutureRecord::<[u8], [u8]>::to(topic).payload(&record.value).headers(headers);
+            if let Some(k) = &record.key {
+                out = out.key(k.as_slice());
+            }
+            producer
+                .send(out, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| EngineError::connector("kafka", format!("dead-letter topic {topic}: {e}")))?;
+            Ok(())
+        }
+    }
+}
 
 #[async_trait]
 impl Source for KafkaSource {
@@ -265,128 +558,49 @@ impl Source for KafkaSource {
     }
 
     async fn next_event(&mut self) -> sluice_engine::Result<SourceEvent> {
-        if let Some(batch) = self.pending.pop_front() {
-            return Ok(SourceEvent::Batch(batch));
+        if let Some(ready) = self.pending.pop_front() {
+            return Ok(self.hand_out(ready));
         }
-        let Some(consumer) = &self.consumer else {
+        let Some(consumer) = self.consumer.clone() else {
             // No partition for this lane: end at once, holding no one's time back.
             return Ok(SourceEvent::End);
         };
-        let mut records = Vec::with_capacity(self.cfg.batch_size);
-        let first = match tokio::time::timeout(self.cfg.idle_timeout, consumer.recv()).await {
-            Ok(Ok(m)) => m,
-            // A broker restarting or out of reach for a while: librdkafka
-            // reconnects by itself; the lane has nothing to read until then.
-            Ok(Err(e)) if is_transient(&e) => {
-                tracing::warn!("kafka topic {}: {e} (retrying)", self.cfg.topic);
-                metrics::counter!("sluice_kafka_transient_errors_total").increment(1);
-                tokio::time::sleep(TRANSIENT_BACKOFF).await;
-                return Ok(SourceEvent::Idle);
-            }
-            Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
-            Err(_) => return Ok(SourceEvent::Idle),
-        };
-        let start_ms = match self.cfg.startup {
-            StartupMode::Timestamp(ms) => Some(ms),
-            _ => None,
-        };
-        let reached = &mut self.reached_start;
-        let upsert = self.upsert.is_some();
-        let mut take = |m: &rdkafka::message::BorrowedMessage<'_>| {
-            if let Some(start) = start_ms {
-                if !reached.contains(&m.partition()) {
-                    if m.timestamp().to_millis().is_some_and(|t| t < start) {
-                        return;
-                    }
-                    reached.insert(m.partition());
-                }
-            }
-            // A tombstone (no value) deletes its key in a compacted topic: a
-            // row only in an upsert table.
-            let tombstone = m.payload().is_none();
-            if tombstone && !upsert {
-                return;
-            }
-            let value = m.payload().unwrap_or_default();
-            let headers = m
-                .headers()
-                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect())
-                .unwrap_or_default();
-            records.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: value.to_vec(),
-                timestamp: m.timestamp().to_millis(),
-                headers,
-                tombstone,
+        if !self.fetch.full && self.read(&consumer).await?.is_none() {
+            return Ok(match self.pending.pop_front() {
+                Some(ready) => self.hand_out(ready),
+                None => SourceEvent::Idle,
             });
-        };
-        take(&first);
-        drop(first);
-        let mut read = 1;
-        while read < self.cfg.batch_size {
-            match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
-                Ok(Ok(m)) => take(&m),
-                Ok(Err(e)) if is_transient(&e) => break,
-                Ok(Err(e)) => return Err(EngineError::connector("kafka", e)),
-                Err(_) => break,
-            }
-            read += 1;
         }
-        let (records, tombstones): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| !r.tombstone);
-        let mut records = records;
-        if let Some(registry) = &mut self.registry {
-            let mut kept = Vec::with_capacity(records.len());
-            let mut failed = Vec::new();
-            for mut record in records {
-                match avro::to_json(registry, &record.value).await {
-                    Ok(json) => {
-                        record.value = json;
-                        kept.push(record);
-                    }
-                    Err(e) => failed.push((record, e)),
-                }
-            }
-            for (record, error) in failed {
-                self.handle_bad(&record, &error).await?;
-            }
-            records = kept;
+        self.decode().await?;
+        self.assemble()?;
+        match self.pending.pop_front() {
+            Some(ready) => Ok(self.hand_out(ready)),
+            None => Ok(SourceEvent::Batch(RecordBatch::new_empty(self.output_schema()))),
         }
-        let values: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
-        let (decoded, good): (RecordBatch, Vec<&Record>) = match self.decoder.decode(&values) {
-            Ok(batch) => (batch, records.iter().collect()),
-            Err(_) => {
-                let (good, bad) = self.decoder.decode_each(&values);
-                let bad_rows: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
-                for (i, error) in bad {
-                    self.handle_bad(&records[i], &error).await?;
-                }
-                let batch = arrow::compute::concat_batches(&self.decoder.schema(), &good)?;
-                (batch, records.iter().enumerate().filter(|(i, _)| !bad_rows.contains(i)).map(|(_, r)| r).collect())
+    }
+
+    fn commits_positions(&self) -> bool {
+        self.consumer.is_some()
+    }
+
+    async fn on_barrier(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
+        self.positions.barrier(checkpoint);
+        Ok(())
+    }
+
+    async fn on_checkpoint_complete(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
+        let offsets = self.positions.complete(checkpoint);
+        match self.commit(offsets).await {
+            Ok(()) => Ok(()),
+            // The final commit (a stop, or the end of a bounded read) must not
+            // fail silently: the next run would read those rows again.
+            Err(e) if checkpoint == u64::MAX => Err(e),
+            // A periodic one is retried by the next checkpoint.
+            Err(e) => {
+                tracing::warn!("{e} (retried at the next checkpoint)");
+                Ok(())
             }
-        };
-        let mut batch = match self.with_metadata {
-            false => decoded,
-            true => metadata::assemble(&self.schema, &self.cfg.topic, &decoded, &good)
-                .map_err(|e| EngineError::connector("kafka", format!("metadata columns: {e}")))?,
-        };
-        let mut partitions: Vec<i32> = good.iter().map(|r| r.partition).collect();
-        if let Some(upsert) = &self.upsert {
-            let deletes = self.tombstone_rows(upsert, &tombstones)?;
-            let kinds: Vec<ChangeKind> = std::iter::repeat_n(ChangeKind::UpdateAfter, batch.num_rows())
-                .chain(std::iter::repeat_n(ChangeKind::Delete, deletes.num_rows()))
-                .collect();
-            let rows = arrow::compute::concat_batches(&self.schema, [&batch, &deletes])?;
-            batch = attach_ops(&upsert.output_schema, &rows, &kinds)?;
-            partitions.extend(tombstones.iter().map(|r| r.partition));
         }
-        if self.partitions.len() < 2 {
-            return Ok(SourceEvent::Batch(batch));
-        }
-        self.pending.extend(self.split_by_partition(&batch, &partitions)?);
-        let batch = self.pending.pop_front().unwrap_or_else(|| RecordBatch::new_empty(self.output_schema()));
-        Ok(SourceEvent::Batch(batch))
     }
 }
 
