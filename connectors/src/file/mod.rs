@@ -110,7 +110,7 @@ impl Connector for FileConnector {
         FileConfig::from_table(table).map(|_| ())
     }
 
-    fn source(&self, table: &TableSpec, shard: Shard) -> Result<Box<dyn Source>> {
+    fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {
         let cfg = FileConfig::from_table(table)?;
         Ok(Box::new(source::FileSource::open(cfg, table.schema.clone(), shard)?))
     }
