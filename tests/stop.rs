@@ -136,3 +136,37 @@ fn interrupting_an_insert_into_a_parquet_file_completes_the_file() -> TestResult
     assert_eq!(pyarrow_rows(&file)?, reported, "{output}");
     Ok(())
 }
+
+/// Lines of a JSON-lines file.
+fn json_lines(path: &Path) -> Result<u64, Box<dyn std::error::Error>> {
+    Ok(std::fs::read_to_string(path)?.lines().filter(|l| l.starts_with('{')).count() as u64)
+}
+
+#[test]
+fn a_restarted_query_adds_to_what_earlier_runs_wrote_and_overwrites_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let file = dir.path().join("out.jsonl");
+    let lake_sql = format!(
+        "{CLICKS} CREATE TABLE lake (user_id BIGINT, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{}'); \
+         INSERT INTO lake SELECT user_id, ts FROM clicks;",
+        lake.display()
+    );
+    let file_sql = format!(
+        "{CLICKS} CREATE TABLE out (user_id BIGINT, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json'); \
+         INSERT INTO out SELECT user_id, ts FROM clicks;",
+        file.display()
+    );
+    let mut lake_rows = 0;
+    let mut file_rows = 0;
+    for _run in 0..2 {
+        let started = Instant::now();
+        lake_rows += reported_rows(&run_and_interrupt(&lake_sql, || started.elapsed() > Duration::from_secs(1))?, "lake")?;
+        let started = Instant::now();
+        file_rows += reported_rows(&run_and_interrupt(&file_sql, || started.elapsed() > Duration::from_secs(1))?, "out")?;
+    }
+    // Both runs' rows are there: the second run neither overwrote nor removed the first's.
+    assert_eq!(pyarrow_rows(&lake)?, lake_rows);
+    assert_eq!(json_lines(&file)?, file_rows);
+    Ok(())
+}
