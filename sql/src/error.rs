@@ -20,7 +20,7 @@ pub enum SqlError {
     Connector(#[from] ConnectorError),
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("{0}")]
+    #[error("{}", user_text(&.0.to_string()))]
     DataFusion(Box<DataFusionError>),
 }
 
@@ -28,12 +28,26 @@ impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
         // Planning errors are the user's: show DataFusion's message without its wrapping.
         match e.find_root() {
-            DataFusionError::Plan(m) => SqlError::Plan(m.clone()),
+            DataFusionError::Plan(m) => SqlError::Plan(user_text(m)),
             root @ (DataFusionError::SchemaError(..)
             | DataFusionError::SQL(..)
-            | DataFusionError::NotImplemented(_)) => SqlError::Plan(root.to_string()),
+            | DataFusionError::NotImplemented(_)) => SqlError::Plan(user_text(&root.to_string())),
             _ => SqlError::DataFusion(Box::new(e)),
         }
+    }
+}
+
+/// DataFusion's catalog and schema, which every table name it prints carries:
+/// Sluice has one namespace, so users never wrote them.
+const INTERNAL_PREFIX: &str = "datafusion.public.";
+
+/// A DataFusion message in the user's terms: table names as the user wrote
+/// them, and a missing table said plainly.
+fn user_text(message: &str) -> String {
+    let text = message.replace(INTERNAL_PREFIX, "");
+    match text.strip_prefix("table '").and_then(|rest| rest.strip_suffix("' not found")) {
+        Some(name) => format!("table '{name}' does not exist (SHOW TABLES lists them)"),
+        None => text,
     }
 }
 
@@ -43,3 +57,16 @@ pub fn plan_err<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_tables_as_written() {
+        let missing = SqlError::from(DataFusionError::Plan("table 'datafusion.public.clickz' not found".into()));
+        assert_eq!(missing.to_string(), "table 'clickz' does not exist (SHOW TABLES lists them)");
+        let other = SqlError::from(DataFusionError::Execution("reading datafusion.public.t failed".into()));
+        assert_eq!(other.to_string(), "Execution error: reading t failed");
+    }
+}
