@@ -20,6 +20,7 @@ pub mod planner;
 pub mod session;
 pub mod sql_function;
 pub mod statement;
+pub mod type_check;
 pub mod window_tvf;
 
 pub use catalog::{Catalog, TableDef, ViewDef};

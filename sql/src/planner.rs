@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::{Column, DFSchema};
 use datafusion::datasource::TableType;
 use datafusion::execution::context::SessionContext;
@@ -28,7 +29,9 @@ use sqlparser::ast::{Expr, ExprWithAlias, Query, Statement};
 use crate::catalog::{Catalog, FunctionBody, TableDef};
 use sluice_udf::NativeFunction;
 use crate::error::{plan_err, Result};
+use crate::session::sql_type_name;
 use crate::sql_function::SqlFunction;
+use crate::type_check::{check_plan, implicit_cast, signature_error};
 use crate::window_tvf::{rewrite_query, WindowTvfs};
 
 /// Optimizer rules that would split one windowed aggregation into several.
@@ -132,9 +135,37 @@ pub async fn plan_logical(catalog: &Catalog, query: &Query) -> Result<(LogicalPl
     let mut query = Box::new(query.clone());
     let windows = rewrite_query(&mut query, catalog)?;
     let ctx = context_with_catalog(catalog)?;
-    let statement = DfStatement::Statement(Box::new(Statement::Query(query)));
-    let plan = ctx.state().statement_to_plan(statement).await?;
+    let statement = DfStatement::Statement(Box::new(Statement::Query(query.clone())));
+    let plan = match ctx.state().statement_to_plan(statement).await {
+        Ok(plan) => plan,
+        Err(e) => return Err(signature_error(&e, &query).unwrap_or_else(|| e.into())),
+    };
+    refuse_union(&plan)?;
+    check_plan(&plan)?;
     Ok((plan, windows, ctx))
+}
+
+/// Refuses `UNION` of streams with a reason, before DataFusion's plan for it
+/// (an aggregation split in two phases) reaches the lowering. Table-less
+/// queries are answered as batch queries and keep it.
+fn refuse_union(plan: &LogicalPlan) -> Result<()> {
+    let reads_table = plan.exists(|n| Ok(matches!(n, LogicalPlan::TableScan(_))))?;
+    if !reads_table {
+        return Ok(());
+    }
+    let distinct = plan.exists(|n| {
+        Ok(matches!(n, LogicalPlan::Distinct(d) if matches!(d.input().as_ref(), LogicalPlan::Union(_))))
+    })?;
+    if distinct {
+        return plan_err(
+            "UNION is not supported on streams: removing duplicate rows would mean remembering every row forever. \
+             UNION ALL (keeping duplicates) is planned but not supported yet either",
+        );
+    }
+    if plan.exists(|n| Ok(matches!(n, LogicalPlan::Union(_))))? {
+        return plan_err("UNION ALL of streams is not supported yet (it is planned)");
+    }
+    Ok(())
 }
 
 /// Plans `query`; with `target`, its columns are cast to the target's by position.
@@ -162,15 +193,23 @@ fn cast_to_table(plan: LogicalPlan, table: &TableDef) -> Result<LogicalPlan> {
     let mut exprs = Vec::with_capacity(wanted.len());
     for (i, field) in wanted.iter().enumerate() {
         let (qualifier, source) = produced.qualified_field(i);
-        if !datafusion::arrow::compute::can_cast_types(source.data_type(), field.data_type()) {
+        // A literal is cast once, now; a column only if no value can fail the cast.
+        let literal = matches!(&plan, LogicalPlan::Projection(p)
+            if matches!(p.expr.get(i).map(|e| e.clone().unalias_nested().data), Some(DfExpr::Literal(..))));
+        let castable = match literal {
+            true => datafusion::arrow::compute::can_cast_types(source.data_type(), field.data_type()),
+            false => implicit_cast(source.data_type(), field.data_type()),
+        };
+        if !castable {
+            let (from, to) = (sql_type_name(source.data_type()), sql_type_name(field.data_type()));
             return plan_err(format!(
-                "INSERT INTO {}: column {} ('{}') is {} but the table's '{}' is {}",
+                "INSERT INTO {}: column {} ('{}') is {from} but the table's '{}' is {to}; \
+                 write CAST({} AS {to}) if every value converts",
                 table.name,
                 i + 1,
                 source.name(),
-                source.data_type(),
                 field.name(),
-                field.data_type()
+                source.name(),
             ));
         }
         let column = DfExpr::Column(Column::new(qualifier.cloned(), source.name()));

@@ -21,7 +21,7 @@ use sqlparser::ast::{
 };
 use sqlparser::parser::Parser;
 
-use crate::catalog::{normalize_name, Catalog};
+use crate::catalog::{normalize_name, Catalog, TableDef};
 use crate::dialect::{as_table_arg, SluiceDialect};
 use crate::error::{plan_err, Result, SqlError};
 use crate::interval::{interval_nanos, interval_sql};
@@ -182,6 +182,7 @@ impl Rewriter<'_> {
                     .and_then(as_table_arg)
                     .ok_or_else(|| SqlError::Plan(format!("{kind}: the first argument must be TABLE <name>")))?;
                 let time_col = descriptor_column(&kind, args.get(1))?;
+                self.require_watermark(&kind, &table, &time_col)?;
                 let (sql, session_gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
                 self.found.windows.push(WindowTvf { depth: self.depth, session_gap });
                 let mut subquery = parse_query(&sql)?;
@@ -190,6 +191,21 @@ impl Rewriter<'_> {
                 Ok(Some(derived(subquery, alias)))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Refuses a window TVF over an unbounded table without a WATERMARK, as Flink
+    /// does: nothing would ever close its windows, so the query would run without
+    /// emitting. Over a bounded table the windows close when its input ends. A
+    /// view is checked where its own tables are read.
+    fn require_watermark(&self, kind: &str, table: &ObjectName, ts: &Ident) -> Result<()> {
+        let name = normalize_name(table);
+        match self.catalog.table(&name) {
+            Some(def) if def.watermark.is_none() && !is_bounded(def) => plan_err(format!(
+                "{kind} over table '{name}': it has no WATERMARK, so its windows would never close; \
+                 declare one in its CREATE TABLE: WATERMARK FOR {ts} AS {ts} - INTERVAL '5' SECOND"
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -282,6 +298,16 @@ fn descriptor_column(kind: &str, arg: Option<&Expr>) -> Result<Ident> {
     match list.args.as_slice() {
         [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(id)))] => Ok(id.clone()),
         _ => Err(bad()),
+    }
+}
+
+/// Whether a table's input ends: files, and generators given a number of rows.
+/// (To become a connector capability, as DESIGN.md plans.)
+fn is_bounded(table: &TableDef) -> bool {
+    match table.connector.to_ascii_lowercase().as_str() {
+        "file" => true,
+        "generator" => table.options.contains_key("rows"),
+        _ => false,
     }
 }
 
