@@ -262,3 +262,52 @@ fn bad_plugin_libraries_are_refused_with_the_function_named() -> TestResult {
     assert!(String::from_utf8(out.stderr)?.contains("--udf expects NAME=PATH"));
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Bad input and errors in the user's terms (issue 14, items 15 to 20).
+// ---------------------------------------------------------------------------
+
+/// Runs `sql` from the repository root (where `tests/data` is).
+fn run_in_repo(sql: &str) -> Result<std::process::Output, Box<dyn std::error::Error>> {
+    Ok(Command::new(SLUICE).args(["run", "-c", sql]).current_dir(env!("CARGO_MANIFEST_DIR")).output()?)
+}
+
+/// A bad JSON line fails the query naming the file and line, after the rows
+/// before it came out (one row per batch, so they are sent before the failure).
+#[test]
+#[ignore = "needs the runtime to drain the pipeline before reporting a source's error (see the lead's runtime work)"]
+fn a_bad_line_fails_the_query_after_the_rows_before_it() -> TestResult {
+    let out = run_in_repo(
+        "CREATE TABLE orders (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3)) \
+         WITH (connector = 'file', path = 'tests/data/bad/orders.jsonl', 'batch.size' = '1'); \
+         CREATE TABLE out (user_id VARCHAR, amount BIGINT) WITH (connector = 'stdout', format = 'json'); \
+         INSERT INTO out SELECT user_id, amount FROM orders;",
+    )?;
+    let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("tests/data/bad/orders.jsonl:3: "), "{stderr}");
+    let users: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["user_id"].to_string()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(users, ["\"a\"", "\"b\""], "{stdout}");
+    Ok(())
+}
+
+/// An expression that fails on one row names the operator and shows the row.
+#[test]
+fn a_failing_row_is_named_with_its_values() -> TestResult {
+    let out = run_in_repo(
+        "CREATE TABLE orders (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3)) \
+         WITH (connector = 'file', path = 'tests/data/orders.csv', format = 'csv'); \
+         SELECT user_id, 10 / (amount - 3) AS share FROM orders;",
+    )?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success());
+    // The row as the step saw it: which columns it holds is the plan's business.
+    let row = stderr.split(" in row ").nth(1).ok_or(stderr.clone())?;
+    assert!(stderr.contains("Divide by zero error in row {"), "{stderr}");
+    assert!(row.contains("user_id='a'") && row.contains("amount=3"), "{stderr}");
+    Ok(())
+}
