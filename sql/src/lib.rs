@@ -15,6 +15,7 @@ pub mod error;
 pub mod interval;
 mod join_bounds;
 pub mod lower;
+pub mod options;
 mod lower_join;
 pub mod planner;
 pub mod session;
@@ -25,5 +26,6 @@ pub mod window_tvf;
 
 pub use catalog::{Catalog, TableDef, ViewDef};
 pub use error::{Result, SqlError};
+pub use options::QueryOptions;
 pub use session::{default_parallelism, QueryOutput, Session, StatementOutput};
 pub use statement::{parse_statements, SluiceStatement};

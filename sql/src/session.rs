@@ -5,7 +5,6 @@
 //! INSERT starts a pipeline whose results the front end consumes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 use std::sync::{Arc, RwLock};
 
 use datafusion::arrow::array::{ArrayRef, StringArray};
@@ -20,7 +19,7 @@ use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
 use sluice_connectors::{find_connector, registry, Connector, Shard};
-use sluice_engine::{Flow, FlowInput, Job, JobHandle, JoinInput, Pipeline, Sink, Stage};
+use sluice_engine::{Flow, FlowInput, Job, JobHandle, JobOptions, JoinInput, Pipeline, Sink, Stage};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
@@ -30,6 +29,7 @@ use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
 use crate::lower::{lower, reads_stream, LoweredFlow, LoweredInput, LoweredStage, TableInfo};
 use crate::planner::{plan_logical, plan_query, planning_context, watermark_expr, PlannedQuery};
+use crate::options::QueryOptions;
 use crate::statement::{parse_statements, SluiceStatement};
 
 /// Result batches buffered between a query and its front end.
@@ -66,16 +66,12 @@ enum Compiled {
 pub struct Session {
     catalog: Arc<RwLock<Catalog>>,
     last_metrics: Option<Arc<JobMetrics>>,
-    /// Lanes each query runs in (`SET parallelism = n`); the cores by default.
-    parallelism: usize,
     /// Connectors tables may name: Sluice's own plus any an embedder adds.
     connectors: Vec<Arc<dyn Connector>>,
-    /// How long updating aggregates and regular joins keep idle state
-    /// (`SET 'table.exec.state.ttl'`); `None`: for ever.
-    state_ttl: Option<Duration>,
-    /// How far in event time a query's sources may run ahead of its slowest
-    /// (`SET 'scan.watermark.alignment.max-drift'`); `None`: no alignment.
-    max_drift: Option<Duration>,
+    /// What the next queries run with (changed by `SET`).
+    options: QueryOptions,
+    /// The `query` label of the next queries' exported metrics.
+    metrics_label: Option<String>,
 }
 
 /// The default number of lanes: one per core.
@@ -91,7 +87,7 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None, parallelism: default_parallelism(), connectors: registry(), state_ttl: None, max_drift: None }
+        Session { catalog, last_metrics: None, connectors: registry(), options: QueryOptions::default(), metrics_label: None }
     }
 
     /// What a connector needs to open the catalog table `name`.
@@ -115,7 +111,22 @@ impl Session {
 
     /// Sets how many lanes the next queries run in (at least 1).
     pub fn set_parallelism(&mut self, lanes: usize) {
-        self.parallelism = lanes.max(1);
+        self.options.parallelism = lanes.max(1);
+    }
+
+    /// The settings the next queries run with.
+    pub fn options(&self) -> &QueryOptions {
+        &self.options
+    }
+
+    /// Replaces the settings the next queries run with.
+    pub fn set_options(&mut self, options: QueryOptions) {
+        self.options = options;
+    }
+
+    /// Labels the exported metrics of the next queries `query="<label>"`.
+    pub fn set_metrics_label(&mut self, label: Option<String>) {
+        self.metrics_label = label;
     }
 
     /// Parses a script into statements (see [`parse_statements`]).
@@ -201,30 +212,9 @@ impl Session {
             [v] => v.to_string().trim_matches('\'').to_string(),
             _ => return plan_err(format!("SET {name}: expected one value")),
         };
-        match name.trim_matches('\'') {
-            "parallelism" => match value.parse::<usize>() {
-                Ok(n) if n >= 1 => {
-                    self.set_parallelism(n);
-                    Ok(StatementOutput::Message(format!("parallelism = {n}")))
-                }
-                _ => plan_err(format!("SET parallelism: '{value}' is not a positive whole number")),
-            },
-            "table.exec.state.ttl" | "state.ttl" | "state_ttl" => {
-                let ttl = parse_duration(&value)
-                    .ok_or_else(|| SqlError::Plan(format!("SET {name}: '{value}' is not a duration (e.g. '1 h', '30 min', '0' for none)")))?;
-                self.state_ttl = (!ttl.is_zero()).then_some(ttl);
-                Ok(StatementOutput::Message(format!("table.exec.state.ttl = {value}")))
-            }
-            "scan.watermark.alignment.max-drift" | "watermark.alignment.max-drift" => {
-                let drift = parse_duration(&value)
-                    .ok_or_else(|| SqlError::Plan(format!("SET {name}: '{value}' is not a duration (e.g. '30 s', '0' for none)")))?;
-                self.max_drift = (!drift.is_zero()).then_some(drift);
-                Ok(StatementOutput::Message(format!("scan.watermark.alignment.max-drift = {value}")))
-            }
-            other => plan_err(format!(
-                "unknown setting '{other}' (settings: parallelism, 'table.exec.state.ttl', 'scan.watermark.alignment.max-drift')"
-            )),
-        }
+        let key = self.options.set(name.trim_matches('\''), &value).map_err(|e| SqlError::Plan(e.to_string()))?;
+        let shown = self.options.get(key).unwrap_or(value);
+        Ok(StatementOutput::Message(format!("{key} = {shown}")))
     }
 
     async fn create_table(&mut self, create: CreateTable) -> Result<StatementOutput> {
@@ -479,7 +469,7 @@ impl Session {
         if !reads_stream(&planned.plan) {
             return Ok(Compiled::Batch(planned));
         }
-        let metrics = JobMetrics::new();
+        let metrics = JobMetrics::with_label(self.metrics_label.clone());
         let tables: HashMap<String, TableInfo> = catalog
             .tables()
             .map(|t| {
@@ -491,15 +481,15 @@ impl Session {
                 (t.name.clone(), info)
             })
             .collect();
-        let mut lanes = Vec::with_capacity(self.parallelism);
-        for _ in 0..self.parallelism {
+        let mut lanes = Vec::with_capacity(self.options.parallelism);
+        for _ in 0..self.options.parallelism {
             let task_ctx = planned.ctx.task_ctx();
-            lanes.push(lower(&planned.plan, &planned.windows, &tables, task_ctx, Arc::clone(&metrics), self.state_ttl)?);
+            lanes.push(lower(&planned.plan, &planned.windows, &tables, task_ctx, Arc::clone(&metrics), self.options.state_ttl)?);
         }
         let Some(first) = lanes.first() else { return plan_err("internal: no lanes") };
         let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
         let flows = lanes.into_iter().map(|l| l.flow).collect();
-        let alignment = self.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
+        let alignment = self.options.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
         // The same statement replayed gets the same id (sources keep their
         // positions per query, sinks may name their output after it).
         let query_id = format!("{:016x}", fnv1a(format!("{}\n{query}", target_table.map_or("", |t| t.name.as_str())).as_bytes()));
@@ -515,7 +505,7 @@ impl Session {
                 self.connector(&t.connector)?.sink_for_query(&spec, &query_id)?
             }
         };
-        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics }))
+        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics, options: JobOptions { memory_limit: self.options.memory_limit, ..Default::default() } }))
     }
 
     /// Zips the lanes of a lowered query (each lowered on its own) into one flow,
@@ -681,23 +671,6 @@ pub fn sql_type_name(t: &DataType) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// A duration as Flink settings write it: `90 s`, `30 min`, `1h`, `2 days`, `500ms`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number.trim().parse().ok()?;
-    let seconds = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 0.001,
-        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-        "h" | "hour" | "hours" => 3600.0,
-        "d" | "day" | "days" => 86400.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(n * seconds).ok()
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across runs and builds.

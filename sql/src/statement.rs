@@ -1,7 +1,14 @@
 //! Splits SQL text into statements: Sluice's own (`CREATE TABLE`, `SHOW METRICS`)
 //! and everything sqlparser parses with [`SluiceDialect`].
+//!
+//! Nesting is bounded here, before anything walks the tree: planning, optimising,
+//! printing and dropping an expression all recurse once per level, so a chain of
+//! thousands of `OR`s (which sqlparser builds in a loop, without its own recursion
+//! limit) would otherwise overflow the stack and abort the whole process.
 
-use sqlparser::ast::{ObjectName, Statement};
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, ObjectName, Statement, Value, VisitMut, VisitorMut};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Token;
@@ -31,12 +38,73 @@ pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>, ParserError> 
         if parser.peek_token().token == Token::EOF {
             break;
         }
-        statements.push(parse_one(&mut parser)?);
+        let mut statement = parse_one(&mut parser)?;
+        check_depth(&mut statement)?;
+        statements.push(statement);
         if !parser.consume_token(&Token::SemiColon) && parser.peek_token().token != Token::EOF {
             return parser.expected("end of statement", parser.peek_token());
         }
     }
     Ok(statements)
+}
+
+/// The deepest expression a statement may hold. Deep enough for any query a
+/// person writes (long lists of alternatives belong in `IN (...)`, which is flat).
+pub const MAX_EXPR_DEPTH: usize = 1000;
+
+/// Fails if an expression of `statement` nests deeper than [`MAX_EXPR_DEPTH`].
+/// A statement that is refused is taken apart in pieces no deeper than the
+/// limit, so that even dropping it cannot overflow the stack.
+fn check_depth(statement: &mut SluiceStatement) -> Result<(), ParserError> {
+    let mut cutter = DepthCutter { depth: 0, cut: Vec::new() };
+    match statement {
+        SluiceStatement::Sql(s) => {
+            let _ = s.visit(&mut cutter);
+        }
+        SluiceStatement::CreateTable(t) => {
+            if let Some(w) = &mut t.watermark {
+                let _ = w.expr.visit(&mut cutter);
+            }
+        }
+        SluiceStatement::ShowMetrics | SluiceStatement::CreateNativeFunction { .. } => {}
+    }
+    if cutter.cut.is_empty() {
+        return Ok(());
+    }
+    *statement = SluiceStatement::ShowMetrics;
+    // Each piece is cut again until none is deeper than the limit.
+    while let Some(mut piece) = cutter.cut.pop() {
+        cutter.depth = 0;
+        let _ = piece.visit(&mut cutter);
+    }
+    Err(ParserError::ParserError(format!(
+        "the statement nests expressions more than {MAX_EXPR_DEPTH} deep (a long chain of OR or AND?); \
+         write long lists of alternatives as `column IN (...)`"
+    )))
+}
+
+/// Replaces every expression deeper than [`MAX_EXPR_DEPTH`] by NULL, keeping
+/// what it cut off.
+struct DepthCutter {
+    depth: usize,
+    cut: Vec<Expr>,
+}
+
+impl VisitorMut for DepthCutter {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            self.cut.push(std::mem::replace(expr, Expr::value(Value::Null)));
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, _expr: &mut Expr) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
 }
 
 fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
@@ -100,6 +168,22 @@ mod tests {
         assert!(matches!(stmts[0], SluiceStatement::CreateTable(_)));
         assert!(matches!(stmts[1], SluiceStatement::Sql(_)));
         assert_eq!(stmts[2], SluiceStatement::ShowMetrics);
+        Ok(())
+    }
+
+    /// Run on a stack as large as Sluice's own threads have (see `main.rs`).
+    #[test]
+    fn deep_expressions_are_refused_not_overflowed() -> Result<(), Box<dyn std::error::Error>> {
+        let check = || -> Result<(), ParserError> {
+            let chain = |n: usize| format!("SELECT * FROM t WHERE {}", vec!["a = 1"; n].join(" OR "));
+            assert_eq!(parse_statements(&chain(MAX_EXPR_DEPTH - 1))?.len(), 1);
+            for n in [MAX_EXPR_DEPTH + 1, 200_000] {
+                let e = parse_statements(&chain(n)).map(|_| ()).unwrap_err();
+                assert!(e.to_string().contains("more than 1000 deep"), "{e}");
+            }
+            Ok(())
+        };
+        std::thread::Builder::new().stack_size(64 << 20).spawn(check)?.join().map_err(|_| "panicked")??;
         Ok(())
     }
 

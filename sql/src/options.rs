@@ -1,0 +1,204 @@
+//! The settings a query runs with: what `SET` changes in a session and what a
+//! REST submission may override.
+//!
+//! Settings belong to the query, not to the front end that started it: the shell,
+//! `sluice run` and the REST server all plan with a [`QueryOptions`], the server
+//! shows and persists the one each query was submitted with, and a restarted
+//! query runs with the same settings. Keys are Flink's where Flink has one.
+//! Every value is parsed here, once: [`QueryOptions::set`] serves `SET`, REST
+//! overrides and the persisted form alike.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Lanes each query runs in.
+pub const PARALLELISM: &str = "parallelism";
+/// How long updating aggregates and regular joins keep idle state.
+pub const STATE_TTL: &str = "table.exec.state.ttl";
+/// How far in event time a query's sources may run ahead of its slowest.
+pub const MAX_DRIFT: &str = "scan.watermark.alignment.max-drift";
+/// The most state a query may hold before it fails.
+pub const MEMORY_LIMIT: &str = "sluice.memory.limit";
+
+/// A setting that could not be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingError {
+    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}')")]
+    Unknown(String),
+    #[error("SET {key}: '{value}' {expected}")]
+    Invalid { key: String, value: String, expected: &'static str },
+}
+
+/// The settings of one query. Serialised as a map from setting name to text
+/// (`{"parallelism": "2", "table.exec.state.ttl": "1h"}`), the form `SET` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "BTreeMap<String, String>", try_from = "BTreeMap<String, String>")]
+pub struct QueryOptions {
+    /// Lanes (at least 1); the cores by default.
+    pub parallelism: usize,
+    /// `None`: state is kept for ever.
+    pub state_ttl: Option<Duration>,
+    /// `None`: sources are not aligned.
+    pub max_drift: Option<Duration>,
+    /// Bytes of operator state at which the query fails; `None`: no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions { parallelism: crate::session::default_parallelism(), state_ttl: None, max_drift: None, memory_limit: None }
+    }
+}
+
+impl QueryOptions {
+    /// Takes one setting by name (Flink's, or a short alias) from its text.
+    /// Returns the canonical name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<&'static str, SettingError> {
+        let invalid = |expected| SettingError::Invalid { key: key.to_string(), value: value.to_string(), expected };
+        match key.trim().to_ascii_lowercase().as_str() {
+            "parallelism" | "parallelism.default" | "table.exec.resource.default-parallelism" => {
+                self.parallelism = match value.trim().parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => return Err(invalid("is not a positive whole number")),
+                };
+                Ok(PARALLELISM)
+            }
+            "table.exec.state.ttl" | "state.ttl" | "state_ttl" => {
+                let ttl = parse_duration(value).ok_or_else(|| invalid("is not a duration (e.g. '1 h', '30 min', '0' for none)"))?;
+                self.state_ttl = (!ttl.is_zero()).then_some(ttl);
+                Ok(STATE_TTL)
+            }
+            "scan.watermark.alignment.max-drift" | "watermark.alignment.max-drift" => {
+                let drift = parse_duration(value).ok_or_else(|| invalid("is not a duration (e.g. '30 s', '0' for none)"))?;
+                self.max_drift = (!drift.is_zero()).then_some(drift);
+                Ok(MAX_DRIFT)
+            }
+            "sluice.memory.limit" | "memory.limit" => {
+                let bytes = parse_bytes(value).ok_or_else(|| invalid("is not a size (e.g. '2 GB', '512 MB', '0' for none)"))?;
+                self.memory_limit = (bytes != 0).then_some(bytes);
+                Ok(MEMORY_LIMIT)
+            }
+            other => Err(SettingError::Unknown(other.to_string())),
+        }
+    }
+
+    /// Every setting as `SET` would take it back, by canonical name.
+    pub fn to_settings(&self) -> BTreeMap<String, String> {
+        let duration = |d: Option<Duration>| d.map_or_else(|| "0".to_string(), format_duration);
+        BTreeMap::from([
+            (PARALLELISM.to_string(), self.parallelism.to_string()),
+            (STATE_TTL.to_string(), duration(self.state_ttl)),
+            (MAX_DRIFT.to_string(), duration(self.max_drift)),
+            (MEMORY_LIMIT.to_string(), self.memory_limit.map_or_else(|| "0".to_string(), format_bytes)),
+        ])
+    }
+
+    /// The text of one setting as [`QueryOptions::to_settings`] writes it.
+    pub fn get(&self, canonical: &str) -> Option<String> {
+        self.to_settings().remove(canonical)
+    }
+}
+
+impl From<QueryOptions> for BTreeMap<String, String> {
+    fn from(o: QueryOptions) -> Self {
+        o.to_settings()
+    }
+}
+
+impl TryFrom<BTreeMap<String, String>> for QueryOptions {
+    type Error = SettingError;
+
+    /// Settings missing from the map keep their defaults.
+    fn try_from(map: BTreeMap<String, String>) -> Result<Self, Self::Error> {
+        let mut options = QueryOptions::default();
+        for (key, value) in &map {
+            options.set(key, value)?;
+        }
+        Ok(options)
+    }
+}
+
+/// A duration as Flink settings write it: `90 s`, `30 min`, `1h`, `2 days`, `500ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let (n, unit) = number_and_unit(text)?;
+    let seconds = match unit.as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 0.001,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+        "h" | "hour" | "hours" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(n * seconds).ok()
+}
+
+/// A size as Flink's `MemorySize` writes it: `512 MB`, `2gb`, `1.5 GiB`, `4096`
+/// (bytes). `KB`, `MB`, `GB` and `TB` are powers of 1024, as in Flink.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let (n, unit) = number_and_unit(text)?;
+    let scale: u64 = match unit.as_str() {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kib" | "kibibytes" => 1 << 10,
+        "m" | "mb" | "mib" | "mebibytes" => 1 << 20,
+        "g" | "gb" | "gib" | "gibibytes" => 1 << 30,
+        "t" | "tb" | "tib" | "tebibytes" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = n * scale as f64;
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes.round() as u64)
+}
+
+fn number_and_unit(text: &str) -> Option<(f64, String)> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.trim().parse().ok()?;
+    (n >= 0.0).then(|| (n, unit.trim().to_ascii_lowercase()))
+}
+
+fn format_duration(d: Duration) -> String {
+    sluice_engine::time::format_duration_nanos(d.as_nanos().min(i64::MAX as u128) as i64)
+}
+
+fn format_bytes(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(1 << 40, "TB"), (1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB")];
+    UNITS
+        .iter()
+        .find(|(scale, _)| bytes % scale == 0)
+        .map_or_else(|| bytes.to_string(), |(scale, unit)| format!("{} {unit}", bytes / scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse_and_print_back() -> Result<(), SettingError> {
+        let mut o = QueryOptions::default();
+        o.set("sluice.memory.limit", "2 GB")?;
+        assert_eq!(o.memory_limit, Some(2 << 30));
+        o.set("memory.limit", "512mb")?;
+        assert_eq!(o.memory_limit, Some(512 << 20));
+        o.set("table.exec.state.ttl", "90 min")?;
+        o.set("parallelism.default", "3")?;
+        let settings = o.to_settings();
+        assert_eq!(settings[MEMORY_LIMIT], "512 MB");
+        assert_eq!(settings[STATE_TTL], "90m");
+        assert_eq!(QueryOptions::try_from(settings)?, o);
+        o.set("sluice.memory.limit", "0")?;
+        assert_eq!(o.memory_limit, None);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut o = QueryOptions::default();
+        let e = o.set("sluice.memory.limit", "lots").map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("sluice.memory.limit") && e.to_string().contains("'lots'"), "{e}");
+        assert!(o.set("parallelism", "0").is_err());
+        assert!(matches!(o.set("nope", "1"), Err(SettingError::Unknown(_))));
+        assert_eq!(parse_bytes("-1 GB"), None);
+    }
+}
