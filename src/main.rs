@@ -79,10 +79,21 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
+/// Stack of Sluice's threads (the runtime's and the one running the command).
+const THREAD_STACK_BYTES: usize = 64 << 20;
+
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Planning and evaluating an expression recurse once per nesting level
+    // (bounded by sluice_sql::statement::MAX_EXPR_DEPTH): run on a stack that fits it.
+    let outcome = std::thread::Builder::new()
+        .stack_size(THREAD_STACK_BYTES)
+        .spawn(move || run(cli))
+        .map_err(anyhow::Error::from)
+        .and_then(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the main thread panicked"))));
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -106,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
         let config = server::ServerConfig { listen, state_dir, tokens, udfs: cli.udfs };
         runtime.block_on(server::serve(config))?;
+        .thread_stack_size(THREAD_STACK_BYTES)
         return Ok(ExitCode::SUCCESS);
     }
     let mut session = Session::default();

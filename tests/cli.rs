@@ -311,3 +311,23 @@ fn a_failing_row_is_named_with_its_values() -> TestResult {
     assert!(row.contains("user_id='a'") && row.contains("amount=3"), "{stderr}");
     Ok(())
 }
+
+/// A statement nesting expressions too deep (2,000 ORs) is refused with an
+/// error instead of overflowing the stack; one just under the limit runs.
+#[test]
+fn deep_expressions_are_an_error_not_a_crash() -> TestResult {
+    let counts = |terms: usize| {
+        format!(
+            "{CLICKS} SELECT window_start, count(*) AS n FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' HOUR)) \
+             WHERE {} GROUP BY window_start, window_end;",
+            vec!["event_type <> 'none'"; terms].join(" OR ")
+        )
+    };
+    let out = Command::new(SLUICE).args(["run", "-c", &counts(2_000)]).output()?;
+    assert_eq!(out.status.code(), Some(1), "an error exit, not a signal");
+    assert!(String::from_utf8(out.stderr)?.contains("nests expressions more than 1000 deep"));
+    let out = Command::new(SLUICE).args(["run", "-c", &counts(900)]).output()?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8(out.stdout)?.contains("| 2024-01-01T00:00:00 | 3000 "));
+    Ok(())
+}

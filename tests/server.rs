@@ -1,6 +1,7 @@
 //! `sluice serve` over real HTTP on loopback: authentication and roles, submitting,
 //! streaming results (NDJSON and SSE), stopping, bad requests, many concurrent
-//! queries, and state surviving a restart.
+//! queries, state surviving a restart, settings, the state directory's lock,
+//! preview queries, graceful stops and queries too deep to plan.
 
 mod common;
 
@@ -101,8 +102,15 @@ async fn auth_roles_and_bad_requests() -> TestResult {
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Malformed JSON, SQL errors, unknown ids, oversized bodies: 4xx with a message.
+    // Unreadable bodies get the API's JSON error shape too.
     let resp = c.post(format!("{b}/api/v1/queries")).bearer_auth(EDITOR).header("content-type", "application/json").body("{not json").send().await?;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await?;
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    let resp = c.post(format!("{b}/api/v1/statements")).bearer_auth(ADMIN).header("content-type", "text/plain").body("SHOW TABLES").send().await?;
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = resp.json().await?;
+    assert!(body["error"].as_str().unwrap_or_default().contains("application/json"), "{body}");
     let (status, body) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(json!({"sql": "SELEC x"}))).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().unwrap_or_default().contains("syntax error"), "{body}");
@@ -161,6 +169,7 @@ async fn submit_stream_stop_and_resume_after_restart() -> TestResult {
         let chunk = stream.next().await.ok_or("events ended")??;
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
+    assert!(text.contains("id: 1\n"), "events carry ids: {text}");
     drop(stream);
 
     let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
@@ -257,12 +266,313 @@ async fn shell_as_a_client_of_the_server() -> TestResult {
     let (mut out, mut err) = (String::new(), String::new());
     status.stdout.as_slice().read_to_string(&mut out)?;
     status.stderr.as_slice().read_to_string(&mut err)?;
-    assert!(out.contains("Table 'small' created"), "{out}\n{err}");
+    // Status lines may go to either stream; rows go to stdout.
+    assert!(format!("{out}{err}").contains("Table 'small' created"), "{out}\n{err}");
     assert!(out.contains("| small "), "{out}");
     assert!(out.contains("| 2024-01-01T00:00:00 | 600 "), "{out}");
     assert!(err.contains("error:") && err.contains("nope"), "{err}");
     // The table lives in the server's catalog.
     let (_, tables) = call(&Client::new(), Some(VIEWER), "POST", &format!("{}/api/v1/statements", server.base), Some(json!({"sql": "SHOW TABLES"}))).await?;
     assert_eq!(tables["rows"][0][0], "small");
+    Ok(())
+}
+
+async fn submit(client: &Client, base: &str, body: Value) -> Result<String, Box<dyn std::error::Error>> {
+    let (status, q) = call(client, Some(EDITOR), "POST", &format!("{base}/api/v1/queries"), Some(body)).await?;
+    if status != StatusCode::CREATED {
+        return Err(format!("submit answered {status}: {q}").into());
+    }
+    Ok(q["id"].as_str().ok_or("no id")?.to_string())
+}
+
+/// The whole results stream of a query that ends, as text.
+async fn read_to_end(client: &Client, base: &str, id: &str, sse: bool) -> Result<String, Box<dyn std::error::Error>> {
+    let mut req = client.get(format!("{base}/api/v1/queries/{id}/results")).bearer_auth(VIEWER);
+    if sse {
+        req = req.header("accept", "text/event-stream");
+    }
+    let text = tokio::time::timeout(Duration::from_secs(60), async { req.send().await?.text().await }).await??;
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_queries_are_refused_and_the_server_lives() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    let ddl = "CREATE TABLE small (event_type VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) \
+               WITH (connector = 'generator', rows = '600')";
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": ddl }))).await?;
+    let counted = |terms: usize| {
+        format!(
+            "SELECT window_start, count(*) AS n FROM TABLE(TUMBLE(TABLE small, DESCRIPTOR(ts), INTERVAL '1' HOUR)) \
+             WHERE {} GROUP BY window_start, window_end",
+            vec!["event_type <> 'none'"; terms].join(" OR ")
+        )
+    };
+    // 2,000 ORs (about 40 KB) and 40,000: refused with a 400, not a crash.
+    for terms in [2_000, 40_000] {
+        for endpoint in ["queries", "statements"] {
+            let sql = if endpoint == "queries" { counted(terms) } else { format!("EXPLAIN {}", counted(terms)) };
+            let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/{endpoint}"), Some(json!({ "sql": sql }))).await?;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{terms} ORs to {endpoint}: {body}");
+            assert!(body["error"].as_str().unwrap_or_default().contains("nests expressions more than"), "{body}");
+        }
+    }
+    // Just under the limit, the query is planned and runs (on Sluice's large stacks).
+    let id = submit(&c, &b, json!({ "sql": counted(900) })).await?;
+    let rows = read_to_end(&c, &b, &id, false).await?;
+    let row: Value = serde_json::from_str(rows.lines().next().ok_or("no rows")?)?;
+    assert_eq!(row["n"], 600, "{rows}");
+    assert_eq!(c.get(format!("{b}/healthz")).send().await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_reach_rest_queries_and_survive_a_restart() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    // The server's settings: SET on the statements endpoint (an admin's change).
+    let set = |sql: &str| json!({ "sql": sql });
+    let (status, _) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/statements"), Some(set("SET parallelism = 1"))).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for sql in ["SET parallelism = 1", "SET 'table.exec.state.ttl' = '1 h'"] {
+        let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(set(sql))).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let plain = submit(&c, &b, json!({ "sql": COUNTS })).await?;
+    // Overridden per submission, by Flink's names.
+    let tuned = submit(&c, &b, json!({ "sql": COUNTS, "settings": { "parallelism": 3, "sluice.memory.limit": "512 MB" } })).await?;
+    let (status, body) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(json!({ "sql": COUNTS, "settings": { "sluice.memory.limit": "lots" } }))).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap_or_default().contains("sluice.memory.limit"), "{body}");
+
+    let check = |b: String, c: Client, plain: String, tuned: String| async move {
+        let (_, p) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{plain}"), None).await?;
+        assert_eq!(p["settings"]["parallelism"], "1", "{p}");
+        assert_eq!(p["settings"]["table.exec.state.ttl"], "1h", "{p}");
+        let (_, t) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{tuned}"), None).await?;
+        assert_eq!(t["settings"]["parallelism"], "3", "{t}");
+        assert_eq!(t["settings"]["table.exec.state.ttl"], "1h", "{t}");
+        assert_eq!(t["settings"]["sluice.memory.limit"], "512 MB", "{t}");
+        // The settings took effect: one source lane per unit of parallelism.
+        for (id, lanes) in [(&plain, 1), (&tuned, 3)] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
+                if m["sources"].as_array().map(Vec::len) == Some(lanes) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("query {id} never showed {lanes} lanes: {m}").into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    check(b.clone(), c.clone(), plain.clone(), tuned.clone()).await?;
+
+    drop(server);
+    let server = start(dir.path())?;
+    let b = server.base.clone();
+    wait_for_state(&c, &b, &tuned, "RUNNING").await?;
+    check(b.clone(), c.clone(), plain, tuned).await?;
+    // The server's SETs survived too.
+    let again = submit(&c, &b, json!({ "sql": COUNTS })).await?;
+    let (_, q) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{again}"), None).await?;
+    assert_eq!(q["settings"]["table.exec.state.ttl"], "1h", "{q}");
+    assert_eq!(q["settings"]["parallelism"], "1", "{q}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_state_dir_refuses_to_start() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let first = start(dir.path())?;
+    let second = Command::new(SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.path())
+        .args(["--token", &format!("admin:{ADMIN}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output()).await??;
+    assert!(!out.status.success(), "the second server started: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another sluice server is using the state directory"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it never listened");
+    // The first one is unaffected, and once it is gone the directory is free.
+    assert_eq!(Client::new().get(format!("{}/healthz", first.base)).send().await?.status(), StatusCode::OK);
+    drop(first);
+    let again = start(dir.path())?;
+    assert_eq!(Client::new().get(format!("{}/healthz", again.base)).send().await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+/// A query that fails on its first row: integer division by zero at run time.
+const FAILS: &str = "SELECT char_length(event_type) / (char_length(event_type) - char_length(event_type)) AS x FROM clicks";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_and_failed_queries_stay_listed_and_streams_end_with_the_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let stopped = submit(&c, &b, json!({ "sql": COUNTS, "name": "stopped" })).await?;
+    let failed = submit(&c, &b, json!({ "sql": FAILS, "name": "failed" })).await?;
+    let running = submit(&c, &b, json!({ "sql": COUNTS, "name": "running" })).await?;
+    let (status, s) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries/{stopped}/stop"), None).await?;
+    assert_eq!((status, s["state"].as_str()), (StatusCode::OK, Some("STOPPED")), "the stop answers once stopped: {s}");
+    let f = wait_for_state(&c, &b, &failed, "FAILED").await?;
+    let error = f["error"].as_str().ok_or("no error")?.to_string();
+    assert!(error.to_lowercase().contains("divide by zero"), "{f}");
+
+    // The results of a failed query end with its error, in both encodings.
+    let ndjson = read_to_end(&c, &b, &failed, false).await?;
+    let last: Value = serde_json::from_str(ndjson.lines().last().ok_or("empty results")?)?;
+    assert_eq!(last["error"], error.as_str(), "{ndjson}");
+    let sse = read_to_end(&c, &b, &failed, true).await?;
+    assert!(sse.contains("event: error\ndata: "), "{sse}");
+    let sse = read_to_end(&c, &b, &stopped, true).await?;
+    assert!(sse.trim_end().ends_with("event: end\ndata: {}"), "{sse}");
+
+    drop(server);
+    let server = start(dir.path())?;
+    let b = server.base.clone();
+    wait_for_state(&c, &b, &running, "RUNNING").await?;
+    let (_, all) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries"), None).await?;
+    let by_id = |id: &str| all.as_array().into_iter().flatten().find(|q| q["id"] == id).cloned().unwrap_or(Value::Null);
+    assert_eq!(by_id(&stopped)["state"], "STOPPED", "{all}");
+    assert_eq!(by_id(&stopped)["name"], "stopped", "{all}");
+    assert_eq!(by_id(&failed)["state"], "FAILED", "{all}");
+    assert_eq!(by_id(&failed)["error"], error.as_str(), "{all}");
+    assert_eq!(by_id(&failed)["schema"][0]["name"], "x", "{all}");
+    let (_, running_now) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries?state=running"), None).await?;
+    assert_eq!(running_now.as_array().map(Vec::len), Some(1), "neither is started again: {running_now}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())?.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_query_ends_with_its_last_reader() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let select = "SELECT event_type FROM clicks";
+    let preview = submit(&c, &b, json!({ "sql": select, "preview": true })).await?;
+    let kept = submit(&c, &b, json!({ "sql": select })).await?;
+    for id in [&preview, &kept] {
+        // Two readers: the query lives until the last one leaves.
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let resp = c.get(format!("{b}/api/v1/queries/{id}/results")).bearer_auth(VIEWER).send().await?;
+            let mut stream = resp.bytes_stream();
+            stream.next().await.ok_or("no rows")??;
+            streams.push(stream);
+        }
+        drop(streams.pop());
+        let (_, q) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}"), None).await?;
+        assert_eq!(q["state"], "RUNNING", "one reader is still there: {q}");
+        drop(streams);
+    }
+    let q = wait_for_state(&c, &b, &preview, "STOPPED").await?;
+    assert_eq!(q["preview"], true);
+    // The query submitted to keep running still runs without readers.
+    let (_, k) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{kept}"), None).await?;
+    assert_eq!(k["state"], "RUNNING", "{k}");
+
+    // A preview query running when the server goes down is not started again.
+    let unread = submit(&c, &b, json!({ "sql": select, "preview": true })).await?;
+    drop(server);
+    let server = start(dir.path())?;
+    let b = server.base.clone();
+    wait_for_state(&c, &b, &kept, "RUNNING").await?;
+    let (_, u) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{unread}"), None).await?;
+    assert_eq!(u["state"], "STOPPED", "{u}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_flush_the_sink_and_metrics_are_per_query() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let path = out.path().join("events.jsonl");
+    let sink = format!(
+        "CREATE TABLE landed (event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json')",
+        path.display()
+    );
+    let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": sink }))).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = submit(&c, &b, json!({ "sql": "INSERT INTO landed SELECT event_type, ts FROM clicks" })).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
+        if m["rows_out"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no rows out: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Counters in /metrics carry the query's id.
+    let (_, text) = call(&c, Some(VIEWER), "GET", &format!("{b}/metrics"), None).await?;
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(text.contains(&format!("sluice_rows_out_total{{query=\"{id}\"}}")), "{text}");
+
+    let (status, q) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries/{id}/stop"), None).await?;
+    assert_eq!((status, q["state"].as_str()), (StatusCode::OK, Some("STOPPED")), "{q}");
+    let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
+    let lines = std::fs::read_to_string(&path)?;
+    for line in lines.lines() {
+        serde_json::from_str::<Value>(line)?;
+    }
+    assert_eq!(Some(lines.lines().count() as u64), m["rows_out"].as_u64(), "the file holds what the API reports");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_queries_gracefully_and_they_resume() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let mut server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let path = out.path().join("events.jsonl");
+    let sink = format!(
+        "CREATE TABLE landed (event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json')",
+        path.display()
+    );
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": sink }))).await?;
+    let id = submit(&c, &b, json!({ "sql": "INSERT INTO landed SELECT event_type, ts FROM clicks" })).await?;
+    // A reader of a running query must not hold the shutdown open.
+    let counts = submit(&c, &b, json!({ "sql": COUNTS })).await?;
+    let resp = c.get(format!("{b}/api/v1/queries/{counts}/results")).bearer_auth(VIEWER).send().await?;
+    let reading = tokio::spawn(async move { resp.text().await });
+    wait_for_state(&c, &b, &id, "RUNNING").await?;
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) == 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = server._child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = server._child.0.wait();
+        (server, status)
+    });
+    let (server, status) = tokio::time::timeout(Duration::from_secs(60), exited).await??;
+    assert!(status?.success(), "sluice serve exits cleanly on SIGTERM");
+    tokio::time::timeout(Duration::from_secs(10), reading).await???;
+    drop(server);
+    let lines = std::fs::read_to_string(&path)?;
+    assert!(lines.ends_with('\n'), "no partial line");
+    let server = start(dir.path())?;
+    wait_for_state(&c, &server.base, &id, "RUNNING").await?;
+    wait_for_state(&c, &server.base, &counts, "RUNNING").await?;
     Ok(())
 }

@@ -1,23 +1,27 @@
 //! The HTTP API: handlers, request and response bodies, and the OpenAPI document.
+//!
+//! Every error, including a request body that cannot be read, answers with the
+//! same JSON shape, `{"error": "..."}`, so clients parse one thing.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_sql::{SluiceStatement, StatementOutput};
 use tokio::sync::broadcast;
 use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{require, Role};
-use super::queries::{QueryError, QueryInfo, QueryMetrics, QueryState, SourceMetrics};
+use super::queries::{QueryError, QueryInfo, QueryMetrics, QueryState, SourceMetrics, Submission, Subscription, Update};
 use super::AppState;
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -44,9 +48,25 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         let status = match e {
             QueryError::NotFound(_) => StatusCode::NOT_FOUND,
-            QueryError::Sql(_) => StatusCode::BAD_REQUEST,
+            QueryError::Sql(_) | QueryError::Setting(_) => StatusCode::BAD_REQUEST,
+            QueryError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// A JSON request body; one that cannot be read (bad JSON, wrong content type,
+/// too large) is answered with an [`ApiError`] of the rejection's status.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        }
     }
 }
 
@@ -56,6 +76,16 @@ pub struct SubmitQuery {
     /// One SELECT or INSERT INTO statement.
     pub sql: String,
     pub name: Option<String>,
+    /// Settings for this query over the server's (those `SET` on
+    /// `/api/v1/statements`), by name: `{"parallelism": 2, "table.exec.state.ttl": "1 h"}`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+    /// Only to preview results: the query stops when its last results reader
+    /// disconnects, and is not started again after a restart. Default false:
+    /// it runs until stopped.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 /// `GET /api/v1/queries` filter.
@@ -111,10 +141,19 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 pub async fn submit_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    Json(body): Json<SubmitQuery>,
+    ApiJson(body): ApiJson<SubmitQuery>,
 ) -> Result<(StatusCode, Json<QueryInfo>), ApiError> {
     require(role, Role::Editor)?;
-    let info = state.queries.submit(&body.sql, body.name, None).await?;
+    let mut settings = state.queries.defaults();
+    for (key, value) in &body.settings {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        settings.set(key, &text).map_err(QueryError::from)?;
+    }
+    let submission = Submission { sql: body.sql, name: body.name, settings, preview: body.preview };
+    let info = state.queries.submit(submission, None).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -148,7 +187,8 @@ pub async fn query_metrics(State(state): State<AppState>, Path(id): Path<String>
     Ok(Json(state.queries.metrics(&id)?))
 }
 
-/// Stop a query (it stays listed as STOPPED).
+/// Stop a query gracefully (it stays listed as STOPPED); answers once its sink
+/// has made its rows durable.
 #[utoipa::path(post, path = "/api/v1/queries/{id}/stop", responses((status = 200, body = QueryInfo), (status = 404)))]
 pub async fn stop_query(
     State(state): State<AppState>,
@@ -156,7 +196,7 @@ pub async fn stop_query(
     Path(id): Path<String>,
 ) -> Result<Json<QueryInfo>, ApiError> {
     require(role, Role::Editor)?;
-    Ok(Json(state.queries.stop(&id)?))
+    Ok(Json(state.queries.stop(&id).await?))
 }
 
 /// Stop and forget a query.
@@ -167,7 +207,7 @@ pub async fn delete_query(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(role, Role::Editor)?;
-    state.queries.delete(&id)?;
+    state.queries.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -179,33 +219,59 @@ fn json_rows(batch: &RecordBatch) -> Vec<String> {
     String::from_utf8_lossy(&writer.into_inner()).lines().map(str::to_string).collect()
 }
 
-/// Rows as they are produced, one JSON object each; a lagging reader is told how
-/// many batches it missed.
-fn row_stream(
-    recent: Vec<Arc<RecordBatch>>,
-    live: Option<broadcast::Receiver<Arc<RecordBatch>>>,
-) -> impl Stream<Item = Result<String, String>> {
-    let replay = futures::stream::iter(recent.into_iter().flat_map(|b| json_rows(&b)).map(Ok));
-    let live = futures::stream::iter(live).flat_map(live_rows);
-    replay.chain(live)
+/// One item of a results stream.
+enum Out {
+    /// A row, as a JSON object.
+    Row(String),
+    /// The reader fell behind and missed rows.
+    Warning(String),
+    /// The query ended normally.
+    End,
+    /// The query failed.
+    Error(String),
 }
 
-fn live_rows(rx: broadcast::Receiver<Arc<RecordBatch>>) -> impl Stream<Item = Result<String, String>> {
-    futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(batch) => Some((futures::stream::iter(json_rows(&batch).into_iter().map(Ok)).boxed(), rx)),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                Some((futures::stream::iter([Err(format!("skipped {n} batches: reading too slowly"))]).boxed(), rx))
-            }
-            Err(broadcast::error::RecvError::Closed) => None,
-        }
+fn end_of(outcome: Result<(), String>) -> Out {
+    match outcome {
+        Ok(()) => Out::End,
+        Err(e) => Out::Error(e),
+    }
+}
+
+/// Recent rows, then live ones as they are produced, then how the query ended.
+/// The subscription's reader is held until the stream is dropped.
+fn updates(subscription: Subscription) -> impl Stream<Item = Out> {
+    let Subscription { recent, live, ended, reader } = subscription;
+    let replay = futures::stream::iter(recent.into_iter().flat_map(|b| json_rows(&b)).map(Out::Row));
+    let tail = match (live, ended) {
+        (Some(rx), _) => live_updates(rx).boxed(),
+        (None, Some(outcome)) => futures::stream::iter([end_of(outcome)]).boxed(),
+        (None, None) => futures::stream::iter([Out::End]).boxed(),
+    };
+    replay.chain(tail).map(move |out| {
+        let _reading = &reader;
+        out
+    })
+}
+
+fn live_updates(rx: broadcast::Receiver<Update>) -> impl Stream<Item = Out> {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let items: Vec<Out> = match rx.recv().await {
+            Ok(Update::Batch(batch)) => json_rows(&batch).into_iter().map(Out::Row).collect(),
+            Ok(Update::End(outcome)) => return Some((futures::stream::iter(vec![end_of(outcome)]), None)),
+            Err(broadcast::error::RecvError::Lagged(n)) => vec![Out::Warning(format!("skipped {n} batches: reading too slowly"))],
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((futures::stream::iter(items), Some(rx)))
     })
     .flatten()
 }
 
-/// Results: the most recent ones first, then live rows as they are produced (the
-/// stream ends with the query). Server-Sent Events with `Accept: text/event-stream`,
-/// NDJSON otherwise.
+/// Results: the most recent ones first, then live rows as they are produced;
+/// the stream ends with the query, with its error if it failed. Server-Sent
+/// Events with `Accept: text/event-stream` (rows numbered by `id`, then an `end`
+/// or `error` event), NDJSON otherwise (a failure ends it with `{"error": "..."}`).
 #[utoipa::path(get, path = "/api/v1/queries/{id}/results",
     responses((status = 200, description = "rows as NDJSON or SSE events, as produced"), (status = 404)))]
 pub async fn query_results(
@@ -213,27 +279,36 @@ pub async fn query_results(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (recent, live) = state.queries.subscribe(&id)?;
+    let subscription = state.queries.subscribe(&id)?;
     let wants_sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let rows = row_stream(recent, live);
+    let items = updates(subscription);
     if wants_sse {
-        let events = rows.map(|r| {
-            Ok::<_, Infallible>(match r {
-                Ok(row) => Event::default().data(row),
-                Err(warning) => Event::default().event("warning").data(warning),
+        let mut row = 0u64;
+        let events = items.map(move |item| {
+            Ok::<_, Infallible>(match item {
+                Out::Row(data) => {
+                    row += 1;
+                    Event::default().id(row.to_string()).data(data)
+                }
+                Out::Warning(warning) => Event::default().event("warning").data(warning),
+                // Data, so that EventSource clients dispatch it.
+                Out::End => Event::default().event("end").data("{}"),
+                Out::Error(error) => Event::default().event("error").data(error),
             })
         });
         return Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response());
     }
-    let lines = rows.map(|r| {
-        let line = match r {
-            Ok(row) => row,
-            Err(warning) => serde_json::json!({ "warning": warning }).to_string(),
+    let lines = items.filter_map(|item| async move {
+        let line = match item {
+            Out::Row(row) => row,
+            Out::Warning(warning) => serde_json::json!({ "warning": warning }).to_string(),
+            Out::End => return None,
+            Out::Error(error) => serde_json::json!({ "error": error }).to_string(),
         };
-        Ok::<_, Infallible>(Bytes::from(line + "\n"))
+        Some(Ok::<_, Infallible>(Bytes::from(line + "\n")))
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }
@@ -244,19 +319,21 @@ fn changes_catalog(statement: &SluiceStatement) -> bool {
         SluiceStatement::CreateTable(_) | SluiceStatement::CreateNativeFunction { .. } => true,
         SluiceStatement::Sql(s) => matches!(
             **s,
-            S::CreateView(_) | S::Drop { .. } | S::CreateFunction(_) | S::DropFunction(_)
+            S::CreateView(_) | S::Drop { .. } | S::CreateFunction(_) | S::DropFunction(_) | S::Set(_)
         ),
         SluiceStatement::ShowMetrics => false,
     }
 }
 
-/// Run a DDL or catalog statement against the shared catalog.
+/// Run a DDL or catalog statement against the shared catalog, or `SET` a
+/// setting of the server's: queries submitted afterwards run with it unless
+/// their submission overrides it. Both are kept across restarts.
 #[utoipa::path(post, path = "/api/v1/statements", request_body = StatementRequest,
     responses((status = 200, body = StatementResult), (status = 400, body = ApiError), (status = 403)))]
 pub async fn run_statement(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    Json(body): Json<StatementRequest>,
+    ApiJson(body): ApiJson<StatementRequest>,
 ) -> Result<Json<StatementResult>, ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let mut session = state.queries.session();
@@ -266,14 +343,20 @@ pub async fn run_statement(
         _ => return Err(bad("send exactly one statement".into())),
     };
     let catalog_change = changes_catalog(&statement);
+    let is_set = matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Set(_)));
     require(role, if catalog_change { Role::Admin } else { Role::Viewer })?;
     if matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
     {
         return Err(bad("continuous queries go to POST /api/v1/queries".into()));
     }
     let _guard = state.catalog_writes.lock().await;
+    // Under the guard, so concurrent SETs each start from the other's result.
+    session.set_options(state.queries.defaults());
     match session.execute(statement).await.map_err(|e| bad(e.to_string()))? {
         StatementOutput::Message(message) => {
+            if is_set {
+                state.queries.set_defaults(session.options().clone());
+            }
             if catalog_change {
                 if let Some(store) = &state.store {
                     store

@@ -1,8 +1,10 @@
 //! `sluice serve`: a REST server running many continuous queries over one catalog.
 //!
 //! Routes live under `/api/v1` (see [`api`]); `/healthz` answers without a token,
-//! `/metrics` serves Prometheus text. The catalog and the submitted queries are
-//! kept in a state directory and restored at start-up.
+//! `/metrics` serves Prometheus text (counters labelled by `query` id). The
+//! catalog, the server's settings and the submitted queries are kept in a state
+//! directory, locked while the server runs, and restored at start-up. Ctrl-C or
+//! SIGTERM stops every query gracefully before the server exits.
 
 pub mod api;
 pub mod auth;
@@ -91,7 +93,10 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             tracing::error!("restoring catalog statement {sql:?}: {e}");
         }
     }
+    // The SETs replayed above are the server's settings.
+    queries.set_defaults(session.options().clone());
     queries.resume().await;
+    let stopping = Arc::clone(&queries);
     let state = AppState {
         queries,
         tokens: Arc::new(config.tokens),
@@ -101,10 +106,37 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     println!("listening on {}", listener.local_addr()?);
+    // Queries stop before the server does: their result streams end with them,
+    // so no reader holds the graceful shutdown open.
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping every query");
+            stopping.shutdown().await;
         })
         .await?;
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

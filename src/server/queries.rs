@@ -1,15 +1,26 @@
-//! The queries a server runs: submission, state, live results, stop and delete.
+//! The queries a server runs: submission with their settings, state, live
+//! results, graceful stop and delete, and what of them survives a restart.
+//!
+//! A query is submitted either to keep running (an `INSERT INTO` job, a
+//! dashboard's query) or only to preview its results (`preview`, as the remote
+//! shell does). A preview query ends when its last reader leaves and is never
+//! started again after a restart, so a client that goes away leaves nothing
+//! running. Every stop (REST stop or delete, preview readers gone, server
+//! shutdown) is graceful: the query's sink has made its rows durable before the
+//! query is shown as STOPPED.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sluice_engine::metrics::JobMetrics;
-use sluice_engine::EngineError;
-use sluice_sql::{Catalog, Session, SluiceStatement, StatementOutput};
-use tokio::sync::broadcast;
+use sluice_engine::{EngineError, JobHandle};
+use sluice_sql::{Catalog, QueryOptions, Session, SluiceStatement, StatementOutput};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -20,14 +31,37 @@ use super::store::{Store, StoredQuery};
 /// read after it ended).
 const RESULT_BACKLOG: usize = 1024;
 
-/// What a new subscriber reads: recent batches, then live ones while the query runs.
-pub type Subscription = (Vec<Arc<RecordBatch>>, Option<broadcast::Receiver<Arc<RecordBatch>>>);
+/// How long a graceful stop may take before the query is cancelled.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A preview query that no reader has subscribed to by then is stopped (its
+/// client went away between submitting and reading).
+const PREVIEW_FIRST_READER: Duration = Duration::from_secs(60);
+
+/// What a results reader receives, in order.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Batch(Arc<RecordBatch>),
+    /// The query ended: `Err` holds its error. Always the last update.
+    End(Result<(), String>),
+}
+
+/// What a new subscriber reads: recent batches, then live updates while the
+/// query runs, or how it ended.
+pub struct Subscription {
+    pub recent: Vec<Arc<RecordBatch>>,
+    pub live: Option<broadcast::Receiver<Update>>,
+    /// How the query ended, when it already has.
+    pub ended: Option<Result<(), String>>,
+    /// Keep it while reading: a preview query stops once no reader holds one.
+    pub reader: Reader,
+}
 
 /// The latest results of a query, replayed to new subscribers.
-type Backlog = Arc<Mutex<std::collections::VecDeque<Arc<RecordBatch>>>>;
+type Backlog = Arc<Mutex<VecDeque<Arc<RecordBatch>>>>;
 
 /// Where a query is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum QueryState {
     Created,
@@ -37,7 +71,7 @@ pub enum QueryState {
 }
 
 /// A column of a query's output.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
@@ -57,6 +91,10 @@ pub struct QueryInfo {
     /// RFC 3339.
     pub started_at: Option<String>,
     pub schema: Vec<Column>,
+    /// The settings it runs with, by name (`parallelism`, `table.exec.state.ttl`, ...).
+    pub settings: BTreeMap<String, String>,
+    /// Submitted only to preview results: it stops when its last reader leaves.
+    pub preview: bool,
 }
 
 /// One source shard's progress.
@@ -83,12 +121,71 @@ pub struct QueryMetrics {
     pub watermark: Option<String>,
 }
 
+/// What a submission asks for.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub sql: String,
+    pub name: Option<String>,
+    /// The settings it runs with.
+    pub settings: QueryOptions,
+    pub preview: bool,
+}
+
+/// Counts a preview query's readers; the last one to leave stops it.
+#[derive(Debug)]
+struct Readers {
+    count: AtomicUsize,
+    ever: AtomicBool,
+    preview: bool,
+    stop: CancellationToken,
+}
+
+/// One reader of a query's results (see [`Subscription::reader`]).
+#[derive(Debug)]
+pub struct Reader(Arc<Readers>);
+
+impl Reader {
+    fn new(readers: &Arc<Readers>) -> Self {
+        readers.count.fetch_add(1, Ordering::SeqCst);
+        readers.ever.store(true, Ordering::SeqCst);
+        Reader(Arc::clone(readers))
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.preview {
+            self.0.stop.cancel();
+        }
+    }
+}
+
 struct Entry {
     info: QueryInfo,
+    options: QueryOptions,
     metrics: Option<Arc<JobMetrics>>,
-    results: Option<broadcast::Sender<Arc<RecordBatch>>>,
+    results: Option<broadcast::Sender<Update>>,
     backlog: Backlog,
-    stop: CancellationToken,
+    ended: Option<Result<(), String>>,
+    readers: Arc<Readers>,
+    /// Becomes true once the query has ended and its state is final.
+    done: watch::Receiver<bool>,
+    /// Stopped by the server's shutdown: saved as RUNNING, to start again.
+    resume: bool,
+}
+
+impl Entry {
+    /// A query that is not running: restored from the store, or never started.
+    fn listed(info: QueryInfo, options: QueryOptions, ended: Option<Result<(), String>>) -> Self {
+        let (_, done) = watch::channel(true);
+        let readers = Arc::new(Readers {
+            count: AtomicUsize::new(0),
+            ever: AtomicBool::new(false),
+            preview: false,
+            stop: CancellationToken::new(),
+        });
+        Entry { info, options, metrics: None, results: None, backlog: Arc::default(), ended, readers, done, resume: false }
+    }
 }
 
 /// Why a query could not be submitted or found.
@@ -96,8 +193,12 @@ struct Entry {
 pub enum QueryError {
     #[error("{0}")]
     Sql(String),
+    #[error("{0}")]
+    Setting(#[from] sluice_sql::options::SettingError),
     #[error("no query with id '{0}'")]
     NotFound(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 /// All queries of the server, sharing one catalog.
@@ -105,52 +206,88 @@ pub struct QueryManager {
     catalog: Arc<RwLock<Catalog>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     store: Option<Store>,
+    /// Settings of submissions that bring none of their own: the server's,
+    /// changed by `SET` on the statements endpoint.
+    defaults: Mutex<QueryOptions>,
+    /// Held from taking a snapshot of the entries until it is saved, so saves
+    /// land in order and the last one on disk is the newest.
+    persisting: Mutex<()>,
+    shutting_down: AtomicBool,
 }
 
 fn new_id() -> String {
     format!("q{:016x}", rand::random::<u64>())
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn is_query(statement: &SluiceStatement) -> bool {
+    matches!(statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
+}
+
 impl QueryManager {
     pub fn new(catalog: Arc<RwLock<Catalog>>, store: Option<Store>) -> Arc<Self> {
-        Arc::new(QueryManager { catalog, entries: Mutex::new(BTreeMap::new()), store })
+        Arc::new(QueryManager {
+            catalog,
+            entries: Mutex::new(BTreeMap::new()),
+            store,
+            defaults: Mutex::new(QueryOptions::default()),
+            persisting: Mutex::new(()),
+            shutting_down: AtomicBool::new(false),
+        })
     }
 
-    /// A session over the server's catalog.
+    /// A session over the server's catalog, with the server's settings.
     pub fn session(&self) -> Session {
-        Session::new(Arc::clone(&self.catalog))
+        let mut session = Session::new(Arc::clone(&self.catalog));
+        session.set_options(self.defaults());
+        session
+    }
+
+    /// The settings of submissions that bring none of their own.
+    pub fn defaults(&self) -> QueryOptions {
+        locked(&self.defaults).clone()
+    }
+
+    pub fn set_defaults(&self, options: QueryOptions) {
+        *locked(&self.defaults) = options;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.entries)
     }
 
     /// Starts a continuous query (a SELECT or INSERT INTO).
-    pub async fn submit(self: &Arc<Self>, sql: &str, name: Option<String>, id: Option<String>) -> Result<QueryInfo, QueryError> {
+    pub async fn submit(self: &Arc<Self>, submission: Submission, id: Option<String>) -> Result<QueryInfo, QueryError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(QueryError::ShuttingDown);
+        }
+        let Submission { sql, name, settings, preview } = submission;
+        let id = id.unwrap_or_else(new_id);
         let mut session = self.session();
-        let mut statements = session.parse(sql).map_err(|e| QueryError::Sql(e.to_string()))?;
+        session.set_options(settings.clone());
+        session.set_metrics_label(Some(id.clone()));
+        let mut statements = session.parse(&sql).map_err(|e| QueryError::Sql(e.to_string()))?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(s), true) => s,
             _ => return Err(QueryError::Sql("submit exactly one SELECT or INSERT statement".into())),
         };
-        if !matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
-        {
+        if !is_query(&statement) {
             return Err(QueryError::Sql("a query is a SELECT or INSERT INTO; use /api/v1/statements for DDL".into()));
         }
-        let id = id.unwrap_or_else(new_id);
         let now = Utc::now().to_rfc3339();
         let output = session.execute(statement).await.map_err(|e| QueryError::Sql(e.to_string()))?;
-        let (schema, results, mut job) = match output {
+        let (schema, results, job) = match output {
             StatementOutput::Query(q) => (q.schema, Some(q.results), q.job),
             StatementOutput::Insert { job, .. } => (Arc::new(arrow::datatypes::Schema::empty()), None, job),
             _ => return Err(QueryError::Sql("the statement did not start a query".into())),
         };
-        let (tx, _) = broadcast::channel(RESULT_BACKLOG);
-        let stop = CancellationToken::new();
         let info = QueryInfo {
             id: id.clone(),
             name,
-            sql: sql.to_string(),
+            sql,
             state: QueryState::Running,
             error: None,
             created_at: now.clone(),
@@ -160,62 +297,47 @@ impl QueryManager {
                 .iter()
                 .map(|f| Column { name: f.name().clone(), data_type: sluice_sql::session::sql_type_name(f.data_type()) })
                 .collect(),
+            settings: settings.to_settings(),
+            preview,
         };
-        let metrics = job.metrics_handle();
+        let (tx, _) = broadcast::channel(RESULT_BACKLOG);
+        let stop = CancellationToken::new();
+        let (done_tx, done) = watch::channel(false);
+        let readers = Arc::new(Readers { count: AtomicUsize::new(0), ever: AtomicBool::new(false), preview, stop: stop.clone() });
         let backlog: Backlog = Arc::default();
         self.lock().insert(
             id.clone(),
             Entry {
                 info: info.clone(),
-                metrics: Some(metrics),
+                options: settings,
+                metrics: Some(job.metrics_handle()),
                 results: Some(tx.clone()),
                 backlog: Arc::clone(&backlog),
-                stop: stop.clone(),
+                ended: None,
+                readers: Arc::clone(&readers),
+                done,
+                resume: false,
             },
         );
         self.persist();
+        if preview {
+            tokio::spawn(async move {
+                tokio::time::sleep(PREVIEW_FIRST_READER).await;
+                if !readers.ever.load(Ordering::SeqCst) {
+                    readers.stop.cancel();
+                }
+            });
+        }
+        let forwarder = results.map(|results| tokio::spawn(forward(results, backlog, tx)));
         let manager = Arc::clone(self);
         tokio::spawn(async move {
-            let status = match results {
-                Some(mut results) => {
-                    loop {
-                        tokio::select! {
-                            batch = results.recv() => match batch {
-                                Some(b) => {
-                                    // Under the backlog lock, so a subscriber sees each batch once.
-                                    let b = Arc::new(b);
-                                    let mut backlog = backlog.lock().unwrap_or_else(|p| p.into_inner());
-                                    if backlog.len() == RESULT_BACKLOG {
-                                        backlog.pop_front();
-                                    }
-                                    backlog.push_back(Arc::clone(&b));
-                                    let _ = tx.send(b);
-                                }
-                                None => break,
-                            },
-                            _ = stop.cancelled() => break,
-                        }
-                    }
-                    if stop.is_cancelled() {
-                        job.cancel();
-                        Ok(())
-                    } else {
-                        job.wait().await
-                    }
-                }
-                None => {
-                    let ended = tokio::select! {
-                        r = job.wait() => Some(r),
-                        _ = stop.cancelled() => None,
-                    };
-                    ended.unwrap_or_else(|| {
-                        job.cancel();
-                        Ok(())
-                    })
-                }
-            };
-            drop(tx);
+            let status = run_until_stopped(job, stop).await;
+            // The sink is gone once the job has ended: the forwarder drains what it sent.
+            if let Some(f) = forwarder {
+                let _ = f.await;
+            }
             manager.finish(&id, status);
+            let _ = done_tx.send(true);
         });
         Ok(info)
     }
@@ -224,20 +346,29 @@ impl QueryManager {
         {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(id) else { return };
-            entry.results = None;
-            match status {
-                Ok(()) | Err(EngineError::Cancelled) => entry.info.state = QueryState::Stopped,
+            let outcome = match status {
+                Ok(()) | Err(EngineError::Cancelled) => {
+                    entry.info.state = QueryState::Stopped;
+                    Ok(())
+                }
                 Err(e) => {
                     entry.info.state = QueryState::Failed;
                     entry.info.error = Some(e.to_string());
+                    Err(e.to_string())
                 }
+            };
+            if let Some(tx) = entry.results.take() {
+                let _ = tx.send(Update::End(outcome.clone()));
             }
+            entry.ended = Some(outcome);
         }
         self.persist();
     }
 
+    /// Saves every query's submission, settings, state and error.
     fn persist(&self) {
         let Some(store) = &self.store else { return };
+        let _in_order = locked(&self.persisting);
         let stored: Vec<StoredQuery> = self
             .lock()
             .values()
@@ -245,7 +376,12 @@ impl QueryManager {
                 id: e.info.id.clone(),
                 name: e.info.name.clone(),
                 sql: e.info.sql.clone(),
-                running: e.info.state == QueryState::Running,
+                settings: Some(e.options.clone()),
+                state: if e.resume { QueryState::Running } else { e.info.state },
+                error: e.info.error.clone(),
+                preview: e.info.preview,
+                created_at: Some(e.info.created_at.clone()),
+                schema: e.info.schema.clone(),
             })
             .collect();
         if let Err(e) = store.save_queries(&stored) {
@@ -299,26 +435,61 @@ impl QueryManager {
     pub fn subscribe(&self, id: &str) -> Result<Subscription, QueryError> {
         let entries = self.lock();
         let entry = entries.get(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
-        let backlog = entry.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let live = entry.results.as_ref().map(|tx| tx.subscribe());
-        Ok((backlog.iter().cloned().collect(), live))
+        let backlog = locked(&entry.backlog);
+        Ok(Subscription {
+            recent: backlog.iter().cloned().collect(),
+            live: entry.results.as_ref().map(|tx| tx.subscribe()),
+            ended: entry.ended.clone(),
+            reader: Reader::new(&entry.readers),
+        })
     }
 
-    pub fn stop(&self, id: &str) -> Result<QueryInfo, QueryError> {
-        let entries = self.lock();
-        let entry = entries.get(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
-        entry.stop.cancel();
-        Ok(entry.info.clone())
+    /// Stops a query gracefully and returns it once it has stopped (its sink
+    /// flushed), or as it is after the stop timeout.
+    pub async fn stop(&self, id: &str) -> Result<QueryInfo, QueryError> {
+        let mut done = {
+            let entries = self.lock();
+            let entry = entries.get(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
+            entry.readers.stop.cancel();
+            entry.done.clone()
+        };
+        let _ = tokio::time::timeout(STOP_TIMEOUT + Duration::from_secs(5), done.wait_for(|d| *d)).await;
+        self.get(id)
     }
 
-    pub fn delete(&self, id: &str) -> Result<(), QueryError> {
-        let removed = self.lock().remove(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
-        removed.stop.cancel();
+    /// Stops a query gracefully, then forgets it.
+    pub async fn delete(&self, id: &str) -> Result<(), QueryError> {
+        self.stop(id).await?;
+        self.lock().remove(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
         self.persist();
         Ok(())
     }
 
-    /// Starts again the queries that were running when the server last stopped.
+    /// Stops every query gracefully and waits for them. Queries submitted to
+    /// keep running are saved as RUNNING, to start again with the server.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let running: Vec<watch::Receiver<bool>> = {
+            let mut entries = self.lock();
+            entries
+                .values_mut()
+                .filter(|e| e.info.state == QueryState::Running)
+                .map(|e| {
+                    e.resume = !e.info.preview;
+                    e.readers.stop.cancel();
+                    e.done.clone()
+                })
+                .collect()
+        };
+        futures::future::join_all(running.into_iter().map(|mut done| async move {
+            let _ = done.wait_for(|d| *d).await;
+        }))
+        .await;
+        self.persist();
+    }
+
+    /// Lists the stored queries again, and starts those that were running when
+    /// the server last stopped (preview queries excepted), with their settings.
     pub async fn resume(self: &Arc<Self>) {
         let Some(store) = &self.store else { return };
         let stored = match store.queries() {
@@ -329,12 +500,75 @@ impl QueryManager {
             }
         };
         for q in stored {
-            if !q.running {
-                continue;
+            let settings = q.settings.clone().unwrap_or_else(|| self.defaults());
+            let created_at = q.created_at.clone().unwrap_or_else(|| Utc::now().to_rfc3339());
+            let mut info = QueryInfo {
+                id: q.id.clone(),
+                name: q.name.clone(),
+                sql: q.sql.clone(),
+                state: q.state,
+                error: q.error.clone(),
+                created_at,
+                started_at: None,
+                schema: q.schema.clone(),
+                settings: settings.to_settings(),
+                preview: q.preview,
+            };
+            if q.state == QueryState::Running {
+                if q.preview {
+                    info.state = QueryState::Stopped;
+                } else {
+                    let submission = Submission { sql: q.sql, name: q.name, settings: settings.clone(), preview: false };
+                    match self.submit(submission, Some(q.id.clone())).await {
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::error!("resuming query {}: {e}", q.id);
+                            info.state = QueryState::Failed;
+                            info.error = Some(format!("could not be started again after a restart: {e}"));
+                        }
+                    }
+                }
             }
-            if let Err(e) = self.submit(&q.sql, q.name.clone(), Some(q.id.clone())).await {
-                tracing::error!("resuming query {}: {e}", q.id);
-            }
+            let ended = match &info.error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
+            self.lock().insert(q.id, Entry::listed(info, settings, Some(ended)));
         }
+        self.persist();
+    }
+}
+
+/// Runs a job until it ends or `stop` is cancelled, then stops it gracefully
+/// (cancelling it if that takes longer than [`STOP_TIMEOUT`]).
+async fn run_until_stopped(mut job: JobHandle, stop: CancellationToken) -> Result<(), EngineError> {
+    let ended = tokio::select! {
+        r = job.wait() => Some(r),
+        _ = stop.cancelled() => None,
+    };
+    if let Some(status) = ended {
+        return status;
+    }
+    match tokio::time::timeout(STOP_TIMEOUT, job.stop()).await {
+        Ok(status) => status,
+        Err(_) => {
+            job.cancel();
+            Err(EngineError::Internal(format!("the query did not stop within {} s and was cancelled", STOP_TIMEOUT.as_secs())))
+        }
+    }
+}
+
+/// Moves result batches into the backlog and to live readers until the query's
+/// results channel closes.
+async fn forward(mut results: mpsc::Receiver<RecordBatch>, backlog: Backlog, tx: broadcast::Sender<Update>) {
+    while let Some(batch) = results.recv().await {
+        // Under the backlog lock, so a subscriber sees each batch once.
+        let batch = Arc::new(batch);
+        let mut backlog = locked(&backlog);
+        if backlog.len() == RESULT_BACKLOG {
+            backlog.pop_front();
+        }
+        backlog.push_back(Arc::clone(&batch));
+        let _ = tx.send(Update::Batch(batch));
     }
 }

@@ -1,14 +1,22 @@
 //! The server's state directory: what must survive a restart.
 //!
-//! - `catalog.jsonl`: every statement that changed the catalog, in order, replayed
-//!   at start-up;
-//! - `queries.json`: the submitted queries; those still running when the server
-//!   stopped are started again.
+//! - `catalog.jsonl`: every statement that changed the catalog or the server's
+//!   settings (`SET`), in order, replayed at start-up;
+//! - `queries.json`: the submitted queries with their settings, state and error;
+//!   those still running when the server stopped are started again;
+//! - `lock`: held (an advisory file lock) while a server uses the directory, so
+//!   a second server on the same directory refuses to start instead of running
+//!   every query twice.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sluice_sql::QueryOptions;
+
+use super::queries::{Column, QueryState};
 
 /// A submitted query as persisted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -16,8 +24,27 @@ pub struct StoredQuery {
     pub id: String,
     pub name: Option<String>,
     pub sql: String,
-    /// Whether it should run after a restart.
-    pub running: bool,
+    /// The settings it was submitted with; absent in files written before
+    /// settings were kept (the server's defaults then apply).
+    #[serde(default)]
+    pub settings: Option<QueryOptions>,
+    /// Where it was when last saved: RUNNING queries are started again.
+    #[serde(default = "running")]
+    pub state: QueryState,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Submitted to preview results: never started again.
+    #[serde(default)]
+    pub preview: bool,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// Its output columns, shown while it is listed.
+    #[serde(default)]
+    pub schema: Vec<Column>,
+}
+
+fn running() -> QueryState {
+    QueryState::Running
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -25,16 +52,33 @@ struct CatalogEntry {
     sql: String,
 }
 
-/// Files in the state directory.
+/// Why the state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("another sluice server is using the state directory {0} (its lock file is held)")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Files in the state directory, locked for this process while any clone lives.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    _lock: Arc<File>,
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// Creates the directory if needed and takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        Ok(Store { dir: dir.to_path_buf() })
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_path_buf())),
+            Err(TryLockError::Error(e)) => return Err(e.into()),
+        }
+        Ok(Store { dir: dir.to_path_buf(), _lock: Arc::new(lock) })
     }
 
     /// Catalog statements in the order they were run.
@@ -52,7 +96,7 @@ impl Store {
     }
 
     pub fn append_catalog_statement(&self, sql: &str) -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("catalog.jsonl"))?;
+        let mut file = OpenOptions::new().create(true).append(true).open(self.dir.join("catalog.jsonl"))?;
         let line = serde_json::to_string(&CatalogEntry { sql: sql.to_string() })?;
         writeln!(file, "{line}")?;
         file.sync_data()
@@ -66,10 +110,21 @@ impl Store {
         Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
     }
 
-    /// Replaces the stored queries (written to a temporary file, then renamed).
+    /// Replaces the stored queries atomically: a temporary file of this write's
+    /// own, synced, renamed over `queries.json`, and the rename synced. Callers
+    /// serialise their writes (see `QueryManager::persist`).
     pub fn save_queries(&self, queries: &[StoredQuery]) -> std::io::Result<()> {
-        let tmp = self.dir.join(".queries.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(queries)?)?;
-        std::fs::rename(tmp, self.dir.join("queries.json"))
+        let tmp = self.dir.join(format!(".queries.json.{}.{:016x}.tmp", std::process::id(), rand::random::<u64>()));
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(queries)?)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, self.dir.join("queries.json"))?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
