@@ -576,3 +576,53 @@ async fn sigterm_stops_queries_gracefully_and_they_resume() -> TestResult {
     wait_for_state(&c, &server.base, &counts, "RUNNING").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_select_from_a_remote_shell_ends_when_the_shell_goes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(dir.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let home = tempfile::tempdir()?;
+    let mut shell = Command::new(SLUICE)
+        .args(["shell", "--server", &b])
+        .env("SLUICE_TOKEN", EDITOR)
+        .env("HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    use std::io::Write;
+    let mut stdin = shell.stdin.take().ok_or("no stdin")?;
+    stdin.write_all(b"SELECT event_type FROM clicks;\n")?;
+    let stdout = shell.stdout.take().ok_or("no stdout")?;
+    let mut shell = KillOnDrop(shell);
+    // Rows arrive: the query runs on the server, previewed by the shell.
+    let first_row = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("| page_view") || l.contains("| checkout")))
+    });
+    tokio::time::timeout(Duration::from_secs(60), first_row).await??.ok_or("no rows")??;
+    let (_, running) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries?state=running"), None).await?;
+    let id = running[0]["id"].as_str().ok_or("no running query")?.to_string();
+    assert_eq!(running[0]["preview"], true, "{running}");
+    // The shell dies without stopping the query; the server notices its reader left.
+    shell.0.kill()?;
+    shell.0.wait()?;
+    drop(stdin);
+    wait_for_state(&c, &b, &id, "STOPPED").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_saved_by_an_older_version_keep_their_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("queries.json"),
+        r#"[{"id": "qold", "name": "old", "sql": "SELECT 1", "running": false}]"#,
+    )?;
+    let server = start(dir.path())?;
+    let (_, q) = call(&Client::new(), Some(VIEWER), "GET", &format!("{}/api/v1/queries/qold", server.base), None).await?;
+    assert_eq!(q["state"], "STOPPED", "a stopped query is not started again: {q}");
+    Ok(())
+}

@@ -377,7 +377,8 @@ impl QueryManager {
                 name: e.info.name.clone(),
                 sql: e.info.sql.clone(),
                 settings: Some(e.options.clone()),
-                state: if e.resume { QueryState::Running } else { e.info.state },
+                state: Some(if e.resume { QueryState::Running } else { e.info.state }),
+                running: None,
                 error: e.info.error.clone(),
                 preview: e.info.preview,
                 created_at: Some(e.info.created_at.clone()),
@@ -500,13 +501,14 @@ impl QueryManager {
             }
         };
         for q in stored {
+            let state = q.state();
             let settings = q.settings.clone().unwrap_or_else(|| self.defaults());
             let created_at = q.created_at.clone().unwrap_or_else(|| Utc::now().to_rfc3339());
             let mut info = QueryInfo {
                 id: q.id.clone(),
                 name: q.name.clone(),
                 sql: q.sql.clone(),
-                state: q.state,
+                state,
                 error: q.error.clone(),
                 created_at,
                 started_at: None,
@@ -514,7 +516,7 @@ impl QueryManager {
                 settings: settings.to_settings(),
                 preview: q.preview,
             };
-            if q.state == QueryState::Running {
+            if state == QueryState::Running {
                 if q.preview {
                     info.state = QueryState::Stopped;
                 } else {

@@ -29,8 +29,12 @@ pub struct StoredQuery {
     #[serde(default)]
     pub settings: Option<QueryOptions>,
     /// Where it was when last saved: RUNNING queries are started again.
-    #[serde(default = "running")]
-    pub state: QueryState,
+    /// Absent in files written before states were kept: see `running`.
+    #[serde(default)]
+    pub state: Option<QueryState>,
+    /// How files written before states were kept said whether it ran.
+    #[serde(default, skip_serializing)]
+    pub running: Option<bool>,
     #[serde(default)]
     pub error: Option<String>,
     /// Submitted to preview results: never started again.
@@ -43,8 +47,15 @@ pub struct StoredQuery {
     pub schema: Vec<Column>,
 }
 
-fn running() -> QueryState {
-    QueryState::Running
+impl StoredQuery {
+    /// Where it was when last saved, in files of any version.
+    pub fn state(&self) -> QueryState {
+        match (self.state, self.running) {
+            (Some(state), _) => state,
+            (None, Some(false)) => QueryState::Stopped,
+            (None, _) => QueryState::Running,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
