@@ -25,6 +25,9 @@ pub enum EngineError {
         crate::metrics::format_bytes(*limit)
     )]
     MemoryLimit { used: u64, limit: u64 },
+    /// An operator failed: which one, and why.
+    #[error("{operator}: {source}")]
+    Operator { operator: &'static str, source: Box<EngineError> },
     /// The query was cancelled by its owner.
     #[error("query cancelled")]
     Cancelled,

@@ -12,7 +12,9 @@
 //! which commit their positions (Kafka offsets) up to it. A stop is such a
 //! barrier after which the sources end: the pipeline drains (open windows are
 //! not emitted early), the sink flushes and commits, and only then does
-//! [`JobHandle::stop`] return.
+//! [`JobHandle::stop`] return. A source that fails stops the query the same way,
+//! so what it read before the failure reaches the sink, and the query then ends
+//! with its error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +123,9 @@ impl Job {
             .checkpoint_interval
             .or_else(|| flow.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));
         let tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
-        let mut builder = Builder { tasks, metrics: Arc::clone(&metrics), options, sources: Vec::new() };
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let mut builder =
+            Builder { tasks, metrics: Arc::clone(&metrics), options, sources: Vec::new(), control: control.clone() };
         let heads = builder.flow(flow);
         let (tx, sink_inbox) = channel(heads.len());
         for (i, inbox) in heads.into_iter().enumerate() {
@@ -129,7 +133,6 @@ impl Job {
         }
         let (completed_tx, completed_rx) = mpsc::unbounded_channel();
         builder.tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics), completed_tx));
-        let (control, control_rx) = mpsc::unbounded_channel();
         let coordinator = Coordinator { sources: builder.sources, interval, last_id: 0 };
         builder.tasks.spawn(coordinator.run(control_rx, completed_rx));
         JobHandle { tasks: builder.tasks.set, metrics, control }
@@ -143,6 +146,8 @@ struct Builder {
     options: JobOptions,
     /// Per source spawned so far (its progress slot), where its commands go.
     sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
+    /// The coordinator's control channel.
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl Builder {
@@ -155,7 +160,13 @@ impl Builder {
                     let slot = self.sources.len();
                     let (commands_tx, commands) = mpsc::unbounded_channel();
                     self.sources.push(commands_tx);
-                    let lane = SourceLane { slot, out: Outbox { tx, tag: 0 }, metrics: Arc::clone(&self.metrics), commands };
+                    let lane = SourceLane {
+                        slot,
+                        out: Outbox { tx, tag: 0 },
+                        metrics: Arc::clone(&self.metrics),
+                        commands,
+                        control: self.control.clone(),
+                    };
                     self.tasks.spawn(lane.run(source));
                     inbox
                 })
@@ -303,11 +314,17 @@ struct SourceLane {
     out: Outbox,
     metrics: Arc<JobMetrics>,
     commands: mpsc::UnboundedReceiver<SourceCommand>,
+    /// To stop the whole query when this source fails.
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl SourceLane {
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<()> {
         let mut rows_read = 0u64;
+        // Why the source failed, once it has: the query then stops gracefully
+        // (what was read before the failure still reaches the sink) and ends
+        // with this error.
+        let mut failure = None;
         let stopped = loop {
             // A waiting read is dropped when a command arrives (sources are
             // cancel-safe): a barrier must not wait for the next record.
@@ -328,7 +345,15 @@ impl SourceLane {
                     }
                     None => return Err(EngineError::Cancelled),
                 },
-                event = source.next_event() => event?,
+                event = source.next_event() => match event {
+                    Ok(event) => event,
+                    Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
+                    Err(e) => {
+                        failure = Some(e);
+                        let _ = self.control.send(Control::Stop);
+                        break true;
+                    }
+                },
             };
             match event {
                 SourceEvent::Batch(batch) => {
@@ -355,7 +380,7 @@ impl SourceLane {
                 source.on_checkpoint_complete(id).await?;
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -461,7 +486,16 @@ impl Forwarder {
     }
 }
 
-async fn run_operator(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
+async fn run_operator(op: Box<dyn Operator>, inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
+    let name = op.name();
+    operate(op, inbox, out, memory).await.map_err(|e| match e {
+        // Errors of DataFusion or Arrow say what failed, not where.
+        EngineError::DataFusion(_) | EngineError::Arrow(_) => EngineError::Operator { operator: name, source: Box::new(e) },
+        other => other,
+    })
+}
+
+async fn operate(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
     let mut out = Forwarder { out, last_watermark: None, idle: false };
     let mut emitter = Emitter::default();
     while let Some(event) = inbox.next_event().await {

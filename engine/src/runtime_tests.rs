@@ -233,3 +233,52 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() -> Result<()> 
     assert!(err.to_string().contains("sluice.memory.limit"), "{err}");
     Ok(())
 }
+
+/// Returns `rows` one-row batches, then fails.
+struct FailingSource {
+    rows: u64,
+}
+
+#[async_trait]
+impl Source for FailingSource {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Err(EngineError::connector("test", "bad record at line 4"));
+        }
+        self.rows -= 1;
+        Ok(Some(RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(vec![1]))])?))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() -> Result<()> {
+    let sink: Arc<Mutex<SinkLog>> = Arc::default();
+    let log = Arc::new(Mutex::new(SourceLog::default()));
+    let pipeline = Pipeline {
+        flow: Flow {
+            input: FlowInput::Sources(vec![
+                Box::new(FailingSource { rows: 3 }),
+                // Another lane that would run for ever: the failure stops it.
+                Box::new(CountingSource { returned: 0, limit: None, log, commits: false }),
+            ]),
+            stages: Vec::new(),
+        },
+        sink: Box::new(RecordingSink(Arc::clone(&sink))),
+        output_schema: schema(),
+        metrics: JobMetrics::new(),
+        options: JobOptions::default(),
+    };
+    let mut job = Job::start(pipeline);
+    let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
+    assert!(err.to_string().contains("bad record at line 4"), "{err}");
+    let sink = sink.lock().unwrap();
+    assert!(sink.finished, "the sink made what it got durable");
+    assert!(sink.rows >= 3, "the failing lane's rows reached the sink: {}", sink.rows);
+    Ok(())
+}
