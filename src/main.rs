@@ -1,6 +1,7 @@
 //! The `sluice` command: the interactive shell and script runner.
 
 mod ingest;
+mod interrupt;
 mod render;
 mod server;
 mod shell;
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use sluice_sql::Session;
+
+use crate::interrupt::Interrupts;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Continuous SQL over event streams")]
@@ -62,12 +65,13 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         round_ms: u64,
     },
-    /// Run a SQL script (or -c "SQL") to completion; Ctrl-C stops the running query.
+    /// Run a SQL script (or -c "SQL") to completion; Ctrl-C or SIGTERM stops the
+    /// running query gracefully (and the script), a second Ctrl-C cancels it.
     Run {
         /// The script to run.
         file: Option<PathBuf>,
-        /// SQL to run instead of a file.
-        #[arg(short = 'c', long = "command")]
+        /// SQL to run instead of a file (it may start with a `--` comment).
+        #[arg(short = 'c', long = "command", allow_hyphen_values = true)]
         command: Option<String>,
         /// Print how long each statement took.
         #[arg(long)]
@@ -75,15 +79,16 @@ enum Command {
     },
 }
 
+/// Stack of Sluice's threads (the runtime's and the one running the command).
+const THREAD_STACK_BYTES: usize = 64 << 20;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
-/// Stack of Sluice's threads (the runtime's and the one running the command).
-const THREAD_STACK_BYTES: usize = 64 << 20;
-
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
         .init();
     let cli = Cli::parse();
     // Planning and evaluating an expression recurse once per nesting level
@@ -102,9 +107,17 @@ const THREAD_STACK_BYTES: usize = 64 << 20;
     }
 }
 
+/// Colour in log lines only for a person at a terminal, and never with NO_COLOR set
+/// (<https://no-color.org>): escape codes in a log file or a pipe are noise.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .build()
         .context("starting the async runtime")?;
     if let Command::Ingest { sql, from, to, round_rows, round_ms } = cli.command {
@@ -117,22 +130,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)?;
         let config = server::ServerConfig { listen, state_dir, tokens, udfs: cli.udfs };
         runtime.block_on(server::serve(config))?;
-        .thread_stack_size(THREAD_STACK_BYTES)
         return Ok(ExitCode::SUCCESS);
     }
     let mut session = Session::default();
+    // One listener for the life of the process (see `interrupt`); SIGTERM stops a
+    // script gracefully, while a shell leaves it to end the process.
+    let mut interrupts = Interrupts::listen(matches!(cli.command, Command::Run { .. })).context("listening for Ctrl-C")?;
     for udf in &cli.udfs {
         let Some((name, path)) = udf.split_once('=') else { bail!("--udf expects NAME=PATH, got '{udf}'") };
         let sql = format!("CREATE FUNCTION {name} LANGUAGE rust AS '{}'", path.replace('\'', "''"));
-        if !runtime.block_on(render::run_script(&mut session, &sql, false, &mut std::io::sink())) {
+        let loaded = runtime.block_on(render::run_script(&mut session, &sql, false, &mut std::io::sink(), &mut interrupts));
+        if loaded != render::Ending::Completed {
             bail!("--udf {udf}: the function could not be loaded");
         }
     }
     match cli.command {
-        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(session)),
+        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(session), interrupts),
         Command::Shell { server: Some(url), token } => {
             let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok());
-            shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)))
+            shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)), interrupts)
         }
         Command::Serve { .. } | Command::Ingest { .. } => Ok(ExitCode::SUCCESS),
         Command::Run { file, command, timing } => {
@@ -142,8 +158,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(sql)) => sql,
                 _ => bail!("give either a script file or -c \"SQL\""),
             };
-            let ok = runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout()));
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let ending = runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout(), &mut interrupts));
+            // A stop the user asked for, or a reader that had seen enough (`| head`), is no failure.
+            Ok(if ending == render::Ending::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }

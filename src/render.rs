@@ -1,118 +1,289 @@
 //! Prints what statements produce, as they produce it.
+//!
+//! Result rows go to stdout; everything said about them (status lines, warnings,
+//! summaries, timing, errors) goes to stderr, so `sluice run ... > rows.json`
+//! holds rows only. A running query ends in one of four ways: it runs out of
+//! input; a Ctrl-C (or SIGTERM) stops it gracefully, and its summary is printed
+//! only once the sinks have made what they received durable (a second Ctrl-C
+//! during a slow stop cancels it at once); the reader of stdout goes away
+//! (`| head`), which ends it quietly; or it fails.
 
+use std::fmt::Display;
 use std::io::Write;
 use std::time::Instant;
 
 use sluice_connectors::table_printer::TablePrinter;
+use sluice_engine::{EngineError, JobHandle};
 use sluice_sql::{QueryOutput, Session, SluiceStatement, StatementOutput};
 
-/// Runs every statement of `sql`, printing results; stops at the first error,
-/// which is printed to stderr. Returns whether all statements succeeded.
-pub async fn run_script(session: &mut Session, sql: &str, timing: bool, out: &mut impl Write) -> bool {
+use crate::interrupt::Interrupts;
+
+/// How a statement, or a script, ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It ran to its end.
+    Completed,
+    /// Ctrl-C or SIGTERM stopped it; the rest of a script is not run.
+    Interrupted,
+    /// Stdout was closed (`| head`): nobody reads the rows any more.
+    ReaderGone,
+    /// It failed; the error has been printed.
+    Failed,
+}
+
+/// A statement that ran: its summary line and whether it ran to its end.
+pub struct Report {
+    pub summary: Option<String>,
+    /// [`Ending::Completed`] or [`Ending::Interrupted`].
+    pub ending: Ending,
+}
+
+impl Report {
+    pub fn completed(summary: impl Into<String>) -> Self {
+        Report { summary: Some(summary.into()), ending: Ending::Completed }
+    }
+}
+
+/// Why a statement's output stopped before its end.
+pub enum Halt {
+    /// Stdout was closed.
+    ReaderGone,
+    /// The statement failed (or its output could not be written).
+    Error(String),
+}
+
+impl From<String> for Halt {
+    fn from(e: String) -> Self {
+        Halt::Error(e)
+    }
+}
+
+impl From<&str> for Halt {
+    fn from(e: &str) -> Self {
+        Halt::Error(e.to_string())
+    }
+}
+
+impl From<EngineError> for Halt {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Halt::ReaderGone,
+            e => Halt::Error(e.to_string()),
+        }
+    }
+}
+
+/// Runs every statement of `sql`, printing results; stops at the first error
+/// (printed to stderr), interrupt or closed stdout, and says which.
+pub async fn run_script(
+    session: &mut Session,
+    sql: &str,
+    timing: bool,
+    out: &mut impl Write,
+    interrupts: &mut Interrupts,
+) -> Ending {
     let statements = match session.parse(sql) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
-            return false;
+            status(format_args!("error: {e}"));
+            return Ending::Failed;
         }
     };
     for statement in statements {
-        if !run_statement(session, statement, timing, out).await {
-            return false;
+        let ending = run_statement(session, statement, timing, out, interrupts).await;
+        if ending != Ending::Completed {
+            return ending;
         }
     }
-    true
+    Ending::Completed
 }
 
-/// Runs one statement and prints its outcome; Ctrl-C cancels a running query.
-pub async fn run_statement(session: &mut Session, statement: SluiceStatement, timing: bool, out: &mut impl Write) -> bool {
+/// Runs one statement and prints its outcome; Ctrl-C stops a running query.
+pub async fn run_statement(
+    session: &mut Session,
+    statement: SluiceStatement,
+    timing: bool,
+    out: &mut impl Write,
+    interrupts: &mut Interrupts,
+) -> Ending {
     let started = Instant::now();
+    interrupts.clear();
     let result = match session.execute(statement).await {
-        Ok(output) => print_output(output, out).await,
-        Err(e) => Err(e.to_string()),
+        Ok(output) => print_output(output, out, interrupts).await,
+        Err(e) => Err(Halt::Error(e.to_string())),
     };
     report_outcome(result, started, timing, out)
 }
 
-/// Prints a statement's summary line (or its error, on stderr) and, with
-/// `timing`, how long it took; true if it succeeded. Local and remote
-/// sessions report alike.
-pub fn report_outcome(result: Result<Option<String>, String>, started: Instant, timing: bool, out: &mut impl Write) -> bool {
-    let ok = match result {
-        Ok(summary) => {
-            if let Some(s) = summary {
-                let _ = writeln!(out, "{s}");
+/// Prints a statement's summary line (or its error) on stderr and, with
+/// `timing`, how long it took. Local and remote sessions report alike; a
+/// statement whose reader went away ends without a word.
+pub fn report_outcome(result: Result<Report, Halt>, started: Instant, timing: bool, out: &mut impl Write) -> Ending {
+    let _ = out.flush();
+    let ending = match result {
+        Ok(report) => {
+            if let Some(s) = report.summary {
+                status(s);
             }
-            true
+            report.ending
         }
-        Err(e) => {
-            let _ = out.flush();
-            eprintln!("error: {e}");
-            false
+        Err(Halt::ReaderGone) => return Ending::ReaderGone,
+        Err(Halt::Error(e)) => {
+            status(format_args!("error: {e}"));
+            Ending::Failed
         }
     };
     if timing {
-        let _ = writeln!(out, "Time: {:.3}s", started.elapsed().as_secs_f64());
+        status(format_args!("Time: {:.3}s", started.elapsed().as_secs_f64()));
     }
-    let _ = out.flush();
-    ok
+    ending
 }
 
-async fn print_output(output: StatementOutput, out: &mut impl Write) -> Result<Option<String>, String> {
+/// Writes a line to stderr; a closed stderr is no reason to fail a query.
+pub fn status(line: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes result text to stdout (or wherever `out` goes) and flushes it.
+pub fn write_text(out: &mut impl Write, text: &str) -> Result<(), Halt> {
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Halt::ReaderGone,
+        _ => Halt::Error(format!("writing the results: {e}")),
+    })
+}
+
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        status(format_args!("warning: {w}"));
+    }
+}
+
+async fn print_output(output: StatementOutput, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
     match output {
-        StatementOutput::Message(m) => Ok(Some(m)),
+        StatementOutput::Message(m) => Ok(Report::completed(m)),
         StatementOutput::Rows { schema, batches } => {
             let mut printer = TablePrinter::new(schema);
             for b in &batches {
-                write_text(out, &printer.format_batch(b).map_err(|e| e.to_string())?);
+                write_text(out, &printer.format_batch(b).map_err(|e| e.to_string())?)?;
             }
-            write_text(out, &printer.finish());
-            Ok(Some(format!("{} row(s)", printer.rows())))
+            write_text(out, &printer.finish())?;
+            Ok(Report::completed(format!("{} row(s)", printer.rows())))
         }
-        StatementOutput::Query(query) => stream_query(query, out).await.map(Some),
-        StatementOutput::Insert { target, mut job } => {
-            let _ = writeln!(out, "Inserting into '{target}' (Ctrl-C to stop)");
-            let _ = out.flush();
-            let status = tokio::select! {
-                r = job.wait() => r,
-                _ = tokio::signal::ctrl_c() => { job.cancel(); Err(sluice_engine::EngineError::Cancelled) }
+        StatementOutput::Query(query) => stream_query(query, out, interrupts).await,
+        StatementOutput::Insert { target, mut job, warnings } => {
+            warn(&warnings);
+            status(format_args!("Inserting into '{target}' (Ctrl-C to stop)"));
+            let finished = tokio::select! {
+                biased;
+                _ = interrupts.next() => None,
+                r = job.wait() => Some(r),
             };
-            let m = job.metrics();
-            match status {
-                Ok(()) | Err(sluice_engine::EngineError::Cancelled) => Ok(Some(format!(
-                    "{} row(s) written to '{target}'{}",
-                    m.rows_out,
-                    late_note(m.late_rows)
-                ))),
-                Err(e) => Err(e.to_string()),
+            let (result, how) = match finished {
+                Some(r) => (r, ""),
+                None => match stop_or_cancel(&mut job, interrupts).await {
+                    Some(r) => (r, " (stopped)"),
+                    None => (Ok(()), " (cancelled: the sink may not have made them all durable)"),
+                },
+            };
+            match result {
+                Ok(()) | Err(EngineError::Cancelled) => {}
+                Err(e) => return Err(e.into()),
             }
+            let m = job.metrics();
+            let ending = if how.is_empty() { Ending::Completed } else { Ending::Interrupted };
+            let summary = format!("{} row(s) written to '{target}'{how}{}", m.rows_out, late_note(m.late_rows));
+            Ok(Report { summary: Some(summary), ending })
         }
     }
 }
 
-/// Prints a continuous query's rows as they arrive, until it ends or Ctrl-C.
-async fn stream_query(mut query: QueryOutput, out: &mut impl Write) -> Result<String, String> {
-    let mut printer = TablePrinter::new(query.schema.clone());
-    let mut cancelled = false;
-    loop {
+/// Stops `job` gracefully; a second interrupt during a slow stop cancels it
+/// at once (then `None`).
+async fn stop_or_cancel(job: &mut JobHandle, interrupts: &mut Interrupts) -> Option<sluice_engine::Result<()>> {
+    let stopped = tokio::select! {
+        biased;
+        _ = interrupts.next() => None,
+        r = job.stop() => Some(r),
+    };
+    if stopped.is_none() {
+        job.cancel();
+    }
+    stopped
+}
+
+/// Prints a continuous query's rows as they arrive, until it ends, is
+/// interrupted, or stdout closes.
+async fn stream_query(query: QueryOutput, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+    let QueryOutput { schema, mut results, mut job, warnings } = query;
+    warn(&warnings);
+    let mut printer = TablePrinter::new(schema);
+    // Interrupts come first: a query that never waits for rows is still stoppable.
+    let interrupted = loop {
         tokio::select! {
-            batch = query.results.recv() => match batch {
-                Some(b) => write_text(out, &printer.format_batch(&b).map_err(|e| e.to_string())?),
-                None => break,
+            biased;
+            _ = interrupts.next() => break true,
+            batch = results.recv() => match batch {
+                Some(b) => {
+                    if let Err(halt) = print_batch(out, &mut printer, &b) {
+                        job.cancel();
+                        return Err(halt);
+                    }
+                }
+                None => break false,
             },
-            _ = tokio::signal::ctrl_c() => {
-                query.job.cancel();
-                cancelled = true;
-                break;
+        }
+    };
+    let how = if interrupted {
+        // Rows still in flight drain to the results channel while the query
+        // stops: keep printing them, or the stop would wait on a full channel.
+        let stopped = {
+            let stop = job.stop();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = interrupts.next() => break Ok(None),
+                    r = &mut stop => break Ok(Some(r)),
+                    Some(b) = results.recv() => {
+                        if let Err(halt) = print_batch(out, &mut printer, &b) {
+                            break Err(halt);
+                        }
+                    }
+                }
+            }
+        };
+        match stopped {
+            Ok(Some(r)) => {
+                match r {
+                    Ok(()) | Err(EngineError::Cancelled) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                while let Ok(b) = results.try_recv() {
+                    print_batch(out, &mut printer, &b)?;
+                }
+                " (stopped)"
+            }
+            Ok(None) => {
+                job.cancel();
+                " (cancelled)"
+            }
+            Err(halt) => {
+                job.cancel();
+                return Err(halt);
             }
         }
-    }
-    write_text(out, &printer.finish());
-    let status = if cancelled { Ok(()) } else { query.job.wait().await };
-    status.map_err(|e| e.to_string())?;
-    let m = query.job.metrics();
-    let how = if cancelled { " (cancelled)" } else { "" };
-    Ok(format!("{} row(s){how}{}", printer.rows(), late_note(m.late_rows)))
+    } else {
+        job.wait().await?;
+        ""
+    };
+    write_text(out, &printer.finish())?;
+    let m = job.metrics();
+    let ending = if interrupted { Ending::Interrupted } else { Ending::Completed };
+    Ok(Report { summary: Some(format!("{} row(s){how}{}", printer.rows(), late_note(m.late_rows))), ending })
+}
+
+fn print_batch(out: &mut impl Write, printer: &mut TablePrinter, batch: &arrow::record_batch::RecordBatch) -> Result<(), Halt> {
+    write_text(out, &printer.format_batch(batch).map_err(|e| e.to_string())?)
 }
 
 fn late_note(late: u64) -> String {
@@ -121,9 +292,4 @@ fn late_note(late: u64) -> String {
     } else {
         String::new()
     }
-}
-
-fn write_text(out: &mut impl Write, text: &str) {
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
 }

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -22,11 +24,12 @@ fn run_prints_window_counts_as_a_table() -> TestResult {
     );
     let out = Command::new(SLUICE).args(["run", "-c", &sql]).output()?;
     let stdout = String::from_utf8(out.stdout)?;
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "stderr: {stderr}");
     assert!(stdout.contains("| window_start        | event_type       | n      |"), "{stdout}");
     assert!(stdout.contains("| 2024-01-01T00:00:00 | checkout         |"), "{stdout}");
     // 3000 events 100 ms apart span five minutes, four event types each.
-    assert!(stdout.contains("20 row(s)"), "{stdout}");
+    assert!(stderr.contains("20 row(s)"), "{stderr}");
     Ok(())
 }
 
@@ -60,17 +63,26 @@ fn run_writes_json_lines_to_stdout_sink() -> TestResult {
     Ok(())
 }
 
-/// A running shell whose output is read line by line on a thread.
+/// A running shell whose output is read line by line on a thread (stderr lines
+/// prefixed `stderr: `).
 struct Shell {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
+    /// The shell's HOME, where it keeps its history.
+    home: tempfile::TempDir,
 }
 
 impl Shell {
     fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with(&[])
+    }
+
+    /// Starts `sluice shell` with `args` after `shell`.
+    fn start_with(args: &[&str]) -> Result<Self, Box<dyn std::error::Error>> {
         let home = tempfile::tempdir()?;
         let mut child = Command::new(SLUICE)
             .arg("shell")
+            .args(args)
             .env("HOME", home.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -90,8 +102,7 @@ impl Shell {
                 let _ = tx2.send(format!("stderr: {line}"));
             }
         });
-        std::mem::forget(home);
-        Ok(Shell { child, lines })
+        Ok(Shell { child, lines, home })
     }
 
     fn send(&mut self, text: &str) -> std::io::Result<()> {
@@ -115,6 +126,23 @@ impl Shell {
             }
         }
     }
+
+    /// Reads output until every needle has been seen, in any order (stdout and
+    /// stderr are read on two threads, so their lines may interleave either way).
+    fn expect_all(&mut self, needles: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+        let mut seen = String::new();
+        let mut missing: Vec<&str> = needles.to_vec();
+        while !missing.is_empty() {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| format!("no lines containing {missing:?} in:\n{seen}"))?;
+            missing.retain(|n| !line.contains(n));
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        Ok(seen)
+    }
 }
 
 #[test]
@@ -132,9 +160,7 @@ fn shell_runs_multiline_statements_and_backslash_commands() -> TestResult {
     shell.expect("Timing is on.")?;
     shell.send("SELECT window_start, count(*) AS n FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE))\n")?;
     shell.send("GROUP BY window_start, window_end;\n")?;
-    let out = shell.expect("row(s)")?;
-    assert!(out.contains("| 2024-01-01T00:00:00 | 600    |"), "{out}");
-    shell.expect("Time: ")?;
+    shell.expect_all(&["| 2024-01-01T00:00:00 | 600    |", "stderr: 1 row(s)", "stderr: Time: "])?;
     shell.send("SELECT nope FROM clicks;\n")?;
     let out = shell.expect("stderr: error:")?;
     assert!(out.contains("nope"), "{out}");
@@ -160,7 +186,7 @@ fn ctrl_c_cancels_the_running_query_not_the_shell() -> TestResult {
     shell.expect("| 2024-01-01T00:01:00 |")?;
     let status = Command::new("kill").args(["-INT", &shell.child.id().to_string()]).status()?;
     assert!(status.success());
-    shell.expect("(cancelled)")?;
+    shell.expect("(stopped)")?;
     shell.send("SELECT 40 + 2 AS answer;\n")?;
     shell.expect("| 42 ")?;
     shell.send("\\q\n")?;
@@ -260,6 +286,278 @@ fn bad_plugin_libraries_are_refused_with_the_function_named() -> TestResult {
     }
     let out = Command::new(SLUICE).args(["--udf", "geo_mean", "run", "-c", "SELECT 1;"]).output()?;
     assert!(String::from_utf8(out.stderr)?.contains("--udf expects NAME=PATH"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Queries you can leave running, at the command line (issue 14, items 3, 4 and
+// 20): interrupts while rows flow, a closed stdout, status lines on stderr,
+// colour, the shell's statement ends and history, warnings at start.
+// ---------------------------------------------------------------------------
+
+/// An unbounded generator that produces as fast as it can.
+const FAST: &str = "CREATE TABLE fast (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'generator');";
+
+/// Sends `signal` (INT, TERM) to `child`.
+#[cfg(unix)]
+fn signal(child: &std::process::Child, signal: &str) -> TestResult {
+    let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status()?;
+    assert!(status.success(), "kill -{signal} failed");
+    Ok(())
+}
+
+/// Waits up to `limit` for `child` to exit; kills it and fails if it does not.
+fn exits_within(child: &mut std::process::Child, limit: Duration, what: &str) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} did not exit within {limit:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Spawns `sluice run -c sql` with stdout and stderr piped.
+fn spawn_run(sql: &str) -> std::io::Result<std::process::Child> {
+    Command::new(SLUICE).args(["run", "-c", sql]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()
+}
+
+/// Reads `child`'s stdout to its end on a thread, counting table rows (lines
+/// starting `| `, the header included); `flowing` gets a message once 1,000
+/// lines have come.
+fn count_table_lines(child: &mut std::process::Child) -> Result<(std::thread::JoinHandle<usize>, mpsc::Receiver<()>), Box<dyn std::error::Error>> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, flowing) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut rows = 0;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("| ") {
+                rows += 1;
+            }
+            if rows == 1_000 {
+                let _ = tx.send(());
+            }
+        }
+        rows
+    });
+    Ok((reader, flowing))
+}
+
+fn stderr_of(child: &mut std::process::Child) -> Result<String, Box<dyn std::error::Error>> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().ok_or("no stderr")?, &mut text)?;
+    Ok(text)
+}
+
+/// One SIGINT stops `run` while rows pour out (a listener made anew for each
+/// batch missed it), and the summary counts exactly the rows printed.
+#[cfg(unix)]
+#[test]
+fn sigint_stops_run_while_rows_flow() -> TestResult {
+    let mut child = spawn_run(&format!("{FAST} SELECT user_id, event_type FROM fast;"))?;
+    let (reader, flowing) = count_table_lines(&mut child)?;
+    flowing.recv_timeout(Duration::from_secs(60)).map_err(|_| "no rows came")?;
+    signal(&child, "INT")?;
+    let status = exits_within(&mut child, Duration::from_secs(30), "sluice run after one SIGINT")?;
+    let printed = reader.join().map_err(|_| "reader panicked")? - 1; // less the header
+    let stderr = stderr_of(&mut child)?;
+    assert!(status.success(), "a stop is not a failure: {stderr}");
+    assert!(stderr.contains(&format!("\n{printed} row(s) (stopped)")), "printed {printed} rows: {stderr}");
+    Ok(())
+}
+
+/// SIGTERM stops an INSERT as gracefully as Ctrl-C: the JSON file holds exactly
+/// the rows the summary reports.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_an_insert_and_the_file_holds_what_it_reports() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("out.json");
+    let sql = format!(
+        "CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'generator', rate = '2000'); \
+         CREATE TABLE out (user_id BIGINT, event_type VARCHAR) WITH (connector = 'file', path = '{}', format = 'json'); \
+         INSERT INTO out SELECT user_id, event_type FROM clicks;",
+        path.display()
+    );
+    let mut child = spawn_run(&sql)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Wait until some rows have reached the file: the stop has something to keep.
+    while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+        if std::time::Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            return Err(format!("no rows reached the file: {}", stderr_of(&mut child)?).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, "TERM")?;
+    let status = exits_within(&mut child, Duration::from_secs(30), "sluice run after SIGTERM")?;
+    let stderr = stderr_of(&mut child)?;
+    assert!(status.success(), "a stop is not a failure: {stderr}");
+    let summary = stderr.lines().find(|l| l.contains("written to 'out' (stopped)")).ok_or_else(|| format!("no summary: {stderr}"))?;
+    let reported: usize = summary.split_whitespace().next().ok_or("empty summary")?.parse()?;
+    let lines = std::fs::read_to_string(&path)?.lines().filter(|l| !l.trim().is_empty()).count();
+    assert!(reported > 0, "{stderr}");
+    assert_eq!(lines, reported, "{stderr}");
+    Ok(())
+}
+
+/// `sluice run ... | head -5`: once the reader closes the pipe the query ends,
+/// quietly and successfully, whether rows go through the table printer or a
+/// stdout sink.
+#[test]
+fn a_closed_stdout_ends_the_query_quietly() -> TestResult {
+    for sql in [
+        format!("{FAST} SELECT user_id, event_type FROM fast;"),
+        format!(
+            "{FAST} CREATE TABLE out (user_id BIGINT, event_type VARCHAR) WITH (connector = 'stdout', format = 'json'); \
+             INSERT INTO out SELECT user_id, event_type FROM fast;"
+        ),
+    ] {
+        let mut child = spawn_run(&sql)?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in 0..5 {
+            lines.next().ok_or("stdout ended early")??;
+        }
+        drop(lines);
+        let status = exits_within(&mut child, Duration::from_secs(10), "sluice run writing to a closed pipe")?;
+        let stderr = stderr_of(&mut child)?;
+        assert!(status.success(), "{sql}: {stderr}");
+        assert!(!stderr.contains("error"), "{sql}: {stderr}");
+    }
+    Ok(())
+}
+
+/// Result rows alone go to stdout; status lines and summaries go to stderr.
+#[test]
+fn stdout_holds_only_rows() -> TestResult {
+    let sql = format!(
+        "{CLICKS} CREATE TABLE out (event_type VARCHAR, n BIGINT) WITH (connector = 'stdout', format = 'json'); \
+         INSERT INTO out SELECT event_type, count(*) FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' HOUR)) \
+         GROUP BY window_start, window_end, event_type;"
+    );
+    let out = Command::new(SLUICE).args(["run", "--timing", "-c", &sql]).output()?;
+    let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for status in ["Table 'clicks' created", "Inserting into 'out'", "4 row(s) written to 'out'", "Time: "] {
+        assert!(stderr.contains(status), "{status:?} not in {stderr}");
+    }
+    Ok(())
+}
+
+/// A script may start with a comment (`--` is not an option).
+#[test]
+fn a_script_may_start_with_a_comment() -> TestResult {
+    let out = Command::new(SLUICE).args(["run", "-c", "-- a note\nSELECT 41 + 1 AS answer;"]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8(out.stdout)?.contains("| 42 "));
+    Ok(())
+}
+
+/// Log lines carry no colour codes when stderr is not a terminal.
+#[test]
+fn no_colour_codes_in_a_pipe() -> TestResult {
+    let out = Command::new(SLUICE).args(["run", "-c", "SELECT 1;"]).env("SLUICE_LOG", "debug").output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "no log lines to check: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+    Ok(())
+}
+
+/// An unbounded GROUP BY without a TTL is warned about when it starts; with a
+/// TTL it is not.
+#[test]
+fn unbounded_state_is_warned_about_at_start() -> TestResult {
+    let query = "SELECT event_type, count(*) AS n FROM clicks GROUP BY event_type;";
+    let out = Command::new(SLUICE).args(["run", "-c", &format!("{CLICKS} {query}")]).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr.lines().find(|l| l.starts_with("warning: ")).ok_or_else(|| format!("no warning: {stderr}"))?;
+    assert!(warning.contains("UNBOUNDED") && warning.contains("table.exec.state.ttl"), "{warning}");
+    let out = Command::new(SLUICE).args(["run", "-c", &format!("{CLICKS} SET 'table.exec.state.ttl' = '1 h'; {query}")]).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    Ok(())
+}
+
+/// A `;` inside a string or comment does not end a statement; a comment after
+/// the `;` does not keep it open.
+#[test]
+fn the_shell_ends_statements_at_a_real_semicolon() -> TestResult {
+    let mut shell = Shell::start()?;
+    shell.send("SELECT length('a;\nb') AS n1;\n")?;
+    shell.expect("| 4 ")?;
+    shell.send("SELECT 5 /* not the end;\n */ AS n2;\n")?;
+    shell.expect("| 5 ")?;
+    shell.send("SELECT 7 AS n3; -- a note\n")?;
+    shell.expect("| 7 ")?;
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
+    Ok(())
+}
+
+/// History is saved after each entry, not only when the shell exits.
+#[test]
+fn the_shell_saves_history_as_it_goes() -> TestResult {
+    let mut shell = Shell::start()?;
+    shell.send("SELECT 40 + 2 AS answer;\n")?;
+    shell.expect("| 42 ")?;
+    shell.send("\\timing\n")?;
+    shell.expect("Timing is on.")?;
+    let history = std::fs::read_to_string(shell.home.path().join(".sluice_history"))?;
+    assert!(history.contains("SELECT 40 + 2 AS answer;") && history.contains("\\timing"), "{history}");
+    shell.child.kill()?;
+    shell.child.wait()?;
+    Ok(())
+}
+
+/// In the shell, local or on a server, one Ctrl-C stops a query whose rows
+/// pour out, and the shell carries on.
+#[cfg(unix)]
+#[test]
+fn sigint_stops_a_flowing_query_in_the_shell() -> TestResult {
+    let mut shell = Shell::start()?;
+    sigint_stops_a_flowing_query(&mut shell, "(stopped)", ("SELECT 40 + 2 AS answer;", "| 42 "))?;
+
+    let state = tempfile::tempdir()?;
+    let mut serve = Command::new(SLUICE)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "admin:cli-admin", "--state-dir"])
+        .arg(state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+    let _serve = common::KillOnDrop(serve);
+    let addr = line.trim().strip_prefix("listening on ").ok_or_else(|| format!("unexpected: {line}"))?;
+    let mut shell = Shell::start_with(&["--server", &format!("http://{addr}"), "--token", "cli-admin"])?;
+    sigint_stops_a_flowing_query(&mut shell, "(stopped); query", ("\\d", "| fast "))
+}
+
+/// Starts a fast query in `shell`, interrupts it once rows come, expects
+/// `stopped`, then that the shell still answers (`then`: input, expected output).
+#[cfg(unix)]
+fn sigint_stops_a_flowing_query(shell: &mut Shell, stopped: &str, then: (&str, &str)) -> TestResult {
+    shell.send(&format!("{FAST}\n"))?;
+    shell.expect("created")?;
+    shell.send("SELECT user_id, event_type FROM fast;\n")?;
+    shell.expect("| event_type ")?;
+    signal(&shell.child, "INT")?;
+    shell.expect(stopped)?;
+    shell.send(&format!("{}\n", then.0))?;
+    shell.expect(then.1)?;
+    shell.send("\\q\n")?;
+    let status = exits_within(&mut shell.child, Duration::from_secs(30), "the shell after \\q")?;
+    assert!(status.success());
     Ok(())
 }
 

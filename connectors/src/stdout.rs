@@ -68,8 +68,13 @@ impl StdoutSink {
     }
 }
 
-fn stdout_error(e: impl std::fmt::Display) -> EngineError {
-    EngineError::connector("stdout", e)
+/// A closed stdout (`sluice run ... | head`) stays an I/O error of kind
+/// `BrokenPipe`, so the front end can end the query quietly: nobody reads on.
+fn stdout_error(e: std::io::Error) -> EngineError {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => EngineError::Io(e),
+        _ => EngineError::connector("stdout", e),
+    }
 }
 
 #[async_trait]

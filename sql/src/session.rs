@@ -42,6 +42,8 @@ pub struct QueryOutput {
     pub results: mpsc::Receiver<RecordBatch>,
     /// The running pipeline: wait on it for the final status, or cancel it.
     pub job: JobHandle,
+    /// What the user should know as it starts (see [`start_warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// What a statement produced.
@@ -52,8 +54,8 @@ pub enum StatementOutput {
     Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
     /// A running continuous SELECT.
     Query(QueryOutput),
-    /// A running `INSERT INTO` job.
-    Insert { target: String, job: JobHandle },
+    /// A running `INSERT INTO` job, with what the user should know as it starts.
+    Insert { target: String, job: JobHandle, warnings: Vec<String> },
 }
 
 /// A pipeline about to run, or the result of a query that reads no stream.
@@ -597,8 +599,9 @@ impl Session {
             Compiled::Pipeline(pipeline) => {
                 let schema = pipeline.output_schema.clone();
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
+                let warnings = start_warnings(&pipeline);
                 let job = Job::start(pipeline);
-                Ok(StatementOutput::Query(QueryOutput { schema, results, job }))
+                Ok(StatementOutput::Query(QueryOutput { schema, results, job, warnings }))
             }
         }
     }
@@ -608,10 +611,22 @@ impl Session {
             Compiled::Batch(_) => plan_err(format!("INSERT INTO {target}: the query must read from a table")),
             Compiled::Pipeline(pipeline) => {
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
-                Ok(StatementOutput::Insert { target: target.to_string(), job: Job::start(pipeline) })
+                let warnings = start_warnings(&pipeline);
+                Ok(StatementOutput::Insert { target: target.to_string(), job: Job::start(pipeline), warnings })
             }
         }
     }
+}
+
+/// Warnings for a query about to start: each step whose state nothing bounds
+/// (EXPLAIN marks it UNBOUNDED) grows for as long as the query runs.
+fn start_warnings(pipeline: &Pipeline) -> Vec<String> {
+    pipeline
+        .describe()
+        .iter()
+        .filter(|line| line.contains("UNBOUNDED"))
+        .map(|line| format!("this query's state grows without limit: {}", line.trim()))
+        .collect()
 }
 
 fn batch_lines(planned: &PlannedQuery) -> Vec<String> {

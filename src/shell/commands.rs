@@ -10,22 +10,40 @@ pub enum BackslashCommand {
     Sql(String),
 }
 
-pub const HELP: &str = "\
-Statements end with ';' and may span lines. Ctrl-C cancels a running query.
-  \\q            quit
-  \\?            this help
-  \\d            list tables and views
-  \\d NAME       describe a table
-  \\df           list functions
-  \\timing       toggle printing how long statements take
+/// Every backslash command: how it is typed, and what it does. [`parse`]
+/// accepts each of them and [`help`] lists them all.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("\\q", "quit (Ctrl-D too)"),
+    ("\\?", "this help (\\h too)"),
+    ("\\d", "list tables and views (SHOW TABLES)"),
+    ("\\d NAME", "describe a table: columns, watermark (DESCRIBE NAME)"),
+    ("\\df", "list functions (SHOW FUNCTIONS)"),
+    ("\\timing", "toggle printing how long statements take"),
+];
+
+const INTRO: &str = "\
+Statements end with ';' (outside strings and comments) and may span lines.
+Ctrl-C stops a running query gracefully (its sink flushed); a second Ctrl-C cancels it.
+Rows print on stdout; status lines, summaries and warnings on stderr.";
+
+const SQL: &str = "\
 SQL:
   CREATE TABLE t (col TYPE, ..., WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = '...', ...);
   CREATE VIEW v AS SELECT ...;   DROP TABLE t;   DROP VIEW v;
+  CREATE FUNCTION f LANGUAGE rust AS '/path/to/lib.so';   DROP FUNCTION f;
   SHOW TABLES;   DESCRIBE t;   EXPLAIN SELECT ...;   SHOW METRICS;   SHOW FUNCTIONS;
+  SET 'parallelism' = '2';   SET 'table.exec.state.ttl' = '1 h';
+  SET 'scan.watermark.alignment.max-drift' = '30 s';   SET 'sluice.memory.limit' = '2 GB';
   SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
     GROUP BY window_start, window_end;
   INSERT INTO sink_table SELECT ...;
-Connectors: generator (clickstream), file (json, csv; sinks also parquet), stdout.";
+Connectors: generator, file (json, csv; sinks also parquet), kafka, lake (Parquet), stdout.";
+
+/// What `\?` prints.
+pub fn help() -> String {
+    let commands: Vec<String> = COMMANDS.iter().map(|(usage, what)| format!("  {usage:<14}{what}")).collect();
+    format!("{INTRO}\n{}\n{SQL}", commands.join("\n"))
+}
 
 /// Parses a line starting with a backslash.
 pub fn parse(line: &str) -> Result<BackslashCommand, String> {
@@ -52,5 +70,22 @@ mod tests {
         assert_eq!(parse("\\q"), Ok(BackslashCommand::Quit));
         assert_eq!(parse("\\d clicks"), Ok(BackslashCommand::Sql("DESCRIBE clicks;".into())));
         assert!(parse("\\x").is_err());
+    }
+
+    #[test]
+    fn help_lists_every_command_and_every_listed_command_exists() {
+        let help = help();
+        for (usage, what) in COMMANDS {
+            assert!(parse(&usage.replace("NAME", "clicks")).is_ok(), "{usage} does not parse");
+            assert!(help.contains(&format!("  {usage:<14}{what}\n")), "\\? does not list {usage}");
+        }
+        // Every command parse accepts is listed (aliases in their command's line).
+        for accepted in ["\\q", "\\?", "\\h", "\\d", "\\d clicks", "\\df", "\\timing"] {
+            assert!(parse(accepted).is_ok());
+            let listed = COMMANDS.iter().any(|(usage, what)| {
+                usage.replace("NAME", "clicks") == accepted || what.contains(&format!("({accepted} too)"))
+            });
+            assert!(listed, "\\? does not list {accepted}");
+        }
     }
 }

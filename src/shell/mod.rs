@@ -1,13 +1,15 @@
 //! `sluice shell`: an interactive SQL prompt in the style of psql and datafusion-cli.
 //!
-//! Statements may span lines and end with `;`. Backslash commands: `\q` quit,
-//! `\?` help, `\d` list tables, `\d NAME` describe a table, `\df` list functions,
-//! `\timing` toggle timing. Ctrl-C cancels the running query, not the shell;
-//! Ctrl-D quits. History is kept in `~/.sluice_history`. With `--server URL` the
-//! statements run on a `sluice serve` instead (see [`remote`]).
+//! Statements may span lines and end with `;` (one outside strings and comments,
+//! see [`statement_end`]). Backslash commands are listed by `\?` (see
+//! [`commands`]). Ctrl-C stops the running query gracefully, not the shell (a
+//! second one cancels it); Ctrl-D quits. History is kept in `~/.sluice_history`,
+//! saved after each entry, so a shell that is killed loses none. With `--server
+//! URL` the statements run on a `sluice serve` instead (see [`remote`]).
 
 mod commands;
 pub mod remote;
+mod statement_end;
 
 use std::path::PathBuf;
 
@@ -16,8 +18,9 @@ use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 use sluice_sql::Session;
 
-use crate::render;
-use commands::{BackslashCommand, HELP};
+use crate::interrupt::Interrupts;
+use crate::render::{self, Ending};
+use commands::BackslashCommand;
 
 const PROMPT: &str = "sluice> ";
 const CONTINUATION: &str = "     -> ";
@@ -33,23 +36,30 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn run(&mut self, runtime: &tokio::runtime::Runtime, sql: &str, timing: bool) -> bool {
+    fn run(&mut self, runtime: &tokio::runtime::Runtime, sql: &str, timing: bool, interrupts: &mut Interrupts) -> Ending {
         let mut out = std::io::stdout();
         match self {
-            Backend::Local(session) => runtime.block_on(render::run_script(session, sql, timing, &mut out)),
-            Backend::Remote(remote) => runtime.block_on(remote.run_script(sql, timing, &mut out)),
+            Backend::Local(session) => runtime.block_on(render::run_script(session, sql, timing, &mut out, interrupts)),
+            Backend::Remote(remote) => runtime.block_on(remote.run_script(sql, timing, &mut out, interrupts)),
         }
     }
 }
 
-/// Runs the shell until `\q` or end of input.
-pub fn run(runtime: &tokio::runtime::Runtime, mut backend: Backend) -> anyhow::Result<std::process::ExitCode> {
+/// Runs the shell until `\q`, end of input, or a closed stdout.
+pub fn run(
+    runtime: &tokio::runtime::Runtime,
+    mut backend: Backend,
+    mut interrupts: Interrupts,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("Sluice {} — continuous SQL over event streams. \\? for help, \\q to quit.", env!("CARGO_PKG_VERSION"));
+    render::status(format_args!(
+        "Sluice {} — continuous SQL over event streams. \\? for help, \\q to quit.",
+        env!("CARGO_PKG_VERSION")
+    ));
     let mut timing = false;
     let mut buffer = String::new();
     loop {
@@ -64,18 +74,24 @@ pub fn run(runtime: &tokio::runtime::Runtime, mut backend: Backend) -> anyhow::R
             Err(e) => return Err(e).context("reading input"),
         };
         if buffer.is_empty() && line.trim_start().starts_with('\\') {
-            let _ = editor.add_history_entry(line.as_str());
+            remember(&mut editor, history.as_deref(), &line);
             match commands::parse(line.trim()) {
                 Ok(BackslashCommand::Quit) => break,
-                Ok(BackslashCommand::Help) => println!("{HELP}"),
+                Ok(BackslashCommand::Help) => {
+                    if render::write_text(&mut std::io::stdout(), &format!("{}\n", commands::help())).is_err() {
+                        break;
+                    }
+                }
                 Ok(BackslashCommand::Timing) => {
                     timing = !timing;
-                    println!("Timing is {}.", if timing { "on" } else { "off" });
+                    render::status(format_args!("Timing is {}.", if timing { "on" } else { "off" }));
                 }
                 Ok(BackslashCommand::Sql(sql)) => {
-                    backend.run(runtime, &sql, timing);
+                    if backend.run(runtime, &sql, timing, &mut interrupts) == Ending::ReaderGone {
+                        break;
+                    }
                 }
-                Err(e) => eprintln!("{e}"),
+                Err(e) => render::status(e),
             }
             continue;
         }
@@ -83,15 +99,24 @@ pub fn run(runtime: &tokio::runtime::Runtime, mut backend: Backend) -> anyhow::R
             buffer.push('\n');
         }
         buffer.push_str(&line);
-        if !buffer.trim_end().ends_with(';') {
+        if !statement_end::ends_statement(&buffer) {
             continue;
         }
         let sql = std::mem::take(&mut buffer);
-        let _ = editor.add_history_entry(sql.as_str());
-        backend.run(runtime, &sql, timing);
-    }
-    if let Some(h) = &history {
-        let _ = editor.save_history(h);
+        remember(&mut editor, history.as_deref(), &sql);
+        if backend.run(runtime, &sql, timing, &mut interrupts) == Ending::ReaderGone {
+            break;
+        }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Adds an entry to the history and appends it to the history file at once.
+fn remember(editor: &mut DefaultEditor, history: Option<&std::path::Path>, entry: &str) {
+    let _ = editor.add_history_entry(entry);
+    if let Some(h) = history {
+        if let Err(e) = editor.append_history(h) {
+            tracing::debug!("saving the shell history to {}: {e}", h.display());
+        }
+    }
 }

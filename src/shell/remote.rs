@@ -1,7 +1,7 @@
 //! The shell as a client of a running `sluice serve`: DDL and catalog statements
 //! go to `/api/v1/statements`, queries are submitted to `/api/v1/queries` and their
 //! results streamed back (NDJSON) into the same growing table; Ctrl-C stops the
-//! query on the server.
+//! query on the server (a stdout closed under it, too).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,6 +14,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use sluice_connectors::table_printer::TablePrinter;
 use sluice_sql::SluiceStatement;
+
+use crate::interrupt::Interrupts;
+use crate::render::{report_outcome, status, write_text, Ending, Halt, Report};
 
 /// A connection to a Sluice server.
 pub struct Remote {
@@ -65,13 +68,14 @@ impl Remote {
         }
     }
 
-    /// Runs every statement of `sql` on the server; false at the first error.
-    pub async fn run_script(&self, sql: &str, timing: bool, out: &mut impl Write) -> bool {
+    /// Runs every statement of `sql` on the server; stops at the first error,
+    /// interrupt or closed stdout, and says which.
+    pub async fn run_script(&self, sql: &str, timing: bool, out: &mut impl Write, interrupts: &mut Interrupts) -> Ending {
         let statements = match sluice_sql::parse_statements(sql) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: syntax error: {e}");
-                return false;
+                status(format_args!("error: syntax error: {e}"));
+                return Ending::Failed;
             }
         };
         for statement in statements {
@@ -82,18 +86,22 @@ impl Remote {
                 SluiceStatement::Sql(s) => s.to_string(),
                 _ => sql.to_string(),
             };
-            let result = if is_query { self.run_query(&text, out).await } else { self.run_statement(&text, out).await };
-            if !crate::render::report_outcome(result.map(Some), started, timing, out) {
-                return false;
+            // A SELECT is only previewed: the server ends it when this shell stops reading.
+            let preview = matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_)));
+            interrupts.clear();
+            let result = if is_query { self.run_query(&text, preview, out, interrupts).await } else { self.run_statement(&text, out).await };
+            let ending = report_outcome(result, started, timing, out);
+            if ending != Ending::Completed {
+                return ending;
             }
         }
-        true
+        Ending::Completed
     }
 
-    async fn run_statement(&self, sql: &str, out: &mut impl Write) -> Result<String, String> {
+    async fn run_statement(&self, sql: &str, out: &mut impl Write) -> Result<Report, Halt> {
         let answer = self.send_json("/api/v1/statements", json!({ "sql": sql })).await?;
         if let Some(message) = answer["message"].as_str() {
-            return Ok(message.to_string());
+            return Ok(Report::completed(message));
         }
         let names: Vec<String> = answer["columns"].as_array().into_iter().flatten().map(text_of).collect();
         let rows: Vec<Vec<String>> = answer["rows"]
@@ -105,13 +113,13 @@ impl Remote {
         let schema = text_schema(&names);
         let mut printer = TablePrinter::new(Arc::clone(&schema));
         let batch = text_batch(&schema, &rows)?;
-        let _ = out.write_all(printer.format_batch(&batch).map_err(|e| e.to_string())?.as_bytes());
-        let _ = out.write_all(printer.finish().as_bytes());
-        Ok(format!("{} row(s)", rows.len()))
+        write_text(out, &printer.format_batch(&batch).map_err(|e| e.to_string())?)?;
+        write_text(out, &printer.finish())?;
+        Ok(Report::completed(format!("{} row(s)", rows.len())))
     }
 
-    async fn run_query(&self, sql: &str, out: &mut impl Write) -> Result<String, String> {
-        let info = self.send_json("/api/v1/queries", json!({ "sql": sql })).await?;
+    async fn run_query(&self, sql: &str, preview: bool, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+        let info = self.send_json("/api/v1/queries", json!({ "sql": sql, "preview": preview })).await?;
         let id = info["id"].as_str().ok_or("the server returned no query id")?.to_string();
         let names: Vec<String> = info["schema"].as_array().into_iter().flatten().map(|c| text_of(&c["name"])).collect();
         let schema = text_schema(&names);
@@ -124,10 +132,12 @@ impl Remote {
         let mut stream = resp.bytes_stream();
         let mut pending = String::new();
         let mut cancelled = false;
+        let mut reader_gone = false;
         loop {
             let chunk = tokio::select! {
+                biased;
+                _ = interrupts.next() => { cancelled = true; None }
                 c = stream.next() => c,
-                _ = tokio::signal::ctrl_c() => { cancelled = true; None }
             };
             let Some(chunk) = chunk else { break };
             pending.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
@@ -135,17 +145,32 @@ impl Remote {
             while let Some(pos) = pending.find('\n') {
                 let line: String = pending.drain(..=pos).collect();
                 let value: Value = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
+                if let Some(warning) = value.get("warning") {
+                    eprintln!("warning: {}", text_of(warning));
+                    continue;
+                }
+                if value.get("error").is_some() {
+                    continue; // the query's final state, read below, tells it
+                }
                 rows.push(names.iter().map(|n| text_of(&value[n])).collect::<Vec<_>>());
             }
             if !rows.is_empty() {
-                let _ = out.write_all(printer.format_batch(&text_batch(&schema, &rows)?).map_err(|e| e.to_string())?.as_bytes());
-                let _ = out.flush();
+                match write_text(out, &printer.format_batch(&text_batch(&schema, &rows)?).map_err(|e| e.to_string())?) {
+                    Err(Halt::ReaderGone) => {
+                        reader_gone = true;
+                        break;
+                    }
+                    r => r?,
+                }
             }
         }
-        if cancelled {
+        if cancelled || reader_gone {
             let _ = self.request(reqwest::Method::POST, &format!("/api/v1/queries/{id}/stop")).send().await;
         }
-        let _ = out.write_all(printer.finish().as_bytes());
+        if reader_gone {
+            return Err(Halt::ReaderGone);
+        }
+        write_text(out, &printer.finish())?;
         let final_info: Value = self
             .request(reqwest::Method::GET, &format!("/api/v1/queries/{id}"))
             .send()
@@ -155,9 +180,10 @@ impl Remote {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(error) = final_info["error"].as_str() {
-            return Err(error.to_string());
+            return Err(error.into());
         }
         let how = if cancelled { " (stopped)" } else { "" };
-        Ok(format!("{} row(s){how}; query {id} on the server", printer.rows()))
+        let summary = format!("{} row(s){how}; query {id} on the server", printer.rows());
+        Ok(Report { summary: Some(summary), ending: if cancelled { Ending::Interrupted } else { Ending::Completed } })
     }
 }
