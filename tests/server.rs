@@ -319,6 +319,11 @@ async fn deep_queries_are_refused_and_the_server_lives() -> TestResult {
             assert!(body["error"].as_str().unwrap_or_default().contains("nests expressions more than"), "{body}");
         }
     }
+    // 20,000 UNIONs (planned recursively, a crash even on a large stack): refused too.
+    let unions = format!("SELECT 1 AS x {}", vec!["UNION ALL SELECT 1"; 20_000].join(" "));
+    let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": unions }))).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("at most 1000 UNION"), "{body}");
     // Just under the limit, the query is planned and runs (on Sluice's large stacks).
     let id = submit(&c, &b, json!({ "sql": counted(900) })).await?;
     let rows = read_to_end(&c, &b, &id, false).await?;
@@ -343,6 +348,12 @@ async fn settings_reach_rest_queries_and_survive_a_restart() -> TestResult {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let plain = submit(&c, &b, json!({ "sql": COUNTS })).await?;
+    // A query whose state nothing bounds (the server's TTL overridden) says so when it starts.
+    let grouped = json!({ "sql": "SELECT event_type, count(*) AS n FROM clicks GROUP BY event_type", "settings": { "table.exec.state.ttl": "0" } });
+    let (status, grouped) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(grouped)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{grouped}");
+    assert!(grouped["warnings"][0].as_str().unwrap_or_default().contains("grows without limit"), "{grouped}");
+    assert_eq!(warning_count(&c, &b, &plain).await?, 0, "a windowed query is bounded");
     // Overridden per submission, by Flink's names.
     let tuned = submit(&c, &b, json!({ "sql": COUNTS, "settings": { "parallelism": 3, "sluice.memory.limit": "512 MB" } })).await?;
     let (status, body) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(json!({ "sql": COUNTS, "settings": { "sluice.memory.limit": "lots" } }))).await?;
@@ -625,4 +636,9 @@ async fn queries_saved_by_an_older_version_keep_their_state() -> TestResult {
     let (_, q) = call(&Client::new(), Some(VIEWER), "GET", &format!("{}/api/v1/queries/qold", server.base), None).await?;
     assert_eq!(q["state"], "STOPPED", "a stopped query is not started again: {q}");
     Ok(())
+}
+
+async fn warning_count(client: &Client, base: &str, id: &str) -> Result<usize, Box<dyn std::error::Error>> {
+    let (_, q) = call(client, Some(VIEWER), "GET", &format!("{base}/api/v1/queries/{id}"), None).await?;
+    Ok(q["warnings"].as_array().map_or(usize::MAX, Vec::len))
 }

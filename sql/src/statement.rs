@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{Expr, ObjectName, Statement, Value, VisitMut, VisitorMut};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::Token;
+use sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::create_table::{at_create_table, parse_create_table, CreateTable};
 use crate::dialect::SluiceDialect;
@@ -31,6 +31,7 @@ pub enum SluiceStatement {
 /// Parses every `;`-separated statement of `sql`.
 pub fn parse_statements(sql: &str) -> Result<Vec<SluiceStatement>, ParserError> {
     let dialect = SluiceDialect;
+    check_chains(&dialect, sql)?;
     let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
     let mut statements = Vec::new();
     loop {
@@ -81,6 +82,33 @@ fn check_depth(statement: &mut SluiceStatement) -> Result<(), ParserError> {
         "the statement nests expressions more than {MAX_EXPR_DEPTH} deep (a long chain of OR or AND?); \
          write long lists of alternatives as `column IN (...)`"
     )))
+}
+
+/// The most set operations and joins one statement may chain. The parser builds
+/// these chains in a loop, and planning recurses once per link.
+pub const MAX_CHAINED: usize = 1000;
+
+/// Fails if a statement of `sql` chains more than [`MAX_CHAINED`] `UNION`,
+/// `INTERSECT`, `EXCEPT` or `JOIN`s; counted on the tokens, before any tree
+/// that deep exists.
+fn check_chains(dialect: &SluiceDialect, sql: &str) -> Result<(), ParserError> {
+    let tokens = Tokenizer::new(dialect, sql).tokenize().map_err(|e| ParserError::TokenizerError(e.to_string()))?;
+    let mut chained = 0;
+    for token in &tokens {
+        match token {
+            Token::SemiColon => chained = 0,
+            Token::Word(w) if matches!(w.keyword, Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT | Keyword::MINUS | Keyword::JOIN) => {
+                chained += 1;
+                if chained > MAX_CHAINED {
+                    return Err(ParserError::ParserError(format!(
+                        "a statement may chain at most {MAX_CHAINED} UNION, INTERSECT, EXCEPT or JOIN"
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Replaces every expression deeper than [`MAX_EXPR_DEPTH`] by NULL, keeping
@@ -184,6 +212,15 @@ mod tests {
             Ok(())
         };
         std::thread::Builder::new().stack_size(64 << 20).spawn(check)?.join().map_err(|_| "panicked")??;
+        Ok(())
+    }
+
+    #[test]
+    fn long_chains_of_unions_are_refused() -> Result<(), ParserError> {
+        let unions = |n: usize| format!("SELECT 1 {}; SELECT 2", vec!["UNION ALL SELECT 1"; n].join(" "));
+        assert_eq!(parse_statements(&unions(MAX_CHAINED))?.len(), 2);
+        let e = parse_statements(&unions(20_000)).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("at most 1000 UNION"), "{e}");
         Ok(())
     }
 

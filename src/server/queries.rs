@@ -95,6 +95,9 @@ pub struct QueryInfo {
     pub settings: BTreeMap<String, String>,
     /// Submitted only to preview results: it stops when its last reader leaves.
     pub preview: bool,
+    /// What the user should know about it, found when it started (state that
+    /// nothing bounds, for one).
+    pub warnings: Vec<String>,
 }
 
 /// One source shard's progress.
@@ -279,9 +282,9 @@ impl QueryManager {
         }
         let now = Utc::now().to_rfc3339();
         let output = session.execute(statement).await.map_err(|e| QueryError::Sql(e.to_string()))?;
-        let (schema, results, job) = match output {
-            StatementOutput::Query(q) => (q.schema, Some(q.results), q.job),
-            StatementOutput::Insert { job, .. } => (Arc::new(arrow::datatypes::Schema::empty()), None, job),
+        let (schema, results, job, warnings) = match output {
+            StatementOutput::Query(q) => (q.schema, Some(q.results), q.job, q.warnings),
+            StatementOutput::Insert { job, warnings, .. } => (Arc::new(arrow::datatypes::Schema::empty()), None, job, warnings),
             _ => return Err(QueryError::Sql("the statement did not start a query".into())),
         };
         let info = QueryInfo {
@@ -299,6 +302,7 @@ impl QueryManager {
                 .collect(),
             settings: settings.to_settings(),
             preview,
+            warnings,
         };
         let (tx, _) = broadcast::channel(RESULT_BACKLOG);
         let stop = CancellationToken::new();
@@ -515,6 +519,7 @@ impl QueryManager {
                 schema: q.schema.clone(),
                 settings: settings.to_settings(),
                 preview: q.preview,
+                warnings: Vec::new(),
             };
             if state == QueryState::Running {
                 if q.preview {
