@@ -233,16 +233,15 @@ impl KafkaSource {
     }
 
     /// `batch` tagged with its partition and the lane's partitions, so event
-    /// time is tracked per partition (see the watermark assigner).
-    fn tagged(&self, partition: i32, batch: &RecordBatch) -> sluice_engine::Result<RecordBatch> {
+    /// time is tracked per partition (see the watermark assigner). Without
+    /// `idle_after`, the assigner judges no partition idle on this batch.
+    fn tagged(&self, partition: i32, batch: &RecordBatch, idle_after: bool) -> sluice_engine::Result<RecordBatch> {
         let all = self.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let metadata: std::collections::HashMap<String, String> = [
-            (SPLIT_KEY.to_string(), partition.to_string()),
-            (SPLITS_KEY.to_string(), all),
-            (SPLIT_IDLE_MS_KEY.to_string(), self.cfg.idle_timeout.as_millis().to_string()),
-        ]
-        .into_iter()
-        .collect();
+        let mut metadata: std::collections::HashMap<String, String> =
+            [(SPLIT_KEY.to_string(), partition.to_string()), (SPLITS_KEY.to_string(), all)].into_iter().collect();
+        if idle_after {
+            metadata.insert(SPLIT_IDLE_MS_KEY.to_string(), self.cfg.idle_timeout.as_millis().to_string());
+        }
         let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata));
         Ok(RecordBatch::try_new_with_options(
             schema,
@@ -263,21 +262,23 @@ impl KafkaSource {
                     true => batch.clone(),
                     false => arrow::compute::take_record_batch(batch, &UInt32Array::from(indices))?,
                 };
-                Ok((p, self.tagged(p, &part)?))
+                Ok((p, self.tagged(p, &part, true)?))
             })
             .collect()
     }
 
     /// The broker answers again after errors: every partition of the lane gets
     /// an empty batch first, so none counts as quiet for the time it was cut
-    /// off (the watermark assigner's per-partition idleness starts over).
+    /// off (the watermark assigner's per-partition idleness starts over). These
+    /// batches carry no idle time: while the first ones arrive, the others'
+    /// partitions still look quiet, and must not be judged so.
     fn back_from_errors(&mut self) -> sluice_engine::Result<()> {
         if self.partitions.len() < 2 {
             return Ok(());
         }
         let empty = RecordBatch::new_empty(self.output_schema());
         for p in self.partitions.clone().into_iter().rev() {
-            let batch = self.tagged(p, &empty)?;
+            let batch = self.tagged(p, &empty, false)?;
             self.pending.push_front(Ready { batch, positions: Vec::new() });
         }
         Ok(())
