@@ -5,8 +5,14 @@
 //! (planning, exchange, window state, emission), not the generator.
 //!
 //! ```sh
-//! cargo run --release -p sluice-benches -- [--events N] [--lanes 1,2,4]
+//! cargo run --release -p sluice-benches -- [--events N] [--lanes 1,2,4] [--only NAME-PART]
 //! ```
+//!
+//! `--rss 2000,125000` measures memory instead: a windowed query over the
+//! `generator` connector with 64-row batches runs over each number of batches, in
+//! a fresh process of its own, which reports its peak resident set (`VmHWM`). A
+//! query that is left running must not grow with the batches it has seen, so the
+//! peaks should be about the same.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -153,17 +159,84 @@ async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize) -> a
     Ok((started.elapsed().as_secs_f64(), rows))
 }
 
-/// What to run: events, lane counts, and a filter on query names.
+/// Rows per batch of the memory benchmark: small batches, so that per-batch
+/// costs dominate.
+const RSS_BATCH_ROWS: u64 = 64;
+
+/// The memory benchmark's query: a stateless projection (the window columns)
+/// feeding a tumbling-window aggregate, whose state is bounded by the watermark.
+const RSS_QUERY: &str = "SELECT window_start, event_type, count(*), sum(price) \
+     FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+     GROUP BY window_start, window_end, event_type";
+
+/// Runs [`RSS_QUERY`] over `batches` generated batches in this process; returns
+/// the result rows.
+async fn run_rss_query(batches: u64) -> anyhow::Result<u64> {
+    let mut session = Session::default();
+    let rows = batches * RSS_BATCH_ROWS;
+    session
+        .execute_script(&format!(
+            "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, item_id BIGINT, \
+             price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+             WITH (connector = 'generator', rows = '{rows}', 'batch.size' = '{RSS_BATCH_ROWS}')"
+        ))
+        .await?;
+    let mut outputs = session.execute_script(RSS_QUERY).await?;
+    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { bail!("not a continuous query") };
+    let mut result_rows = 0u64;
+    while let Some(b) = q.results.recv().await {
+        result_rows += b.num_rows() as u64;
+    }
+    q.job.wait().await?;
+    Ok(result_rows)
+}
+
+/// This process's peak resident set, in KiB (`VmHWM` of /proc/self/status).
+fn peak_rss_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM in /proc/self/status")?;
+    let kib = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim();
+    Ok(kib.parse()?)
+}
+
+/// Runs the memory benchmark for each number of batches, each in a child
+/// process (this binary with `--rss-child N`), so that one peak does not hide
+/// another.
+fn rss_table(sizes: &[u64]) -> anyhow::Result<()> {
+    println!("| batches of {RSS_BATCH_ROWS} rows | events | seconds | result rows | peak RSS (MiB) |");
+    println!("|---|---|---|---|---|");
+    let exe = std::env::current_exe()?;
+    for &batches in sizes {
+        let started = Instant::now();
+        let output = std::process::Command::new(&exe).args(["--rss-child", &batches.to_string()]).output()?;
+        if !output.status.success() {
+            bail!("the run over {batches} batches failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let stdout = String::from_utf8(output.stdout)?;
+        let (rows, kib) = stdout.trim().split_once(' ').with_context(|| format!("unexpected child output '{stdout}'"))?;
+        let mib = kib.parse::<f64>()? / 1024.0;
+        let secs = started.elapsed().as_secs_f64();
+        println!("| {batches} | {} | {secs:.1} | {rows} | {mib:.1} |", batches * RSS_BATCH_ROWS);
+    }
+    Ok(())
+}
+
+/// What to run: events, lane counts, and a filter on query names; or the
+/// memory benchmark over these numbers of batches.
 struct Args {
     events: u64,
     lanes: Vec<usize>,
     only: Option<String>,
+    rss: Option<Vec<u64>>,
+    rss_child: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut events = 2_000_000;
     let mut lanes = vec![1, sluice_sql::default_parallelism()];
     let mut only = None;
+    let mut rss = None;
+    let mut rss_child = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().with_context(|| format!("{arg} needs a value"))?;
@@ -171,16 +244,26 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => events = value.parse()?,
             "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--only" => only = Some(value),
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART)"),
+            "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
+            "--rss-child" => rss_child = Some(value.parse()?),
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --rss BATCHES,BATCHES)"),
         }
     }
     lanes.dedup();
-    Ok(Args { events, lanes, only })
+    Ok(Args { events, lanes, only, rss, rss_child })
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { events, lanes, only } = parse_args()?;
+    let Args { events, lanes, only, rss, rss_child } = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(batches) = rss_child {
+        let rows = runtime.block_on(run_rss_query(batches))?;
+        println!("{rows} {}", peak_rss_kib()?);
+        return Ok(());
+    }
+    if let Some(sizes) = rss {
+        return rss_table(&sizes);
+    }
     let generated = Instant::now();
     let batches = Arc::new(pregenerate(events)?);
     eprintln!("generated {events} events in {:.1}s (not timed below)", generated.elapsed().as_secs_f64());
