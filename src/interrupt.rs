@@ -29,6 +29,11 @@ impl Interrupts {
         self.count.borrow_and_update();
     }
 
+    /// Whether a signal came that [`Interrupts::next`] has not yet returned for.
+    pub fn pending(&self) -> bool {
+        self.count.has_changed().unwrap_or(false)
+    }
+
     /// Waits for the next signal (at once if one is pending). Cancel-safe, so
     /// it can sit in a `select!` loop.
     pub async fn next(&mut self) {

@@ -139,9 +139,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     for udf in &cli.udfs {
         let Some((name, path)) = udf.split_once('=') else { bail!("--udf expects NAME=PATH, got '{udf}'") };
         let sql = format!("CREATE FUNCTION {name} LANGUAGE rust AS '{}'", path.replace('\'', "''"));
-        let loaded = runtime.block_on(render::run_script(&mut session, &sql, false, &mut std::io::sink(), &mut interrupts));
-        if loaded != render::Ending::Completed {
-            bail!("--udf {udf}: the function could not be loaded");
+        // Loaded quietly: only a failure is worth a line.
+        if let Err(e) = runtime.block_on(session.execute_script(&sql)) {
+            bail!("--udf {udf}: {e}");
         }
     }
     match cli.command {

@@ -74,7 +74,9 @@ impl From<EngineError> for Halt {
 }
 
 /// Runs every statement of `sql`, printing results; stops at the first error
-/// (printed to stderr), interrupt or closed stdout, and says which.
+/// (printed to stderr), interrupt or closed stdout, and says which. A signal
+/// that comes between two statements (a SIGTERM while tables are created) stops
+/// the script too; one that came before it started does not.
 pub async fn run_script(
     session: &mut Session,
     sql: &str,
@@ -89,7 +91,11 @@ pub async fn run_script(
             return Ending::Failed;
         }
     };
+    interrupts.clear();
     for statement in statements {
+        if interrupts.pending() {
+            return interrupted();
+        }
         let ending = run_statement(session, statement, timing, out, interrupts).await;
         if ending != Ending::Completed {
             return ending;
@@ -107,7 +113,6 @@ pub async fn run_statement(
     interrupts: &mut Interrupts,
 ) -> Ending {
     let started = Instant::now();
-    interrupts.clear();
     let result = match session.execute(statement).await {
         Ok(output) => print_output(output, out, interrupts).await,
         Err(e) => Err(Halt::Error(e.to_string())),
@@ -137,6 +142,12 @@ pub fn report_outcome(result: Result<Report, Halt>, started: Instant, timing: bo
         status(format_args!("Time: {:.3}s", started.elapsed().as_secs_f64()));
     }
     ending
+}
+
+/// Says that a script stops before its next statement because of a signal.
+pub fn interrupted() -> Ending {
+    status("Interrupted: the rest of the script is not run.");
+    Ending::Interrupted
 }
 
 /// Writes a line to stderr; a closed stderr is no reason to fail a query.

@@ -78,7 +78,11 @@ impl Remote {
                 return Ending::Failed;
             }
         };
+        interrupts.clear();
         for statement in statements {
+            if interrupts.pending() {
+                return crate::render::interrupted();
+            }
             let started = Instant::now();
             let is_query = matches!(&statement, SluiceStatement::Sql(s)
                 if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)));
@@ -88,7 +92,6 @@ impl Remote {
             };
             // A SELECT is only previewed: the server ends it when this shell stops reading.
             let preview = matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_)));
-            interrupts.clear();
             let result = if is_query { self.run_query(&text, preview, out, interrupts).await } else { self.run_statement(&text, out).await };
             let ending = report_outcome(result, started, timing, out);
             if ending != Ending::Completed {
