@@ -192,6 +192,7 @@ async fn submit_stream_stop_and_resume_after_restart() -> TestResult {
     let b = server.base.clone();
     let resumed = wait_for_state(&c, &b, &id, "RUNNING").await?;
     assert_eq!(resumed["name"], "counts");
+    assert_eq!(resumed["created_at"], q["created_at"], "still the query submitted before");
     let (_, stopped) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries?state=running"), None).await?;
     assert_eq!(stopped.as_array().map(Vec::len), Some(1), "the stopped query stays stopped");
     let (_, tables) = call(&c, Some(VIEWER), "POST", &format!("{b}/api/v1/statements"), Some(json!({"sql": "SHOW TABLES"}))).await?;

@@ -262,13 +262,15 @@ impl QueryManager {
         locked(&self.entries)
     }
 
-    /// Starts a continuous query (a SELECT or INSERT INTO).
-    pub async fn submit(self: &Arc<Self>, submission: Submission, id: Option<String>) -> Result<QueryInfo, QueryError> {
+    /// Starts a continuous query (a SELECT or INSERT INTO); `restored` is the
+    /// id and creation time of a query started again after a restart.
+    pub async fn submit(self: &Arc<Self>, submission: Submission, restored: Option<(String, String)>) -> Result<QueryInfo, QueryError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(QueryError::ShuttingDown);
         }
         let Submission { sql, name, settings, preview } = submission;
-        let id = id.unwrap_or_else(new_id);
+        let now = Utc::now().to_rfc3339();
+        let (id, created_at) = restored.unwrap_or_else(|| (new_id(), now.clone()));
         let mut session = self.session();
         session.set_options(settings.clone());
         session.set_metrics_label(Some(id.clone()));
@@ -280,7 +282,6 @@ impl QueryManager {
         if !is_query(&statement) {
             return Err(QueryError::Sql("a query is a SELECT or INSERT INTO; use /api/v1/statements for DDL".into()));
         }
-        let now = Utc::now().to_rfc3339();
         let output = session.execute(statement).await.map_err(|e| QueryError::Sql(e.to_string()))?;
         let (schema, results, job, warnings) = match output {
             StatementOutput::Query(q) => (q.schema, Some(q.results), q.job, q.warnings),
@@ -293,7 +294,7 @@ impl QueryManager {
             sql,
             state: QueryState::Running,
             error: None,
-            created_at: now.clone(),
+            created_at,
             started_at: Some(now),
             schema: schema
                 .fields()
@@ -526,7 +527,7 @@ impl QueryManager {
                     info.state = QueryState::Stopped;
                 } else {
                     let submission = Submission { sql: q.sql, name: q.name, settings: settings.clone(), preview: false };
-                    match self.submit(submission, Some(q.id.clone())).await {
+                    match self.submit(submission, Some((q.id.clone(), info.created_at.clone()))).await {
                         Ok(_) => continue,
                         Err(e) => {
                             tracing::error!("resuming query {}: {e}", q.id);
