@@ -573,7 +573,6 @@ fn run_in_repo(sql: &str) -> Result<std::process::Output, Box<dyn std::error::Er
 /// A bad JSON line fails the query naming the file and line, after the rows
 /// before it came out (one row per batch, so they are sent before the failure).
 #[test]
-#[ignore = "needs the runtime to drain the pipeline before reporting a source's error (see the lead's runtime work)"]
 fn a_bad_line_fails_the_query_after_the_rows_before_it() -> TestResult {
     let out = run_in_repo(
         "CREATE TABLE orders (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3)) \
