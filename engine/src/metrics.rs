@@ -8,6 +8,8 @@ use std::sync::Arc;
 pub struct SourceProgress {
     pub rows_read: u64,
     pub lag: Option<crate::source::SourceLag>,
+    /// Records it dropped or dead-lettered as undecodable.
+    pub bad_records: u64,
 }
 
 /// Live counters of one running pipeline; shared by its tasks.
@@ -39,6 +41,8 @@ pub struct MetricsSnapshot {
     /// The most state the query has held at once.
     pub state_bytes_peak: u64,
     pub watermark: Option<i64>,
+    /// Records the sources dropped or dead-lettered as undecodable.
+    pub bad_records: u64,
 }
 
 impl JobMetrics {
@@ -65,6 +69,10 @@ impl JobMetrics {
         if let Ok(mut sources) = self.sources.lock() {
             if sources.len() <= lane {
                 sources.resize(lane + 1, SourceProgress::default());
+            }
+            let new_bad = progress.bad_records.saturating_sub(sources[lane].bad_records);
+            if new_bad > 0 {
+                metrics::counter!("sluice_query_bad_records_total", self.labels()).increment(new_bad);
             }
             sources[lane] = progress;
         }
@@ -116,6 +124,7 @@ impl JobMetrics {
             state_bytes: self.state_bytes.load(Ordering::Relaxed).max(0) as u64,
             state_bytes_peak: self.state_peak.load(Ordering::Relaxed).max(0) as u64,
             watermark: (wm != i64::MIN).then_some(wm),
+            bad_records: self.sources().iter().map(|s| s.bad_records).sum(),
         }
     }
 }

@@ -359,14 +359,14 @@ impl SourceLane {
                 SourceEvent::Batch(batch) => {
                     self.metrics.add_rows_in(batch.num_rows());
                     rows_read += batch.num_rows() as u64;
-                    self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag() });
+                    self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag(), bad_records: source.bad_records() });
                     self.out.send(Message::Batch(batch)).await?;
                 }
                 SourceEvent::Idle => self.out.send(Message::Watermark(Watermark::Idle)).await?,
                 SourceEvent::End => break false,
             }
         };
-        self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag() });
+        self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag(), bad_records: source.bad_records() });
         if !stopped {
             // The end of a bounded input: every open window closes, and the
             // final position is committed once the sink has finished.

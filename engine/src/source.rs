@@ -56,6 +56,11 @@ pub trait Source: Send {
     fn lag(&self) -> Option<SourceLag> {
         None
     }
+    /// Records this source could not decode and dropped or dead-lettered
+    /// (`bad_data`), so far.
+    fn bad_records(&self) -> u64 {
+        0
+    }
     /// Whether this source has positions to commit once output is durable (a
     /// Kafka consumer group): the runtime then sends barriers periodically even
     /// when the query did not ask for checkpoints.

@@ -423,6 +423,7 @@ impl Session {
             ["rows_in".to_string(), m.rows_in.to_string()],
             ["rows_out".to_string(), m.rows_out.to_string()],
             ["late_rows_dropped".to_string(), m.late_rows.to_string()],
+            ["bad_records".to_string(), m.bad_records.to_string()],
             ["state_bytes".to_string(), m.state_bytes.to_string()],
             ["watermark".to_string(), m.watermark.map(format_nanos).unwrap_or_else(|| "none".into())],
         ];

@@ -109,6 +109,8 @@ pub struct SourceMetrics {
     /// or `lag_bytes` of input not yet read; absent when the source cannot tell.
     pub lag_records: Option<u64>,
     pub lag_bytes: Option<u64>,
+    /// Records this lane's source dropped or dead-lettered as undecodable.
+    pub bad_records: u64,
 }
 
 /// A query's counters.
@@ -118,6 +120,8 @@ pub struct QueryMetrics {
     pub rows_in: u64,
     pub rows_out: u64,
     pub late_rows_dropped: u64,
+    /// Records the sources dropped or dead-lettered as undecodable (`bad_data`).
+    pub bad_records: u64,
     /// Bytes of window state held (accumulators and group keys, all lanes).
     pub state_bytes: u64,
     /// Current watermark (output side), RFC 3339, if any.
@@ -425,6 +429,7 @@ impl QueryManager {
                     Some(sluice_engine::SourceLag::Bytes(n)) => Some(n),
                     _ => None,
                 },
+                bad_records: p.bad_records,
             })
             .collect();
         Ok(QueryMetrics {
@@ -432,6 +437,7 @@ impl QueryManager {
             rows_in: m.map_or(0, |m| m.rows_in),
             rows_out: m.map_or(0, |m| m.rows_out),
             late_rows_dropped: m.map_or(0, |m| m.late_rows),
+            bad_records: m.map_or(0, |m| m.bad_records),
             state_bytes: m.map_or(0, |m| m.state_bytes),
             watermark: m.and_then(|m| m.watermark).map(sluice_engine::time::format_nanos),
         })

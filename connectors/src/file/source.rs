@@ -39,6 +39,8 @@ pub struct FileSource {
     failed: Option<EngineError>,
     /// The dead-letter file, opened at the first bad record.
     dead_letters: Option<File>,
+    /// Records dropped or dead-lettered as undecodable.
+    bad_records: u64,
 }
 
 /// The file being read.
@@ -124,7 +126,7 @@ impl FileSource {
             .filter(|(i, _)| i % shard.count.max(1) == shard.index)
             .map(|(_, f)| f)
             .collect();
-        Ok(FileSource { cfg, schema, pending, current: None, failed: None, dead_letters: None })
+        Ok(FileSource { cfg, schema, pending, current: None, failed: None, dead_letters: None, bad_records: 0 })
     }
 
     fn reader(&self, path: &Path) -> Result<Reader> {
@@ -194,8 +196,12 @@ impl FileSource {
                     ));
                     break;
                 }
-                BadData::Drop => tracing::warn!("dropped bad record at {place}: {error}"),
+                BadData::Drop => {
+                    self.bad_records += 1;
+                    tracing::warn!("dropped bad record at {place}: {error}");
+                }
                 BadData::DeadLetter(_) => {
+                    self.bad_records += 1;
                     let letter = serde_json::json!({
                         "file": path.display().to_string(),
                         "line": record.line,
@@ -302,6 +308,10 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         format!("file {} ({:?})", self.cfg.path.display(), self.cfg.format).to_lowercase()
+    }
+
+    fn bad_records(&self) -> u64 {
+        self.bad_records
     }
 
     /// Bytes of the files not yet opened.

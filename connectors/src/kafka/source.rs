@@ -98,6 +98,8 @@ pub struct KafkaSource {
     upsert: Option<Upsert>,
     /// Records read, not yet made into batches.
     fetch: Fetch,
+    /// Records dropped or dead-lettered as undecodable.
+    bad_records: u64,
     /// Batches (split by partition) not yet returned.
     pending: VecDeque<Ready>,
     /// Positions returned, remembered at barriers and committed.
@@ -187,6 +189,7 @@ impl KafkaSource {
             upsert,
             registry: cfg_avro.map(|a| avro::SchemaRegistry::new(&a.registry_url)),
             fetch: Fetch::default(),
+            bad_records: 0,
             pending: VecDeque::new(),
             positions: Positions::default(),
             quiet,
@@ -428,6 +431,7 @@ impl KafkaSource {
             let (i, error) = &fetch.bad[fetch.handled];
             handle_bad(&self.cfg, self.dead_letters.as_ref(), &fetch.records[*i], error).await?;
             fetch.handled += 1;
+            self.bad_records += 1;
         }
         Ok(())
     }
@@ -541,6 +545,10 @@ async fn handle_bad(cfg: &KafkaConfig, dead_letters: Option<&FutureProducer>, re
 impl Source for KafkaSource {
     fn schema(&self) -> SchemaRef {
         self.output_schema()
+    }
+
+    fn bad_records(&self) -> u64 {
+        self.bad_records
     }
 
     fn describe(&self) -> String {
