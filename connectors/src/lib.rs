@@ -20,4 +20,4 @@ pub mod table_printer;
 
 pub use error::ConnectorError;
 pub use options::Options;
-pub use registry::{connector, find_connector, registry, Connector, Shard, TableSpec};
+pub use registry::{connector, find_connector, registry, Capabilities, Connector, Shard, TableSpec};

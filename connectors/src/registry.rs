@@ -46,9 +46,28 @@ impl Shard {
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 }
 
+/// What the tables of a connector can do, as the planner needs to know it:
+/// typed values, so no one checks a connector's name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Its input ends (a file, a generator given `rows`): windows close at the
+    /// end even without a WATERMARK, and without one the table is static (the
+    /// side of a lookup join read whole first).
+    pub bounded: bool,
+    /// With a PRIMARY KEY it reads changes by key: upserts, and deletes.
+    pub upsert: bool,
+    /// It fills `METADATA` columns.
+    pub metadata_columns: bool,
+}
+
 /// A kind of external system a table can live in.
 pub trait Connector: Send + Sync {
     fn name(&self) -> &'static str;
+    /// What `table` (declared with this connector) can do.
+    fn capabilities(&self, table: &TableSpec) -> Capabilities {
+        let _ = table;
+        Capabilities::default()
+    }
     /// Checks the options and columns when the table is created, opening nothing.
     fn validate(&self, table: &TableSpec) -> Result<()>;
     /// A source reading one shard of the table (each call starts from the

@@ -242,15 +242,25 @@ impl Session {
         let connector = options
             .remove("connector")
             .ok_or_else(|| SqlError::Plan(format!("table '{name}': WITH (connector = ...) is required (one of {known})")))?;
-        if sluice_connectors::metadata::has_metadata_columns(&schema) && !connector.eq_ignore_ascii_case("kafka") {
-            return plan_err(format!("table '{name}': METADATA columns are known to the kafka connector only, not '{connector}'"));
-        }
         let watermark = create.watermark.map(|w| WatermarkDef { column: normalize_ident(&w.column), expr: w.expr });
         let primary_key: Vec<String> = create.primary_key.iter().map(normalize_ident).collect();
         if let Some(missing) = primary_key.iter().find(|k| schema.column_with_name(k).is_none()) {
             return plan_err(format!("table '{name}': PRIMARY KEY column {missing} is not a column"));
         }
-        let table = TableDef { name: name.clone(), schema, watermark, connector, options, primary_key };
+        let mut table = TableDef {
+            name: name.clone(),
+            schema,
+            watermark,
+            connector,
+            options,
+            primary_key,
+            capabilities: Default::default(),
+        };
+        let connector = self.connector(&table.connector)?;
+        table.capabilities = connector.capabilities(&table.spec());
+        if sluice_connectors::metadata::has_metadata_columns(&table.schema) && !table.capabilities.metadata_columns {
+            return plan_err(format!("table '{name}': connector '{}' has no METADATA columns", table.connector));
+        }
         if let Some(wm) = &table.watermark {
             match table.schema.field_with_name(&wm.column).map(|f| f.data_type()) {
                 Ok(DataType::Timestamp(_, _)) => {}
@@ -264,7 +274,7 @@ impl Session {
             }
             watermark_expr(&ctx, &table, &wm.expr)?;
         }
-        self.connector(&table.connector)?.validate(&table.spec())?;
+        connector.validate(&table.spec())?;
         self.with_catalog(|c| c.add_table(table))?;
         Ok(StatementOutput::Message(format!("Table '{name}' created")))
     }
@@ -478,8 +488,8 @@ impl Session {
             .map(|t| {
                 let info = TableInfo {
                     time_column: t.watermark.as_ref().map(|w| w.column.clone()),
-                    is_static: t.watermark.is_none() && t.connector == "file",
-                    is_upsert: !t.primary_key.is_empty() && t.connector.eq_ignore_ascii_case("kafka"),
+                    is_static: t.watermark.is_none() && t.capabilities.bounded,
+                    is_upsert: !t.primary_key.is_empty() && t.capabilities.upsert,
                 };
                 (t.name.clone(), info)
             })

@@ -21,7 +21,7 @@ use sqlparser::ast::{
 };
 use sqlparser::parser::Parser;
 
-use crate::catalog::{normalize_name, Catalog, TableDef};
+use crate::catalog::{normalize_name, Catalog};
 use crate::dialect::{as_table_arg, SluiceDialect};
 use crate::error::{plan_err, Result, SqlError};
 use crate::interval::{interval_nanos, interval_sql};
@@ -201,7 +201,7 @@ impl Rewriter<'_> {
     fn require_watermark(&self, kind: &str, table: &ObjectName, ts: &Ident) -> Result<()> {
         let name = normalize_name(table);
         match self.catalog.table(&name) {
-            Some(def) if def.watermark.is_none() && !is_bounded(def) => plan_err(format!(
+            Some(def) if def.watermark.is_none() && !def.capabilities.bounded => plan_err(format!(
                 "{kind} over table '{name}': it has no WATERMARK, so its windows would never close; \
                  declare one in its CREATE TABLE: WATERMARK FOR {ts} AS {ts} - INTERVAL '5' SECOND"
             )),
@@ -301,15 +301,6 @@ fn descriptor_column(kind: &str, arg: Option<&Expr>) -> Result<Ident> {
     }
 }
 
-/// Whether a table's input ends: files, and generators given a number of rows.
-/// (To become a connector capability, as DESIGN.md plans.)
-fn is_bounded(table: &TableDef) -> bool {
-    match table.connector.to_ascii_lowercase().as_str() {
-        "file" => true,
-        "generator" => table.options.contains_key("rows"),
-        _ => false,
-    }
-}
 
 fn parse_query(sql: &str) -> Result<Box<Query>> {
     let statement = Parser::new(&SluiceDialect).try_with_sql(sql)?.parse_statement()?;

@@ -106,6 +106,10 @@ impl Connector for FileConnector {
         "file"
     }
 
+    fn capabilities(&self, _table: &TableSpec) -> crate::registry::Capabilities {
+        crate::registry::Capabilities { bounded: true, ..Default::default() }
+    }
+
     fn validate(&self, table: &TableSpec) -> Result<()> {
         FileConfig::from_table(table).map(|_| ())
     }

@@ -107,6 +107,11 @@ impl Connector for GeneratorConnector {
         "generator"
     }
 
+    /// Bounded when given a number of rows.
+    fn capabilities(&self, table: &TableSpec) -> crate::registry::Capabilities {
+        crate::registry::Capabilities { bounded: table.options.contains_key("rows"), ..Default::default() }
+    }
+
     fn validate(&self, table: &TableSpec) -> Result<()> {
         GeneratorConfig::from_table(table)?;
         Conformer::try_new(&table.name, &clickstream_schema(), &table.schema)?;

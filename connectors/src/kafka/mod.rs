@@ -201,6 +201,10 @@ impl Connector for KafkaConnector {
         "kafka"
     }
 
+    fn capabilities(&self, _table: &TableSpec) -> crate::registry::Capabilities {
+        crate::registry::Capabilities { bounded: false, upsert: true, metadata_columns: true }
+    }
+
     fn validate(&self, table: &TableSpec) -> Result<()> {
         metadata::check(&table.name, &table.schema)?;
         KafkaConfig::from_table(table).map(|_| ())
