@@ -41,8 +41,8 @@ impl FeedHandle {
 }
 
 /// How a batch queued into a feed becomes a batch of the feed's output: projected,
-/// and stripped of the schema metadata a source tagged it with (the Kafka source
-/// carries its splits there for the watermark assigner; they are not the plan's).
+/// and stripped of schema metadata the plan does not declare (a Parquet file's
+/// own metadata, say), so it has exactly the plan's schema.
 #[derive(Clone, Debug)]
 pub struct FeedShape {
     projection: Option<Vec<usize>>,

@@ -115,6 +115,8 @@ impl WatermarkMerger {
 #[derive(Debug)]
 pub enum InboxEvent {
     Batch { input: usize, batch: datafusion::arrow::record_batch::RecordBatch },
+    /// Rows of one split of a source's lane (see [`crate::source::SplitTag`]).
+    SplitBatch { tag: crate::source::SplitTag, batch: datafusion::arrow::record_batch::RecordBatch },
     Watermark(Watermark),
     /// The watermark of one logical input advanced (grouped inboxes only; the
     /// merged [`InboxEvent::Watermark`] follows when it advances too).
@@ -250,7 +252,8 @@ impl Inbox {
     pub async fn next(&mut self) -> Option<Message> {
         loop {
             match self.next_event().await? {
-                InboxEvent::Batch { batch, .. } => return Some(Message::Batch(batch)),
+                // Past the first step, the split a batch came from no longer matters.
+                InboxEvent::Batch { batch, .. } | InboxEvent::SplitBatch { batch, .. } => return Some(Message::Batch(batch)),
                 InboxEvent::Watermark(wm) => return Some(Message::Watermark(wm)),
                 InboxEvent::Barrier(b) => return Some(Message::Barrier(b)),
                 InboxEvent::InputEnded(_) | InboxEvent::InputWatermark(..) => {}
@@ -268,6 +271,7 @@ impl Inbox {
             let (i, msg) = self.rx.recv().await?;
             match msg {
                 Message::Batch(batch) => return Some(InboxEvent::Batch { input: self.group_of(i), batch }),
+                Message::SplitBatch(tag, batch) => return Some(InboxEvent::SplitBatch { tag, batch }),
                 Message::Watermark(wm) => {
                     self.input_progress(i, Some(wm));
                     let merged = self.merger.update(i, wm);

@@ -31,4 +31,4 @@ pub use operator::{Emitter, Operator};
 pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, Stage};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;
-pub use source::{Source, SourceEvent, SourceLag};
+pub use source::{Source, SourceEvent, SourceLag, SplitTag};

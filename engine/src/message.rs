@@ -49,6 +49,9 @@ pub struct Barrier {
 #[derive(Debug, Clone)]
 pub enum Message {
     Batch(RecordBatch),
+    /// Rows of one split of a source's lane, on their way from the source to
+    /// the watermark assigner (anywhere else they are plain batches).
+    SplitBatch(crate::source::SplitTag, RecordBatch),
     Watermark(Watermark),
     Barrier(Barrier),
     EndOfStream,

@@ -55,6 +55,11 @@ pub trait Operator: Send {
     async fn on_batch_from(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         self.on_batch(batch, out).await
     }
+    /// Rows of one split of a source's lane; operators that track splits (the
+    /// watermark assigner) override it, the rest see a plain batch.
+    async fn on_split_batch(&mut self, _split: crate::source::SplitTag, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.on_batch(batch, out).await
+    }
     async fn on_input_end(&mut self, _input: usize, _out: &mut Emitter) -> Result<()> {
         Ok(())
     }

@@ -319,6 +319,13 @@ struct SourceLane {
 }
 
 impl SourceLane {
+    /// Counts `rows` just read, `total` so far.
+    fn read(&self, source: &dyn Source, rows: usize, total: u64) {
+        self.metrics.add_rows_in(rows);
+        let progress = SourceProgress { rows_read: total, lag: source.lag(), bad_records: source.bad_records() };
+        self.metrics.set_source_progress(self.slot, progress);
+    }
+
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<()> {
         let mut rows_read = 0u64;
         // Why the source failed, once it has: the query then stops gracefully
@@ -357,10 +364,14 @@ impl SourceLane {
             };
             match event {
                 SourceEvent::Batch(batch) => {
-                    self.metrics.add_rows_in(batch.num_rows());
                     rows_read += batch.num_rows() as u64;
-                    self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag(), bad_records: source.bad_records() });
+                    self.read(&*source, batch.num_rows(), rows_read);
                     self.out.send(Message::Batch(batch)).await?;
+                }
+                SourceEvent::SplitBatch(tag, batch) => {
+                    rows_read += batch.num_rows() as u64;
+                    self.read(&*source, batch.num_rows(), rows_read);
+                    self.out.send(Message::SplitBatch(tag, batch)).await?;
                 }
                 SourceEvent::Idle => self.out.send(Message::Watermark(Watermark::Idle)).await?,
                 SourceEvent::End => break false,
@@ -507,6 +518,7 @@ async fn operate(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memor
                 continue;
             }
             InboxEvent::Batch { input, batch } => op.on_batch_from(input, batch, &mut emitter).await?,
+            InboxEvent::SplitBatch { tag, batch } => op.on_split_batch(tag, batch, &mut emitter).await?,
             InboxEvent::Watermark(wm) => {
                 if let Some(fwd) = op.on_watermark(wm, &mut emitter).await? {
                     emitter.emit_watermark(fwd);
@@ -531,7 +543,7 @@ async fn operate(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memor
 async fn run_exchange(mut inbox: Inbox, partitioner: Arc<KeyPartitioner>, outs: Vec<Outbox>) -> Result<()> {
     while let Some(msg) = inbox.next().await {
         match msg {
-            Message::Batch(b) => {
+            Message::Batch(b) | Message::SplitBatch(_, b) => {
                 for (lane, part) in partitioner.partition(&b)? {
                     outs[lane].send(Message::Batch(part)).await?;
                 }
@@ -574,7 +586,7 @@ async fn run_sink(
 ) -> Result<()> {
     while let Some(msg) = inbox.next().await {
         match msg {
-            Message::Batch(b) => {
+            Message::Batch(b) | Message::SplitBatch(_, b) => {
                 metrics.add_rows_out(b.num_rows());
                 sink.write_batch(b).await?;
             }

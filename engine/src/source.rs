@@ -1,5 +1,8 @@
 //! The contract of a source: where a pipeline's rows come from.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -15,10 +18,29 @@ pub enum SourceLag {
     Bytes(u64),
 }
 
+/// Which split of its lane a batch's rows come from, for a source that reads
+/// several splits in one lane (a Kafka consumer assigned several partitions).
+/// The watermark of such a lane is the minimum over its splits, so a split
+/// read ahead of another does not make the other's rows late; a split without
+/// rows for `idle_after` stops holding the others back, as in Flink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitTag {
+    /// The split the rows come from.
+    pub split: String,
+    /// Every split the lane reads.
+    pub splits: Arc<[String]>,
+    /// How long a split may go without rows before it no longer holds the
+    /// lane's watermark back; `None`: judge no split idle on this batch (the
+    /// source knows its splits were cut off, not quiet).
+    pub idle_after: Option<Duration>,
+}
+
 /// What a source has for the runtime.
 #[derive(Debug)]
 pub enum SourceEvent {
     Batch(RecordBatch),
+    /// Rows of one split of the lane.
+    SplitBatch(SplitTag, RecordBatch),
     /// Nothing arrived for a while: event time must not wait for this source.
     Idle,
     /// A bounded input is exhausted.

@@ -19,8 +19,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_engine::operators::watermark_assigner::{SPLITS_KEY, SPLIT_IDLE_MS_KEY, SPLIT_KEY};
-use sluice_engine::{EngineError, Source, SourceEvent};
+use sluice_engine::{EngineError, Source, SourceEvent, SplitTag};
 
 use super::avro;
 use super::decode::RecordDecoder;
@@ -54,6 +53,8 @@ struct Upsert {
 /// A batch ready to return, and the positions it takes its partitions to.
 struct Ready {
     batch: RecordBatch,
+    /// The partition the rows come from, when the lane reads several.
+    split: Option<SplitTag>,
     positions: Vec<(i32, i64)>,
 }
 
@@ -235,25 +236,18 @@ impl KafkaSource {
             .map_err(|e| EngineError::connector("kafka", format!("tombstones: {e}")))
     }
 
-    /// `batch` tagged with its partition and the lane's partitions, so event
-    /// time is tracked per partition (see the watermark assigner). Without
-    /// `idle_after`, the assigner judges no partition idle on this batch.
-    fn tagged(&self, partition: i32, batch: &RecordBatch, idle_after: bool) -> sluice_engine::Result<RecordBatch> {
-        let all = self.partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
-        let mut metadata: std::collections::HashMap<String, String> =
-            [(SPLIT_KEY.to_string(), partition.to_string()), (SPLITS_KEY.to_string(), all)].into_iter().collect();
-        if idle_after {
-            metadata.insert(SPLIT_IDLE_MS_KEY.to_string(), self.cfg.idle_timeout.as_millis().to_string());
+    /// The tag of a batch of `partition`'s rows, so event time is tracked per
+    /// partition (see the watermark assigner). Without `idle_after`, the
+    /// assigner judges no partition idle on this batch.
+    fn split_tag(&self, partition: i32, idle_after: bool) -> SplitTag {
+        SplitTag {
+            split: partition.to_string(),
+            splits: self.partitions.iter().map(|p| p.to_string()).collect(),
+            idle_after: idle_after.then_some(self.cfg.idle_timeout),
         }
-        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(batch.schema().fields().clone(), metadata));
-        Ok(RecordBatch::try_new_with_options(
-            schema,
-            batch.columns().to_vec(),
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-        )?)
     }
 
-    /// One batch per partition (`partitions` gives each row's), tagged.
+    /// One batch per partition (`partitions` gives each row's).
     fn split_by_partition(&self, batch: &RecordBatch, partitions: &[i32]) -> sluice_engine::Result<Vec<(i32, RecordBatch)>> {
         let mut rows: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
         for (i, p) in partitions.iter().enumerate() {
@@ -265,7 +259,7 @@ impl KafkaSource {
                     true => batch.clone(),
                     false => arrow::compute::take_record_batch(batch, &UInt32Array::from(indices))?,
                 };
-                Ok((p, self.tagged(p, &part, true)?))
+                Ok((p, part))
             })
             .collect()
     }
@@ -281,8 +275,8 @@ impl KafkaSource {
         }
         let empty = RecordBatch::new_empty(self.output_schema());
         for p in self.partitions.clone().into_iter().rev() {
-            let batch = self.tagged(p, &empty, false)?;
-            self.pending.push_front(Ready { batch, positions: Vec::new() });
+            let split = Some(self.split_tag(p, false));
+            self.pending.push_front(Ready { batch: empty.clone(), split, positions: Vec::new() });
         }
         Ok(())
     }
@@ -292,7 +286,10 @@ impl KafkaSource {
         for (p, next) in ready.positions {
             self.positions.returned(p, next);
         }
-        SourceEvent::Batch(ready.batch)
+        match ready.split {
+            Some(tag) => SourceEvent::SplitBatch(tag, ready.batch),
+            None => SourceEvent::Batch(ready.batch),
+        }
     }
 
     /// Keeps one record read (or skips it: before the start timestamp, or a
@@ -469,19 +466,24 @@ impl KafkaSource {
             row_records = order.into_iter().map(|(record, _)| record).collect();
         }
         if self.partitions.len() < 2 {
-            self.pending.push_back(Ready { batch, positions: upto.into_iter().collect() });
+            self.pending.push_back(Ready { batch, split: None, positions: upto.into_iter().collect() });
             return Ok(());
         }
         let partitions: Vec<i32> = row_records.iter().map(|i| records[*i].partition).collect();
         let first = self.pending.len();
         for (p, part) in self.split_by_partition(&batch, &partitions)? {
             let positions = upto.remove(&p).map(|next| (p, next)).into_iter().collect();
-            self.pending.push_back(Ready { batch: part, positions });
+            let split = Some(self.split_tag(p, true));
+            self.pending.push_back(Ready { batch: part, split, positions });
         }
         // Partitions read without rows (records skipped or bad) move with the first batch.
         match self.pending.get_mut(first) {
             Some(ready) => ready.positions.extend(upto),
-            None => self.pending.push_back(Ready { batch: RecordBatch::new_empty(self.output_schema()), positions: upto.into_iter().collect() }),
+            None => self.pending.push_back(Ready {
+                batch: RecordBatch::new_empty(self.output_schema()),
+                split: None,
+                positions: upto.into_iter().collect(),
+            }),
         }
         Ok(())
     }
@@ -559,7 +561,7 @@ impl Source for KafkaSource {
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
         loop {
             match self.next_event().await? {
-                SourceEvent::Batch(b) => return Ok(Some(b)),
+                SourceEvent::Batch(b) | SourceEvent::SplitBatch(_, b) => return Ok(Some(b)),
                 SourceEvent::Idle => continue,
                 SourceEvent::End => return Ok(None),
             }

@@ -216,8 +216,8 @@ mod tests {
         ]))
     }
 
-    /// Rows `(a, b, unused)`; the batch carries `metadata` in its schema, as the
-    /// Kafka source tags its batches.
+    /// Rows `(a, b, unused)`; the batch carries `metadata` in its schema, as a
+    /// Parquet file's batches may.
     fn batch(a: Vec<Option<i64>>, metadata: &[(&str, &str)]) -> Result<RecordBatch> {
         let n = a.len();
         let b: Vec<Option<String>> = a.iter().map(|v| v.map(|v| format!("b{v}"))).collect();

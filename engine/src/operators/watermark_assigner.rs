@@ -1,15 +1,15 @@
 //! Turns a source's rows into watermarks: `WATERMARK FOR ts AS <expr>`.
 //!
 //! A source that reads several splits in one lane (a Kafka consumer assigned
-//! several partitions) tags each batch with its split and the lane's splits
-//! (schema metadata [`SPLIT_KEY`], [`SPLITS_KEY`], [`SPLIT_IDLE_MS_KEY`]). The
-//! watermark is then the minimum over the splits, so a partition read ahead of
-//! another does not make the other's rows late; a split without rows for the
-//! idle time stops holding the others back, as in Flink.
+//! several partitions) sends each batch with a [`SplitTag`]: its split, the
+//! lane's splits and their idle time. The watermark is then the minimum over
+//! the splits, so a partition read ahead of another does not make the other's
+//! rows late; a split without rows for the idle time stops holding the others
+//! back, as in Flink.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -18,6 +18,7 @@ use datafusion::physical_plan::PhysicalExpr;
 use crate::error::Result;
 use crate::message::Watermark;
 use crate::operator::{Emitter, Operator};
+use crate::source::SplitTag;
 use crate::time::as_epoch_nanos;
 
 /// Evaluates the watermark expression on every batch and emits the running maximum
@@ -35,12 +36,6 @@ pub struct WatermarkAssigner {
     alignment: Option<crate::alignment::AlignmentMember>,
 }
 
-/// Schema-metadata key: the split a batch's rows come from.
-pub const SPLIT_KEY: &str = "sluice.split";
-/// Schema-metadata key: every split of the lane, comma-separated.
-pub const SPLITS_KEY: &str = "sluice.splits";
-/// Schema-metadata key: after how many milliseconds without rows a split is idle.
-pub const SPLIT_IDLE_MS_KEY: &str = "sluice.split-idle-ms";
 
 struct SplitState {
     max: Option<i64>,
@@ -68,24 +63,20 @@ impl WatermarkAssigner {
 
     /// Records a split's batch; the lane's candidate is the minimum over its
     /// active splits (`None` while an active split has had no rows yet).
-    fn split_candidate(&mut self, batch: &RecordBatch, split: String, max: Option<i64>) -> Option<i64> {
-        let schema = batch.schema();
-        let metadata = schema.metadata();
+    fn split_candidate(&mut self, tag: SplitTag, max: Option<i64>) -> Option<i64> {
         let now = Instant::now();
         // The lane's splits are learnt from the first batch of each new split.
-        if !self.splits.contains_key(&split) {
-            if let Some(all) = metadata.get(SPLITS_KEY) {
-                for s in all.split(',').filter(|s| !s.is_empty()) {
-                    self.splits.entry(s.to_string()).or_insert(SplitState { max: None, seen: now });
-                }
+        if !self.splits.contains_key(&tag.split) {
+            for s in tag.splits.iter() {
+                self.splits.entry(s.clone()).or_insert(SplitState { max: None, seen: now });
             }
         }
-        let state = self.splits.entry(split).or_insert(SplitState { max: None, seen: now });
+        let state = self.splits.entry(tag.split).or_insert(SplitState { max: None, seen: now });
         state.seen = now;
         if let Some(m) = max {
             state.max = Some(state.max.map_or(m, |c| c.max(m)));
         }
-        let idle = metadata.get(SPLIT_IDLE_MS_KEY).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+        let idle = tag.idle_after;
         let mut candidate: Option<i64> = None;
         for s in self.splits.values() {
             if idle.is_some_and(|d| now.duration_since(s.seen) > d) {
@@ -96,6 +87,37 @@ impl WatermarkAssigner {
         }
         candidate
     }
+
+    /// A batch of the source, of one split of the lane if `split` says so.
+    async fn on_rows(&mut self, split: Option<SplitTag>, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        if let Some(a) = &self.alignment {
+            if self.idle {
+                a.set_active(true);
+            }
+            // Ahead of the slowest source by more than the drift: wait for it
+            // (this holds the source back too).
+            a.wait_aligned().await;
+        }
+        let values = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let nanos = as_epoch_nanos(&values)?;
+        let mut max = datafusion::arrow::compute::max(&nanos);
+        if let Some(split) = split {
+            max = self.split_candidate(split, max);
+        }
+        out.emit(batch);
+        match max.and_then(|m| self.advance(m)) {
+            Some(wm) => out.emit_watermark(wm),
+            None if self.idle => {
+                if let Some(current) = self.current {
+                    out.emit_watermark(Watermark::EventTime(current));
+                }
+            }
+            None => {}
+        }
+        self.idle = false;
+        Ok(())
+    }
+
 
     fn advance(&mut self, candidate: i64) -> Option<Watermark> {
         if self.current.is_none_or(|c| candidate > c) {
@@ -135,42 +157,11 @@ impl Operator for WatermarkAssigner {
     }
 
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
-        if let Some(a) = &self.alignment {
-            if self.idle {
-                a.set_active(true);
-            }
-            // Ahead of the slowest source by more than the drift: wait for it
-            // (this holds the source back too).
-            a.wait_aligned().await;
-        }
-        let values = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let nanos = as_epoch_nanos(&values)?;
-        let mut max = datafusion::arrow::compute::max(&nanos);
-        let batch = match batch.schema().metadata().get(SPLIT_KEY).cloned() {
-            None => batch,
-            Some(split) => {
-                max = self.split_candidate(&batch, split, max);
-                // Downstream plans expect the table's schema as declared.
-                let plain = Arc::new(datafusion::arrow::datatypes::Schema::new(batch.schema().fields().clone()));
-                RecordBatch::try_new_with_options(
-                    plain,
-                    batch.columns().to_vec(),
-                    &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-                )?
-            }
-        };
-        out.emit(batch);
-        match max.and_then(|m| self.advance(m)) {
-            Some(wm) => out.emit_watermark(wm),
-            None if self.idle => {
-                if let Some(current) = self.current {
-                    out.emit_watermark(Watermark::EventTime(current));
-                }
-            }
-            None => {}
-        }
-        self.idle = false;
-        Ok(())
+        self.on_rows(None, batch, out).await
+    }
+
+    async fn on_split_batch(&mut self, split: SplitTag, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        self.on_rows(Some(split), batch, out).await
     }
 
     async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
