@@ -27,7 +27,7 @@ pub mod time;
 
 pub use error::{EngineError, Result};
 pub use message::{Barrier, BarrierKind, Message, Watermark};
-pub use operator::{Emitter, Operator};
+pub use operator::{Emitter, Operator, StateBound};
 pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, Stage};
 pub use runtime::{Job, JobHandle};
 pub use sink::Sink;

@@ -33,6 +33,21 @@ impl Emitter {
     }
 }
 
+/// What keeps an operator's state from growing for as long as a query runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateBound {
+    /// It keeps nothing between batches.
+    Stateless,
+    /// The watermark frees it (windows, time-bounded joins).
+    Watermark,
+    /// Entries expire a while after their last update (`table.exec.state.ttl`).
+    Ttl,
+    /// A bounded input: a lookup join's table, read whole.
+    BoundedInput,
+    /// Nothing: it grows with the keys (or rows) it has seen.
+    Unbounded,
+}
+
 /// One step of a pipeline.
 ///
 /// Batches and watermarks arrive in channel order. `on_watermark` returns the
@@ -50,6 +65,10 @@ pub trait Operator: Send {
     /// A one-line description for EXPLAIN, including what bounds its state.
     fn describe(&self) -> String {
         self.name().to_string()
+    }
+    /// What bounds its state; the planner warns about [`StateBound::Unbounded`].
+    fn state_bound(&self) -> StateBound {
+        StateBound::Stateless
     }
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()>;
     async fn on_batch_from(&mut self, _input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {

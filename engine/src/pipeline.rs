@@ -13,7 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::PhysicalExpr;
 
 use crate::metrics::JobMetrics;
-use crate::operator::Operator;
+use crate::operator::{Operator, StateBound};
 use crate::sink::Sink;
 use crate::source::Source;
 
@@ -136,7 +136,29 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// The descriptions of the operators (one lane's) whose state nothing bounds.
+    fn unbounded_into(&self, found: &mut Vec<String>) {
+        if let FlowInput::Join(join) = &self.input {
+            join.left.unbounded_into(found);
+            join.right.unbounded_into(found);
+            found.extend(join.lanes.first().filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
+        }
+        for stage in &self.stages {
+            let ops = stage.lanes.first().into_iter().flatten();
+            found.extend(ops.filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
+        }
+    }
+}
+
 impl Pipeline {
+    /// The operators whose state nothing bounds, as EXPLAIN describes them.
+    pub fn unbounded_operators(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        self.flow.unbounded_into(&mut found);
+        found
+    }
+
     /// One line per step, inputs first, for EXPLAIN.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();

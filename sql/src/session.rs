@@ -630,13 +630,12 @@ impl Session {
 }
 
 /// Warnings for a query about to start: each step whose state nothing bounds
-/// (EXPLAIN marks it UNBOUNDED) grows for as long as the query runs.
+/// grows for as long as the query runs.
 fn start_warnings(pipeline: &Pipeline) -> Vec<String> {
     pipeline
-        .describe()
+        .unbounded_operators()
         .iter()
-        .filter(|line| line.contains("UNBOUNDED"))
-        .map(|line| format!("this query's state grows without limit: {}", line.trim()))
+        .map(|op| format!("this query's state grows without limit: {}", op.trim()))
         .collect()
 }
 

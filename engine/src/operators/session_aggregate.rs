@@ -182,6 +182,10 @@ impl Operator for SessionAggregate {
         "session aggregate"
     }
 
+    fn state_bound(&self) -> crate::operator::StateBound {
+        crate::operator::StateBound::Watermark
+    }
+
     fn describe(&self) -> String {
         format!(
             "session aggregate: gap {}s, {}; state bounded by watermark (a session is freed when the watermark passes its end)",

@@ -148,6 +148,13 @@ impl Operator for UpdatingAggregate {
         "updating aggregate"
     }
 
+    fn state_bound(&self) -> crate::operator::StateBound {
+        match self.ttl {
+            Some(_) => crate::operator::StateBound::Ttl,
+            None => crate::operator::StateBound::Unbounded,
+        }
+    }
+
     fn describe(&self) -> String {
         let bound = match self.ttl {
             Some(ttl) => format!("state: groups expire {} after their last update (TTL)", humantime(ttl)),

@@ -93,6 +93,10 @@ impl Operator for WindowAggregate {
         "window aggregate"
     }
 
+    fn state_bound(&self) -> crate::operator::StateBound {
+        crate::operator::StateBound::Watermark
+    }
+
     fn describe(&self) -> String {
         format!(
             "window aggregate: {}; state bounded by watermark (a window is freed when the watermark passes window_end)",

@@ -269,6 +269,16 @@ impl Operator for StreamJoin {
         self.description.clone()
     }
 
+    fn state_bound(&self) -> crate::operator::StateBound {
+        use crate::operator::StateBound;
+        match self.mode {
+            JoinMode::TimeBounded(_) => StateBound::Watermark,
+            JoinMode::Regular { ttl: Some(_) } => StateBound::Ttl,
+            JoinMode::Regular { ttl: None } => StateBound::Unbounded,
+            JoinMode::Lookup { .. } => StateBound::BoundedInput,
+        }
+    }
+
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         self.arrive(0, batch, out).await
     }

@@ -253,6 +253,10 @@ impl Operator for TemporalJoin {
         "temporal join"
     }
 
+    fn state_bound(&self) -> crate::operator::StateBound {
+        crate::operator::StateBound::Watermark
+    }
+
     fn describe(&self) -> String {
         self.description.clone()
     }
