@@ -43,6 +43,14 @@ fn start(state_dir: &std::path::Path) -> Result<Server, Box<dyn std::error::Erro
     Ok(Server { _child: KillOnDrop(child), base: format!("http://{addr}") })
 }
 
+/// A server on `state_dir` with the `clicks` table created, its base URL and a client.
+async fn start_with_clicks(state_dir: &std::path::Path) -> Result<(Server, String, Client), Box<dyn std::error::Error>> {
+    let server = start(state_dir)?;
+    let (b, c) = (server.base.clone(), Client::new());
+    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    Ok((server, b, c))
+}
+
 async fn call(client: &Client, token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> Result<(StatusCode, Value), Box<dyn std::error::Error>> {
     let mut req = client.request(method.parse()?, url);
     if let Some(t) = token {
@@ -139,9 +147,7 @@ async fn auth_roles_and_bad_requests() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_stream_stop_and_resume_after_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (server, b, c) = start_with_clicks(dir.path()).await?;
     let (status, q) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/queries"), Some(json!({"sql": COUNTS, "name": "counts"}))).await?;
     assert_eq!(status, StatusCode::CREATED, "{q}");
     assert_eq!(q["state"], "RUNNING");
@@ -337,9 +343,7 @@ async fn deep_queries_are_refused_and_the_server_lives() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_reach_rest_queries_and_survive_a_restart() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (server, b, c) = start_with_clicks(dir.path()).await?;
     // The server's settings: SET on the statements endpoint (an admin's change).
     let set = |sql: &str| json!({ "sql": sql });
     let (status, _) = call(&c, Some(EDITOR), "POST", &format!("{b}/api/v1/statements"), Some(set("SET parallelism = 1"))).await?;
@@ -430,9 +434,7 @@ const FAILS: &str = "SELECT char_length(event_type) / (char_length(event_type) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_and_failed_queries_stay_listed_and_streams_end_with_the_error() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (server, b, c) = start_with_clicks(dir.path()).await?;
     let stopped = submit(&c, &b, json!({ "sql": COUNTS, "name": "stopped" })).await?;
     let failed = submit(&c, &b, json!({ "sql": FAILS, "name": "failed" })).await?;
     let running = submit(&c, &b, json!({ "sql": COUNTS, "name": "running" })).await?;
@@ -472,9 +474,7 @@ async fn stopped_and_failed_queries_stay_listed_and_streams_end_with_the_error()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preview_query_ends_with_its_last_reader() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (server, b, c) = start_with_clicks(dir.path()).await?;
     let select = "SELECT event_type FROM clicks";
     let preview = submit(&c, &b, json!({ "sql": select, "preview": true })).await?;
     let kept = submit(&c, &b, json!({ "sql": select })).await?;
@@ -513,9 +513,7 @@ async fn a_preview_query_ends_with_its_last_reader() -> TestResult {
 async fn stops_flush_the_sink_and_metrics_are_per_query() -> TestResult {
     let dir = tempfile::tempdir()?;
     let out = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (_server, b, c) = start_with_clicks(dir.path()).await?;
     let path = out.path().join("events.jsonl");
     let sink = format!(
         "CREATE TABLE landed (event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'file', path = '{}', format = 'json')",
@@ -592,9 +590,7 @@ async fn sigterm_stops_queries_gracefully_and_they_resume() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_select_from_a_remote_shell_ends_when_the_shell_goes() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let server = start(dir.path())?;
-    let (b, c) = (server.base.clone(), Client::new());
-    call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": CLICKS }))).await?;
+    let (_server, b, c) = start_with_clicks(dir.path()).await?;
     let home = tempfile::tempdir()?;
     let mut shell = Command::new(SLUICE)
         .args(["shell", "--server", &b])
