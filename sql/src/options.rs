@@ -166,7 +166,7 @@ fn format_bytes(bytes: u64) -> String {
     const UNITS: [(u64, &str); 4] = [(1 << 40, "TB"), (1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB")];
     UNITS
         .iter()
-        .find(|(scale, _)| bytes % scale == 0)
+        .find(|(scale, _)| bytes.is_multiple_of(*scale))
         .map_or_else(|| bytes.to_string(), |(scale, unit)| format!("{} {unit}", bytes / scale))
 }
 
