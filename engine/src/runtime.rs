@@ -584,6 +584,7 @@ async fn run_sink(
     metrics: Arc<JobMetrics>,
     completed: mpsc::UnboundedSender<u64>,
 ) -> Result<()> {
+    let mut deferred = None;
     while let Some(msg) = inbox.next().await {
         match msg {
             Message::Batch(b) | Message::SplitBatch(_, b) => {
@@ -598,10 +599,20 @@ async fn run_sink(
             }
             Message::Barrier(barrier) => {
                 sink.on_barrier(barrier).await?;
-                let _ = completed.send(barrier.id);
+                if sink.durable_at_barriers() {
+                    let _ = completed.send(barrier.id);
+                } else {
+                    // Complete only once the sink has finished (see below).
+                    deferred = Some(barrier.id);
+                }
             }
             Message::EndOfStream => {
                 sink.finish().await?;
+                // A sink durable only at its end makes the last barrier's
+                // positions (a stop's) committable now.
+                if let Some(id) = deferred {
+                    let _ = completed.send(id);
+                }
                 let _ = completed.send(FINAL_CHECKPOINT);
                 return Ok(());
             }

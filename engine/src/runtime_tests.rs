@@ -77,6 +77,28 @@ struct SinkLog {
 
 struct RecordingSink(Arc<Mutex<SinkLog>>);
 
+/// A sink whose output is durable only once it has finished.
+struct AtTheEndSink(RecordingSink);
+
+#[async_trait]
+impl Sink for AtTheEndSink {
+    fn describe(&self) -> String {
+        "at the end".into()
+    }
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        self.0.write_batch(batch).await
+    }
+    async fn on_barrier(&mut self, barrier: Barrier) -> Result<()> {
+        self.0.on_barrier(barrier).await
+    }
+    fn durable_at_barriers(&self) -> bool {
+        false
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.0.finish().await
+    }
+}
+
 #[async_trait]
 impl Sink for RecordingSink {
     fn describe(&self) -> String {
@@ -280,5 +302,30 @@ async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() 
     let sink = sink.lock().unwrap();
     assert!(sink.finished, "the sink made what it got durable");
     assert!(sink.rows >= 3, "the failing lane's rows reached the sink: {}", sink.rows);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_durable_only_at_its_end_lets_sources_commit_only_then() -> Result<()> {
+    let sink: Arc<Mutex<SinkLog>> = Arc::default();
+    let log = Arc::new(Mutex::new(SourceLog::default()));
+    let pipeline = Pipeline {
+        flow: Flow {
+            input: FlowInput::Sources(vec![Box::new(CountingSource { returned: 0, limit: None, log: Arc::clone(&log), commits: true })]),
+            stages: Vec::new(),
+        },
+        sink: Box::new(AtTheEndSink(RecordingSink(Arc::clone(&sink)))),
+        output_schema: schema(),
+        metrics: JobMetrics::new(),
+        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(10)), ..Default::default() },
+    };
+    let mut job = Job::start(pipeline);
+    let seen = Arc::clone(&sink);
+    until("a periodic barrier at the sink", || !seen.lock().unwrap().barriers.is_empty()).await;
+    job.stop().await?;
+    let log = log.lock().unwrap();
+    // Not the periodic checkpoint's position: only the stop's, once the sink finished.
+    assert_eq!(log.committed.len(), 1, "{log:?}");
+    assert_eq!(log.committed[0], sink.lock().unwrap().rows);
     Ok(())
 }

@@ -30,6 +30,13 @@ pub trait Sink: Send {
     async fn on_barrier(&mut self, _barrier: Barrier) -> Result<()> {
         Ok(())
     }
+    /// Whether `on_barrier` makes the output durable at every barrier. A sink
+    /// that can only do so at the end (one Parquet file, written whole) says
+    /// no: its checkpoints then complete only once it has finished, so sources
+    /// commit nothing before the query stops or ends.
+    fn durable_at_barriers(&self) -> bool {
+        true
+    }
     async fn finish(&mut self) -> Result<()>;
 }
 

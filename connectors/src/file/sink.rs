@@ -91,6 +91,11 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    /// A Parquet file is durable only once written whole, when the query ends.
+    fn durable_at_barriers(&self) -> bool {
+        !matches!(self.writer, Some(Writer::Parquet { .. }))
+    }
+
     async fn on_barrier(&mut self, _barrier: Barrier) -> sluice_engine::Result<()> {
         let path = &self.path;
         let file = match &mut self.writer {
