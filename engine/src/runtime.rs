@@ -166,6 +166,7 @@ impl Builder {
                         metrics: Arc::clone(&self.metrics),
                         commands,
                         control: self.control.clone(),
+                        rows_read: 0,
                     };
                     self.tasks.spawn(lane.run(source));
                     inbox
@@ -316,18 +317,20 @@ struct SourceLane {
     commands: mpsc::UnboundedReceiver<SourceCommand>,
     /// To stop the whole query when this source fails.
     control: mpsc::UnboundedSender<Control>,
+    /// Rows the source has returned so far.
+    rows_read: u64,
 }
 
 impl SourceLane {
-    /// Counts `rows` just read, `total` so far.
-    fn read(&self, source: &dyn Source, rows: usize, total: u64) {
+    /// Counts `rows` just read and reports the source's progress.
+    fn read(&mut self, source: &dyn Source, rows: usize) {
         self.metrics.add_rows_in(rows);
-        let progress = SourceProgress { rows_read: total, lag: source.lag(), bad_records: source.bad_records() };
+        self.rows_read += rows as u64;
+        let progress = SourceProgress { rows_read: self.rows_read, lag: source.lag(), bad_records: source.bad_records() };
         self.metrics.set_source_progress(self.slot, progress);
     }
 
     async fn run(mut self, mut source: Box<dyn Source>) -> Result<()> {
-        let mut rows_read = 0u64;
         // Why the source failed, once it has: the query then stops gracefully
         // (what was read before the failure still reaches the sink) and ends
         // with this error.
@@ -364,20 +367,19 @@ impl SourceLane {
             };
             match event {
                 SourceEvent::Batch(batch) => {
-                    rows_read += batch.num_rows() as u64;
-                    self.read(&*source, batch.num_rows(), rows_read);
+                    self.read(&*source, batch.num_rows());
                     self.out.send(Message::Batch(batch)).await?;
                 }
                 SourceEvent::SplitBatch(tag, batch) => {
-                    rows_read += batch.num_rows() as u64;
-                    self.read(&*source, batch.num_rows(), rows_read);
+                    self.read(&*source, batch.num_rows());
                     self.out.send(Message::SplitBatch(tag, batch)).await?;
                 }
                 SourceEvent::Idle => self.out.send(Message::Watermark(Watermark::Idle)).await?,
                 SourceEvent::End => break false,
             }
         };
-        self.metrics.set_source_progress(self.slot, SourceProgress { rows_read, lag: source.lag(), bad_records: source.bad_records() });
+        // The lag and bad-record count as the source ends.
+        self.read(&*source, 0);
         if !stopped {
             // The end of a bounded input: every open window closes, and the
             // final position is committed once the sink has finished.

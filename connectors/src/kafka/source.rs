@@ -89,6 +89,8 @@ pub struct KafkaSource {
     /// Shared with the blocking calls (commits, probes) made off the runtime.
     consumer: Option<Arc<StreamConsumer>>,
     partitions: Vec<i32>,
+    /// The lane's partitions as the splits its batches are tagged with.
+    splits: Arc<[String]>,
     decoder: RecordDecoder,
     dead_letters: Option<FutureProducer>,
     /// Whether the table declares metadata columns (filled from each record).
@@ -183,6 +185,7 @@ impl KafkaSource {
             cfg,
             schema,
             consumer,
+            splits: partitions.iter().map(|p| p.to_string()).collect(),
             partitions,
             decoder,
             dead_letters,
@@ -242,7 +245,7 @@ impl KafkaSource {
     fn split_tag(&self, partition: i32, idle_after: bool) -> SplitTag {
         SplitTag {
             split: partition.to_string(),
-            splits: self.partitions.iter().map(|p| p.to_string()).collect(),
+            splits: Arc::clone(&self.splits),
             idle_after: idle_after.then_some(self.cfg.idle_timeout),
         }
     }
