@@ -97,16 +97,12 @@ impl Sink for FileSink {
     }
 
     async fn on_barrier(&mut self, _barrier: Barrier) -> sluice_engine::Result<()> {
-        let path = &self.path;
-        let file = match &mut self.writer {
-            Some(Writer::Json(w)) => w.get_mut(),
-            Some(Writer::Csv { file, .. }) => file,
+        match &mut self.writer {
+            Some(Writer::Json(w)) => sync(w.get_mut(), &self.path),
+            Some(Writer::Csv { file, .. }) => sync(file, &self.path),
             // Written whole at the end (see the module docs).
-            Some(Writer::Parquet { .. }) | None => return Ok(()),
-        };
-        file.flush().map_err(|e| io_error(path, e))?;
-        file.get_ref().sync_data().map_err(|e| io_error(path, e))?;
-        Ok(())
+            Some(Writer::Parquet { .. }) | None => Ok(()),
+        }
     }
 
     async fn finish(&mut self) -> sluice_engine::Result<()> {
@@ -114,9 +110,9 @@ impl Sink for FileSink {
         match self.writer.take() {
             Some(Writer::Json(mut w)) => {
                 w.finish().map_err(|e| io_error(&path, e))?;
-                sync(w.into_inner(), &path)?;
+                sync(&mut w.into_inner(), &path)?;
             }
-            Some(Writer::Csv { file, .. }) => sync(file, &path)?,
+            Some(Writer::Csv { mut file, .. }) => sync(&mut file, &path)?,
             Some(Writer::Parquet { writer, staging }) => {
                 writer.close().map_err(|e| io_error(&path, e))?;
                 std::fs::rename(&staging, &path).map_err(|e| io_error(&path, e))?;
@@ -128,7 +124,7 @@ impl Sink for FileSink {
 }
 
 /// Flushes a written file and waits until its data is on disk.
-fn sync(mut file: BufWriter<File>, path: &std::path::Path) -> sluice_engine::Result<()> {
+fn sync(file: &mut BufWriter<File>, path: &std::path::Path) -> sluice_engine::Result<()> {
     file.flush().map_err(|e| io_error(path, e))?;
     file.get_ref().sync_data().map_err(|e| io_error(path, e))?;
     Ok(())

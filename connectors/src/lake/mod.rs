@@ -100,8 +100,8 @@ impl Connector for LakeConnector {
     }
 
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
-        let run = format!("{:x}-{:08x}", chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
-        self.sink_for_query(table, &run)
+        // No statement to name the files after: each sink is a query of its own.
+        self.sink_for_query(table, &sink::run_id())
     }
 
     fn sink_for_query(&self, table: &TableSpec, query_id: &str) -> Result<Box<dyn Sink>> {

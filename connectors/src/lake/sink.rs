@@ -175,6 +175,6 @@ impl Sink for LakeSink {
 
 /// A new run's id: its start time in milliseconds and a random part, so that two
 /// runs never share file names and names sort by run.
-fn run_id() -> String {
+pub(super) fn run_id() -> String {
     format!("{:011x}{:04x}", chrono::Utc::now().timestamp_millis().max(0), rand::random::<u16>())
 }
