@@ -60,8 +60,9 @@ impl QueryOptions {
         match key.trim().to_ascii_lowercase().as_str() {
             "parallelism" | "parallelism.default" | "table.exec.resource.default-parallelism" => {
                 self.parallelism = match value.trim().parse::<usize>() {
-                    Ok(n) if n >= 1 => n,
-                    _ => return Err(invalid("is not a positive whole number")),
+                    // Keys are spread over the key groups: more lanes would get none.
+                    Ok(n) if (1..=sluice_engine::key_group::KEY_GROUPS as usize).contains(&n) => n,
+                    _ => return Err(invalid("is not a positive whole number of at most 128 (the key groups a query's keys are spread over)")),
                 };
                 Ok(PARALLELISM)
             }
@@ -198,6 +199,8 @@ mod tests {
         let e = o.set("sluice.memory.limit", "lots").map(|_| ()).unwrap_err();
         assert!(e.to_string().contains("sluice.memory.limit") && e.to_string().contains("'lots'"), "{e}");
         assert!(o.set("parallelism", "0").is_err());
+        assert!(o.set("parallelism", "129").is_err(), "more lanes than key groups");
+        assert!(o.set("parallelism", "128").is_ok());
         assert!(matches!(o.set("nope", "1"), Err(SettingError::Unknown(_))));
         assert_eq!(parse_bytes("-1 GB"), None);
     }

@@ -78,7 +78,8 @@ pub struct Session {
 
 /// The default number of lanes: one per core.
 pub fn default_parallelism() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    cores.min(sluice_engine::key_group::KEY_GROUPS as usize)
 }
 
 impl Default for Session {
