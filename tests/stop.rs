@@ -15,19 +15,19 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const CLICKS: &str = "CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, price DOUBLE, ts TIMESTAMP(3), \
     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'generator', rate = '2000');";
 
-/// Runs `sql` with `sluice run`, interrupts it once `ready` holds, and returns
-/// what it printed (stdout and stderr together) once it has exited.
-fn run_and_interrupt(sql: &str, ready: impl Fn() -> bool) -> Result<String, Box<dyn std::error::Error>> {
+/// Runs `sql` with `sluice run`, interrupts it after `running` (rows in flight,
+/// files open), and returns the rows it reported written to `table` and all it
+/// printed (stdout and stderr together) once it has exited.
+fn run_and_interrupt(sql: &str, running: Duration, table: &str) -> Result<(u64, String), Box<dyn std::error::Error>> {
     let mut child = Command::new(SLUICE)
         .args(["run", "-c", sql])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        if Instant::now() > deadline || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            return Err("the query produced nothing to stop".into());
+    let started = Instant::now();
+    while started.elapsed() < running {
+        if child.try_wait()?.is_some() {
+            return Err("the query ended before it was interrupted".into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -48,7 +48,7 @@ fn run_and_interrupt(sql: &str, ready: impl Fn() -> bool) -> Result<String, Box<
     child.stdout.take().ok_or("stdout")?.read_to_string(&mut out)?;
     child.stderr.take().ok_or("stderr")?.read_to_string(&mut out)?;
     assert!(exit.success(), "a stop is not a failure: {out}");
-    Ok(out)
+    Ok((reported_rows(&out, table)?, out))
 }
 
 /// The count in "N row(s) written to 'T'".
@@ -90,9 +90,7 @@ fn interrupting_an_insert_into_the_lake_keeps_every_reported_row() -> TestResult
         lake.display()
     );
     // Stop while rows are in flight and files are open: a stop must complete them.
-    let started = Instant::now();
-    let output = run_and_interrupt(&sql, || started.elapsed() > Duration::from_secs(2))?;
-    let reported = reported_rows(&output, "lake")?;
+    let (reported, output) = run_and_interrupt(&sql, Duration::from_secs(2), "lake")?;
     assert!(reported > 0, "{output}");
     assert_eq!(pyarrow_rows(&lake)?, reported, "{output}");
     Ok(())
@@ -111,9 +109,7 @@ fn interrupting_a_windowed_insert_keeps_every_reported_window() -> TestResult {
         lake.display()
     );
     // Windows of 100 events close about every 50 ms: stop once many closed.
-    let started = Instant::now();
-    let output = run_and_interrupt(&sql, || started.elapsed() > Duration::from_secs(3))?;
-    let reported = reported_rows(&output, "lake")?;
+    let (reported, output) = run_and_interrupt(&sql, Duration::from_secs(3), "lake")?;
     assert!(reported > 0, "{output}");
     assert_eq!(pyarrow_rows(&lake)?, reported, "{output}");
     Ok(())
@@ -129,9 +125,7 @@ fn interrupting_an_insert_into_a_parquet_file_completes_the_file() -> TestResult
          INSERT INTO out SELECT user_id, price FROM clicks;",
         file.display()
     );
-    let started = Instant::now();
-    let output = run_and_interrupt(&sql, || started.elapsed() > Duration::from_secs(2))?;
-    let reported = reported_rows(&output, "out")?;
+    let (reported, output) = run_and_interrupt(&sql, Duration::from_secs(2), "out")?;
     assert!(reported > 0, "{output}");
     assert_eq!(pyarrow_rows(&file)?, reported, "{output}");
     Ok(())
@@ -160,10 +154,8 @@ fn a_restarted_query_adds_to_what_earlier_runs_wrote_and_overwrites_nothing() ->
     let mut lake_rows = 0;
     let mut file_rows = 0;
     for _run in 0..2 {
-        let started = Instant::now();
-        lake_rows += reported_rows(&run_and_interrupt(&lake_sql, || started.elapsed() > Duration::from_secs(1))?, "lake")?;
-        let started = Instant::now();
-        file_rows += reported_rows(&run_and_interrupt(&file_sql, || started.elapsed() > Duration::from_secs(1))?, "out")?;
+        lake_rows += run_and_interrupt(&lake_sql, Duration::from_secs(1), "lake")?.0;
+        file_rows += run_and_interrupt(&file_sql, Duration::from_secs(1), "out")?.0;
     }
     // Both runs' rows are there: the second run neither overwrote nor removed the first's.
     assert_eq!(pyarrow_rows(&lake)?, lake_rows);
