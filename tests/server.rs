@@ -178,7 +178,16 @@ async fn submit_stream_stop_and_resume_after_restart() -> TestResult {
     assert!(text.contains("id: 1\n"), "events carry ids: {text}");
     drop(stream);
 
-    let (_, m) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
+    // The sink takes the watermark that follows a result batch just after the
+    // client has the rows: wait (boundedly) for it to be counted.
+    let mut m = Value::Null;
+    for _ in 0..100 {
+        m = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?.1;
+        if m["watermark"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(m["rows_in"].as_u64().unwrap_or(0) > 0 && m["watermark"].is_string(), "{m}");
     assert!(m["state_bytes"].as_u64().unwrap_or(0) > 0, "an open window holds state: {m}");
     let lanes = m["sources"].as_array().ok_or("no sources")?;
