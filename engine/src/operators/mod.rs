@@ -3,6 +3,9 @@
 pub mod join;
 pub mod session_aggregate;
 pub mod stateless;
+mod state_table;
+#[cfg(test)]
+mod checkpoint_testing;
 pub mod watermark_assigner;
 pub mod updating_aggregate;
 pub mod window_aggregate;

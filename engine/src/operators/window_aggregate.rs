@@ -6,17 +6,29 @@
 //! is kept, never rows. A window is emitted, and its state freed, once the
 //! watermark reaches its end. Rows for an already emitted window are late: they
 //! are counted and dropped.
+//!
+//! Checkpointed state: table [`GROUPS_TABLE`] holds one row per group of an
+//! open window, keyed by the group columns other than the window bounds (the
+//! exchange key): the group columns, window bounds included, then each
+//! aggregate's state columns. Table [`WATERMARK_TABLE`] holds the lane's
+//! watermark.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::row::SortField;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
+use super::state_table::{
+    as_type, concat_tables, corrupt, groups_accumulator_widths, key_groups, restored_watermark, state_column_names,
+    table, watermark_part,
+};
+use crate::checkpoint::StatePart;
 use crate::error::Result;
 use crate::message::Watermark;
 use crate::metrics::{JobMetrics, StateReporter};
@@ -24,6 +36,11 @@ use crate::operator::{Emitter, Operator};
 use crate::time::as_epoch_nanos;
 
 pub use super::window_groups::AggregateSpec;
+
+/// The checkpoint table of the open windows' groups (keyed).
+pub const GROUPS_TABLE: usize = 0;
+/// The checkpoint table of the lane's watermark.
+pub const WATERMARK_TABLE: usize = 1;
 
 /// Aggregates rows per (window, key) and emits each window once it is complete.
 pub struct WindowAggregate {
@@ -78,6 +95,96 @@ impl WindowAggregate {
         self.state.set(bytes);
     }
 
+    fn new_window(&self) -> Result<WindowGroups> {
+        Ok(WindowGroups {
+            index: HashMap::new(),
+            keys: self.converter.empty_rows(0, 0),
+            accumulators: self.spec.new_groups_accumulators()?,
+        })
+    }
+
+    /// Every group of every open window as one table (see the module docs);
+    /// `None` when no window is open.
+    fn snapshot_groups(&mut self) -> Result<Option<StatePart>> {
+        let widths = groups_accumulator_widths(&mut self.spec.new_groups_accumulators()?)?;
+        let state_names = state_column_names(&widths);
+        let group_names: Vec<String> =
+            self.spec.output_schema.fields().iter().take(self.spec.group_exprs.len()).map(|f| f.name().clone()).collect();
+        let mut tables = Vec::with_capacity(self.windows.len());
+        for groups in self.windows.values_mut() {
+            let n = groups.index.len();
+            if n == 0 {
+                continue;
+            }
+            let keys = self.converter.convert_rows(groups.keys.iter())?;
+            let mut columns: Vec<(String, ArrayRef)> = group_names.iter().cloned().zip(keys).collect();
+            let ids: Vec<usize> = (0..n).collect();
+            let mut rebuilt = self.spec.new_groups_accumulators()?;
+            let mut states = Vec::with_capacity(state_names.len());
+            for (acc, fresh) in groups.accumulators.iter_mut().zip(rebuilt.iter_mut()) {
+                let state = acc.state(EmitTo::All)?;
+                fresh.merge_batch(&state, &ids, n)?;
+                states.extend(state);
+            }
+            groups.accumulators = rebuilt;
+            if states.len() != state_names.len() {
+                return Err(crate::EngineError::Internal("an aggregate's state changed shape".into()));
+            }
+            columns.extend(state_names.iter().cloned().zip(states));
+            tables.push(table(columns, n)?);
+        }
+        let Some(batch) = concat_tables(&tables)? else { return Ok(None) };
+        let keys: Vec<ArrayRef> = self.spec.key_indices().iter().map(|i| Arc::clone(batch.column(*i))).collect();
+        let groups = key_groups(&keys, batch.num_rows())?;
+        Ok(Some(StatePart::keyed(batch, groups)))
+    }
+
+    /// Merges a table written by [`Self::snapshot_groups`] into the open windows.
+    fn restore_groups(&mut self, batch: &RecordBatch) -> Result<()> {
+        let width = self.spec.group_exprs.len();
+        let widths = groups_accumulator_widths(&mut self.spec.new_groups_accumulators()?)?;
+        if batch.num_columns() != width + widths.iter().sum::<usize>() {
+            return Err(corrupt("the window aggregate's groups table has other columns"));
+        }
+        let group_columns = (0..width)
+            .map(|i| as_type(batch.column(i), self.spec.output_schema.field(i).data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.converter.convert_columns(&group_columns)?;
+        let starts = as_epoch_nanos(&group_columns[self.spec.window_start])?;
+        let ends = as_epoch_nanos(&group_columns[self.spec.window_end])?;
+        let mut per_window: BTreeMap<(i64, i64), (Vec<u32>, Vec<usize>)> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            if starts.is_null(i) || ends.is_null(i) {
+                return Err(corrupt("a window without bounds"));
+            }
+            let window = (ends.value(i), starts.value(i));
+            if !self.windows.contains_key(&window) {
+                let groups = self.new_window()?;
+                self.windows.insert(window, groups);
+            }
+            let groups = self.windows.get_mut(&window).ok_or_else(|| corrupt("a window vanished"))?;
+            let g = groups.group_of(rows.row(i));
+            let entry = per_window.entry(window).or_default();
+            entry.0.push(i as u32);
+            entry.1.push(g);
+        }
+        for (window, (row_ids, group_ids)) in per_window {
+            let Some(groups) = self.windows.get_mut(&window) else { continue };
+            let idx = UInt32Array::from(row_ids);
+            let states = batch.columns()[width..]
+                .iter()
+                .map(|c| Ok(take(c.as_ref(), &idx, None)?))
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            let total = groups.index.len();
+            let mut start = 0;
+            for (acc, w) in groups.accumulators.iter_mut().zip(&widths) {
+                acc.merge_batch(&states[start..start + w], &group_ids, total)?;
+                start += w;
+            }
+        }
+        Ok(())
+    }
+
     fn emit_window(&mut self, mut groups: WindowGroups) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = self.converter.convert_rows(groups.keys.iter())?;
         for acc in groups.accumulators.iter_mut() {
@@ -122,14 +229,11 @@ impl Operator for WindowAggregate {
                 late += 1;
                 continue;
             }
-            let groups = match self.windows.entry(window) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => v.insert(WindowGroups {
-                    index: HashMap::new(),
-                    keys: self.converter.empty_rows(0, 0),
-                    accumulators: self.spec.new_groups_accumulators()?,
-                }),
-            };
+            if !self.windows.contains_key(&window) {
+                let groups = self.new_window()?;
+                self.windows.insert(window, groups);
+            }
+            let Some(groups) = self.windows.get_mut(&window) else { continue };
             let g = groups.group_of(rows.row(i));
             let entry = per_window.entry(window).or_default();
             entry.0.push(i as u32);
@@ -167,5 +271,93 @@ impl Operator for WindowAggregate {
         }
         self.report_state();
         Ok(Some(wm))
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
+        let mut parts = vec![(WATERMARK_TABLE, watermark_part(self.watermark)?)];
+        if let Some(groups) = self.snapshot_groups()? {
+            parts.push((GROUPS_TABLE, groups));
+        }
+        self.report_state();
+        Ok(parts)
+    }
+
+    fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
+        let watermarks = parts.iter().filter(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p);
+        if let Some(w) = restored_watermark(watermarks)? {
+            self.watermark = w;
+        }
+        for (t, part) in &parts {
+            match *t {
+                GROUPS_TABLE => self.restore_groups(&part.batch)?,
+                WATERMARK_TABLE => {}
+                other => return Err(corrupt(&format!("the window aggregate has no table {other}"))),
+            }
+        }
+        self.report_state();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::checkpoint_testing::{aggregate_spec, check_resumes, exchange_key, input_steps, PARALLELISMS};
+
+    fn window_aggregate(keyed: bool) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
+        let bounds = [("window_start", "window_start"), ("window_end", "window_end")];
+        let group: Vec<(&str, &str)> = if keyed { [("k", "k")].into_iter().chain(bounds).collect() } else { bounds.to_vec() };
+        let aggregates =
+            [("sum", "v", false), ("count", "v", false), ("max", "v", false), ("avg", "x", false), ("count", "v", true)];
+        let spec = aggregate_spec(&group, &aggregates, false);
+        move |metrics| Box::new(WindowAggregate::try_new(spec.clone(), Arc::clone(metrics)).expect("an aggregate"))
+    }
+
+    #[tokio::test]
+    async fn resumes_from_a_snapshot_at_any_parallelism() -> Result<()> {
+        let make = window_aggregate(true);
+        let outcome = check_resumes(&make, &exchange_key(&["k"]), &input_steps(true), PARALLELISMS).await?;
+        assert!(outcome.rows.len() > 20, "windows of many keys: {}", outcome.rows.len());
+        assert!(outcome.late_rows > 0, "some rows are late");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resumes_a_keyless_aggregate_in_lane_0() -> Result<()> {
+        let make = window_aggregate(false);
+        let outcome = check_resumes(&make, &[], &input_steps(false), PARALLELISMS).await?;
+        assert!(outcome.rows.len() > 3);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_keys_groups_by_the_exchange_key_and_keeps_the_watermark() -> Result<()> {
+        let metrics = JobMetrics::new();
+        let mut op = window_aggregate(true)(&metrics);
+        let mut out = Emitter::default();
+        let steps = input_steps(true);
+        for step in &steps[..4] {
+            match step {
+                crate::operators::checkpoint_testing::Step::Batch(b) => op.on_batch(b.clone(), &mut out).await?,
+                crate::operators::checkpoint_testing::Step::Watermark(t) => {
+                    op.on_watermark(Watermark::EventTime(*t), &mut out).await?;
+                }
+            }
+        }
+        let parts = op.snapshot()?;
+        let groups = parts.iter().find(|(t, _)| *t == GROUPS_TABLE).map(|(_, p)| p).expect("open windows");
+        let keys = [Arc::clone(groups.batch.column(0))];
+        let expected = super::super::state_table::key_groups(&keys, groups.batch.num_rows())?;
+        assert_eq!(groups.key_groups.as_ref(), Some(&expected));
+        // k, window_start, window_end, then the state of each aggregate.
+        assert_eq!(groups.batch.schema().field(0).name(), "k");
+        let watermark = parts.iter().find(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p).expect("a watermark");
+        assert!(watermark.key_groups.is_none());
+        assert!(op.checkpointable());
+        Ok(())
     }
 }

@@ -1,0 +1,178 @@
+//! Operator state as Arrow tables, the form a checkpoint stores it in.
+//!
+//! A stateful operator writes its state as numbered tables of rows (see
+//! [`crate::operator::Operator::snapshot`]). What the operators share is here,
+//! written once: building a table from named columns; the key group of each
+//! stored row, computed exactly as the exchange in front of the operator
+//! computes it (so a lane restored at any parallelism gets the rows of the keys
+//! its input will bring it); the watermark as state of the lane; and moving
+//! DataFusion accumulator state out of accumulators and back in.
+//!
+//! DataFusion's `state()` consumes an accumulator's state, so taking a snapshot
+//! rebuilds the accumulators from what it took, the same way a restore builds
+//! them: an operator that snapshots and goes on behaves as one restored there.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{new_empty_array, Array, ArrayRef, Int64Array, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::compute::{cast, concat};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+
+use crate::checkpoint::StatePart;
+use crate::error::{EngineError, Result};
+use crate::key_group::{key_group, KeyHasher};
+
+/// A table of `rows` rows from named columns. Every field is nullable: state
+/// arrays do not always honour the nullability of the fields they came from.
+pub(crate) fn table(columns: Vec<(String, ArrayRef)>, rows: usize) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns.iter().map(|(name, a)| Field::new(name, a.data_type().clone(), true)).collect();
+    let arrays = columns.into_iter().map(|(_, a)| a).collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        arrays,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
+}
+
+/// The key group of each row of `key_columns` (the exchange key's values). With
+/// no key columns every row is in key group 0: the exchange sends keyless rows
+/// to lane 0, and lane 0 owns key group 0 at every parallelism.
+pub(crate) fn key_groups(key_columns: &[ArrayRef], rows: usize) -> Result<UInt32Array> {
+    if key_columns.is_empty() {
+        return Ok(UInt32Array::from(vec![0u32; rows]));
+    }
+    let hashes = KeyHasher::hash_rows(key_columns, rows)?;
+    Ok(hashes.into_iter().map(key_group).collect::<Vec<u32>>().into())
+}
+
+/// The lane's watermark as a one-row table (NULL: none yet).
+pub(crate) fn watermark_part(watermark: Option<i64>) -> Result<StatePart> {
+    let column: ArrayRef = Arc::new(Int64Array::from(vec![watermark]));
+    Ok(StatePart::lane(table(vec![("watermark".into(), column)], 1)?))
+}
+
+/// The watermark to resume with from the lane parts written by
+/// [`watermark_part`]: one lane's, or the lowest of several lanes' when the
+/// parallelism changed (a lane without one counts lowest). `None` when no part
+/// was given.
+pub(crate) fn restored_watermark<'a>(parts: impl IntoIterator<Item = &'a StatePart>) -> Result<Option<Option<i64>>> {
+    let mut lowest: Option<Option<i64>> = None;
+    for part in parts {
+        let column = int64_column(&part.batch, 0)?;
+        for i in 0..column.len() {
+            let w = column.is_valid(i).then(|| column.value(i));
+            lowest = Some(lowest.map_or(w, |l| l.min(w)));
+        }
+    }
+    Ok(lowest)
+}
+
+/// Column `index` of a restored table, as Int64.
+pub(crate) fn int64_column(batch: &RecordBatch, index: usize) -> Result<Int64Array> {
+    let column = batch.columns().get(index).ok_or_else(|| corrupt("a state table lacks a column"))?;
+    let column = cast(column, &DataType::Int64)?;
+    column.as_any().downcast_ref::<Int64Array>().cloned().ok_or_else(|| corrupt("an Int64 column did not cast"))
+}
+
+/// `column` as `data_type` (stored columns may come back in another encoding of
+/// the same values, e.g. a dictionary as its values).
+pub(crate) fn as_type(column: &ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
+    match column.data_type() == data_type {
+        true => Ok(Arc::clone(column)),
+        false => Ok(cast(column, data_type)?),
+    }
+}
+
+/// Concatenates the tables of several pieces of state (e.g. the open windows)
+/// into one; they have the same columns.
+pub(crate) fn concat_tables(tables: &[RecordBatch]) -> Result<Option<RecordBatch>> {
+    let Some(first) = tables.first() else { return Ok(None) };
+    let rows = tables.iter().map(|t| t.num_rows()).sum();
+    let columns = (0..first.num_columns())
+        .map(|c| {
+            let wanted = first.column(c).data_type();
+            let parts = tables.iter().map(|t| as_type(t.column(c), wanted)).collect::<Result<Vec<_>>>()?;
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            Ok((first.schema().field(c).name().clone(), concat(&refs)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(table(columns, rows)?))
+}
+
+/// How many state columns each accumulator of a set writes (learnt from a fresh
+/// set: its layout is that of every set built the same way).
+pub(crate) fn accumulator_widths(fresh: &mut [Box<dyn Accumulator>]) -> Result<Vec<usize>> {
+    fresh.iter_mut().map(|a| Ok(a.state()?.len())).collect()
+}
+
+/// Like [`accumulator_widths`], for groups accumulators.
+pub(crate) fn groups_accumulator_widths(fresh: &mut [Box<dyn GroupsAccumulator>]) -> Result<Vec<usize>> {
+    fresh.iter_mut().map(|a| Ok(a.state(EmitTo::All)?.len())).collect()
+}
+
+/// Names of the state columns of accumulators with `widths` columns each.
+pub(crate) fn state_column_names(widths: &[usize]) -> Vec<String> {
+    widths.iter().enumerate().flat_map(|(a, w)| (0..*w).map(move |j| format!("agg{a}_state{j}"))).collect()
+}
+
+/// Takes the state of every accumulator set (one row per set) as columns, and
+/// rebuilds each set from it with `fresh` (see the module docs). `widths` come
+/// from [`accumulator_widths`]. With no sets the columns are empty and untyped.
+pub(crate) fn take_accumulator_states<'a>(
+    sets: impl IntoIterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
+    widths: &[usize],
+    fresh: &dyn Fn() -> Result<Vec<Box<dyn Accumulator>>>,
+) -> Result<Vec<ArrayRef>> {
+    let total: usize = widths.iter().sum();
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); total];
+    for set in sets {
+        let mut row = Vec::with_capacity(total);
+        for acc in set.iter_mut() {
+            row.extend(acc.state()?);
+        }
+        if row.len() != total {
+            return Err(EngineError::Internal("an accumulator's state changed shape".into()));
+        }
+        let columns = row.iter().map(|v| Ok(v.to_array()?)).collect::<Result<Vec<ArrayRef>>>()?;
+        *set = merged_accumulators(fresh()?, &columns, 0, widths)?;
+        for (c, v) in row.into_iter().enumerate() {
+            values[c].push(v);
+        }
+    }
+    values
+        .into_iter()
+        .map(|column| match column.is_empty() {
+            true => Ok(new_empty_array(&DataType::Null)),
+            false => Ok(ScalarValue::iter_to_array(column)?),
+        })
+        .collect()
+}
+
+/// `fresh` with row `row` of the state columns `states` (laid out by `widths`)
+/// merged in.
+pub(crate) fn merged_accumulators(
+    mut fresh: Vec<Box<dyn Accumulator>>,
+    states: &[ArrayRef],
+    row: usize,
+    widths: &[usize],
+) -> Result<Vec<Box<dyn Accumulator>>> {
+    let mut start = 0;
+    for (acc, width) in fresh.iter_mut().zip(widths) {
+        let columns: Vec<ArrayRef> = states
+            .get(start..start + width)
+            .ok_or_else(|| corrupt("an accumulator's state columns are missing"))?
+            .iter()
+            .map(|c| c.slice(row, 1))
+            .collect();
+        acc.merge_batch(&columns)?;
+        start += width;
+    }
+    Ok(fresh)
+}
+
+pub(crate) fn corrupt(what: &str) -> EngineError {
+    EngineError::Checkpoint(format!("operator state does not match the query: {what}"))
+}
