@@ -28,6 +28,9 @@ pub enum EngineError {
     /// An operator failed: which one, and why.
     #[error("{operator}: {source}")]
     Operator { operator: &'static str, source: Box<EngineError> },
+    /// A checkpoint could not be stored or read.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
     /// The query was cancelled by its owner.
     #[error("query cancelled")]
     Cancelled,

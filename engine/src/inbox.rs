@@ -6,14 +6,9 @@
 //! counts; once every input is idle, time moves to the furthest any announced),
 //! and reports the end of stream once every input has ended.
 
-use std::collections::BTreeMap;
-
 use tokio::sync::mpsc;
 
 use crate::message::{Barrier, Message, Watermark};
-
-/// A message and the index of the upstream lane that sent it.
-pub type Tagged = (usize, Message);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct InputState {
@@ -127,107 +122,95 @@ pub enum InboxEvent {
     End,
 }
 
-/// Forwards each barrier once every input that has not ended delivered it.
+/// Receives from several upstream lanes as if from one, over one channel per
+/// lane (edge). The lanes may be grouped into logical inputs (the two sides of
+/// a join): batches say which input they came from, and the end of each input
+/// is reported.
 ///
-/// Inputs are not blocked while others catch up (that needs a channel per
-/// input): rows that arrive after an input's barrier are processed before the
-/// barrier goes on, so a completed barrier means at least everything before it
-/// reached the sink.
-#[derive(Debug)]
-struct BarrierMerger {
-    /// Per input, the id of the last barrier it delivered (0: none yet).
-    delivered: Vec<u64>,
-    ended: Vec<bool>,
-    /// Barriers some input delivered that have not gone on yet, by id.
-    waiting: BTreeMap<u64, Barrier>,
-}
-
-impl BarrierMerger {
-    fn new(inputs: usize) -> Self {
-        BarrierMerger { delivered: vec![0; inputs], ended: vec![false; inputs], waiting: BTreeMap::new() }
-    }
-
-    fn deliver(&mut self, input: usize, barrier: Barrier) -> Vec<Barrier> {
-        if let Some(d) = self.delivered.get_mut(input) {
-            *d = (*d).max(barrier.id);
-        }
-        self.waiting.insert(barrier.id, barrier);
-        self.ready()
-    }
-
-    fn end(&mut self, input: usize) -> Vec<Barrier> {
-        if let Some(e) = self.ended.get_mut(input) {
-            *e = true;
-        }
-        self.ready()
-    }
-
-    /// The waiting barriers every open input has delivered, in order.
-    fn ready(&mut self) -> Vec<Barrier> {
-        let reached = self
-            .delivered
-            .iter()
-            .zip(&self.ended)
-            .filter(|(_, ended)| !**ended)
-            .map(|(d, _)| *d)
-            .min()
-            .unwrap_or(u64::MAX);
-        let later = self.waiting.split_off(&reached.saturating_add(1));
-        std::mem::replace(&mut self.waiting, later).into_values().collect()
-    }
-}
-
-/// Receives from several upstream lanes as if from one. The lanes may be grouped
-/// into logical inputs (the two sides of a join): batches say which input they
-/// came from, and the end of each input is reported.
+/// Barriers are aligned: once a lane has delivered a barrier, it is not read
+/// until every other open lane has delivered it too; the barrier then goes on.
+/// What the lanes send after their barriers therefore stays after it, so the
+/// state of a step at a barrier covers exactly the input before it. A lane that
+/// ends no longer holds barriers back. Only the blocked lanes' channels fill up
+/// meanwhile, so memory stays bounded.
 pub struct Inbox {
-    rx: mpsc::Receiver<Tagged>,
+    inputs: Vec<mpsc::Receiver<Message>>,
+    ended: Vec<bool>,
+    /// Per lane, the barrier it delivered that waits for the other lanes.
+    blocked: Vec<Option<Barrier>>,
+    /// When the first lane of the barrier being aligned delivered it.
+    aligning_since: Option<std::time::Instant>,
+    /// The lane polled first next time, so no lane starves the others.
+    next_poll: usize,
     merger: WatermarkMerger,
-    /// Lanes in each logical input, in tag order.
+    /// Lanes in each logical input, in lane order.
     groups: Vec<usize>,
     /// Lanes of each logical input still open.
     open: Vec<usize>,
     /// Per logical input, the merge of its lanes' watermarks (grouped inboxes).
     input_mergers: Vec<WatermarkMerger>,
-    barriers: BarrierMerger,
     /// Events decided but not yet returned.
     pending: std::collections::VecDeque<InboxEvent>,
+    /// Time spent aligning barriers so far, in nanoseconds.
+    alignment_nanos: u64,
+}
+
+/// One bounded channel per lane: the senders, and the inbox reading them all.
+pub fn edges(lanes: usize, capacity: usize) -> (Vec<mpsc::Sender<Message>>, Inbox) {
+    grouped_edges(vec![lanes], capacity)
+}
+
+/// Like [`edges`], for logical inputs of `groups[i]` lanes each.
+pub fn grouped_edges(groups: Vec<usize>, capacity: usize) -> (Vec<mpsc::Sender<Message>>, Inbox) {
+    let total: usize = groups.iter().sum();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..total).map(|_| mpsc::channel(capacity.max(1))).unzip();
+    (txs, Inbox::grouped(rxs, groups))
 }
 
 impl Inbox {
-    /// One logical input fed by `inputs` lanes.
-    pub fn new(rx: mpsc::Receiver<Tagged>, inputs: usize) -> Self {
-        Self::grouped(rx, vec![inputs])
+    /// One logical input fed by one lane per receiver.
+    pub fn new(inputs: Vec<mpsc::Receiver<Message>>) -> Self {
+        let n = inputs.len();
+        Self::grouped(inputs, vec![n])
     }
 
-    /// Logical inputs of `groups[i]` lanes each; tags number the lanes in order.
-    pub fn grouped(rx: mpsc::Receiver<Tagged>, groups: Vec<usize>) -> Self {
-        let total = groups.iter().sum();
+    /// Logical inputs of `groups[i]` lanes each, numbered in order.
+    pub fn grouped(inputs: Vec<mpsc::Receiver<Message>>, groups: Vec<usize>) -> Self {
+        let total = inputs.len();
         let input_mergers = match groups.len() {
             1 => Vec::new(),
             _ => groups.iter().map(|g| WatermarkMerger::new(*g)).collect(),
         };
         Inbox {
-            rx,
+            inputs,
+            ended: vec![false; total],
+            blocked: vec![None; total],
+            aligning_since: None,
+            next_poll: 0,
             merger: WatermarkMerger::new(total),
             open: groups.clone(),
             groups,
             input_mergers,
-            barriers: BarrierMerger::new(total),
             pending: Default::default(),
+            alignment_nanos: 0,
         }
     }
 
-    fn group_of(&self, tag: usize) -> usize {
-        self.group_and_lane(tag).0
+    /// Time this inbox has spent aligning barriers so far.
+    pub fn alignment_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.alignment_nanos)
     }
 
-    /// The logical input of a tag, and the tag's lane within it.
-    fn group_and_lane(&self, tag: usize) -> (usize, usize) {
+    fn group_of(&self, lane: usize) -> usize {
+        self.group_and_lane(lane).0
+    }
+
+    /// The logical input of a lane, and the lane's index within it.
+    fn group_and_lane(&self, lane: usize) -> (usize, usize) {
         let mut first = 0;
         for (g, size) in self.groups.iter().enumerate() {
-            if tag < first + size {
-                return (g, tag - first);
+            if lane < first + size {
+                return (g, lane - first);
             }
             first += size;
         }
@@ -235,16 +218,67 @@ impl Inbox {
     }
 
     /// Feeds a lane's watermark (or end) to its input's own merger.
-    fn input_progress(&mut self, tag: usize, wm: Option<Watermark>) {
-        let (group, lane) = self.group_and_lane(tag);
+    fn input_progress(&mut self, lane: usize, wm: Option<Watermark>) {
+        let (group, index) = self.group_and_lane(lane);
         let Some(merger) = self.input_mergers.get_mut(group) else { return };
         let advanced = match wm {
-            Some(wm) => merger.update(lane, wm),
-            None => merger.end(lane),
+            Some(wm) => merger.update(index, wm),
+            None => merger.end(index),
         };
         for wm in advanced.into_iter().chain(merger.take_idle()) {
             self.pending.push_back(InboxEvent::InputWatermark(group, wm));
         }
+    }
+
+    /// Releases the barrier being aligned once every open lane delivered it.
+    fn release_aligned(&mut self) {
+        let open = self.ended.iter().zip(&self.blocked).filter(|(ended, _)| !**ended);
+        let mut barrier = None;
+        for (_, blocked) in open {
+            match blocked {
+                Some(b) => barrier = Some(*b),
+                None => return,
+            }
+        }
+        let Some(barrier) = barrier else { return };
+        self.blocked.iter_mut().for_each(|b| *b = None);
+        if let Some(since) = self.aligning_since.take() {
+            self.alignment_nanos += since.elapsed().as_nanos() as u64;
+        }
+        self.pending.push_back(InboxEvent::Barrier(barrier));
+    }
+
+    /// The next message of a lane that is neither blocked nor ended; `None` if a
+    /// lane's sender went away before ending its stream.
+    async fn recv(&mut self) -> Option<(usize, Message)> {
+        std::future::poll_fn(|cx| {
+            let n = self.inputs.len();
+            let mut any_open = false;
+            for k in 0..n {
+                let lane = (self.next_poll + k) % n;
+                if self.ended[lane] {
+                    continue;
+                }
+                any_open = true;
+                if self.blocked[lane].is_some() {
+                    continue;
+                }
+                match self.inputs[lane].poll_recv(cx) {
+                    std::task::Poll::Ready(Some(msg)) => {
+                        self.next_poll = (lane + 1) % n;
+                        return std::task::Poll::Ready(Some((lane, msg)));
+                    }
+                    std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                    std::task::Poll::Pending => {}
+                }
+            }
+            if any_open {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(None)
+            }
+        })
+        .await
     }
 
     /// The next merged message; `None` if every sender went away before ending
@@ -268,7 +302,7 @@ impl Inbox {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
-            let (i, msg) = self.rx.recv().await?;
+            let (i, msg) = self.recv().await?;
             match msg {
                 Message::Batch(batch) => return Some(InboxEvent::Batch { input: self.group_of(i), batch }),
                 Message::SplitBatch(tag, batch) => return Some(InboxEvent::SplitBatch { tag, batch }),
@@ -280,11 +314,13 @@ impl Inbox {
                     }
                 }
                 Message::Barrier(b) => {
-                    for b in self.barriers.deliver(i, b) {
-                        self.pending.push_back(InboxEvent::Barrier(b));
-                    }
+                    self.blocked[i] = Some(b);
+                    self.aligning_since.get_or_insert_with(std::time::Instant::now);
+                    self.release_aligned();
                 }
                 Message::EndOfStream => {
+                    self.ended[i] = true;
+                    self.blocked[i] = None;
                     let merged = self.merger.end(i);
                     if self.merger.all_ended() {
                         // Every input sent its final (maximal) watermark before ending.
@@ -302,9 +338,7 @@ impl Inbox {
                     for wm in merged.into_iter().chain(self.merger.take_idle()) {
                         self.pending.push_back(InboxEvent::Watermark(wm));
                     }
-                    for b in self.barriers.end(i) {
-                        self.pending.push_back(InboxEvent::Barrier(b));
-                    }
+                    self.release_aligned();
                 }
             }
         }
@@ -350,16 +384,51 @@ mod tests {
         Barrier { id, kind: crate::message::BarrierKind::Checkpoint }
     }
 
-    #[test]
-    fn a_barrier_goes_on_once_every_open_input_delivered_it() {
-        let mut b = BarrierMerger::new(3);
-        assert!(b.deliver(0, barrier(1)).is_empty());
-        assert!(b.deliver(0, barrier(2)).is_empty(), "input 0 ran ahead");
-        assert!(b.deliver(1, barrier(1)).is_empty());
-        assert_eq!(b.end(2), vec![barrier(1)], "an ended input does not hold barriers back");
-        assert_eq!(b.deliver(1, barrier(2)), vec![barrier(2)]);
-        assert!(b.deliver(1, barrier(3)).is_empty());
-        assert_eq!(b.end(0), vec![barrier(3)]);
+    fn batch(v: i64) -> datafusion::arrow::record_batch::RecordBatch {
+        let a: datafusion::arrow::array::ArrayRef = std::sync::Arc::new(datafusion::arrow::array::Int64Array::from(vec![v]));
+        datafusion::arrow::record_batch::RecordBatch::try_from_iter([("v", a)]).unwrap()
+    }
+
+    fn value(event: &InboxEvent) -> Option<i64> {
+        use datafusion::arrow::array::AsArray;
+        match event {
+            InboxEvent::Batch { batch, .. } => Some(batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0)),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_delivered_a_barrier_waits_for_the_others() {
+        let (txs, mut inbox) = edges(2, 8);
+        txs[0].send(Message::Batch(batch(1))).await.unwrap();
+        txs[0].send(Message::Barrier(barrier(1))).await.unwrap();
+        txs[0].send(Message::Batch(batch(2))).await.unwrap();
+        txs[1].send(Message::Batch(batch(10))).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(value(&inbox.next_event().await.unwrap()));
+        }
+        seen.sort();
+        assert_eq!(seen, vec![Some(1), Some(10)], "lane 0's row after its barrier waits");
+        txs[1].send(Message::Barrier(barrier(1))).await.unwrap();
+        assert!(matches!(inbox.next_event().await, Some(InboxEvent::Barrier(b)) if b.id == 1));
+        assert_eq!(value(&inbox.next_event().await.unwrap()), Some(2));
+    }
+
+    #[tokio::test]
+    async fn an_ended_lane_does_not_hold_barriers_back() {
+        let (txs, mut inbox) = edges(3, 8);
+        txs[0].send(Message::Barrier(barrier(1))).await.unwrap();
+        txs[1].send(Message::Barrier(barrier(1))).await.unwrap();
+        txs[2].send(Message::Watermark(Watermark::MAX)).await.unwrap();
+        txs[2].send(Message::EndOfStream).await.unwrap();
+        let mut got = None;
+        while got.is_none() {
+            if let InboxEvent::Barrier(b) = inbox.next_event().await.unwrap() {
+                got = Some(b);
+            }
+        }
+        assert_eq!(got, Some(barrier(1)));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod alignment;
 pub mod changelog;
+pub mod checkpoint;
 pub mod error;
 pub mod exchange;
 pub mod feed;

@@ -26,6 +26,8 @@ pub struct JobMetrics {
     state_peak: AtomicI64,
     /// Last watermark seen by the sink, epoch nanos; `i64::MIN` before the first.
     watermark: AtomicI64,
+    /// The checkpoints taken so far.
+    checkpoints: std::sync::Mutex<crate::checkpoint::CheckpointStats>,
     /// The `query` label of the exported counters, so one server's queries can
     /// be told apart in `/metrics`; `None`: unlabelled.
     query: Option<String>,
@@ -113,6 +115,41 @@ impl JobMetrics {
 
     pub fn set_watermark(&self, nanos: i64) {
         self.watermark.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Records a completed checkpoint.
+    pub fn checkpoint_completed(&self, report: crate::checkpoint::CheckpointReport) {
+        metrics::counter!("sluice_checkpoints_completed_total", self.labels()).increment(1);
+        metrics::gauge!("sluice_checkpoint_last_id", self.labels()).set(report.id as f64);
+        metrics::gauge!("sluice_checkpoint_last_duration_ms", self.labels()).set(report.duration_ms as f64);
+        metrics::gauge!("sluice_checkpoint_last_bytes", self.labels()).set(report.bytes as f64);
+        metrics::gauge!("sluice_checkpoint_last_alignment_ms", self.labels()).set(report.alignment_ms as f64);
+        if let Ok(mut stats) = self.checkpoints.lock() {
+            stats.completed += 1;
+            stats.recent.push(report);
+            let excess = stats.recent.len().saturating_sub(10);
+            stats.recent.drain(..excess);
+        }
+    }
+
+    /// Records a checkpoint that could not be completed.
+    pub fn checkpoint_failed(&self) {
+        metrics::counter!("sluice_checkpoints_failed_total", self.labels()).increment(1);
+        if let Ok(mut stats) = self.checkpoints.lock() {
+            stats.failed += 1;
+        }
+    }
+
+    /// Records the checkpoint the query resumed from.
+    pub fn checkpoint_restored(&self, id: u64) {
+        if let Ok(mut stats) = self.checkpoints.lock() {
+            stats.restored_from = Some(id);
+        }
+    }
+
+    /// The checkpoints so far.
+    pub fn checkpoints(&self) -> crate::checkpoint::CheckpointStats {
+        self.checkpoints.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {

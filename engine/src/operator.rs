@@ -102,4 +102,21 @@ pub trait Operator: Send {
     async fn on_end(&mut self, _out: &mut Emitter) -> Result<()> {
         Ok(())
     }
+    /// Whether its state can be checkpointed (see [`Operator::snapshot`]). A
+    /// query with checkpoints on refuses to start with an operator that cannot.
+    fn checkpointable(&self) -> bool {
+        self.state_bound() == StateBound::Stateless
+    }
+    /// Its state at a barrier, after [`Operator::on_barrier`]: rows per table
+    /// (the `usize`), keyed rows with their key groups. Stateless operators
+    /// keep the default (nothing).
+    fn snapshot(&mut self) -> Result<Vec<(usize, crate::checkpoint::StatePart)>> {
+        Ok(Vec::new())
+    }
+    /// Before its first message: the state of a checkpoint it resumes from
+    /// (keyed rows of the key groups this lane owns; lane state of its own lane,
+    /// or of every lane when the parallelism changed).
+    fn restore(&mut self, _parts: Vec<(usize, crate::checkpoint::StatePart)>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -73,6 +73,8 @@ pub struct Pipeline {
     /// Counters shared with operators that report into them (late rows).
     pub metrics: Arc<JobMetrics>,
     pub options: JobOptions,
+    /// Where and how the query is checkpointed; `None`: checkpoints are off.
+    pub checkpoints: Option<crate::checkpoint::CheckpointConfig>,
 }
 
 impl Flow {
@@ -151,7 +153,74 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// The sources and operators in the order the runtime numbers them.
+    fn steps_into(&self, steps: &mut Vec<String>) {
+        match &self.input {
+            FlowInput::Sources(sources) => steps.extend(sources.first().map(|s| format!("source: {}", s.describe()))),
+            FlowInput::Join(join) => {
+                join.left.steps_into(steps);
+                join.right.steps_into(steps);
+                steps.extend(join.lanes.first().map(|op| op.describe()));
+            }
+        }
+        for stage in &self.stages {
+            steps.extend(stage.lanes.first().into_iter().flatten().map(|op| op.describe()));
+        }
+    }
+
+    /// What keeps the flow from being checkpointed: sources that cannot
+    /// resume and operators whose state cannot be stored (one lane's).
+    fn checkpoint_blockers_into(&self, found: &mut Vec<String>) {
+        match &self.input {
+            FlowInput::Sources(sources) => {
+                found.extend(sources.first().filter(|s| !s.resumable()).map(|s| format!("source {}", s.describe())));
+            }
+            FlowInput::Join(join) => {
+                join.left.checkpoint_blockers_into(found);
+                join.right.checkpoint_blockers_into(found);
+                found.extend(join.lanes.first().filter(|op| !op.checkpointable()).map(|op| op.describe()));
+            }
+        }
+        for stage in &self.stages {
+            let ops = stage.lanes.first().into_iter().flatten();
+            found.extend(ops.filter(|op| !op.checkpointable()).map(|op| op.describe()));
+        }
+    }
+}
+
 impl Pipeline {
+    /// The steps that cannot take part in checkpoints, as EXPLAIN describes
+    /// them; a query with checkpoints on is refused while any remain.
+    pub fn checkpoint_blockers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        self.flow.checkpoint_blockers_into(&mut found);
+        if !self.sink.exactly_once() && !self.sink.durable_at_barriers() {
+            found.push(format!("sink {} (it writes its output only at the end)", self.sink.describe()));
+        }
+        found
+    }
+
+    /// The steps of the plan in the order checkpoints number them, without
+    /// what depends on the parallelism (lanes, exchanges).
+    pub fn plan_steps(&self) -> Vec<String> {
+        let mut steps = Vec::new();
+        self.flow.steps_into(&mut steps);
+        steps.push(format!("sink: {}", self.sink.describe()));
+        steps
+    }
+
+    /// A hash of [`Pipeline::plan_steps`]: a checkpoint restores only into a
+    /// plan with the same fingerprint (at any parallelism).
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.plan_steps().join("\n").bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
     /// The operators whose state nothing bounds, as EXPLAIN describes them.
     pub fn unbounded_operators(&self) -> Vec<String> {
         let mut found = Vec::new();

@@ -25,9 +25,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{Ack, CheckpointStore, Collector, Owner, PartRef, RestoredState, StatePart};
 use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
-use crate::inbox::{Inbox, InboxEvent, Tagged};
+use crate::inbox::{edges, grouped_edges, Inbox, InboxEvent};
 use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
@@ -73,16 +74,55 @@ enum SourceCommand {
     Complete(u64),
 }
 
-/// The sending end of a channel, with the tag the receiver knows this sender by.
+/// The sending end of one edge.
 #[derive(Clone)]
 struct Outbox {
-    tx: mpsc::Sender<Tagged>,
-    tag: usize,
+    tx: mpsc::Sender<Message>,
 }
 
 impl Outbox {
     async fn send(&self, msg: Message) -> Result<()> {
-        self.tx.send((self.tag, msg)).await.map_err(|_| EngineError::Cancelled)
+        self.tx.send(msg).await.map_err(|_| EngineError::Cancelled)
+    }
+}
+
+/// What a step needs to take part in checkpoints: who it is, where its state
+/// goes and whom to tell.
+#[derive(Clone)]
+struct Participant {
+    owner: Owner,
+    lane: usize,
+    acks: mpsc::UnboundedSender<Ack>,
+    /// `None`: checkpoints are off (only the sink reports its barriers).
+    store: Option<CheckpointStore>,
+}
+
+impl Participant {
+    /// Stores this step's state for checkpoint `id` and reports it.
+    async fn store_part(&self, id: u64, tables: Vec<(usize, StatePart)>, alignment_nanos: u64) -> Result<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut by_table: std::collections::BTreeMap<usize, Vec<StatePart>> = Default::default();
+        for (table, part) in tables {
+            by_table.entry(table).or_default().push(part);
+        }
+        let mut parts: Vec<PartRef> = Vec::new();
+        for (table, rows) in by_table {
+            let part = store
+                .write_part(id, self.owner, self.lane, table, &rows)
+                .await
+                .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+            parts.push(part);
+        }
+        self.report(id, parts, alignment_nanos);
+        Ok(())
+    }
+
+    fn report(&self, checkpoint: u64, parts: Vec<PartRef>, alignment_nanos: u64) {
+        let _ = self.acks.send(Ack::Part { checkpoint, owner: self.owner, lane: self.lane, parts, alignment_nanos });
+    }
+
+    fn finished(&self) {
+        let _ = self.acks.send(Ack::Finished { owner: self.owner, lane: self.lane });
     }
 }
 
@@ -110,31 +150,69 @@ impl Tasks {
     }
 }
 
-fn channel(inputs: usize) -> (mpsc::Sender<Tagged>, Inbox) {
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    (tx, Inbox::new(rx, inputs))
+/// One edge: a bounded channel and the inbox of its receiving step.
+fn channel() -> (Outbox, Inbox) {
+    let (mut txs, inbox) = edges(1, CHANNEL_CAPACITY);
+    (Outbox { tx: txs.remove(0) }, inbox)
+}
+
+/// Messages buffered per edge into a step with `inputs` edges: together about
+/// as many as one edge holds, and at least two each.
+fn edge_capacity(inputs: usize) -> usize {
+    (CHANNEL_CAPACITY / inputs.max(1)).max(2)
 }
 
 impl Job {
     /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { flow, sink, metrics, options, .. } = pipeline;
+        let Pipeline { flow, sink, metrics, options, checkpoints, .. } = pipeline;
         let interval = options
             .checkpoint_interval
             .or_else(|| flow.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));
+        let parallelism = flow.lanes();
         let tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
         let (control, control_rx) = mpsc::unbounded_channel();
-        let mut builder =
-            Builder { tasks, metrics: Arc::clone(&metrics), options, sources: Vec::new(), control: control.clone() };
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let restored = checkpoints.as_ref().and_then(|c| c.restored.clone());
+        let mut builder = Builder {
+            tasks,
+            metrics: Arc::clone(&metrics),
+            options,
+            sources: Vec::new(),
+            control: control.clone(),
+            acks,
+            store: checkpoints.as_ref().map(|c| c.store.clone()),
+            restored: restored.clone(),
+            participants: Vec::new(),
+            next_source: 0,
+            next_operator: 0,
+        };
         let heads = builder.flow(flow);
-        let (tx, sink_inbox) = channel(heads.len());
-        for (i, inbox) in heads.into_iter().enumerate() {
-            builder.tasks.spawn(run_forward(inbox, Outbox { tx: tx.clone(), tag: i }));
+        let (txs, sink_inbox) = edges(heads.len(), edge_capacity(heads.len()));
+        for (inbox, tx) in heads.into_iter().zip(txs) {
+            builder.tasks.spawn(run_forward(inbox, Outbox { tx }));
         }
-        let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-        builder.tasks.spawn(run_sink(sink, sink_inbox, Arc::clone(&metrics), completed_tx));
-        let coordinator = Coordinator { sources: builder.sources, interval, last_id: 0 };
-        builder.tasks.spawn(coordinator.run(control_rx, completed_rx));
+        let (commits_tx, commits) = mpsc::unbounded_channel();
+        let participant = builder.participant(Owner::Sink, 0);
+        let sink_state = match &restored {
+            Some(r) => r.for_lane(Owner::Sink, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
+            None => Ok(None),
+        };
+        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, checkpoints_on: checkpoints.is_some() };
+        builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
+        let collector = Collector::new(checkpoints, builder.participants.clone(), parallelism);
+        if let Some(r) = &restored {
+            metrics.checkpoint_restored(r.checkpoint);
+        }
+        let coordinator = Coordinator {
+            sources: builder.sources,
+            sink: commits_tx,
+            interval,
+            last_id: restored.as_ref().map_or(0, |r| r.checkpoint),
+            collector,
+            metrics: Arc::clone(&metrics),
+        };
+        builder.tasks.spawn(coordinator.run(control_rx, acks_rx));
         JobHandle { tasks: builder.tasks.set, metrics, control }
     }
 }
@@ -148,30 +226,73 @@ struct Builder {
     sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
     /// The coordinator's control channel.
     control: mpsc::UnboundedSender<Control>,
+    acks: mpsc::UnboundedSender<Ack>,
+    store: Option<CheckpointStore>,
+    restored: Option<Arc<RestoredState>>,
+    /// Every step that stores a part of each checkpoint.
+    participants: Vec<(Owner, usize)>,
+    next_source: usize,
+    next_operator: usize,
 }
 
 impl Builder {
+    /// A step's place in checkpoints; only the sink takes part when they are off.
+    fn participant(&mut self, owner: Owner, lane: usize) -> Participant {
+        if self.store.is_some() || owner == Owner::Sink {
+            self.participants.push((owner, lane));
+        }
+        Participant { owner, lane, acks: self.acks.clone(), store: self.store.clone() }
+    }
+
+    /// The state a restored checkpoint holds for a step in `lane` of `lanes`.
+    fn restored_state(&self, owner: Owner, lane: usize, lanes: usize) -> Result<Vec<(usize, StatePart)>> {
+        match &self.restored {
+            Some(r) => r.for_lane(owner, lane, lanes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn operator(&mut self, op: Box<dyn Operator>, inbox: Inbox, lane: usize, lanes: usize, id: usize) -> Inbox {
+        let (out, next) = channel();
+        let guard = self.guard();
+        let owner = Owner::Operator(id);
+        let state = self.restored_state(owner, lane, lanes);
+        let participant = self.participant(owner, lane);
+        self.tasks.spawn(run_operator(op, inbox, out, guard, participant, state));
+        next
+    }
+
     fn flow(&mut self, flow: Flow) -> Vec<Inbox> {
         let mut heads = match flow.input {
-            FlowInput::Sources(sources) => sources
-                .into_iter()
-                .map(|source| {
-                    let (tx, inbox) = channel(1);
-                    let slot = self.sources.len();
-                    let (commands_tx, commands) = mpsc::unbounded_channel();
-                    self.sources.push(commands_tx);
-                    let lane = SourceLane {
-                        slot,
-                        out: Outbox { tx, tag: 0 },
-                        metrics: Arc::clone(&self.metrics),
-                        commands,
-                        control: self.control.clone(),
-                        rows_read: 0,
-                    };
-                    self.tasks.spawn(lane.run(source));
-                    inbox
-                })
-                .collect(),
+            FlowInput::Sources(sources) => {
+                let id = self.next_source;
+                self.next_source += 1;
+                let lanes = sources.len();
+                sources
+                    .into_iter()
+                    .enumerate()
+                    .map(|(lane, source)| {
+                        let (out, inbox) = channel();
+                        let slot = self.sources.len();
+                        let (commands_tx, commands) = mpsc::unbounded_channel();
+                        self.sources.push(commands_tx);
+                        let owner = Owner::Source(id);
+                        let positions = self.restored_state(owner, lane, lanes);
+                        let participant = self.participant(owner, lane);
+                        let source_lane = SourceLane {
+                            slot,
+                            out,
+                            metrics: Arc::clone(&self.metrics),
+                            commands,
+                            control: self.control.clone(),
+                            rows_read: 0,
+                            participant,
+                        };
+                        self.tasks.spawn(source_lane.run(source, positions));
+                        inbox
+                    })
+                    .collect()
+            }
             FlowInput::Join(join) => self.join(*join),
         };
         for stage in flow.stages {
@@ -179,13 +300,15 @@ impl Builder {
                 let p = stage.lanes.len();
                 heads = self.exchange(vec![(heads, key)], p);
             }
+            let lanes = stage.lanes.len();
+            let ops_per_lane = stage.lanes.first().map_or(0, Vec::len);
+            let first_id = self.next_operator;
+            self.next_operator += ops_per_lane;
             for (lane, ops) in stage.lanes.into_iter().enumerate() {
-                for op in ops {
-                    if let Some(head) = heads.get_mut(lane) {
-                        let (tx, next) = channel(1);
-                        let inbox = std::mem::replace(head, next);
-                        let guard = self.guard();
-                        self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }, guard));
+                for (i, op) in ops.into_iter().enumerate() {
+                    if lane < heads.len() {
+                        let inbox = std::mem::replace(&mut heads[lane], channel().1);
+                        heads[lane] = self.operator(op, inbox, lane, lanes, first_id + i);
                     }
                 }
             }
@@ -194,21 +317,22 @@ impl Builder {
     }
 
     /// Repartitions each input's lanes by its key into `p` lanes whose inboxes
-    /// tell the inputs apart.
+    /// tell the inputs apart (one edge per upstream lane and downstream lane).
     fn exchange(&mut self, inputs: Vec<(Vec<Inbox>, ExchangeKey)>, p: usize) -> Vec<Inbox> {
         let groups: Vec<usize> = inputs.iter().map(|(heads, _)| heads.len()).collect();
-        let (txs, inboxes): (Vec<_>, Vec<_>) = (0..p)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-                (tx, Inbox::grouped(rx, groups.clone()))
-            })
-            .unzip();
-        let mut tag = 0;
+        let upstream: usize = groups.iter().sum();
+        // Per downstream lane, one sender per upstream lane.
+        let mut senders: Vec<std::vec::IntoIter<mpsc::Sender<Message>>> = Vec::with_capacity(p);
+        let mut inboxes = Vec::with_capacity(p);
+        for _ in 0..p {
+            let (txs, inbox) = grouped_edges(groups.clone(), edge_capacity(upstream));
+            senders.push(txs.into_iter());
+            inboxes.push(inbox);
+        }
         for (heads, key) in inputs {
             let partitioner = Arc::new(KeyPartitioner::new(key, p));
             for inbox in heads {
-                let outs = txs.iter().map(|tx| Outbox { tx: tx.clone(), tag }).collect();
-                tag += 1;
+                let outs = senders.iter_mut().filter_map(|s| s.next()).map(|tx| Outbox { tx }).collect();
                 self.tasks.spawn(run_exchange(inbox, Arc::clone(&partitioner), outs));
             }
         }
@@ -219,16 +343,15 @@ impl Builder {
         let JoinInput { left, right, left_key, right_key, lanes } = join;
         let left = self.flow(left);
         let right = self.flow(right);
-        let inboxes = self.exchange(vec![(left, left_key), (right, right_key)], lanes.len());
+        let p = lanes.len();
+        let inboxes = self.exchange(vec![(left, left_key), (right, right_key)], p);
+        let id = self.next_operator;
+        self.next_operator += 1;
         inboxes
             .into_iter()
             .zip(lanes)
-            .map(|(inbox, op)| {
-                let (tx, next) = channel(1);
-                let guard = self.guard();
-                self.tasks.spawn(run_operator(op, inbox, Outbox { tx, tag: 0 }, guard));
-                next
-            })
+            .enumerate()
+            .map(|(lane, (inbox, op))| self.operator(op, inbox, lane, p, id))
             .collect()
     }
 
@@ -319,6 +442,7 @@ struct SourceLane {
     control: mpsc::UnboundedSender<Control>,
     /// Rows the source has returned so far.
     rows_read: u64,
+    participant: Participant,
 }
 
 impl SourceLane {
@@ -330,7 +454,21 @@ impl SourceLane {
         self.metrics.set_source_progress(self.slot, progress);
     }
 
-    async fn run(mut self, mut source: Box<dyn Source>) -> Result<()> {
+    /// Remembers the position reached for checkpoint `id` and stores it.
+    async fn checkpoint(&self, source: &mut dyn Source, id: u64) -> Result<()> {
+        source.on_barrier(id).await?;
+        if self.participant.store.is_some() {
+            let parts = source.position()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
+            self.participant.store_part(id, parts, 0).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, mut source: Box<dyn Source>, positions: Result<Vec<(usize, StatePart)>>) -> Result<()> {
+        let positions: Vec<_> = positions?.into_iter().map(|(_, p)| p.batch).collect();
+        if !positions.is_empty() {
+            source.restore(positions).await?;
+        }
         // Why the source failed, once it has: the query then stops gracefully
         // (what was read before the failure still reaches the sink) and ends
         // with this error.
@@ -342,7 +480,7 @@ impl SourceLane {
                 biased;
                 command = self.commands.recv() => match command {
                     Some(SourceCommand::Barrier(barrier)) => {
-                        source.on_barrier(barrier.id).await?;
+                        self.checkpoint(&mut *source, barrier.id).await?;
                         self.out.send(Message::Barrier(barrier)).await?;
                         if barrier.kind == BarrierKind::Stop {
                             break true;
@@ -383,33 +521,36 @@ impl SourceLane {
         if !stopped {
             // The end of a bounded input: every open window closes, and the
             // final position is committed once the sink has finished.
-            source.on_barrier(FINAL_CHECKPOINT).await?;
+            self.checkpoint(&mut *source, FINAL_CHECKPOINT).await?;
             self.out.send(Message::Watermark(Watermark::MAX)).await?;
         }
         self.out.send(Message::EndOfStream).await?;
-        // Checkpoints this source took part in may complete after its end.
+        // Checkpoints after its end still hold its (final) position, and
+        // those it took part in may complete after its end.
         while let Some(command) = self.commands.recv().await {
-            if let SourceCommand::Complete(id) = command {
-                source.on_checkpoint_complete(id).await?;
+            match command {
+                SourceCommand::Complete(id) => source.on_checkpoint_complete(id).await?,
+                SourceCommand::Barrier(barrier) => self.checkpoint(&mut *source, barrier.id).await?,
             }
         }
         failure.map_or(Ok(()), Err)
     }
 }
 
-/// Sends barriers into the sources and tells them when checkpoints complete.
+/// Sends barriers into the sources, collects the checkpoints' parts and tells
+/// the sources and the sink when checkpoints complete.
 struct Coordinator {
     sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
+    /// Where completed checkpoints go for the sink to commit.
+    sink: mpsc::UnboundedSender<u64>,
     interval: Option<Duration>,
     last_id: u64,
+    collector: Collector,
+    metrics: Arc<JobMetrics>,
 }
 
 impl Coordinator {
-    async fn run(
-        mut self,
-        mut control: mpsc::UnboundedReceiver<Control>,
-        mut completed: mpsc::UnboundedReceiver<u64>,
-    ) -> Result<()> {
+    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>, mut acks: mpsc::UnboundedReceiver<Ack>) -> Result<()> {
         let mut ticker = self.interval.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,29 +572,45 @@ impl Coordinator {
                     }
                     None => owner_gone = true,
                 },
-                done = completed.recv() => match done {
-                    Some(id) => {
+                ack = acks.recv() => {
+                    let Some(ack) = ack else { return Ok(()) };
+                    // The sink is the last step to end: once it has, every
+                    // checkpoint that could complete has.
+                    let sink_done = matches!(ack, Ack::Finished { owner: Owner::Sink, .. });
+                    let reports = match self.collector.ack(ack).await {
+                        Ok(reports) => reports,
+                        Err(e) => {
+                            self.metrics.checkpoint_failed();
+                            return Err(EngineError::Checkpoint(e.to_string()));
+                        }
+                    };
+                    for report in reports {
+                        let id = report.id;
                         if in_flight == Some(id) {
                             in_flight = None;
+                        }
+                        if self.collector.config().is_some() {
+                            self.metrics.checkpoint_completed(report);
                         }
                         for source in &self.sources {
                             let _ = source.send(SourceCommand::Complete(id));
                         }
-                        if id == FINAL_CHECKPOINT {
-                            return Ok(());
-                        }
+                        let _ = self.sink.send(id);
                     }
-                    // The sink ended without finishing: the pipeline failed.
-                    None => return Ok(()),
-                },
+                    if sink_done {
+                        return Ok(());
+                    }
+                }
             }
         }
     }
 
-    /// Sends the next barrier to every source (those that ended ignore it).
+    /// Sends the next barrier to every source (those that ended report their
+    /// final position for it).
     fn inject(&mut self, kind: BarrierKind) -> u64 {
         self.last_id += 1;
         let barrier = Barrier { id: self.last_id, kind };
+        self.collector.begin(barrier.id, if kind == BarrierKind::Stop { "stop" } else { "periodic" });
         for source in &self.sources {
             let _ = source.send(SourceCommand::Barrier(barrier));
         }
@@ -499,23 +656,47 @@ impl Forwarder {
     }
 }
 
-async fn run_operator(op: Box<dyn Operator>, inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
+async fn run_operator(
+    op: Box<dyn Operator>,
+    inbox: Inbox,
+    out: Outbox,
+    memory: MemoryGuard,
+    participant: Participant,
+    state: Result<Vec<(usize, StatePart)>>,
+) -> Result<()> {
     let name = op.name();
-    operate(op, inbox, out, memory).await.map_err(|e| match e {
+    operate(op, inbox, out, memory, participant, state).await.map_err(|e| match e {
         // Errors of DataFusion or Arrow say what failed, not where.
         EngineError::DataFusion(_) | EngineError::Arrow(_) => EngineError::Operator { operator: name, source: Box::new(e) },
         other => other,
     })
 }
 
-async fn operate(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memory: MemoryGuard) -> Result<()> {
+async fn operate(
+    mut op: Box<dyn Operator>,
+    mut inbox: Inbox,
+    out: Outbox,
+    memory: MemoryGuard,
+    participant: Participant,
+    state: Result<Vec<(usize, StatePart)>>,
+) -> Result<()> {
+    let state = state?;
+    if !state.is_empty() {
+        op.restore(state)?;
+    }
     let mut out = Forwarder { out, last_watermark: None, idle: false };
     let mut emitter = Emitter::default();
+    let mut aligned = Duration::ZERO;
     while let Some(event) = inbox.next_event().await {
         match event {
             InboxEvent::Barrier(barrier) => {
                 op.on_barrier(barrier, &mut emitter).await?;
                 out.forward(emitter.drain()).await?;
+                if participant.store.is_some() {
+                    let alignment = inbox.alignment_time() - aligned;
+                    aligned = inbox.alignment_time();
+                    participant.store_part(barrier.id, op.snapshot()?, alignment.as_nanos() as u64).await?;
+                }
                 out.out.send(Message::Barrier(barrier)).await?;
                 continue;
             }
@@ -531,6 +712,7 @@ async fn operate(mut op: Box<dyn Operator>, mut inbox: Inbox, out: Outbox, memor
             InboxEvent::End => {
                 op.on_end(&mut emitter).await?;
                 out.forward(emitter.drain()).await?;
+                participant.finished();
                 return out.out.send(Message::EndOfStream).await;
             }
         }
@@ -578,49 +760,115 @@ async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
     Err(EngineError::Cancelled)
 }
 
-/// Writes into the sink, reporting each barrier (and the end) as a completed
-/// checkpoint once the sink has made what came before it durable.
-async fn run_sink(
-    mut sink: Box<dyn Sink>,
-    mut inbox: Inbox,
+/// Writes into the sink and reports each barrier (and the end) as its part of
+/// a checkpoint once the sink has made what came before it durable (staged,
+/// with checkpoints on); commits what checkpoints completed.
+struct SinkTask {
+    sink: Box<dyn Sink>,
     metrics: Arc<JobMetrics>,
-    completed: mpsc::UnboundedSender<u64>,
-) -> Result<()> {
-    let mut deferred = None;
-    while let Some(msg) = inbox.next().await {
-        match msg {
-            Message::Batch(b) | Message::SplitBatch(_, b) => {
-                metrics.add_rows_out(b.num_rows());
-                sink.write_batch(b).await?;
+    participant: Participant,
+    /// Completed checkpoints, in order.
+    commits: mpsc::UnboundedReceiver<u64>,
+    checkpoints_on: bool,
+}
+
+impl SinkTask {
+    /// Reports the sink's part of checkpoint `id`.
+    async fn report(&mut self, id: u64) -> Result<()> {
+        match self.checkpoints_on {
+            true => {
+                let state = self.sink.snapshot()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
+                self.participant.store_part(id, state, 0).await
             }
-            Message::Watermark(wm) => {
-                if let Watermark::EventTime(t) = wm {
-                    metrics.set_watermark(t);
-                }
-                sink.on_watermark(wm).await?;
-            }
-            Message::Barrier(barrier) => {
-                sink.on_barrier(barrier).await?;
-                if sink.durable_at_barriers() {
-                    let _ = completed.send(barrier.id);
-                } else {
-                    // Complete only once the sink has finished (see below).
-                    deferred = Some(barrier.id);
-                }
-            }
-            Message::EndOfStream => {
-                sink.finish().await?;
-                // A sink durable only at its end makes the last barrier's
-                // positions (a stop's) committable now.
-                if let Some(id) = deferred {
-                    let _ = completed.send(id);
-                }
-                let _ = completed.send(FINAL_CHECKPOINT);
-                return Ok(());
+            false => {
+                self.participant.report(id, Vec::new(), 0);
+                Ok(())
             }
         }
     }
-    Err(EngineError::Cancelled)
+
+    /// Commits completed checkpoints until `id` is; `false` if the coordinator
+    /// went away first.
+    async fn commit_through(&mut self, id: u64) -> Result<bool> {
+        while let Some(done) = self.commits.recv().await {
+            self.sink.commit(done).await?;
+            if done >= id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn run(mut self, mut inbox: Inbox, restored: Result<Option<datafusion::arrow::record_batch::RecordBatch>>) -> Result<()> {
+        if self.checkpoints_on {
+            self.sink.begin_checkpoints(restored?).await?;
+        }
+        // The last barrier reported, and one whose report waits for the end
+        // (a sink durable only once finished).
+        let mut reported = None;
+        let mut deferred = None;
+        let mut stopped = false;
+        loop {
+            let msg = tokio::select! {
+                biased;
+                done = self.commits.recv() => match done {
+                    Some(id) => {
+                        self.sink.commit(id).await?;
+                        continue;
+                    }
+                    None => return Err(EngineError::Cancelled),
+                },
+                msg = inbox.next() => match msg {
+                    Some(msg) => msg,
+                    None => return Err(EngineError::Cancelled),
+                },
+            };
+            match msg {
+                Message::Batch(b) | Message::SplitBatch(_, b) => {
+                    self.metrics.add_rows_out(b.num_rows());
+                    self.sink.write_batch(b).await?;
+                }
+                Message::Watermark(wm) => {
+                    if let Watermark::EventTime(t) = wm {
+                        self.metrics.set_watermark(t);
+                    }
+                    self.sink.on_watermark(wm).await?;
+                }
+                Message::Barrier(barrier) => {
+                    stopped |= barrier.kind == BarrierKind::Stop;
+                    self.sink.on_barrier(barrier).await?;
+                    if self.sink.durable_at_barriers() {
+                        self.report(barrier.id).await?;
+                        reported = Some(barrier.id);
+                    } else {
+                        deferred = Some(barrier.id);
+                    }
+                }
+                Message::EndOfStream => break,
+            }
+        }
+        // After a stop, the stop's checkpoint is committed before the sink
+        // finishes, and is the last; at the end of the input, the final
+        // checkpoint covers what finishing makes durable.
+        if let (Some(id), true) = (reported, stopped) {
+            if !self.commit_through(id).await? {
+                return Err(EngineError::Cancelled);
+            }
+        }
+        self.sink.finish().await?;
+        if let Some(id) = deferred {
+            // A sink durable only once finished makes the last barrier's
+            // positions (a stop's) committable now.
+            self.report(id).await?;
+            self.commit_through(id).await?;
+        }
+        if !stopped {
+            self.report(FINAL_CHECKPOINT).await?;
+            self.commit_through(FINAL_CHECKPOINT).await?;
+        }
+        self.participant.finished();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

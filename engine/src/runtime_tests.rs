@@ -12,6 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use super::*;
 use crate::metrics::JobMetrics;
 use crate::pipeline::{Flow, FlowInput, JobOptions, Pipeline, Stage};
+use crate::operator::StateBound;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]))
@@ -139,6 +140,7 @@ fn start(lanes: usize, limit: Option<u64>, commits: bool, options: JobOptions, s
         output_schema: schema(),
         metrics: JobMetrics::new(),
         options,
+        checkpoints: None,
     };
     Harness { sources: logs, sink, job: Job::start(pipeline) }
 }
@@ -248,6 +250,7 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() -> Result<()> 
         output_schema: schema(),
         metrics,
         options: JobOptions { memory_limit: Some(4096), ..Default::default() },
+        checkpoints: None,
     };
     let mut job = Job::start(pipeline);
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query fails").unwrap_err();
@@ -295,6 +298,7 @@ async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() 
         output_schema: schema(),
         metrics: JobMetrics::new(),
         options: JobOptions::default(),
+        checkpoints: None,
     };
     let mut job = Job::start(pipeline);
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
@@ -318,6 +322,7 @@ async fn a_sink_durable_only_at_its_end_lets_sources_commit_only_then() -> Resul
         output_schema: schema(),
         metrics: JobMetrics::new(),
         options: JobOptions { checkpoint_interval: Some(Duration::from_millis(10)), ..Default::default() },
+        checkpoints: None,
     };
     let mut job = Job::start(pipeline);
     let seen = Arc::clone(&sink);
@@ -327,5 +332,212 @@ async fn a_sink_durable_only_at_its_end_lets_sources_commit_only_then() -> Resul
     // Not the periodic checkpoint's position: only the stop's, once the sink finished.
     assert_eq!(log.committed.len(), 1, "{log:?}");
     assert_eq!(log.committed[0], sink.lock().unwrap().rows);
+    Ok(())
+}
+
+/// A source of the numbers 1..=limit, one per batch, that can resume.
+struct ResumableSource {
+    returned: i64,
+    at_barrier: i64,
+    limit: i64,
+}
+
+#[async_trait]
+impl Source for ResumableSource {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn describe(&self) -> String {
+        "numbers".into()
+    }
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.returned >= self.limit {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.returned += 1;
+        Ok(Some(RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(vec![self.returned]))])?))
+    }
+    fn resumable(&self) -> bool {
+        true
+    }
+    async fn on_barrier(&mut self, _checkpoint: u64) -> Result<()> {
+        self.at_barrier = self.returned;
+        Ok(())
+    }
+    fn position(&self) -> Result<Option<RecordBatch>> {
+        Ok(Some(RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(vec![self.at_barrier]))])?))
+    }
+    async fn restore(&mut self, positions: Vec<RecordBatch>) -> Result<()> {
+        use datafusion::arrow::array::AsArray;
+        let batch = positions.first().ok_or_else(|| EngineError::Internal("no position".into()))?;
+        self.returned = batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+        Ok(())
+    }
+}
+
+/// Emits the running sum of its lane's input: its output depends on its state.
+struct RunningSum {
+    sum: i64,
+}
+
+#[async_trait]
+impl Operator for RunningSum {
+    fn name(&self) -> &'static str {
+        "running sum"
+    }
+    fn state_bound(&self) -> StateBound {
+        StateBound::Unbounded
+    }
+    fn checkpointable(&self) -> bool {
+        true
+    }
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        use datafusion::arrow::array::AsArray;
+        let values = batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let sums: Vec<i64> = values.values().iter().map(|v| {
+            self.sum += v;
+            self.sum
+        }).collect();
+        out.emit(RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(sums))])?);
+        Ok(())
+    }
+    fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
+        let batch = RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(vec![self.sum]))])?;
+        Ok(vec![(0, StatePart::lane(batch))])
+    }
+    fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
+        use datafusion::arrow::array::AsArray;
+        for (_, part) in parts {
+            self.sum = part.batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+        }
+        Ok(())
+    }
+}
+
+/// What readers of a [`StagingSink`]'s output see.
+#[derive(Default, Debug)]
+struct Visible {
+    rows: Vec<i64>,
+}
+
+/// Stages rows per barrier and makes them visible when their checkpoint
+/// completes; what it had staged is lost when the query is cancelled.
+struct StagingSink {
+    current: Vec<i64>,
+    staged: Vec<(u64, i64)>,
+    visible: Arc<Mutex<Visible>>,
+}
+
+fn staged_batch(rows: &[(u64, i64)]) -> Result<RecordBatch> {
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id as i64).collect();
+    let values: Vec<i64> = rows.iter().map(|(_, v)| *v).collect();
+    Ok(RecordBatch::try_from_iter([
+        ("checkpoint", Arc::new(Int64Array::from(ids)) as datafusion::arrow::array::ArrayRef),
+        ("value", Arc::new(Int64Array::from(values)) as datafusion::arrow::array::ArrayRef),
+    ])?)
+}
+
+#[async_trait]
+impl Sink for StagingSink {
+    fn describe(&self) -> String {
+        "staging".into()
+    }
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        use datafusion::arrow::array::AsArray;
+        self.current.extend(batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().iter());
+        Ok(())
+    }
+    async fn on_barrier(&mut self, barrier: Barrier) -> Result<()> {
+        self.staged.extend(self.current.drain(..).map(|v| (barrier.id, v)));
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.staged.extend(self.current.drain(..).map(|v| (FINAL_CHECKPOINT, v)));
+        Ok(())
+    }
+    fn exactly_once(&self) -> bool {
+        true
+    }
+    async fn begin_checkpoints(&mut self, restored: Option<RecordBatch>) -> Result<()> {
+        use datafusion::arrow::array::AsArray;
+        if let Some(batch) = restored {
+            let values = batch.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            // The restored checkpoint completed, but may not have been committed.
+            let mut visible = self.visible.lock().unwrap();
+            for v in values.values().iter() {
+                if !visible.rows.contains(v) {
+                    visible.rows.push(*v);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(Some(staged_batch(&self.staged)?))
+    }
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        let (done, later): (Vec<_>, Vec<_>) = self.staged.drain(..).partition(|(id, _)| *id <= checkpoint);
+        self.staged = later;
+        self.visible.lock().unwrap().rows.extend(done.into_iter().map(|(_, v)| v));
+        Ok(())
+    }
+}
+
+fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: &Arc<Mutex<Visible>>) -> Pipeline {
+    let pipeline = |checkpoints| Pipeline {
+        flow: Flow {
+            input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
+            stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
+        },
+        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        output_schema: schema(),
+        metrics: JobMetrics::new(),
+        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
+        checkpoints,
+    };
+    let mut p = pipeline(None);
+    let config = crate::checkpoint::CheckpointConfig {
+        store: store.clone(),
+        pipeline: "test".into(),
+        fingerprint: p.fingerprint(),
+        plan: p.plan_steps(),
+        restored,
+    };
+    p.checkpoints = Some(config);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_cancelled_after_checkpoints_resumes_with_nothing_lost_or_doubled() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
+    let limit = 400;
+    let visible: Arc<Mutex<Visible>> = Arc::default();
+
+    // Crash twice: cancel (no stop, nothing flushed) after a few checkpoints.
+    let mut restored = None;
+    for crash in 0..2 {
+        let mut job = Job::start(checkpointed(limit, &store, restored.clone(), &visible));
+        let metrics = job.metrics_handle();
+        let after = metrics.checkpoints().completed + 3;
+        until("three checkpoints", || metrics.checkpoints().completed >= after).await;
+        job.cancel();
+        let _ = job.wait().await;
+        let latest = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("a checkpoint");
+        assert!(!latest.finished, "crash {crash} came before the end");
+        restored = Some(Arc::new(RestoredState::load(&store, &latest).await.map_err(|e| EngineError::Internal(e.to_string()))?));
+    }
+    let mut job = Job::start(checkpointed(limit, &store, restored, &visible));
+    job.wait().await?;
+    assert!(job.metrics_handle().checkpoints().restored_from.is_some());
+
+    let mut rows = visible.lock().unwrap().rows.clone();
+    rows.sort_unstable();
+    let expected: Vec<i64> = (1..=limit).map(|n| n * (n + 1) / 2).collect();
+    assert_eq!(rows, expected, "running sums of 1..={limit}, each once");
+    let last = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("the final checkpoint");
+    assert!(last.finished);
     Ok(())
 }

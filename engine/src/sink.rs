@@ -38,6 +38,30 @@ pub trait Sink: Send {
         true
     }
     async fn finish(&mut self) -> Result<()>;
+    /// Whether it can take part in checkpoints: stage what it writes until its
+    /// checkpoint completes ([`Sink::begin_checkpoints`]). Sinks that cannot
+    /// still get every row at least once after a restore.
+    fn exactly_once(&self) -> bool {
+        false
+    }
+    /// Checkpoints are on (called once, before the first batch): from now on,
+    /// what `on_barrier` makes durable is staged, not visible, until
+    /// [`Sink::commit`]. `restored` is the sink's state in the checkpoint the
+    /// query resumes from: commit what it lists (idempotently), and remove
+    /// staged output of this query that it does not list.
+    async fn begin_checkpoints(&mut self, _restored: Option<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
+    /// Its part of a checkpoint, after `on_barrier` (or `finish`): what it has
+    /// staged and not yet committed.
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+    /// Checkpoint `checkpoint` is complete: make visible what was staged for it
+    /// and before it.
+    async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Hands result batches to a front end (shell, tests) through a channel.

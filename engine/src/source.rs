@@ -102,4 +102,21 @@ pub trait Source: Send {
     async fn on_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether it can resume from a position ([`Source::position`],
+    /// [`Source::restore`]). A query with checkpoints on refuses to start with
+    /// a source that cannot.
+    fn resumable(&self) -> bool {
+        false
+    }
+    /// The position remembered by the last [`Source::on_barrier`], as rows
+    /// (e.g. a Kafka partition and the next offset to read), for a checkpoint.
+    fn position(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+    /// Before the first read: the positions a checkpoint holds for this source
+    /// (its own lane's; every lane's when the parallelism changed, of which it
+    /// takes the splits it reads). Reading resumes there.
+    async fn restore(&mut self, _positions: Vec<RecordBatch>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -9,6 +9,7 @@
 //! operators driven by watermarks.
 
 pub mod catalog;
+mod checkpoints;
 pub mod create_table;
 pub mod dialect;
 pub mod error;

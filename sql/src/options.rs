@@ -21,11 +21,19 @@ pub const STATE_TTL: &str = "table.exec.state.ttl";
 pub const MAX_DRIFT: &str = "scan.watermark.alignment.max-drift";
 /// The most state a query may hold before it fails.
 pub const MEMORY_LIMIT: &str = "sluice.memory.limit";
+/// How often a query takes a checkpoint; none: checkpoints are off.
+pub const CHECKPOINT_INTERVAL: &str = "execution.checkpointing.interval";
+/// Where checkpoints are kept (a directory, `file://` or `s3://` URL).
+pub const CHECKPOINT_DIR: &str = "state.checkpoints.dir";
+/// The name a query's checkpoints are kept under.
+pub const PIPELINE_NAME: &str = "pipeline.name";
+/// A checkpoint (its directory) to start the next query from.
+pub const SAVEPOINT_PATH: &str = "execution.savepoint.path";
 
 /// A setting that could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}')")]
+    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}')")]
     Unknown(String),
     #[error("SET {key}: '{value}' {expected}")]
     Invalid { key: String, value: String, expected: &'static str },
@@ -44,11 +52,28 @@ pub struct QueryOptions {
     pub max_drift: Option<Duration>,
     /// Bytes of operator state at which the query fails; `None`: no limit.
     pub memory_limit: Option<u64>,
+    /// `None`: checkpoints are off.
+    pub checkpoint_interval: Option<Duration>,
+    /// `None`: the front end's default directory.
+    pub checkpoint_dir: Option<String>,
+    /// `None`: a hash of the statement.
+    pub pipeline_name: Option<String>,
+    /// `None`: resume from the latest checkpoint under the query's name.
+    pub savepoint_path: Option<String>,
 }
 
 impl Default for QueryOptions {
     fn default() -> Self {
-        QueryOptions { parallelism: crate::session::default_parallelism(), state_ttl: None, max_drift: None, memory_limit: None }
+        QueryOptions {
+            parallelism: crate::session::default_parallelism(),
+            state_ttl: None,
+            max_drift: None,
+            memory_limit: None,
+            checkpoint_interval: None,
+            checkpoint_dir: None,
+            pipeline_name: None,
+            savepoint_path: None,
+        }
     }
 }
 
@@ -81,6 +106,31 @@ impl QueryOptions {
                 self.memory_limit = (bytes != 0).then_some(bytes);
                 Ok(MEMORY_LIMIT)
             }
+            "execution.checkpointing.interval" | "checkpoint.interval" => {
+                let every = parse_duration(value).ok_or_else(|| invalid("is not a duration (e.g. '10 s', '1 min', '0' for none)"))?;
+                if !every.is_zero() && every < Duration::from_millis(10) {
+                    return Err(invalid("is too short: checkpoints can be at most 100 a second"));
+                }
+                self.checkpoint_interval = (!every.is_zero()).then_some(every);
+                Ok(CHECKPOINT_INTERVAL)
+            }
+            "state.checkpoints.dir" | "execution.checkpointing.dir" => {
+                self.checkpoint_dir = non_empty(value);
+                Ok(CHECKPOINT_DIR)
+            }
+            "pipeline.name" => {
+                let name = value.trim();
+                let valid = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && !name.starts_with('.');
+                if !valid {
+                    return Err(invalid("is not a name of letters, digits, '-', '_' and '.' (it names a directory)"));
+                }
+                self.pipeline_name = non_empty(name);
+                Ok(PIPELINE_NAME)
+            }
+            "execution.savepoint.path" | "execution.state-recovery.path" => {
+                self.savepoint_path = non_empty(value);
+                Ok(SAVEPOINT_PATH)
+            }
             other => Err(SettingError::Unknown(other.to_string())),
         }
     }
@@ -88,12 +138,23 @@ impl QueryOptions {
     /// Every setting as `SET` would take it back, by canonical name.
     pub fn to_settings(&self) -> BTreeMap<String, String> {
         let duration = |d: Option<Duration>| d.map_or_else(|| "0".to_string(), format_duration);
-        BTreeMap::from([
+        let mut settings = BTreeMap::from([
             (PARALLELISM.to_string(), self.parallelism.to_string()),
             (STATE_TTL.to_string(), duration(self.state_ttl)),
             (MAX_DRIFT.to_string(), duration(self.max_drift)),
             (MEMORY_LIMIT.to_string(), self.memory_limit.map_or_else(|| "0".to_string(), format_bytes)),
-        ])
+            (CHECKPOINT_INTERVAL.to_string(), duration(self.checkpoint_interval)),
+        ]);
+        for (key, value) in [
+            (CHECKPOINT_DIR, &self.checkpoint_dir),
+            (PIPELINE_NAME, &self.pipeline_name),
+            (SAVEPOINT_PATH, &self.savepoint_path),
+        ] {
+            if let Some(v) = value {
+                settings.insert(key.to_string(), v.clone());
+            }
+        }
+        settings
     }
 
     /// The text of one setting as [`QueryOptions::to_settings`] writes it.
@@ -119,6 +180,11 @@ impl TryFrom<BTreeMap<String, String>> for QueryOptions {
         }
         Ok(options)
     }
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// A duration as Flink settings write it: `90 s`, `30 min`, `1h`, `2 days`, `500ms`.

@@ -60,7 +60,8 @@ pub enum StatementOutput {
 
 /// A pipeline about to run, or the result of a query that reads no stream.
 enum Compiled {
-    Pipeline(Pipeline),
+    /// A pipeline and the id of its statement.
+    Pipeline(Pipeline, String),
     Batch(PlannedQuery),
 }
 
@@ -74,6 +75,10 @@ pub struct Session {
     options: QueryOptions,
     /// The `query` label of the next queries' exported metrics.
     metrics_label: Option<String>,
+    /// Where checkpoints go without `state.checkpoints.dir`.
+    checkpoint_dir: std::path::PathBuf,
+    /// The name checkpoints go under without `pipeline.name`.
+    default_pipeline_name: Option<String>,
 }
 
 /// The default number of lanes: one per core.
@@ -90,7 +95,15 @@ impl Default for Session {
 
 impl Session {
     pub fn new(catalog: Arc<RwLock<Catalog>>) -> Self {
-        Session { catalog, last_metrics: None, connectors: registry(), options: QueryOptions::default(), metrics_label: None }
+        Session {
+            catalog,
+            last_metrics: None,
+            connectors: registry(),
+            options: QueryOptions::default(),
+            metrics_label: None,
+            checkpoint_dir: std::path::PathBuf::from(".sluice/checkpoints"),
+            default_pipeline_name: None,
+        }
     }
 
     /// What a connector needs to open the catalog table `name`.
@@ -125,6 +138,23 @@ impl Session {
     /// Replaces the settings the next queries run with.
     pub fn set_options(&mut self, options: QueryOptions) {
         self.options = options;
+    }
+
+    /// Where queries keep their checkpoints when `state.checkpoints.dir` is not set.
+    pub fn set_checkpoint_dir(&mut self, dir: impl Into<std::path::PathBuf>) {
+        self.checkpoint_dir = dir.into();
+    }
+
+    /// The name queries' checkpoints are kept under when `pipeline.name` is not
+    /// set (the server names them after its query ids); `None`: a hash of the
+    /// statement.
+    pub fn set_default_pipeline_name(&mut self, name: Option<String>) {
+        self.default_pipeline_name = name;
+    }
+
+    async fn prepare_checkpoints(&self, pipeline: &mut Pipeline, query_id: &str) -> Result<Vec<String>> {
+        let name = self.default_pipeline_name.as_deref().unwrap_or(query_id);
+        crate::checkpoints::prepare(pipeline, &self.options, &self.checkpoint_dir, name).await
     }
 
     /// Labels the exported metrics of the next queries `query="<label>"`.
@@ -444,7 +474,7 @@ impl Session {
     async fn explain(&mut self, statement: Statement) -> Result<StatementOutput> {
         let lines = match statement {
             Statement::Query(query) => match self.compile(&query, None).await? {
-                Compiled::Pipeline(p) => p.describe(),
+                Compiled::Pipeline(p, _) => p.describe(),
                 Compiled::Batch(planned) => batch_lines(&planned),
             },
             Statement::Insert(insert) => {
@@ -452,7 +482,7 @@ impl Session {
                     return plan_err("EXPLAIN INSERT needs INSERT INTO <table> SELECT ...");
                 };
                 match self.compile(source, Some(&normalize_name(name))).await? {
-                    Compiled::Pipeline(p) => p.describe(),
+                    Compiled::Pipeline(p, _) => p.describe(),
                     Compiled::Batch(planned) => batch_lines(&planned),
                 }
             }
@@ -519,7 +549,8 @@ impl Session {
                 self.connector(&t.connector)?.sink_for_query(&spec, &query_id)?
             }
         };
-        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics, options: JobOptions { memory_limit: self.options.memory_limit, ..Default::default() } }))
+        let options = JobOptions { memory_limit: self.options.memory_limit, ..Default::default() };
+        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics, options, checkpoints: None }, query_id))
     }
 
     /// Zips the lanes of a lowered query (each lowered on its own) into one flow,
@@ -608,10 +639,11 @@ impl Session {
                 let batches = collect(Arc::clone(&planned.plan), planned.ctx.task_ctx()).await?;
                 Ok(StatementOutput::Rows { schema, batches })
             }
-            Compiled::Pipeline(pipeline) => {
+            Compiled::Pipeline(mut pipeline, query_id) => {
                 let schema = pipeline.output_schema.clone();
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
-                let warnings = start_warnings(&pipeline);
+                let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
+                warnings.extend(start_warnings(&pipeline));
                 let job = Job::start(pipeline);
                 Ok(StatementOutput::Query(QueryOutput { schema, results, job, warnings }))
             }
@@ -621,9 +653,10 @@ impl Session {
     async fn run_insert(&mut self, target: &str, query: &Query) -> Result<StatementOutput> {
         match self.compile(query, Some(target)).await? {
             Compiled::Batch(_) => plan_err(format!("INSERT INTO {target}: the query must read from a table")),
-            Compiled::Pipeline(pipeline) => {
+            Compiled::Pipeline(mut pipeline, query_id) => {
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
-                let warnings = start_warnings(&pipeline);
+                let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
+                warnings.extend(start_warnings(&pipeline));
                 Ok(StatementOutput::Insert { target: target.to_string(), job: Job::start(pipeline), warnings })
             }
         }

@@ -1,0 +1,167 @@
+//! Collects the parts of each checkpoint from the steps of a query and
+//! completes it once every step still running has stored its part.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::metadata::{CheckpointMetadata, Owner, PartRef};
+use super::restore::RestoredState;
+use super::store::{CheckpointStore, StoreError};
+
+/// How a query is checkpointed: where, under which name, of which plan, and
+/// the checkpoint it resumes from.
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    pub store: CheckpointStore,
+    /// The query's name (`pipeline.name`).
+    pub pipeline: String,
+    /// A hash of the plan.
+    pub fingerprint: String,
+    /// The plan as EXPLAIN shows it.
+    pub plan: Vec<String>,
+    /// The checkpoint the query resumes from.
+    pub restored: Option<Arc<RestoredState>>,
+}
+
+/// One completed checkpoint, as metrics and REST show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointReport {
+    pub id: u64,
+    /// From the barrier's injection to the metadata's write.
+    pub duration_ms: u64,
+    pub bytes: u64,
+    /// Time steps spent aligning barriers for it, summed.
+    pub alignment_ms: u64,
+    pub completed_ms: i64,
+    /// It was taken at a stop, or at the end of the input.
+    pub kind: String,
+}
+
+/// The checkpoints of a running query so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointStats {
+    pub completed: u64,
+    pub failed: u64,
+    /// The checkpoint the query resumed from.
+    pub restored_from: Option<u64>,
+    /// The newest completed checkpoints, oldest first (at most ten).
+    pub recent: Vec<CheckpointReport>,
+}
+
+impl CheckpointStats {
+    pub fn last(&self) -> Option<&CheckpointReport> {
+        self.recent.last()
+    }
+}
+
+/// What a step tells the collector.
+#[derive(Debug)]
+pub(crate) enum Ack {
+    /// A step stored its part of a checkpoint (no files when it has no state).
+    Part { checkpoint: u64, owner: Owner, lane: usize, parts: Vec<PartRef>, alignment_nanos: u64 },
+    /// A step ended: it takes part in no later checkpoint.
+    Finished { owner: Owner, lane: usize },
+}
+
+struct Pending {
+    started: Instant,
+    acked: BTreeSet<(Owner, usize)>,
+    parts: Vec<PartRef>,
+    alignment_nanos: u64,
+    kind: &'static str,
+}
+
+/// Tracks which steps have stored their part of each checkpoint in flight.
+pub(crate) struct Collector {
+    config: Option<CheckpointConfig>,
+    parallelism: usize,
+    running: BTreeSet<(Owner, usize)>,
+    pending: BTreeMap<u64, Pending>,
+    /// The newest checkpoint completed: parts of it or older ones that come
+    /// late are ignored.
+    completed: u64,
+}
+
+impl Collector {
+    /// Without a config only the sink takes part (its part says its output is
+    /// durable), and nothing is stored.
+    pub fn new(config: Option<CheckpointConfig>, participants: impl IntoIterator<Item = (Owner, usize)>, parallelism: usize) -> Self {
+        let completed = config.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.checkpoint);
+        Collector { config, parallelism, running: participants.into_iter().collect(), pending: BTreeMap::new(), completed }
+    }
+
+    pub fn config(&self) -> Option<&CheckpointConfig> {
+        self.config.as_ref()
+    }
+
+    /// Checkpoint `id` starts (its barrier goes out, or the input ended).
+    pub fn begin(&mut self, id: u64, kind: &'static str) {
+        if id <= self.completed {
+            return;
+        }
+        self.pending.entry(id).or_insert_with(|| Pending {
+            started: Instant::now(),
+            acked: BTreeSet::new(),
+            parts: Vec::new(),
+            alignment_nanos: 0,
+            kind,
+        });
+    }
+
+    /// Records an ack; returns the checkpoints it completed (stored first).
+    pub async fn ack(&mut self, ack: Ack) -> Result<Vec<CheckpointReport>, StoreError> {
+        match ack {
+            Ack::Part { checkpoint, owner, lane, parts, alignment_nanos } => {
+                let kind = if checkpoint == crate::runtime::FINAL_CHECKPOINT { "final" } else { "periodic" };
+                self.begin(checkpoint, kind);
+                if let Some(p) = self.pending.get_mut(&checkpoint) {
+                    p.acked.insert((owner, lane));
+                    p.parts.extend(parts);
+                    p.alignment_nanos += alignment_nanos;
+                }
+            }
+            Ack::Finished { owner, lane } => {
+                self.running.remove(&(owner, lane));
+            }
+        }
+        let done: Vec<u64> = self
+            .pending
+            .iter()
+            // The sink's part is always needed: a checkpoint the sink never
+            // reached (it ended first) does not complete.
+            .filter(|(_, p)| p.acked.contains(&(Owner::Sink, 0)) && self.running.iter().all(|step| p.acked.contains(step)))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut reports = Vec::new();
+        for id in done {
+            let Some(p) = self.pending.remove(&id) else { continue };
+            self.completed = self.completed.max(id);
+            let completed_ms = chrono::Utc::now().timestamp_millis();
+            let mut bytes = 0;
+            if let Some(config) = &self.config {
+                let meta = CheckpointMetadata {
+                    id,
+                    pipeline: config.pipeline.clone(),
+                    fingerprint: config.fingerprint.clone(),
+                    plan: config.plan.clone(),
+                    parallelism: self.parallelism,
+                    completed_ms,
+                    finished: id == crate::runtime::FINAL_CHECKPOINT,
+                    parts: p.parts,
+                };
+                bytes = meta.bytes();
+                config.store.complete(&meta).await?;
+            }
+            reports.push(CheckpointReport {
+                id,
+                duration_ms: p.started.elapsed().as_millis() as u64,
+                bytes,
+                alignment_ms: p.alignment_nanos / 1_000_000,
+                completed_ms,
+                kind: p.kind.to_string(),
+            });
+        }
+        Ok(reports)
+    }
+}
