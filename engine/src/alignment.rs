@@ -98,6 +98,30 @@ impl AlignmentMember {
 
     /// Waits until this source is within the drift of the slowest active one.
     pub async fn wait_aligned(&self) {
+        self.gate().wait_aligned().await
+    }
+
+    /// What the source's own task waits on before reading on.
+    pub fn gate(&self) -> AlignmentGate {
+        AlignmentGate { group: Arc::clone(&self.group), index: self.index }
+    }
+}
+
+/// Holds a source back while it is too far ahead of the slowest. The source's
+/// task waits on it before each read, not the watermark assigner after it, so
+/// that barriers still pass while it waits (a barrier waiting behind held-back
+/// rows would wait for the slow source, which may itself wait for the barrier
+/// to be aligned downstream).
+#[derive(Debug, Clone)]
+pub struct AlignmentGate {
+    group: Arc<AlignmentGroup>,
+    index: usize,
+}
+
+impl AlignmentGate {
+    /// Waits until the source is within the drift of the slowest active one
+    /// (cancel-safe).
+    pub async fn wait_aligned(&self) {
         loop {
             let changed = self.group.changed.notified();
             if self.group.may_proceed(self.index) {

@@ -102,6 +102,11 @@ pub trait Operator: Send {
     async fn on_end(&mut self, _out: &mut Emitter) -> Result<()> {
         Ok(())
     }
+    /// What the source feeding this operator's lane waits on before each read
+    /// (watermark alignment); `None`: nothing.
+    fn source_gate(&self) -> Option<crate::alignment::AlignmentGate> {
+        None
+    }
     /// Whether its state can be checkpointed (see [`Operator::snapshot`]). A
     /// query with checkpoints on refuses to start with an operator that cannot.
     fn checkpointable(&self) -> bool {

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::alignment::AlignmentGate;
 use crate::checkpoint::{Ack, CheckpointStore, Collector, Owner, PartRef, RestoredState, StatePart};
 use crate::error::{EngineError, Result};
 use crate::exchange::KeyPartitioner;
@@ -263,6 +264,11 @@ impl Builder {
     }
 
     fn flow(&mut self, flow: Flow) -> Vec<Inbox> {
+        // Per lane, what its source waits on before reading (watermark alignment).
+        let gates: Vec<Option<AlignmentGate>> = match flow.stages.first() {
+            Some(stage) => stage.lanes.iter().map(|ops| ops.iter().find_map(|op| op.source_gate())).collect(),
+            None => Vec::new(),
+        };
         let mut heads = match flow.input {
             FlowInput::Sources(sources) => {
                 let id = self.next_source;
@@ -287,6 +293,7 @@ impl Builder {
                             control: self.control.clone(),
                             rows_read: 0,
                             participant,
+                            gate: gates.get(lane).cloned().flatten(),
                         };
                         self.tasks.spawn(source_lane.run(source, positions));
                         inbox
@@ -443,6 +450,8 @@ struct SourceLane {
     /// Rows the source has returned so far.
     rows_read: u64,
     participant: Participant,
+    /// Watermark alignment: wait on it before each read.
+    gate: Option<AlignmentGate>,
 }
 
 impl SourceLane {
@@ -493,7 +502,7 @@ impl SourceLane {
                     }
                     None => return Err(EngineError::Cancelled),
                 },
-                event = source.next_event() => match event {
+                event = read_aligned(self.gate.as_ref(), &mut *source) => match event {
                     Ok(event) => event,
                     Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
                     Err(e) => {
@@ -535,6 +544,14 @@ impl SourceLane {
         }
         failure.map_or(Ok(()), Err)
     }
+}
+
+/// The source's next event, once it is not too far ahead of the others.
+async fn read_aligned(gate: Option<&AlignmentGate>, source: &mut dyn Source) -> Result<SourceEvent> {
+    if let Some(gate) = gate {
+        gate.wait_aligned().await;
+    }
+    source.next_event().await
 }
 
 /// Sends barriers into the sources, collects the checkpoints' parts and tells

@@ -468,6 +468,19 @@ impl Session {
             ["state_bytes".to_string(), m.state_bytes.to_string()],
             ["watermark".to_string(), m.watermark.map(format_nanos).unwrap_or_else(|| "none".into())],
         ];
+        let checkpoints = metrics.checkpoints();
+        let mut rows = rows;
+        rows.push(["checkpoints_completed".to_string(), checkpoints.completed.to_string()]);
+        rows.push(["checkpoints_failed".to_string(), checkpoints.failed.to_string()]);
+        if let Some(id) = checkpoints.restored_from {
+            rows.push(["checkpoint_restored_from".to_string(), id.to_string()]);
+        }
+        if let Some(last) = checkpoints.last() {
+            rows.push(["last_checkpoint_id".to_string(), last.id.to_string()]);
+            rows.push(["last_checkpoint_duration_ms".to_string(), last.duration_ms.to_string()]);
+            rows.push(["last_checkpoint_bytes".to_string(), last.bytes.to_string()]);
+            rows.push(["last_checkpoint_alignment_ms".to_string(), last.alignment_ms.to_string()]);
+        }
         string_rows(&["metric", "value"], rows)
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use utoipa::{OpenApi, ToSchema};
 
 use super::auth::{require, Role};
-use super::queries::{QueryError, QueryInfo, QueryMetrics, QueryState, SourceMetrics, Submission, Subscription, Update};
+use super::queries::{QueryError, QueryInfo, QueryCheckpoints, CheckpointInfo, QueryMetrics, QueryState, SourceMetrics, Submission, Subscription, Update};
 use super::AppState;
 
 /// An error answer: `{"error": "..."}` with a status code.
@@ -112,8 +112,8 @@ pub struct StatementResult {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Sluice", description = "Continuous SQL over event streams"),
-    paths(submit_query, list_queries, get_query, query_metrics, stop_query, delete_query, query_results, run_statement),
-    components(schemas(SubmitQuery, StatementRequest, StatementResult, QueryInfo, QueryMetrics, SourceMetrics, QueryState, ApiError)),
+    paths(submit_query, list_queries, get_query, query_metrics, query_checkpoints, stop_query, delete_query, query_results, run_statement),
+    components(schemas(SubmitQuery, StatementRequest, StatementResult, QueryInfo, QueryMetrics, QueryCheckpoints, CheckpointInfo, SourceMetrics, QueryState, ApiError)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -185,6 +185,13 @@ pub async fn get_query(State(state): State<AppState>, Path(id): Path<String>) ->
 #[utoipa::path(get, path = "/api/v1/queries/{id}/metrics", responses((status = 200, body = QueryMetrics), (status = 404)))]
 pub async fn query_metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QueryMetrics>, ApiError> {
     Ok(Json(state.queries.metrics(&id)?))
+}
+
+/// A query's checkpoints: how many completed, the last one's id, duration,
+/// size and alignment time, and the one it resumed from.
+#[utoipa::path(get, path = "/api/v1/queries/{id}/checkpoints", responses((status = 200, body = QueryCheckpoints), (status = 404)))]
+pub async fn query_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QueryCheckpoints>, ApiError> {
+    Ok(Json(state.queries.checkpoints(&id)?))
 }
 
 /// Stop a query gracefully (it stays listed as STOPPED); answers once its sink

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/queries", post(api::submit_query).get(api::list_queries))
         .route("/api/v1/queries/{id}", get(api::get_query).delete(api::delete_query))
         .route("/api/v1/queries/{id}/metrics", get(api::query_metrics))
+        .route("/api/v1/queries/{id}/checkpoints", get(api::query_checkpoints))
         .route("/api/v1/queries/{id}/stop", post(api::stop_query))
         .route("/api/v1/queries/{id}/results", get(api::query_results))
         .route("/api/v1/statements", post(api::run_statement))

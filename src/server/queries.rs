@@ -128,6 +128,43 @@ pub struct QueryMetrics {
     pub watermark: Option<String>,
 }
 
+/// One completed checkpoint.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CheckpointInfo {
+    pub id: u64,
+    /// From its barrier to its metadata being written.
+    pub duration_ms: u64,
+    /// Bytes of state stored.
+    pub bytes: u64,
+    /// Time steps waited for barriers to align, summed over steps.
+    pub alignment_ms: u64,
+    /// RFC 3339.
+    pub completed_at: String,
+    /// `periodic`, `stop` or `final` (at the end of the input).
+    pub kind: String,
+}
+
+impl From<&sluice_engine::checkpoint::CheckpointReport> for CheckpointInfo {
+    fn from(r: &sluice_engine::checkpoint::CheckpointReport) -> Self {
+        let completed_at = chrono::DateTime::from_timestamp_millis(r.completed_ms).map(|t| t.to_rfc3339()).unwrap_or_default();
+        CheckpointInfo { id: r.id, duration_ms: r.duration_ms, bytes: r.bytes, alignment_ms: r.alignment_ms, completed_at, kind: r.kind.clone() }
+    }
+}
+
+/// A query's checkpoints.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QueryCheckpoints {
+    /// `execution.checkpointing.interval`; absent: checkpoints are off.
+    pub interval_ms: Option<u64>,
+    pub completed: u64,
+    pub failed: u64,
+    /// The checkpoint this run of the query resumed from.
+    pub restored_from: Option<u64>,
+    pub last: Option<CheckpointInfo>,
+    /// The latest (at most ten), oldest first.
+    pub recent: Vec<CheckpointInfo>,
+}
+
 /// What a submission asks for.
 #[derive(Debug, Clone)]
 pub struct Submission {
@@ -250,6 +287,9 @@ impl QueryManager {
     pub fn session(&self) -> Session {
         let mut session = Session::new(Arc::clone(&self.catalog));
         session.set_options(self.defaults());
+        if let Some(store) = &self.store {
+            session.set_checkpoint_dir(store.checkpoint_dir());
+        }
         session
     }
 
@@ -278,6 +318,9 @@ impl QueryManager {
         let mut session = self.session();
         session.set_options(settings.clone());
         session.set_metrics_label(Some(id.clone()));
+        // A query's checkpoints are kept under its id, so it resumes from
+        // them when the server starts it again.
+        session.set_default_pipeline_name(Some(format!("query-{id}")));
         let mut statements = session.parse(&sql).map_err(|e| QueryError::Sql(e.to_string()))?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(s), true) => s,
@@ -405,6 +448,22 @@ impl QueryManager {
 
     pub fn get(&self, id: &str) -> Result<QueryInfo, QueryError> {
         self.lock().get(id).map(|e| e.info.clone()).ok_or_else(|| QueryError::NotFound(id.to_string()))
+    }
+
+    /// A query's checkpoints so far (none while checkpoints are off).
+    pub fn checkpoints(&self, id: &str) -> Result<QueryCheckpoints, QueryError> {
+        let entries = self.lock();
+        let entry = entries.get(id).ok_or_else(|| QueryError::NotFound(id.to_string()))?;
+        let stats = entry.metrics.as_ref().map(|m| m.checkpoints()).unwrap_or_default();
+        let interval = entry.options.checkpoint_interval.map(|d| d.as_millis() as u64);
+        Ok(QueryCheckpoints {
+            interval_ms: interval,
+            completed: stats.completed,
+            failed: stats.failed,
+            restored_from: stats.restored_from,
+            last: stats.last().map(CheckpointInfo::from),
+            recent: stats.recent.iter().map(CheckpointInfo::from).collect(),
+        })
     }
 
     pub fn metrics(&self, id: &str) -> Result<QueryMetrics, QueryError> {

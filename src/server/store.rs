@@ -93,6 +93,11 @@ impl Store {
     }
 
     /// Catalog statements in the order they were run.
+    /// Where queries keep their checkpoints unless they say otherwise.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+
     pub fn catalog_statements(&self) -> std::io::Result<Vec<String>> {
         let path = self.dir.join("catalog.jsonl");
         if !path.exists() {

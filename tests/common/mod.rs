@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses its share
 
+pub mod broker;
+
 use std::net::TcpListener;
 use std::process::Child;
 use std::time::{Duration, Instant};

