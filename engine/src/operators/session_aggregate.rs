@@ -7,6 +7,12 @@
 //! end (a row at exactly the end would still extend it). Rows that form a session
 //! of their own that is already behind the watermark, merging with no open
 //! session, are late.
+//!
+//! Checkpointed state: table [`SESSIONS_TABLE`] holds one row per open
+//! session, keyed by the group columns other than the window bounds (the
+//! exchange key): those columns, the session's start and end (epoch
+//! nanoseconds), then each aggregate's state columns. Table
+//! [`WATERMARK_TABLE`] holds the lane's watermark.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,12 +25,22 @@ use datafusion::arrow::row::{OwnedRow, RowConverter};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
+use super::state_table::{
+    accumulator_widths, as_type, corrupt, int64_column, key_groups, merged_accumulators, restored_watermark,
+    state_column_names, table, take_accumulator_states, watermark_part,
+};
 use super::window_groups::{AggregateSpec, EvaluatedBatch};
+use crate::checkpoint::StatePart;
 use crate::error::Result;
 use crate::message::Watermark;
 use crate::metrics::{JobMetrics, StateReporter};
 use crate::operator::{Emitter, Operator};
 use crate::time::{as_epoch_nanos, format_nanos, from_epoch_nanos};
+
+/// The checkpoint table of the open sessions (keyed).
+pub const SESSIONS_TABLE: usize = 0;
+/// The checkpoint table of the lane's watermark.
+pub const WATERMARK_TABLE: usize = 1;
 
 /// Aggregates rows into per-key sessions separated by gaps of inactivity.
 pub struct SessionAggregate {
@@ -135,6 +151,75 @@ impl SessionAggregate {
                 Ok((Session { start, end, accumulators }, count))
             })
             .collect()
+    }
+
+    /// Every open session as one table (see the module docs); `None` when none
+    /// is open.
+    fn snapshot_sessions(&mut self) -> Result<Option<StatePart>> {
+        let widths = accumulator_widths(&mut self.spec.new_accumulators()?)?;
+        let mut keys = Vec::new();
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        let mut sets = Vec::new();
+        for KeySessions { key, sessions } in self.keys.values_mut() {
+            for session in sessions.iter_mut() {
+                keys.extend(key.as_ref().map(|k| k.row()));
+                starts.push(session.start);
+                ends.push(session.end);
+                sets.push(&mut session.accumulators);
+            }
+        }
+        let rows = starts.len();
+        if rows == 0 {
+            return Ok(None);
+        }
+        let spec = &self.spec;
+        let states = take_accumulator_states(sets, &widths, &|| spec.new_accumulators())?;
+        let key_columns = match self.key_indices.is_empty() {
+            true => Vec::new(),
+            false => self.converter.convert_rows(keys)?,
+        };
+        let groups = key_groups(&key_columns, rows)?;
+        let key_names = self.key_indices.iter().map(|i| self.spec.output_schema.field(*i).name().clone());
+        let mut columns: Vec<(String, ArrayRef)> = key_names.zip(key_columns).collect();
+        columns.push(("session_start".into(), Arc::new(datafusion::arrow::array::Int64Array::from(starts))));
+        columns.push(("session_end".into(), Arc::new(datafusion::arrow::array::Int64Array::from(ends))));
+        columns.extend(state_column_names(&widths).into_iter().zip(states));
+        Ok(Some(StatePart::keyed(table(columns, rows)?, groups)))
+    }
+
+    /// Adds the sessions of a table written by [`Self::snapshot_sessions`].
+    fn restore_sessions(&mut self, batch: &RecordBatch) -> Result<()> {
+        let width = self.key_indices.len();
+        let widths = accumulator_widths(&mut self.spec.new_accumulators()?)?;
+        if batch.num_columns() != width + 2 + widths.iter().sum::<usize>() {
+            return Err(corrupt("the session aggregate's sessions table has other columns"));
+        }
+        let key_columns = self
+            .key_indices
+            .iter()
+            .enumerate()
+            .map(|(c, i)| as_type(batch.column(c), self.spec.output_schema.field(*i).data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let key_rows = if key_columns.is_empty() { None } else { Some(self.converter.convert_columns(&key_columns)?) };
+        let starts = int64_column(batch, width)?;
+        let ends = int64_column(batch, width + 1)?;
+        let states = &batch.columns()[width + 2..];
+        for i in 0..batch.num_rows() {
+            if starts.is_null(i) || ends.is_null(i) {
+                return Err(corrupt("a session without bounds"));
+            }
+            let accumulators = merged_accumulators(self.spec.new_accumulators()?, states, i, &widths)?;
+            let session = Session { start: starts.value(i), end: ends.value(i), accumulators };
+            let key: Box<[u8]> = key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into());
+            let state = self.keys.entry(key).or_insert_with(|| KeySessions {
+                key: key_rows.as_ref().map(|r| r.row(i).owned()),
+                sessions: Vec::new(),
+            });
+            let pos = state.sessions.partition_point(|s| s.start < session.start);
+            state.sessions.insert(pos, session);
+        }
+        Ok(())
     }
 
     fn closed_sessions_batch(&mut self, closed: Vec<(Option<OwnedRow>, Session)>) -> Result<RecordBatch> {
@@ -278,10 +363,71 @@ impl Operator for SessionAggregate {
         }
         Ok(Some(Watermark::EventTime(t.min(earliest_open_end).saturating_sub(1))))
     }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
+        let mut parts = vec![(WATERMARK_TABLE, watermark_part(self.watermark)?)];
+        if let Some(sessions) = self.snapshot_sessions()? {
+            parts.push((SESSIONS_TABLE, sessions));
+        }
+        self.report_state();
+        Ok(parts)
+    }
+
+    fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
+        let watermarks = parts.iter().filter(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p);
+        if let Some(w) = restored_watermark(watermarks)? {
+            self.watermark = w;
+        }
+        for (t, part) in &parts {
+            match *t {
+                SESSIONS_TABLE => self.restore_sessions(&part.batch)?,
+                WATERMARK_TABLE => {}
+                other => return Err(corrupt(&format!("the session aggregate has no table {other}"))),
+            }
+        }
+        self.report_state();
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for SessionAggregate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SessionAggregate(gap={}, watermark={})", self.gap, self.watermark.map(format_nanos).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::checkpoint_testing::{aggregate_spec, check_resumes, exchange_key, input_steps, PARALLELISMS, SEC};
+
+    fn session_aggregate(keyed: bool) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
+        let bounds = [("ts", "window_start"), ("window_end", "window_end")];
+        let group: Vec<(&str, &str)> = if keyed { [("k", "k")].into_iter().chain(bounds).collect() } else { bounds.to_vec() };
+        let aggregates =
+            [("sum", "v", false), ("count", "v", false), ("max", "v", false), ("avg", "x", false), ("count", "v", true)];
+        let spec = aggregate_spec(&group, &aggregates, false);
+        move |metrics| Box::new(SessionAggregate::try_new(spec.clone(), 3 * SEC, Arc::clone(metrics)).expect("an aggregate"))
+    }
+
+    #[tokio::test]
+    async fn resumes_from_a_snapshot_at_any_parallelism() -> Result<()> {
+        let make = session_aggregate(true);
+        let outcome = check_resumes(&make, &exchange_key(&["k"]), &input_steps(true), PARALLELISMS).await?;
+        assert!(outcome.rows.len() > 20, "sessions of many keys: {}", outcome.rows.len());
+        assert!(outcome.late_rows > 0, "some rows are late");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resumes_a_keyless_aggregate_in_lane_0() -> Result<()> {
+        let make = session_aggregate(false);
+        let outcome = check_resumes(&make, &[], &input_steps(false), PARALLELISMS).await?;
+        assert!(!outcome.rows.is_empty());
+        Ok(())
     }
 }
