@@ -7,10 +7,18 @@
 //! DataFusion's sliding accumulators). One accumulator set per group is kept for
 //! ever, unless a TTL drops groups not updated for that long (as Flink's
 //! `table.exec.state.ttl`): a later row for such a group starts it afresh.
+//!
+//! Checkpointed state: table [`GROUPS_TABLE`] holds one row per group, keyed by
+//! the group columns (the exchange key): those columns, the group's row count,
+//! when it was last updated (wall-clock epoch milliseconds, for the TTL), then
+//! each aggregate's state columns. The result last sent is not stored: it is
+//! what the accumulators evaluate to. Over a changelog, a sliding accumulator's
+//! state must keep what later retractions need; for those that keep only a
+//! summary (MIN/MAX, DISTINCT) the operator is not checkpointable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
@@ -21,8 +29,13 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
+use super::state_table::{
+    accumulator_widths, as_type, corrupt, int64_column, key_groups, merged_accumulators, state_column_names, table,
+    take_accumulator_states,
+};
 use super::window_groups::AggregateSpec;
 use crate::changelog::{attach_ops, detach_ops, ChangeKind};
+use crate::checkpoint::StatePart;
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::metrics::StateReporter;
@@ -38,6 +51,14 @@ struct Group {
     touched: Instant,
     size: usize,
 }
+
+/// The checkpoint table of the groups (keyed).
+pub const GROUPS_TABLE: usize = 0;
+
+/// Aggregates whose sliding accumulator's state holds all that retractions
+/// need later (a running sum and count, or every value), when not DISTINCT.
+const RESTORABLE_WITH_RETRACTIONS: &[&str] =
+    &["sum", "count", "avg", "median", "var", "var_pop", "stddev", "stddev_pop"];
 
 /// A non-windowed GROUP BY emitting a changelog.
 pub struct UpdatingAggregate {
@@ -90,14 +111,103 @@ impl UpdatingAggregate {
         })
     }
 
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        new_accumulators(&self.spec, self.changelog_input)
+    }
+
     fn new_group(&self, key: Vec<ScalarValue>) -> Result<Group> {
-        let accumulators = self
-            .spec
-            .aggregates
-            .iter()
-            .map(|a| Ok(if self.changelog_input { a.create_sliding_accumulator()? } else { a.create_accumulator()? }))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Group { key, accumulators, rows: 0, sent: None, touched: Instant::now(), size: 0 })
+        Ok(Group { key, accumulators: self.new_accumulators()?, rows: 0, sent: None, touched: Instant::now(), size: 0 })
+    }
+
+    /// Every group as one table (see the module docs); `None` when there is none.
+    fn snapshot_groups(&mut self) -> Result<Option<StatePart>> {
+        if self.groups.is_empty() {
+            return Ok(None);
+        }
+        let widths = accumulator_widths(&mut self.new_accumulators()?)?;
+        let now = epoch_millis();
+        let rows = self.groups.len();
+        let mut keys: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(rows); self.spec.group_exprs.len()];
+        let mut counts = Vec::with_capacity(rows);
+        let mut touched = Vec::with_capacity(rows);
+        let mut sets = Vec::with_capacity(rows);
+        for group in self.groups.values_mut() {
+            for (column, value) in keys.iter_mut().zip(&group.key) {
+                column.push(value.clone());
+            }
+            counts.push(group.rows);
+            touched.push(now.saturating_sub(i64::try_from(group.touched.elapsed().as_millis()).unwrap_or(i64::MAX)));
+            sets.push(&mut group.accumulators);
+        }
+        let (spec, changelog_input) = (&self.spec, self.changelog_input);
+        let states = take_accumulator_states(sets, &widths, &|| new_accumulators(spec, changelog_input))?;
+        // The rebuilt accumulators are what a restored operator has: send
+        // changes against what they evaluate to, as it will.
+        for group in self.groups.values_mut() {
+            let now = group.accumulators.iter_mut().map(|a| a.evaluate()).collect::<datafusion::error::Result<Vec<_>>>()?;
+            group.sent = Some(now);
+        }
+        let key_columns = keys.into_iter().map(|c| Ok(ScalarValue::iter_to_array(c)?)).collect::<Result<Vec<ArrayRef>>>()?;
+        let groups = key_groups(&key_columns, rows)?;
+        let names = self.spec.group_exprs.iter().map(|(_, name)| name.clone());
+        let mut columns: Vec<(String, ArrayRef)> = names.zip(key_columns).collect();
+        columns.push(("rows".into(), Arc::new(datafusion::arrow::array::Int64Array::from(counts))));
+        columns.push(("updated_at_ms".into(), Arc::new(datafusion::arrow::array::Int64Array::from(touched))));
+        columns.extend(state_column_names(&widths).into_iter().zip(states));
+        Ok(Some(StatePart::keyed(table(columns, rows)?, groups)))
+    }
+
+    /// Adds the groups of a table written by [`Self::snapshot_groups`]; groups
+    /// whose TTL ran out since are dropped.
+    fn restore_groups(&mut self, batch: &RecordBatch) -> Result<()> {
+        let width = self.spec.group_exprs.len();
+        let widths = accumulator_widths(&mut self.new_accumulators()?)?;
+        if batch.num_columns() != width + 2 + widths.iter().sum::<usize>() {
+            return Err(corrupt("the updating aggregate's groups table has other columns"));
+        }
+        let key_columns = match &self.spec.input_schema {
+            Some(input) => self
+                .spec
+                .group_exprs
+                .iter()
+                .enumerate()
+                .map(|(c, (e, _))| as_type(batch.column(c), &e.data_type(input)?))
+                .collect::<Result<Vec<_>>>()?,
+            None => batch.columns()[..width].to_vec(),
+        };
+        let key_rows = match &self.converter {
+            Some(c) => Some(c.convert_columns(&key_columns)?),
+            None => None,
+        };
+        let counts = int64_column(batch, width)?;
+        let touched = int64_column(batch, width + 1)?;
+        let states = &batch.columns()[width + 2..];
+        let now = epoch_millis();
+        for i in 0..batch.num_rows() {
+            let age = Duration::from_millis(u64::try_from(now.saturating_sub(touched.value(i))).unwrap_or(0));
+            if self.ttl.is_some_and(|ttl| age > ttl) {
+                continue;
+            }
+            let key: Box<[u8]> = key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into());
+            let values = key_columns.iter().map(|c| Ok(ScalarValue::try_from_array(c, i)?)).collect::<Result<Vec<_>>>()?;
+            let mut accumulators = merged_accumulators(self.new_accumulators()?, states, i, &widths)?;
+            let sent = accumulators.iter_mut().map(|a| a.evaluate()).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let size = key.len() + 96 + accumulators.iter().map(|a| a.size()).sum::<usize>();
+            let group = Group {
+                key: values,
+                accumulators,
+                rows: counts.value(i),
+                sent: Some(sent),
+                touched: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                size,
+            };
+            if let Some(old) = self.groups.insert(key, group) {
+                self.state_bytes -= old.size;
+            }
+            self.state_bytes += size;
+        }
+        self.state.set(self.state_bytes);
+        Ok(())
     }
 
     fn expire_by_ttl(&mut self) {
@@ -264,6 +374,44 @@ impl Operator for UpdatingAggregate {
         self.expire_by_ttl();
         Ok(Some(wm))
     }
+
+    fn checkpointable(&self) -> bool {
+        !self.changelog_input
+            || self
+                .spec
+                .aggregates
+                .iter()
+                .all(|a| !a.is_distinct() && RESTORABLE_WITH_RETRACTIONS.contains(&a.fun().name()))
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
+        Ok(self.snapshot_groups()?.map(|p| (GROUPS_TABLE, p)).into_iter().collect())
+    }
+
+    fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
+        for (t, part) in &parts {
+            match *t {
+                GROUPS_TABLE => self.restore_groups(&part.batch)?,
+                other => return Err(corrupt(&format!("the updating aggregate has no table {other}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One accumulator per aggregate; sliding ones (that can take rows back) over
+/// a changelog.
+fn new_accumulators(spec: &AggregateSpec, changelog_input: bool) -> Result<Vec<Box<dyn Accumulator>>> {
+    spec.aggregates
+        .iter()
+        .map(|a| Ok(if changelog_input { a.create_sliding_accumulator()? } else { a.create_accumulator()? }))
+        .collect()
+}
+
+/// Wall-clock time in epoch milliseconds (TTLs outlive the process).
+fn epoch_millis() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A duration as people write it (`90s`, `5m`, `1h`).
@@ -274,5 +422,123 @@ pub fn humantime(d: Duration) -> String {
         s if s % 3600 == 0 => format!("{}h", s / 3600),
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changelog::with_op_field;
+    use crate::metrics::JobMetrics;
+    use crate::operators::checkpoint_testing::{
+        aggregate_spec, check_resumes, exchange_key, input_schema, input_steps, Step, PARALLELISMS,
+    };
+
+    const AGGREGATES: &[(&str, &str, bool)] = &[("sum", "v", false), ("count", "v", false), ("avg", "x", false)];
+
+    fn updating_aggregate(
+        group: &[(&str, &str)],
+        aggregates: &[(&str, &str, bool)],
+        changelog_input: bool,
+    ) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
+        let spec = aggregate_spec(group, aggregates, true);
+        move |metrics| {
+            let op = UpdatingAggregate::try_new(spec.clone(), changelog_input, None, metrics.state_reporter());
+            Box::new(op.expect("an aggregate"))
+        }
+    }
+
+    /// [`input_steps`] as a changelog: each batch inserts its rows and takes
+    /// back the first four rows of the batch before; a last batch takes back
+    /// every row of keys 2 and 5.
+    fn changelog_steps() -> Result<Vec<Step>> {
+        let schema = with_op_field(&input_schema());
+        let concat = |batches: &[RecordBatch]| datafusion::arrow::compute::concat_batches(&input_schema(), batches);
+        let mut previous: Option<RecordBatch> = None;
+        let mut kept = Vec::new();
+        let mut steps = Vec::new();
+        for step in input_steps(true) {
+            let Step::Batch(batch) = step else { continue };
+            let mut kinds = vec![ChangeKind::Insert; batch.num_rows()];
+            let rows = match &previous {
+                Some(p) => {
+                    kinds.extend([ChangeKind::Delete; 4]);
+                    kept.push(p.slice(4, p.num_rows() - 4));
+                    concat(&[batch.clone(), p.slice(0, 4)])?
+                }
+                None => batch.clone(),
+            };
+            steps.push(Step::Batch(attach_ops(&schema, &rows, &kinds)?));
+            previous = Some(batch);
+        }
+        kept.extend(previous);
+        let kept = concat(&kept)?;
+        let keys = kept.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("keys");
+        let taken: datafusion::arrow::array::BooleanArray = keys.iter().map(|k| Some(matches!(k, Some(2 | 5)))).collect();
+        let taken = datafusion::arrow::compute::filter_record_batch(&kept, &taken)?;
+        steps.push(Step::Batch(attach_ops(&schema, &taken, &vec![ChangeKind::Delete; taken.num_rows()])?));
+        Ok(steps)
+    }
+
+    #[tokio::test]
+    async fn resumes_from_a_snapshot_at_any_parallelism() -> Result<()> {
+        let aggregates = [AGGREGATES, &[("max", "v", false), ("count", "v", true)]].concat();
+        let make = updating_aggregate(&[("k", "k")], &aggregates, false);
+        assert!(make(&JobMetrics::new()).checkpointable());
+        let outcome = check_resumes(&make, &exchange_key(&["k"]), &input_steps(true), PARALLELISMS).await?;
+        assert!(outcome.rows.iter().any(|r| r.ends_with("|-U")), "groups update: {:?}", outcome.rows);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resumes_a_global_aggregate_in_lane_0() -> Result<()> {
+        let make = updating_aggregate(&[], AGGREGATES, false);
+        let outcome = check_resumes(&make, &[], &input_steps(true), PARALLELISMS).await?;
+        assert!(outcome.rows.iter().any(|r| r.ends_with("|+U")));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn resumes_over_a_changelog_with_retractions() -> Result<()> {
+        let make = updating_aggregate(&[("k", "k")], AGGREGATES, true);
+        assert!(make(&JobMetrics::new()).checkpointable());
+        let outcome = check_resumes(&make, &exchange_key(&["k"]), &changelog_steps()?, PARALLELISMS).await?;
+        assert!(outcome.rows.iter().any(|r| r.ends_with("|-D")), "some groups are emptied: {:?}", outcome.rows);
+        Ok(())
+    }
+
+    #[test]
+    fn retractions_the_state_cannot_restore_make_it_not_checkpointable() {
+        for refused in [("max", "v", false), ("min", "v", false), ("count", "v", true)] {
+            let make = updating_aggregate(&[("k", "k")], &[("sum", "v", false), refused], true);
+            assert!(!make(&JobMetrics::new()).checkpointable(), "{refused:?} over a changelog");
+            let make = updating_aggregate(&[("k", "k")], &[("sum", "v", false), refused], false);
+            assert!(make(&JobMetrics::new()).checkpointable(), "{refused:?} over appends");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_keeps_its_ttl_clock_and_expired_groups_are_not_restored() -> Result<()> {
+        let spec = aggregate_spec(&[("k", "k")], AGGREGATES, true);
+        let ttl = Duration::from_secs(60);
+        let mut op = UpdatingAggregate::try_new(spec.clone(), false, Some(ttl), JobMetrics::new().state_reporter())?;
+        let Step::Batch(batch) = &input_steps(true)[0] else { unreachable!("a batch first") };
+        op.on_batch(batch.clone(), &mut Emitter::default()).await?;
+        let groups = op.groups.len();
+        let mut parts = op.snapshot()?;
+        let mut restored = UpdatingAggregate::try_new(spec.clone(), false, Some(ttl), JobMetrics::new().state_reporter())?;
+        restored.restore(parts.clone())?;
+        assert_eq!(restored.groups.len(), groups);
+        assert!(restored.groups.values().all(|g| g.touched.elapsed() < Duration::from_secs(5)));
+        // Stored two minutes ago: expired while the query was stopped.
+        let touched = parts[0].1.batch.schema().index_of("updated_at_ms")?;
+        let mut columns = parts[0].1.batch.columns().to_vec();
+        let earlier = datafusion::arrow::array::Int64Array::from(vec![epoch_millis() - 120_000; columns[touched].len()]);
+        columns[touched] = Arc::new(earlier);
+        parts[0].1.batch = RecordBatch::try_new(parts[0].1.batch.schema(), columns)?;
+        let mut expired = UpdatingAggregate::try_new(spec, false, Some(ttl), JobMetrics::new().state_reporter())?;
+        expired.restore(parts)?;
+        assert!(expired.groups.is_empty());
+        Ok(())
     }
 }
