@@ -15,6 +15,10 @@ pub enum ConnectorError {
     /// The connector cannot play the role asked of it (e.g. `stdout` as a source).
     #[error("connector '{connector}' cannot be used as a {role}")]
     Role { connector: String, role: &'static str },
+    /// The state a checkpoint holds for a source or sink is not what this
+    /// table's connector writes (the table changed since the checkpoint).
+    #[error("connector '{connector}': the checkpoint does not fit this table: {reason}")]
+    Checkpoint { connector: String, reason: String },
     /// Reading or writing external data failed.
     #[error("{connector}: {message}")]
     External { connector: String, message: String },

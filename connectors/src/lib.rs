@@ -5,6 +5,7 @@
 //! [`sluice_engine::Source`]s and [`sluice_engine::Sink`]s. Every connector is
 //! listed in [`registry::registry`].
 
+mod checkpoint_rows;
 pub mod conform;
 pub mod error;
 pub mod file;

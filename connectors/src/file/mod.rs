@@ -14,9 +14,14 @@
 //!   `file:line`), `drop` (counted, logged, skipped) or `dead-letter` (appended to
 //!   the JSON lines file `dead-letter.path` as `{"file", "line", "error",
 //!   "record"}`, where `record` is the line's text).
+//!
+//! A source is resumable: a checkpoint holds how far each file was read.
 
+mod position;
 mod sink;
 mod source;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 

@@ -7,10 +7,14 @@
 //! out in file order either way, and `bad_data` decides what a bad record does:
 //! with `fail` the rows before it are still emitted, then the query fails with
 //! `path:line: error`; `drop` skips it; `dead-letter` appends it to a file.
+//!
+//! Resumable: at each barrier the source remembers, per file of its lane, how
+//! far it got (bytes for JSON and CSV, rows for Parquet; see `position`), and a
+//! restored source skips finished files and seeks into the one it was reading.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,9 +26,10 @@ use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{EngineError, Source, SourceLag};
 
+use super::position::{position_batch, positions_from, FilePosition};
 use super::{io_error, BadData, FileConfig, FileFormat};
 use crate::conform::Conformer;
-use crate::error::{ConnectorError, Result};
+use crate::error::Result;
 use crate::registry::Shard;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
@@ -41,12 +46,39 @@ pub struct FileSource {
     dead_letters: Option<File>,
     /// Records dropped or dead-lettered as undecodable.
     bad_records: u64,
+    /// Files of this lane read to their end (restored ones included).
+    finished: Vec<FilePosition>,
+    /// Files a restored source goes on reading from a position, by path.
+    resume: BTreeMap<String, FilePosition>,
+    /// The position at the last barrier, for the checkpoint.
+    at_barrier: Option<RecordBatch>,
 }
 
 /// The file being read.
 enum Reader {
     Text(TextRecords),
-    Parquet(PathBuf, BatchReader),
+    Parquet {
+        path: PathBuf,
+        reader: BatchReader,
+        /// Rows returned so far (a restored reader counts those it skipped).
+        rows: u64,
+    },
+}
+
+impl Reader {
+    /// How far it got.
+    fn position(&self) -> FilePosition {
+        match self {
+            Reader::Text(t) => FilePosition { path: key(&t.path), offset: t.offset, line: t.line, done: false },
+            Reader::Parquet { path, rows, .. } => FilePosition { path: key(path), offset: *rows, line: 0, done: false },
+        }
+    }
+}
+
+/// A file's name in positions: its path as listed, which the same `path`
+/// option lists the same way again.
+fn key(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// One JSON line or CSV record, and the line it starts on (from 1).
@@ -61,6 +93,8 @@ struct TextRecords {
     input: BufReader<File>,
     /// Lines read so far.
     line: u64,
+    /// Bytes read so far: every record before them was returned.
+    offset: u64,
     /// A CSV record ends only at a line end outside quotes.
     csv: bool,
     skip_header: bool,
@@ -78,6 +112,7 @@ impl TextRecords {
                     break;
                 }
                 self.line += 1;
+                self.offset += n as u64;
                 if self.csv {
                     let quotes = text[text.len() - n..].iter().filter(|b| **b == b'"').count();
                     in_quotes ^= quotes % 2 == 1;
@@ -126,26 +161,54 @@ impl FileSource {
             .filter(|(i, _)| i % shard.count.max(1) == shard.index)
             .map(|(_, f)| f)
             .collect();
-        Ok(FileSource { cfg, schema, pending, current: None, failed: None, dead_letters: None, bad_records: 0 })
+        Ok(FileSource {
+            cfg,
+            schema,
+            pending,
+            current: None,
+            failed: None,
+            dead_letters: None,
+            bad_records: 0,
+            finished: Vec::new(),
+            resume: BTreeMap::new(),
+            at_barrier: None,
+        })
     }
 
-    fn reader(&self, path: &Path) -> Result<Reader> {
-        let input = || Ok::<_, ConnectorError>(BufReader::new(File::open(path).map_err(|e| io_error(path, e))?));
+    /// A reader of `path`, from where a restored position says (if any).
+    fn reader(&mut self, path: &Path) -> Result<Reader> {
+        let from = self.resume.remove(&key(path));
+        let (offset, line) = from.map_or((0, 0), |p| (p.offset, p.line));
         let text = |csv: bool| -> Result<Reader> {
-            let skip_header = csv && self.cfg.csv_header;
-            Ok(Reader::Text(TextRecords { path: path.to_path_buf(), input: input()?, line: 0, csv, skip_header }))
+            let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+            if offset > 0 {
+                file.seek(SeekFrom::Start(offset)).map_err(|e| io_error(path, e))?;
+            }
+            // A CSV header is the first record: read before any position past 0.
+            let skip_header = csv && self.cfg.csv_header && offset == 0;
+            let input = BufReader::new(file);
+            Ok(Reader::Text(TextRecords { path: path.to_path_buf(), input, line, offset, csv, skip_header }))
         };
         match self.cfg.format {
             FileFormat::Json => text(false),
             FileFormat::Csv => text(true),
             FileFormat::Parquet => {
                 let file = File::open(path).map_err(|e| io_error(path, e))?;
+                let skip = usize::try_from(offset).map_err(|e| io_error(path, e))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .and_then(|b| b.with_batch_size(self.cfg.batch_size).build())
+                    .and_then(|b| b.with_batch_size(self.cfg.batch_size).with_offset(skip).build())
                     .map_err(|e| io_error(path, e))?;
                 let conformer = Conformer::try_new(&path.display().to_string(), &reader.schema(), &self.schema)?;
-                Ok(Reader::Parquet(path.to_path_buf(), Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))))))
+                let reader = Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))));
+                Ok(Reader::Parquet { path: path.to_path_buf(), reader, rows: offset })
             }
+        }
+    }
+
+    /// The current file was read to its end.
+    fn close_current(&mut self) {
+        if let Some(reader) = self.current.take() {
+            self.finished.push(FilePosition { done: true, ..reader.position() });
         }
     }
 
@@ -320,6 +383,42 @@ impl Source for FileSource {
         Some(SourceLag::Bytes(bytes))
     }
 
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    async fn on_barrier(&mut self, _checkpoint: u64) -> sluice_engine::Result<()> {
+        let mut positions = self.finished.clone();
+        positions.extend(self.current.as_ref().map(Reader::position));
+        self.at_barrier = Some(position_batch(&positions)?);
+        Ok(())
+    }
+
+    /// Rows of `position::position_schema`: the lane's files started so far.
+    fn position(&self) -> sluice_engine::Result<Option<RecordBatch>> {
+        Ok(self.at_barrier.clone())
+    }
+
+    /// Skips the lane's files the checkpoint has finished, and goes on with
+    /// the others from their positions; files it does not name are read whole.
+    async fn restore(&mut self, positions: Vec<RecordBatch>) -> sluice_engine::Result<()> {
+        let mut stored = positions_from(&positions)?;
+        let mut pending = VecDeque::new();
+        for path in std::mem::take(&mut self.pending) {
+            match stored.remove(&key(&path)) {
+                Some(p) if p.done => self.finished.push(p),
+                Some(p) => {
+                    self.resume.insert(p.path.clone(), p);
+                    pending.push_back(path);
+                }
+                None => pending.push_back(path),
+            }
+        }
+        self.pending = pending;
+        Ok(())
+    }
+
+    /// Cancel-safe: it never waits, so a call is never dropped midway.
     async fn next_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
         loop {
             if let Some(e) = self.failed.take() {
@@ -329,15 +428,18 @@ impl Source for FileSource {
                 return Err(e);
             }
             match &mut self.current {
-                Some(Reader::Parquet(path, reader)) => match reader.next() {
-                    Some(Ok(batch)) => return Ok(Some(batch)),
+                Some(Reader::Parquet { path, reader, rows }) => match reader.next() {
+                    Some(Ok(batch)) => {
+                        *rows += batch.num_rows() as u64;
+                        return Ok(Some(batch));
+                    }
                     Some(Err(e)) => return Err(io_error(path, format!("bad record: {e}")).into()),
-                    None => self.current = None,
+                    None => self.close_current(),
                 },
                 Some(Reader::Text(_)) => match self.next_text_batch()? {
                     Some(batch) if batch.num_rows() > 0 => return Ok(Some(batch)),
                     Some(_) => {}
-                    None => self.current = None,
+                    None => self.close_current(),
                 },
                 None => {
                     let Some(path) = self.pending.pop_front() else { return Ok(None) };

@@ -3,7 +3,9 @@
 //!
 //! Event `n` is a pure function of the seed and `n` (its random draws come from
 //! stream `n` of a ChaCha generator), so shards of the stream can be generated
-//! independently and together give exactly the events of the unsharded stream.
+//! independently and together give exactly the events of the unsharded stream,
+//! and a shard restored from a checkpoint goes on exactly where it stopped (see
+//! `cursor`).
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::cursor::{Cursor, Progression};
 use super::GeneratorConfig;
 use crate::registry::Shard;
 
@@ -40,32 +43,38 @@ pub struct ClickstreamGenerator {
     cfg: GeneratorConfig,
     shard: Shard,
     base: ChaCha8Rng,
-    /// Events of this shard produced so far.
+    /// Which events of the stream this shard emitted, and which come next.
+    cursor: Cursor,
+    /// Events this generator produced (since it was created or restored).
     produced: u64,
 }
 
 impl ClickstreamGenerator {
     pub fn new(cfg: GeneratorConfig, shard: Shard) -> Self {
         let base = ChaCha8Rng::seed_from_u64(cfg.seed);
-        ClickstreamGenerator { cfg, shard, base, produced: 0 }
+        ClickstreamGenerator { cfg, shard, base, cursor: Cursor::new(shard), produced: 0 }
     }
 
-    /// Events of this shard produced so far.
+    /// Goes on after `progressions` (from a checkpoint, see `cursor`) instead
+    /// of from the start.
+    pub(crate) fn restore(&mut self, progressions: &[Progression]) {
+        self.cursor = Cursor::restore(self.shard, progressions);
+    }
+
+    /// Where this shard is, for a checkpoint.
+    pub(crate) fn progressions(&self) -> Vec<Progression> {
+        self.cursor.progressions()
+    }
+
+    /// Events this generator produced (since it was created or restored).
     pub fn produced(&self) -> u64 {
         self.produced
     }
 
-    /// Events of this shard still to produce, if bounded.
+    /// Events of this shard still to produce, if bounded (after a restore at
+    /// another parallelism, at most this many).
     pub fn remaining(&self) -> Option<u64> {
-        let rows = self.cfg.rows?;
-        let count = self.shard.count.max(1) as u64;
-        let total = rows.saturating_sub(self.shard.index as u64).div_ceil(count);
-        Some(total.saturating_sub(self.produced))
-    }
-
-    /// The global sequence number of this shard's next event.
-    fn next_seq(&self) -> u64 {
-        self.shard.index as u64 + self.produced * self.shard.count.max(1) as u64
+        Some(self.cursor.left_below(self.cfg.rows?))
     }
 
     /// Up to `max_rows` more events, or `None` once all of this shard's events
@@ -80,10 +89,11 @@ impl ClickstreamGenerator {
         let mut times = TimestampMillisecondBuilder::with_capacity(max_rows);
         let mut n = 0;
         while n < max_rows {
-            let seq = self.next_seq();
+            let seq = self.cursor.peek();
             if self.cfg.rows.is_some_and(|rows| seq >= rows) {
                 break;
             }
+            self.cursor.advance();
             self.produced += 1;
             n += 1;
             let mut rng = self.base.clone();
@@ -154,6 +164,55 @@ mod tests {
         let mut rows: Vec<String> = text.lines().filter(|l| l.starts_with("| ")).skip(1).map(String::from).collect();
         rows.sort();
         Ok(rows)
+    }
+
+    /// Rows of `g` in batches of 7, at most `batches` of them.
+    fn some_rows_of(g: &mut ClickstreamGenerator, batches: usize) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        for _ in 0..batches {
+            let Some(b) = g.next_batch(7)? else { break };
+            out.push(b);
+        }
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        let text = pretty_format_batches(&out)?.to_string();
+        Ok(text.lines().filter(|l| l.starts_with("| ")).skip(1).map(String::from).collect())
+    }
+
+    #[test]
+    fn a_restored_shard_goes_on_with_the_rows_an_uninterrupted_one_produces() -> Result<(), Box<dyn std::error::Error>> {
+        let shard = Shard { index: 1, count: 2 };
+        let uninterrupted = some_rows_of(&mut ClickstreamGenerator::new(config(100)?, shard), 100)?;
+        let mut first = ClickstreamGenerator::new(config(100)?, shard);
+        let mut rows = some_rows_of(&mut first, 3)?;
+        let mut second = ClickstreamGenerator::new(config(100)?, shard);
+        second.restore(&first.progressions());
+        assert_eq!(second.remaining(), Some(50 - 21));
+        rows.extend(some_rows_of(&mut second, 100)?);
+        assert_eq!(rows, uninterrupted, "same rows, same order");
+        assert_eq!(second.remaining(), Some(0));
+        Ok(())
+    }
+
+    #[test]
+    fn restored_at_another_parallelism_the_shards_produce_the_rest_of_the_stream() -> Result<(), Box<dyn std::error::Error>> {
+        let whole = rows_of(ClickstreamGenerator::new(config(100)?, Shard::ALL))?;
+        let mut rows = Vec::new();
+        let mut positions = Vec::new();
+        for (index, batches) in [2, 5, 0].into_iter().enumerate() {
+            let mut g = ClickstreamGenerator::new(config(100)?, Shard { index, count: 3 });
+            rows.extend(some_rows_of(&mut g, batches)?);
+            positions.extend(g.progressions());
+        }
+        for index in 0..2 {
+            let mut g = ClickstreamGenerator::new(config(100)?, Shard { index, count: 2 });
+            g.restore(&positions);
+            rows.extend(rows_of(g)?);
+        }
+        rows.sort();
+        assert_eq!(rows, whole);
+        Ok(())
     }
 
     #[test]

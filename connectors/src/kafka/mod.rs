@@ -37,7 +37,12 @@
 //! temporal join, or is read as it is.
 //!
 //! Lanes split a topic's partitions between them (partition `p` goes to lane
-//! `p % lanes`). Sinks use an idempotent producer and wait for every delivery:
+//! `p % lanes`). A source is resumable: a checkpoint holds, per partition, the
+//! next offset to read, and a query restored from it (at any parallelism) starts
+//! there, whatever `scan.startup.mode` and the group's offsets say; partitions
+//! the checkpoint does not name start as `scan.startup.mode` says (a `latest` or
+//! `timestamp` start is looked up when the source is created, so it is a
+//! position even before the first record). Sinks use an idempotent producer and wait for every delivery:
 //! a failed delivery fails the query instead of losing the row.
 
 pub(crate) mod avro;

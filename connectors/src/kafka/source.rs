@@ -6,6 +6,11 @@
 //! and offsets go to the consumer group only once a checkpoint made the rows
 //! before them durable (see `positions`). A lane cut off from its broker is not
 //! idle (see `quiet`).
+//!
+//! The consumer is assigned its partitions at the first read, not when it is
+//! created, so that a query restored from a checkpoint starts each partition at
+//! the checkpoint's offset (`Source::restore`) instead of where
+//! `scan.startup.mode` or the consumer group would have it.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use sluice_engine::{EngineError, Source, SourceEvent, SplitTag};
 use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
-use super::positions::{Offsets, Positions};
+use super::positions::{offsets_from, position_batch, Offsets, Positions};
 use super::quiet::Quiet;
 use crate::metadata::{has_metadata_columns, value_schema};
 use super::{kafka_error, BadData, KafkaConfig, KafkaFormat, StartupMode};
@@ -109,6 +114,11 @@ pub struct KafkaSource {
     positions: Positions,
     /// Whether the lane is quiet or cut off from its broker.
     quiet: Quiet,
+    /// Where each partition of the lane starts: from `scan.startup.mode`, or
+    /// from the checkpoint the query is restored from.
+    start: Vec<(i32, Offset)>,
+    /// Whether the consumer has been assigned `start` (at the first read).
+    assigned: bool,
     /// With a timestamp start: partitions that reached it. Brokers that cannot
     /// look offsets up by time (tansu answers 0) start earlier; the records
     /// before the first one at or after the timestamp are skipped here.
@@ -142,28 +152,22 @@ impl KafkaSource {
         let count = shard.count.max(1) as i32;
         let partitions: Vec<i32> =
             topic.partitions().iter().map(|p| p.id()).filter(|p| p % count == shard.index as i32).collect();
-        let consumer = if partitions.is_empty() {
-            None
-        } else {
-            let mut tpl = TopicPartitionList::new();
-            let offset = match cfg.startup {
-                StartupMode::Earliest => Offset::Beginning,
-                StartupMode::Latest => Offset::End,
-                StartupMode::GroupOffsets => Offset::Stored,
-                // offsets_for_times takes the timestamp in the offset field.
-                StartupMode::Timestamp(ms) => Offset::Offset(ms),
-            };
-            for p in &partitions {
-                tpl.add_partition_offset(&cfg.topic, *p, offset).map_err(kafka_error)?;
-            }
-            if let StartupMode::Timestamp(ms) = cfg.startup {
-                tpl = consumer
-                    .offsets_for_times(tpl, METADATA_TIMEOUT)
-                    .map_err(|e| kafka_error(format!("looking up offsets for timestamp {ms}: {e}")))?;
-            }
-            consumer.assign(&tpl).map_err(kafka_error)?;
-            Some(Arc::new(consumer))
+        let start = match partitions.is_empty() {
+            true => Vec::new(),
+            false => start_offsets(&consumer, &cfg, &partitions)?,
         };
+        let consumer = (!partitions.is_empty()).then(|| Arc::new(consumer));
+        let mut positions = Positions::default();
+        // A start resolved to an offset is a position already: a checkpoint
+        // taken before the partition's first record must not restart it at
+        // "latest" again, skipping what arrived in between.
+        if matches!(cfg.startup, StartupMode::Latest | StartupMode::Timestamp(_)) {
+            for (p, offset) in &start {
+                if let Offset::Offset(next) = offset {
+                    positions.returned(*p, *next);
+                }
+            }
+        }
         let dead_letters = match &cfg.bad_data {
             BadData::DeadLetter(_) => Some(cfg.client_config().create::<FutureProducer>().map_err(kafka_error)?),
             _ => None,
@@ -195,10 +199,23 @@ impl KafkaSource {
             fetch: Fetch::default(),
             bad_records: 0,
             pending: VecDeque::new(),
-            positions: Positions::default(),
+            positions,
             quiet,
+            start,
+            assigned: false,
             reached_start: HashSet::new(),
         })
+    }
+
+    /// Assigns the consumer its partitions, each at its start.
+    fn assign(&mut self, consumer: &StreamConsumer) -> sluice_engine::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in &self.start {
+            tpl.add_partition_offset(&self.cfg.topic, *p, *offset).map_err(|e| EngineError::connector("kafka", e))?;
+        }
+        consumer.assign(&tpl).map_err(|e| EngineError::connector("kafka", e))?;
+        self.assigned = true;
+        Ok(())
     }
 
     /// The schema of the batches this source produces.
@@ -579,6 +596,9 @@ impl Source for KafkaSource {
             // No partition for this lane: end at once, holding no one's time back.
             return Ok(SourceEvent::End);
         };
+        if !self.assigned {
+            self.assign(&consumer)?;
+        }
         if !self.fetch.full && self.read(&consumer).await?.is_none() {
             return Ok(match self.pending.pop_front() {
                 Some(ready) => self.hand_out(ready),
@@ -602,6 +622,47 @@ impl Source for KafkaSource {
         Ok(())
     }
 
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    /// The lane's partitions read from so far (or whose start is an offset),
+    /// with the next offset to read, as of the last barrier; `None` before any.
+    fn position(&self) -> sluice_engine::Result<Option<RecordBatch>> {
+        let offsets = self.positions.at_last_barrier();
+        match offsets.is_empty() {
+            true => Ok(None),
+            false => Ok(Some(position_batch(offsets)?)),
+        }
+    }
+
+    /// Starts each of the lane's partitions found in `positions` at its stored
+    /// offset; the others start as `scan.startup.mode` says. Rows of
+    /// partitions other lanes read (the parallelism changed) are left to them.
+    async fn restore(&mut self, positions: Vec<RecordBatch>) -> sluice_engine::Result<()> {
+        let stored = offsets_from(&positions)?;
+        for (p, offset) in &mut self.start {
+            let Some(next) = stored.get(p) else { continue };
+            // Records before the start timestamp were skipped up to the
+            // looked-up offset; past it the partition had reached the start.
+            if let (StartupMode::Timestamp(_), Offset::Offset(first)) = (self.cfg.startup, *offset) {
+                if *next > first {
+                    self.reached_start.insert(*p);
+                }
+            }
+            *offset = Offset::Offset(*next);
+            // Still the position if nothing more is read before the next barrier.
+            self.positions.returned(*p, *next);
+        }
+        let restored: Vec<String> =
+            self.start.iter().filter(|(p, _)| stored.contains_key(p)).map(|(p, o)| format!("{p}@{o:?}")).collect();
+        tracing::info!("kafka topic {}: restored partitions {}", self.cfg.topic, restored.join(", "));
+        if let (true, Some(consumer)) = (self.assigned, self.consumer.clone()) {
+            self.assign(&consumer)?;
+        }
+        Ok(())
+    }
+
     async fn on_checkpoint_complete(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
         let offsets = self.positions.complete(checkpoint);
         match self.commit(offsets).await {
@@ -614,6 +675,36 @@ impl Source for KafkaSource {
                 tracing::warn!("{e} (retried at the next checkpoint)");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Where each of `partitions` starts by `scan.startup.mode`: a logical offset
+/// (beginning, the group's), or an offset looked up now (latest, or the first
+/// record at the start timestamp).
+fn start_offsets(consumer: &StreamConsumer, cfg: &KafkaConfig, partitions: &[i32]) -> Result<Vec<(i32, Offset)>> {
+    match cfg.startup {
+        StartupMode::Earliest => Ok(partitions.iter().map(|p| (*p, Offset::Beginning)).collect()),
+        StartupMode::GroupOffsets => Ok(partitions.iter().map(|p| (*p, Offset::Stored)).collect()),
+        StartupMode::Latest => partitions
+            .iter()
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&cfg.topic, *p, METADATA_TIMEOUT)
+                    .map_err(|e| kafka_error(format!("looking up the end of partition {p}: {e}")))?;
+                Ok((*p, Offset::Offset(high)))
+            })
+            .collect(),
+        StartupMode::Timestamp(ms) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in partitions {
+                // offsets_for_times takes the timestamp in the offset field.
+                tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset(ms)).map_err(kafka_error)?;
+            }
+            let found = consumer
+                .offsets_for_times(tpl, METADATA_TIMEOUT)
+                .map_err(|e| kafka_error(format!("looking up offsets for timestamp {ms}: {e}")))?;
+            Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
         }
     }
 }

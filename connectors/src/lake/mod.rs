@@ -16,11 +16,16 @@
 //! - `compression`: `zstd` (default), `snappy` or `none`.
 //!
 //! A file is built in memory and put to the store in one operation when
-//! complete, so no reader ever sees a half-written `.parquet` file.
+//! complete, so no reader ever sees a half-written `.parquet` file. With
+//! checkpoints on, it is put under a hidden staged name and renamed when its
+//! checkpoint completes, so readers see each row exactly once.
 
 mod partition;
 mod sink;
+mod staging;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;

@@ -10,6 +10,10 @@
 //! written its whole result: it then deletes the files earlier runs of the same
 //! statement left, so a replayed bounded query leaves exactly its rows, never
 //! twice. A stopped run deletes nothing.
+//!
+//! With checkpoints on, completed files are staged and renamed to these names
+//! only when their checkpoint completes (see `staging`), and a bounded query
+//! at its end keeps the files of every run its checkpoints descend from.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,8 +25,10 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
+use sluice_engine::runtime::FINAL_CHECKPOINT;
 use sluice_engine::{Barrier, BarrierKind, EngineError, Sink, Watermark};
 
+use super::staging::{self, Staging};
 use super::store::join;
 use super::{LakeConfig, Partitioning};
 use crate::error::Result;
@@ -51,6 +57,8 @@ pub struct LakeSink {
     files_written: BTreeMap<String, u64>,
     /// Every file this run has put.
     written: std::collections::HashSet<String>,
+    /// With checkpoints on: the files staged and not yet committed.
+    staging: Option<Staging>,
 }
 
 fn lake_error(e: impl std::fmt::Display) -> EngineError {
@@ -73,6 +81,7 @@ impl LakeSink {
             stopped: false,
             files_written: BTreeMap::new(),
             written: Default::default(),
+            staging: None,
         })
     }
 
@@ -82,9 +91,16 @@ impl LakeSink {
         let bytes = file.writer.into_inner().map_err(lake_error)?;
         let n = self.files_written.entry(dir.to_string()).or_default();
         *n += 1;
-        let path = join(&self.prefix, &format!("{dir}part-{}-{}-{:06}.parquet", self.query_id, self.run_id, n));
+        let committed = join(&self.prefix, &staging::committed_name(dir, &self.query_id, &self.run_id, *n));
+        let path = match &self.staging {
+            None => committed.clone(),
+            Some(_) => join(&self.prefix, &staging::staged_name(dir, &self.query_id, &self.run_id, *n)),
+        };
         self.store.put(&path, PutPayload::from(bytes)).await.map_err(lake_error)?;
         self.written.insert(path.as_ref().to_string());
+        if let Some(staging) = &mut self.staging {
+            staging.staged(&self.run_id, path, committed);
+        }
         Ok(())
     }
 
@@ -97,7 +113,8 @@ impl LakeSink {
         Ok(())
     }
 
-    /// Deletes files an earlier run of this query wrote.
+    /// Deletes files an earlier run of this query wrote (with checkpoints on,
+    /// a run outside the lineage of the checkpoints this one resumed from).
     async fn remove_stale(&mut self) -> sluice_engine::Result<()> {
         use futures::StreamExt;
         let mine = format!("part-{}-", self.query_id);
@@ -107,7 +124,14 @@ impl LakeSink {
         while let Some(meta) = listing.next().await {
             let location = meta.map_err(lake_error)?.location;
             let name = location.filename().unwrap_or_default();
-            if name.starts_with(&mine) && !self.written.contains(location.as_ref()) {
+            if !name.starts_with(&mine) || self.written.contains(location.as_ref()) {
+                continue;
+            }
+            let ours = match (&self.staging, staging::run_of(name, &self.query_id)) {
+                (Some(staging), Some(run)) => staging.in_lineage(run),
+                _ => false,
+            };
+            if !ours {
                 stale.push(location);
             }
         }
@@ -161,15 +185,63 @@ impl Sink for LakeSink {
 
     async fn on_barrier(&mut self, barrier: Barrier) -> sluice_engine::Result<()> {
         self.stopped |= barrier.kind == BarrierKind::Stop;
-        self.complete_all().await
+        self.complete_all().await?;
+        if let Some(staging) = &mut self.staging {
+            staging.claim(barrier.id);
+        }
+        Ok(())
     }
 
     async fn finish(&mut self) -> sluice_engine::Result<()> {
         self.complete_all().await?;
+        if let Some(staging) = &mut self.staging {
+            staging.claim(FINAL_CHECKPOINT);
+        }
         if self.stopped {
             return Ok(());
         }
         self.remove_stale().await
+    }
+
+    fn exactly_once(&self) -> bool {
+        true
+    }
+
+    /// Commits the files the restored checkpoint staged, then deletes the
+    /// query's other staged files (left by runs that failed after it).
+    async fn begin_checkpoints(&mut self, restored: Option<RecordBatch>) -> sluice_engine::Result<()> {
+        let (files, mut lineage) = match &restored {
+            Some(batch) => staging::from_snapshot(batch)?,
+            None => Default::default(),
+        };
+        for file in &files {
+            staging::commit_file(self.store.as_ref(), &file.staged, &file.committed).await?;
+            lineage.insert(file.run.clone());
+        }
+        let orphans = staging::delete_orphans(self.store.as_ref(), &self.prefix, &self.query_id, &self.run_id).await?;
+        if !files.is_empty() || orphans > 0 {
+            tracing::info!("lake {}: committed {} restored file(s), deleted {orphans} orphaned staged file(s)", self.cfg.location, files.len());
+        }
+        self.staging = Some(Staging::new(&self.run_id, lineage));
+        Ok(())
+    }
+
+    /// Rows of `staging::snapshot_schema`: staged files not yet committed, and
+    /// the runs of the lineage.
+    fn snapshot(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
+        match &self.staging {
+            Some(staging) => Ok(Some(staging.snapshot()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Renames the files staged for `checkpoint` and before to their final
+    /// names; without checkpoints, files are final already.
+    async fn commit(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
+        match &mut self.staging {
+            Some(staging) => staging.commit(self.store.as_ref(), checkpoint).await,
+            None => Ok(()),
+        }
     }
 }
 
