@@ -24,7 +24,14 @@ use crate::operator::{Emitter, Operator};
 #[derive(Clone)]
 pub enum Step {
     Batch(RecordBatch),
+    /// A batch of one input of a join (0 left, 1 right).
+    BatchFrom(usize, RecordBatch),
+    /// The merged watermark.
     Watermark(i64),
+    /// One input's own watermark (before the merged one).
+    InputWatermark(usize, i64),
+    /// One input ended.
+    InputEnd(usize),
 }
 
 /// What a run produced: every output row as text, sorted (lanes interleave),
@@ -35,17 +42,18 @@ pub struct Outcome {
     pub late_rows: u64,
 }
 
-/// Operators in lanes behind an exchange on `keys`.
+/// Operators in lanes behind an exchange on `keys` per input.
 pub struct Lanes {
     ops: Vec<Box<dyn Operator>>,
-    partitioner: KeyPartitioner,
+    partitioners: Vec<KeyPartitioner>,
     rows: Vec<String>,
 }
 
 impl Lanes {
-    pub fn new(ops: Vec<Box<dyn Operator>>, keys: Vec<Arc<dyn PhysicalExpr>>) -> Self {
+    pub fn new(ops: Vec<Box<dyn Operator>>, keys: &[Vec<Arc<dyn PhysicalExpr>>]) -> Self {
         let lanes = ops.len();
-        Lanes { ops, partitioner: KeyPartitioner::new(keys, lanes), rows: Vec::new() }
+        let partitioners = keys.iter().map(|k| KeyPartitioner::new(k.clone(), lanes)).collect();
+        Lanes { ops, partitioners, rows: Vec::new() }
     }
 
     /// Feeds `steps`: batches to the lanes that own their keys, watermarks to
@@ -55,13 +63,28 @@ impl Lanes {
             let mut out = Emitter::default();
             match step {
                 Step::Batch(batch) => {
-                    for (lane, rows) in self.partitioner.partition(batch)? {
+                    for (lane, rows) in self.partitioners[0].partition(batch)? {
                         self.ops[lane].on_batch(rows, &mut out).await?;
+                    }
+                }
+                Step::BatchFrom(input, batch) => {
+                    for (lane, rows) in self.partitioners[*input].partition(batch)? {
+                        self.ops[lane].on_batch_from(*input, rows, &mut out).await?;
                     }
                 }
                 Step::Watermark(t) => {
                     for op in &mut self.ops {
                         op.on_watermark(Watermark::EventTime(*t), &mut out).await?;
+                    }
+                }
+                Step::InputWatermark(input, t) => {
+                    for op in &mut self.ops {
+                        op.on_input_watermark(*input, Watermark::EventTime(*t), &mut out).await?;
+                    }
+                }
+                Step::InputEnd(input) => {
+                    for op in &mut self.ops {
+                        op.on_input_end(*input, &mut out).await?;
                     }
                 }
             }
@@ -140,11 +163,11 @@ fn through_ipc(part: StatePart) -> Result<StatePart> {
 /// Runs `steps` through one uninterrupted operator.
 pub async fn uninterrupted(
     make: &dyn Fn(&Arc<JobMetrics>) -> Box<dyn Operator>,
-    keys: &[Arc<dyn PhysicalExpr>],
+    keys: &[Vec<Arc<dyn PhysicalExpr>>],
     steps: &[Step],
 ) -> Result<Outcome> {
     let metrics = JobMetrics::new();
-    let mut lanes = Lanes::new(vec![make(&metrics)], keys.to_vec());
+    let mut lanes = Lanes::new(vec![make(&metrics)], keys);
     lanes.feed(steps).await?;
     Ok(outcome(lanes.into_rows(), &metrics))
 }
@@ -153,14 +176,14 @@ pub async fn uninterrupted(
 /// state into `to` fresh lanes and runs the rest there.
 pub async fn resumed(
     make: &dyn Fn(&Arc<JobMetrics>) -> Box<dyn Operator>,
-    keys: &[Arc<dyn PhysicalExpr>],
+    keys: &[Vec<Arc<dyn PhysicalExpr>>],
     steps: &[Step],
     cut: usize,
     from: usize,
     to: usize,
 ) -> Result<Outcome> {
     let metrics = JobMetrics::new();
-    let mut before = Lanes::new((0..from).map(|_| make(&metrics)).collect(), keys.to_vec());
+    let mut before = Lanes::new((0..from).map(|_| make(&metrics)).collect(), keys);
     before.feed(&steps[..cut]).await?;
     let state = redistribute(before.snapshot()?, to)?;
     let mut rows = before.into_rows();
@@ -170,7 +193,7 @@ pub async fn resumed(
         op.restore(parts)?;
         after_ops.push(op);
     }
-    let mut after = Lanes::new(after_ops, keys.to_vec());
+    let mut after = Lanes::new(after_ops, keys);
     after.feed(&steps[cut..]).await?;
     rows.extend(after.into_rows());
     Ok(outcome(rows, &metrics))
@@ -181,6 +204,17 @@ pub async fn resumed(
 pub async fn check_resumes(
     make: &dyn Fn(&Arc<JobMetrics>) -> Box<dyn Operator>,
     keys: &[Arc<dyn PhysicalExpr>],
+    steps: &[Step],
+    parallelisms: &[(usize, usize)],
+) -> Result<Outcome> {
+    check_join_resumes(make, &[keys.to_vec()], steps, parallelisms).await
+}
+
+/// [`check_resumes`] for an operator of several inputs, exchanged on `keys`
+/// (one key per input).
+pub async fn check_join_resumes(
+    make: &dyn Fn(&Arc<JobMetrics>) -> Box<dyn Operator>,
+    keys: &[Vec<Arc<dyn PhysicalExpr>>],
     steps: &[Step],
     parallelisms: &[(usize, usize)],
 ) -> Result<Outcome> {

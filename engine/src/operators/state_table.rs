@@ -173,6 +173,13 @@ pub(crate) fn merged_accumulators(
     Ok(fresh)
 }
 
+/// Wall-clock time in epoch milliseconds: what state that expires by age (a
+/// TTL) stores, since an `Instant` does not outlive the process.
+pub(crate) fn epoch_millis() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn corrupt(what: &str) -> EngineError {
     EngineError::Checkpoint(format!("operator state does not match the query: {what}"))
 }

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
@@ -30,8 +30,8 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{
-    accumulator_widths, as_type, corrupt, int64_column, key_groups, merged_accumulators, state_column_names, table,
-    take_accumulator_states,
+    accumulator_widths, as_type, corrupt, epoch_millis, int64_column, key_groups, merged_accumulators,
+    state_column_names, table, take_accumulator_states,
 };
 use super::window_groups::AggregateSpec;
 use crate::changelog::{attach_ops, detach_ops, ChangeKind};
@@ -408,11 +408,6 @@ fn new_accumulators(spec: &AggregateSpec, changelog_input: bool) -> Result<Vec<B
         .collect()
 }
 
-/// Wall-clock time in epoch milliseconds (TTLs outlive the process).
-fn epoch_millis() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// A duration as people write it (`90s`, `5m`, `1h`).
 pub fn humantime(d: Duration) -> String {

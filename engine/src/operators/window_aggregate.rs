@@ -306,7 +306,9 @@ impl Operator for WindowAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operators::checkpoint_testing::{aggregate_spec, check_resumes, exchange_key, input_steps, PARALLELISMS};
+    use crate::operators::checkpoint_testing::{
+        aggregate_spec, check_resumes, exchange_key, input_steps, Lanes, PARALLELISMS,
+    };
 
     fn window_aggregate(keyed: bool) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
         let bounds = [("window_start", "window_start"), ("window_end", "window_end")];
@@ -337,18 +339,11 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_keys_groups_by_the_exchange_key_and_keeps_the_watermark() -> Result<()> {
         let metrics = JobMetrics::new();
-        let mut op = window_aggregate(true)(&metrics);
-        let mut out = Emitter::default();
-        let steps = input_steps(true);
-        for step in &steps[..4] {
-            match step {
-                crate::operators::checkpoint_testing::Step::Batch(b) => op.on_batch(b.clone(), &mut out).await?,
-                crate::operators::checkpoint_testing::Step::Watermark(t) => {
-                    op.on_watermark(Watermark::EventTime(*t), &mut out).await?;
-                }
-            }
-        }
-        let parts = op.snapshot()?;
+        let make = window_aggregate(true);
+        assert!(make(&metrics).checkpointable());
+        let mut lanes = Lanes::new(vec![make(&metrics)], &[exchange_key(&["k"])]);
+        lanes.feed(&input_steps(true)[..4]).await?;
+        let parts = lanes.snapshot()?.remove(0);
         let groups = parts.iter().find(|(t, _)| *t == GROUPS_TABLE).map(|(_, p)| p).expect("open windows");
         let keys = [Arc::clone(groups.batch.column(0))];
         let expected = super::super::state_table::key_groups(&keys, groups.batch.num_rows())?;
@@ -357,7 +352,6 @@ mod tests {
         assert_eq!(groups.batch.schema().field(0).name(), "k");
         let watermark = parts.iter().find(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p).expect("a watermark");
         assert!(watermark.key_groups.is_none());
-        assert!(op.checkpointable());
         Ok(())
     }
 }

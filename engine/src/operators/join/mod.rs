@@ -8,6 +8,8 @@
 //! without one its state grows without bound). [`TemporalJoin`] joins each row
 //! with the version of a keyed table valid at the row's event time.
 
+#[cfg(test)]
+mod checkpoint_tests;
 mod keys;
 mod output;
 mod side;

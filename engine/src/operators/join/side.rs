@@ -1,12 +1,26 @@
 //! The rows one side of a join keeps so that later rows of the other side can
 //! find them: stored batches, an index by join key, and what retires each row
 //! (its expiry time under a watermark, or its age under a TTL).
+//!
+//! For a checkpoint a side's live rows are written as one table, keyed by the
+//! join key (the exchange key of that input): the input's columns, then the
+//! row's event time, its expiry (NULL: none), how many matches it found, and
+//! when it was stored (wall-clock epoch milliseconds, for the TTL).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef};
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{Row, Rows};
+
+use super::keys::JoinKeys;
+use crate::checkpoint::StatePart;
+use crate::error::Result;
+use crate::operators::state_table::{as_type, concat_tables, corrupt, epoch_millis, int64_column, key_groups, table};
 
 /// Identifies a stored batch; ids grow with insertion order.
 pub type BatchId = u64;
@@ -20,6 +34,7 @@ struct StoredBatch {
     /// Per row: whether its key has no NULL (only such rows are indexed).
     keyed: Vec<bool>,
     times: Vec<i64>,
+    expiries: Option<Vec<i64>>,
     matches: Vec<u32>,
     alive: Vec<bool>,
     alive_count: usize,
@@ -68,6 +83,13 @@ impl SideState {
     }
 
     pub fn insert(&mut self, rows: NewRows) {
+        self.insert_stored_at(rows, Instant::now());
+    }
+
+    /// Like [`SideState::insert`], for rows stored at `stored_at` (restored
+    /// rows keep their age under a TTL). Rows must come in the order they
+    /// were stored.
+    fn insert_stored_at(&mut self, rows: NewRows, stored_at: Instant) {
         let n = rows.times.len();
         if n == 0 {
             return;
@@ -96,10 +118,11 @@ impl SideState {
                 keys: rows.keys,
                 keyed: rows.keyed,
                 times: rows.times,
+                expiries: rows.expiries,
                 matches: rows.matches,
                 alive: vec![true; n],
                 alive_count: n,
-                stored_at: Instant::now(),
+                stored_at,
                 bytes,
             },
         );
@@ -218,6 +241,107 @@ impl SideState {
         }
     }
 }
+
+impl SideState {
+    /// The live rows as a checkpoint table (see the module docs), keyed by
+    /// `keys` of input `side`, whose schema is `schema`; `None` when none.
+    pub fn snapshot(&self, keys: &JoinKeys, side: usize, schema: &SchemaRef) -> Result<Option<StatePart>> {
+        let now = Instant::now();
+        let wall = epoch_millis();
+        let mut pieces = Vec::new();
+        for b in self.batches.values().filter(|b| b.alive_count > 0) {
+            let live: Vec<u32> = (0..b.alive.len() as u32).filter(|r| b.alive[*r as usize]).collect();
+            let pick = |v: &[i64]| live.iter().map(|r| v[*r as usize]).collect::<Vec<_>>();
+            let idx = UInt32Array::from(live.clone());
+            let mut columns = schema
+                .fields()
+                .iter()
+                .zip(&b.columns)
+                .map(|(f, c)| Ok((f.name().clone(), take(c.as_ref(), &idx, None)?)))
+                .collect::<Result<Vec<(String, ArrayRef)>>>()?;
+            let age = i64::try_from(now.duration_since(b.stored_at).as_millis()).unwrap_or(i64::MAX);
+            let expiries: Vec<Option<i64>> = match &b.expiries {
+                Some(e) => pick(e).into_iter().map(Some).collect(),
+                None => vec![None; live.len()],
+            };
+            let matches: Vec<i64> = live.iter().map(|r| i64::from(b.matches[*r as usize])).collect();
+            columns.push(("__time".into(), Arc::new(Int64Array::from(pick(&b.times)))));
+            columns.push(("__expiry".into(), Arc::new(Int64Array::from(expiries))));
+            columns.push(("__matches".into(), Arc::new(Int64Array::from(matches))));
+            columns.push(("__stored_at_ms".into(), Arc::new(Int64Array::from(vec![wall.saturating_sub(age); live.len()]))));
+            pieces.push(table(columns, live.len())?);
+        }
+        let Some(batch) = concat_tables(&pieces)? else { return Ok(None) };
+        let rows = side_rows(&batch, schema)?;
+        let evaluated = keys.evaluate(side, &rows)?;
+        let groups = key_groups(&evaluated.columns, batch.num_rows())?;
+        Ok(Some(StatePart::keyed(batch, groups)))
+    }
+
+    /// Adds the rows of a table written by [`SideState::snapshot`]; rows whose
+    /// `ttl` ran out since are dropped.
+    pub fn restore(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &JoinKeys,
+        side: usize,
+        schema: &SchemaRef,
+        ttl: Option<Duration>,
+    ) -> Result<()> {
+        let width = schema.fields().len();
+        if batch.num_columns() != width + 4 {
+            return Err(corrupt("a join side's table has other columns"));
+        }
+        let times = int64_column(batch, width)?;
+        let expiries = int64_column(batch, width + 1)?;
+        let matches = int64_column(batch, width + 2)?;
+        let stored = int64_column(batch, width + 3)?;
+        let wall = epoch_millis();
+        // Restored rows keep the order they were stored in (a TTL retires the
+        // oldest batches first): one batch per time of storing.
+        let mut by_time: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for i in 0..batch.num_rows() {
+            by_time.entry(stored.value(i)).or_default().push(i as u32);
+        }
+        let rows = side_rows(batch, schema)?;
+        for (stored_ms, ids) in by_time {
+            let age = Duration::from_millis(u64::try_from(wall.saturating_sub(stored_ms)).unwrap_or(0));
+            if ttl.is_some_and(|ttl| age > ttl) {
+                continue;
+            }
+            let idx = UInt32Array::from(ids.clone());
+            let taken = datafusion::arrow::compute::take_record_batch(&rows, &idx)?;
+            let evaluated = keys.evaluate(side, &taken)?;
+            let has_expiry = ids.iter().all(|i| expiries.is_valid(*i as usize));
+            self.insert_stored_at(
+                NewRows {
+                    columns: taken.columns().to_vec(),
+                    keys: evaluated.rows,
+                    keyed: evaluated.keyed,
+                    times: ids.iter().map(|i| times.value(*i as usize)).collect(),
+                    expiries: has_expiry.then(|| ids.iter().map(|i| expiries.value(*i as usize)).collect()),
+                    matches: ids.iter().map(|i| u32::try_from(matches.value(*i as usize)).unwrap_or(u32::MAX)).collect(),
+                },
+                Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The input's columns of a side's table, as a batch of the input's schema.
+pub fn side_rows(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = (0..schema.fields().len())
+        .map(|i| as_type(batch.column(i), schema.field(i).data_type()))
+        .collect::<Result<Vec<_>>>()?;
+    let fields: Vec<_> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+        columns,
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
 
 impl super::output::StoredColumns for SideState {
     fn columns(&self, id: BatchId) -> Option<&[ArrayRef]> {

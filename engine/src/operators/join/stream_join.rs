@@ -1,4 +1,10 @@
 //! The symmetric hash join behind interval, window, lookup and regular joins.
+//!
+//! Checkpointed state: tables [`LEFT_TABLE`] and [`RIGHT_TABLE`] hold each
+//! side's kept rows, keyed by that side's join key (see [`super::side`]);
+//! [`HELD_TABLE`] the stream rows a lookup join holds until its table is
+//! complete, keyed likewise; [`LANE_TABLE`] the lane's watermarks (merged and
+//! per input), which inputs have ended and a held-back watermark.
 
 use std::sync::Arc;
 
@@ -10,18 +16,31 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::output::{passes, OutputBuilder, Pick};
 use super::keys::JoinKeys;
-use super::side::{NewRows, RowRef, SideState};
+use super::side::{side_rows, NewRows, RowRef, SideState};
 use super::{JoinKind, JoinMode, JoinSpec};
 use crate::changelog::ChangeKind;
+use crate::checkpoint::StatePart;
+use crate::operators::state_table::{concat_tables, corrupt, int64_column, key_groups, table};
 use crate::error::{EngineError, Result};
 use crate::message::Watermark;
 use crate::metrics::{JobMetrics, StateReporter};
 use crate::operator::{Emitter, Operator};
 
+/// The checkpoint table of the left input's kept rows (keyed).
+pub const LEFT_TABLE: usize = 0;
+/// The checkpoint table of the right input's kept rows (keyed).
+pub const RIGHT_TABLE: usize = 1;
+/// The checkpoint table of the lane's watermarks and ended inputs.
+pub const LANE_TABLE: usize = 2;
+/// The checkpoint table of a lookup join's held stream rows (keyed).
+pub const HELD_TABLE: usize = 3;
+
 /// Joins two inputs by key, keeping each side's rows while the other side can
 /// still bring partners for them (see [`JoinMode`]).
 pub struct StreamJoin {
     kind: JoinKind,
+    /// The two inputs' schemas.
+    schemas: [SchemaRef; 2],
     keys: JoinKeys,
     mode: JoinMode,
     description: String,
@@ -63,6 +82,7 @@ impl StreamJoin {
         let state = metrics.state_reporter();
         Ok(StreamJoin {
             kind: spec.kind,
+            schemas: spec.schemas.clone(),
             keys: JoinKeys::try_new(spec.keys, &spec.schemas)?,
             mode,
             description: spec.description,
@@ -253,6 +273,92 @@ impl StreamJoin {
         }
     }
 
+    /// The lane's watermarks, ended inputs and held watermark as one row.
+    fn lane_part(&self) -> Result<StatePart> {
+        let int = |v: Option<i64>| -> ArrayRef { Arc::new(datafusion::arrow::array::Int64Array::from(vec![v])) };
+        let flag = |v: bool| -> ArrayRef { Arc::new(datafusion::arrow::array::BooleanArray::from(vec![v])) };
+        let held = match self.held_watermark {
+            Some(Watermark::EventTime(t)) => Some(t),
+            _ => None,
+        };
+        let columns = vec![
+            ("watermark".to_string(), int(self.watermark)),
+            ("left_watermark".to_string(), int(self.input_watermarks[0])),
+            ("right_watermark".to_string(), int(self.input_watermarks[1])),
+            ("left_ended".to_string(), flag(self.ended[0])),
+            ("right_ended".to_string(), flag(self.ended[1])),
+            ("held_watermark".to_string(), int(held)),
+        ];
+        Ok(StatePart::lane(table(columns, 1)?))
+    }
+
+    /// Takes the lane state of one lane, or of several (after a change of
+    /// parallelism: the lowest watermarks; an input ended if it ended for all).
+    fn restore_lanes(&mut self, parts: &[&StatePart]) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let lowest = |column: usize| -> Result<Option<i64>> {
+            let mut lowest: Option<Option<i64>> = None;
+            for p in parts {
+                let c = int64_column(&p.batch, column)?;
+                for i in 0..c.len() {
+                    let v = c.is_valid(i).then(|| c.value(i));
+                    lowest = Some(lowest.map_or(v, |l| l.min(v)));
+                }
+            }
+            Ok(lowest.flatten())
+        };
+        let all = |column: usize| -> Result<bool> {
+            let mut all = true;
+            for p in parts {
+                let c = p.batch.columns().get(column).ok_or_else(|| corrupt("the join's lane table lacks a column"))?;
+                let c = c.as_any().downcast_ref::<datafusion::arrow::array::BooleanArray>();
+                let c = c.ok_or_else(|| corrupt("the join's ended flags are not booleans"))?;
+                all &= (0..c.len()).all(|i| c.is_valid(i) && c.value(i));
+            }
+            Ok(all)
+        };
+        self.watermark = lowest(0)?;
+        self.input_watermarks = [lowest(1)?, lowest(2)?];
+        self.ended = [all(3)?, all(4)?];
+        // A held watermark: the lowest any lane held.
+        let mut held: Option<i64> = None;
+        for p in parts {
+            let c = int64_column(&p.batch, 5)?;
+            for i in (0..c.len()).filter(|i| c.is_valid(*i)) {
+                held = Some(held.map_or(c.value(i), |h| h.min(c.value(i))));
+            }
+        }
+        self.held_watermark = held.map(Watermark::EventTime);
+        Ok(())
+    }
+
+    /// A lookup join's held stream rows as one table, keyed by their join key.
+    fn held_part(&self) -> Result<Option<StatePart>> {
+        let JoinMode::Lookup { table: t } = self.mode else { return Ok(None) };
+        let stream = 1 - t;
+        let named = self
+            .held
+            .iter()
+            .map(|b| {
+                let columns = self.schemas[stream].fields().iter().zip(b.columns()).map(|(f, c)| (f.name().clone(), Arc::clone(c)));
+                table(columns.collect(), b.num_rows())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Some(batch) = concat_tables(&named)? else { return Ok(None) };
+        let keys = self.keys.evaluate(stream, &side_rows(&batch, &self.schemas[stream])?)?;
+        let groups = key_groups(&keys.columns, batch.num_rows())?;
+        Ok(Some(StatePart::keyed(batch, groups)))
+    }
+
+    fn ttl(&self) -> Option<std::time::Duration> {
+        match self.mode {
+            JoinMode::Regular { ttl } => ttl,
+            _ => None,
+        }
+    }
+
     fn report_state(&mut self) {
         let held: usize = self.held.iter().map(|b| b.get_array_memory_size()).sum();
         self.state.set(self.sides[0].bytes() + self.sides[1].bytes() + held);
@@ -281,6 +387,51 @@ impl Operator for StreamJoin {
 
     async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
         self.arrive(0, batch, out).await
+    }
+
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
+        let mut parts = vec![(LANE_TABLE, self.lane_part()?)];
+        for (side, t) in [(0, LEFT_TABLE), (1, RIGHT_TABLE)] {
+            if let Some(p) = self.sides[side].snapshot(&self.keys, side, &self.schemas[side])? {
+                parts.push((t, p));
+            }
+        }
+        if let Some(p) = self.held_part()? {
+            parts.push((HELD_TABLE, p));
+        }
+        Ok(parts)
+    }
+
+    fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
+        let lanes: Vec<&StatePart> = parts.iter().filter(|(t, _)| *t == LANE_TABLE).map(|(_, p)| p).collect();
+        self.restore_lanes(&lanes)?;
+        // Each side's rows restored at once, so that they are stored in the
+        // order they were first stored (a TTL retires the oldest first).
+        for (side, t) in [(0, LEFT_TABLE), (1, RIGHT_TABLE)] {
+            let tables: Vec<RecordBatch> = parts.iter().filter(|(n, _)| *n == t).map(|(_, p)| p.batch.clone()).collect();
+            if let Some(batch) = concat_tables(&tables)? {
+                self.sides[side].restore(&batch, &self.keys, side, &self.schemas[side], self.ttl())?;
+            }
+        }
+        for (t, part) in &parts {
+            match *t {
+                LEFT_TABLE | RIGHT_TABLE => {}
+                HELD_TABLE => {
+                    let JoinMode::Lookup { table: t } = self.mode else {
+                        return Err(corrupt("held rows for a join that holds none"));
+                    };
+                    self.held.push(side_rows(&part.batch, &self.schemas[1 - t])?);
+                }
+                LANE_TABLE => {}
+                other => return Err(corrupt(&format!("the join has no table {other}"))),
+            }
+        }
+        self.report_state();
+        Ok(())
     }
 
     async fn on_batch_from(&mut self, input: usize, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
