@@ -124,3 +124,48 @@ async fn a_lookup_join_resumes_with_its_table_and_held_rows() -> Result<()> {
     assert!(outcome.rows.len() > 20);
     Ok(())
 }
+
+fn temporal_join(table_changes: bool) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
+    move |metrics| {
+        let time = EventTime { column: 1, offset: 0 };
+        let join = super::TemporalJoin::try_new(spec(JoinKind::Left), 1, time, time, table_changes, Arc::clone(metrics));
+        Box::new(join.expect("a temporal join"))
+    }
+}
+
+/// Stream rows and versions (of an upsert table, with deletions, if
+/// `table_changes`), with watermarks, then the end of time.
+fn temporal_steps(table_changes: bool) -> Result<Vec<Step>> {
+    let changelog = crate::changelog::with_op_field(&schema("b"));
+    let mut steps = Vec::new();
+    for b in 0..6 {
+        steps.push(Step::BatchFrom(0, left(b)));
+        let versions = right(b);
+        let versions = match table_changes {
+            true => {
+                use crate::changelog::ChangeKind::{Delete, Insert};
+                let kinds: Vec<_> = (0..versions.num_rows()).map(|i| if i == 2 { Delete } else { Insert }).collect();
+                crate::changelog::attach_ops(&changelog, &versions, &kinds)?
+            }
+            false => versions,
+        };
+        steps.push(Step::BatchFrom(1, versions));
+        steps.push(Step::InputWatermark(0, (b * 4 + 1) * SEC));
+        steps.push(Step::Watermark((b * 4 - 2) * SEC));
+    }
+    steps.extend([Step::InputWatermark(0, i64::MAX), Step::Watermark(i64::MAX)]);
+    Ok(steps)
+}
+
+#[tokio::test]
+async fn a_temporal_join_resumes_with_its_versions_and_waiting_rows() -> Result<()> {
+    for table_changes in [false, true] {
+        let make = temporal_join(table_changes);
+        assert!(make(&JobMetrics::new()).checkpointable());
+        let outcome = check_join_resumes(&make, &keys(), &temporal_steps(table_changes)?, PARALLELISMS).await?;
+        assert!(outcome.rows.iter().any(|r| r.ends_with("||")), "rows without a version: {:?}", outcome.rows);
+        assert!(outcome.rows.iter().any(|r| !r.ends_with("||")), "rows with a version: {:?}", outcome.rows);
+        assert!(outcome.late_rows > 0);
+    }
+    Ok(())
+}

@@ -50,6 +50,19 @@ impl JoinKeys {
         self.encode(columns, batch.num_rows())
     }
 
+    /// How many key columns there are.
+    pub fn width(&self) -> usize {
+        self.exprs[0].len()
+    }
+
+    /// The key columns of encoded keys (as kept in an index), e.g. to store
+    /// keys whose rows are gone.
+    pub fn decode<'a>(&self, encoded: impl IntoIterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        let rows: Vec<&[u8]> = encoded.into_iter().collect();
+        Ok(self.converter.convert_rows(rows.iter().map(|r| parser.parse(r)))?)
+    }
+
     /// Keys already evaluated for `num_rows` rows (e.g. a subset of a batch's).
     pub fn encode(&self, columns: Vec<ArrayRef>, num_rows: usize) -> Result<EvaluatedKeys> {
         let rows = self.converter.convert_columns(&columns)?;
