@@ -97,7 +97,7 @@ impl WatermarkAssigner {
             let max = self.restored_splits.remove(&tag.split);
             self.splits.insert(tag.split.clone(), SplitState { max, seen: now });
         }
-        let Some(state) = self.splits.get_mut(&tag.split) else { return None };
+        let state = self.splits.get_mut(&tag.split)?;
         state.seen = now;
         if let Some(m) = max {
             state.max = Some(state.max.map_or(m, |c| c.max(m)));
