@@ -30,6 +30,6 @@ pub use error::{EngineError, Result};
 pub use message::{Barrier, BarrierKind, Message, Watermark};
 pub use operator::{Emitter, Operator, StateBound};
 pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, Stage};
-pub use runtime::{Job, JobHandle};
+pub use runtime::{Job, JobHandle, PipelineFactory, RestartPolicy};
 pub use sink::Sink;
 pub use source::{Source, SourceEvent, SourceLag, SplitTag};

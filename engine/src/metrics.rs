@@ -26,6 +26,9 @@ pub struct JobMetrics {
     state_peak: AtomicI64,
     /// Last watermark seen by the sink, epoch nanos; `i64::MIN` before the first.
     watermark: AtomicI64,
+    /// Times the query was restarted after a failure, and the last failure.
+    restarts: AtomicU64,
+    last_failure: std::sync::Mutex<Option<String>>,
     /// The checkpoints taken so far.
     checkpoints: std::sync::Mutex<crate::checkpoint::CheckpointStats>,
     /// The `query` label of the exported counters, so one server's queries can
@@ -115,6 +118,21 @@ impl JobMetrics {
 
     pub fn set_watermark(&self, nanos: i64) {
         self.watermark.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Records that the query failed with `error` and is being restarted.
+    pub fn query_restarted(&self, error: &str) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sluice_query_restarts_total", self.labels()).increment(1);
+        if let Ok(mut last) = self.last_failure.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+
+    /// Restarts after failures so far, and the last failure.
+    pub fn restarts(&self) -> (u64, Option<String>) {
+        let last = self.last_failure.lock().map(|l| l.clone()).unwrap_or_default();
+        (self.restarts.load(Ordering::Relaxed), last)
     }
 
     /// Records a completed checkpoint.

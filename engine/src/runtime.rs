@@ -58,6 +58,31 @@ pub struct JobHandle {
     tasks: JoinSet<Result<()>>,
     metrics: Arc<JobMetrics>,
     control: mpsc::UnboundedSender<Control>,
+    /// How a failed pipeline is started again, if it is.
+    restart: Option<Restart>,
+    /// The owner asked it to stop: a failure now is not restarted.
+    stopping: bool,
+}
+
+/// Flink's fixed-delay restart strategy: a failed query is started again (from
+/// its latest checkpoint) up to `attempts` times, `delay` after each failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub attempts: u32,
+    pub delay: Duration,
+}
+
+/// Builds a query's pipeline again, to restart it after a failure: from its
+/// latest checkpoint when checkpoints are on, reporting into `metrics`.
+#[async_trait::async_trait]
+pub trait PipelineFactory: Send {
+    async fn rebuild(&mut self, metrics: Arc<JobMetrics>) -> Result<Pipeline>;
+}
+
+struct Restart {
+    factory: Box<dyn PipelineFactory>,
+    policy: RestartPolicy,
+    used: u32,
 }
 
 /// What a job's owner asks of its coordinator.
@@ -199,7 +224,7 @@ impl Job {
             Some(r) => r.for_lane(Owner::Sink, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
             None => Ok(None),
         };
-        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, checkpoints_on: checkpoints.is_some() };
+        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, committed: 0, checkpoints_on: checkpoints.is_some() };
         builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
         let collector = Collector::new(checkpoints, builder.participants.clone(), parallelism);
         if let Some(r) = &restored {
@@ -214,7 +239,7 @@ impl Job {
             metrics: Arc::clone(&metrics),
         };
         builder.tasks.spawn(coordinator.run(control_rx, acks_rx));
-        JobHandle { tasks: builder.tasks.set, metrics, control }
+        JobHandle { tasks: builder.tasks.set, metrics, control, restart: None, stopping: false }
     }
 }
 
@@ -385,9 +410,44 @@ impl MemoryGuard {
 }
 
 impl JobHandle {
+    /// Restarts the pipeline after a failure as `policy` says, with pipelines
+    /// `factory` builds.
+    pub fn restart_with(mut self, factory: Box<dyn PipelineFactory>, policy: RestartPolicy) -> Self {
+        self.restart = Some(Restart { factory, policy, used: 0 });
+        self
+    }
+
     /// Waits until the pipeline ends: `Ok` once a bounded input has been fully
-    /// processed and the sink finished, or the first error raised by any step.
+    /// processed and the sink finished, or the first error raised by any step
+    /// (once the restart policy, if any, gave up).
     pub async fn wait(&mut self) -> Result<()> {
+        loop {
+            let failure = match self.wait_tasks().await {
+                Err(e) if !matches!(e, EngineError::Cancelled) && !self.stopping => e,
+                other => return other,
+            };
+            let Some(restart) = self.restart.as_mut().filter(|r| r.used < r.policy.attempts) else { return Err(failure) };
+            restart.used += 1;
+            self.metrics.query_restarted(&failure.to_string());
+            tracing::warn!("query failed ({failure}); restarting in {:?} (attempt {} of {})", restart.policy.delay, restart.used, restart.policy.attempts);
+            tokio::time::sleep(restart.policy.delay).await;
+            match restart.factory.rebuild(Arc::clone(&self.metrics)).await {
+                Ok(pipeline) => {
+                    let started = Job::start(pipeline);
+                    self.tasks = started.tasks;
+                    self.control = started.control;
+                }
+                // Nothing runs: the next turn reports this failure, or
+                // restarts again.
+                Err(e) => {
+                    self.tasks.spawn(async move { Err(e) });
+                }
+            }
+        }
+    }
+
+    /// Waits for the current pipeline's tasks.
+    async fn wait_tasks(&mut self) -> Result<()> {
         let mut cancelled = false;
         while let Some(joined) = self.tasks.join_next().await {
             match joined {
@@ -395,11 +455,13 @@ impl JobHandle {
                 Ok(Err(EngineError::Cancelled)) => cancelled = true,
                 Ok(Err(e)) => {
                     self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
                     return Err(e);
                 }
                 Err(e) if e.is_cancelled() => cancelled = true,
                 Err(e) => {
                     self.tasks.abort_all();
+                    while self.tasks.join_next().await.is_some() {}
                     return Err(EngineError::Internal(format!("a pipeline task panicked: {e}")));
                 }
             }
@@ -420,6 +482,7 @@ impl JobHandle {
     pub async fn stop(&mut self) -> Result<()> {
         // A closed control channel means the coordinator is gone: the pipeline
         // already ended, and `wait` tells how.
+        self.stopping = true;
         let _ = self.control.send(Control::Stop);
         self.wait().await
     }
@@ -786,6 +849,8 @@ struct SinkTask {
     participant: Participant,
     /// Completed checkpoints, in order.
     commits: mpsc::UnboundedReceiver<u64>,
+    /// The newest checkpoint committed.
+    committed: u64,
     checkpoints_on: bool,
 }
 
@@ -804,16 +869,20 @@ impl SinkTask {
         }
     }
 
-    /// Commits completed checkpoints until `id` is; `false` if the coordinator
-    /// went away first.
+    /// Commits completed checkpoints until `id` is (it may already be);
+    /// `false` if the coordinator went away first.
     async fn commit_through(&mut self, id: u64) -> Result<bool> {
-        while let Some(done) = self.commits.recv().await {
-            self.sink.commit(done).await?;
-            if done >= id {
-                return Ok(true);
-            }
+        while self.committed < id {
+            let Some(done) = self.commits.recv().await else { return Ok(false) };
+            self.commit(done).await?;
         }
-        Ok(false)
+        Ok(true)
+    }
+
+    async fn commit(&mut self, id: u64) -> Result<()> {
+        self.sink.commit(id).await?;
+        self.committed = self.committed.max(id);
+        Ok(())
     }
 
     async fn run(mut self, mut inbox: Inbox, restored: Result<Option<datafusion::arrow::record_batch::RecordBatch>>) -> Result<()> {
@@ -830,7 +899,7 @@ impl SinkTask {
                 biased;
                 done = self.commits.recv() => match done {
                     Some(id) => {
-                        self.sink.commit(id).await?;
+                        self.commit(id).await?;
                         continue;
                     }
                     None => return Err(EngineError::Cancelled),

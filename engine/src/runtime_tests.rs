@@ -541,3 +541,63 @@ async fn a_query_cancelled_after_checkpoints_resumes_with_nothing_lost_or_double
     assert!(last.finished);
     Ok(())
 }
+
+/// Builds pipelines whose source fails after three rows, `failing` times,
+/// then ones that end after three rows.
+struct Flaky {
+    failing: u32,
+    built: Arc<Mutex<u32>>,
+    sink: Arc<Mutex<SinkLog>>,
+}
+
+impl Flaky {
+    fn pipeline(&mut self, metrics: Arc<JobMetrics>) -> Pipeline {
+        let mut built = self.built.lock().unwrap();
+        *built += 1;
+        let source: Box<dyn Source> = if *built <= self.failing {
+            Box::new(FailingSource { rows: 3 })
+        } else {
+            Box::new(CountingSource { returned: 0, limit: Some(3), log: Arc::default(), commits: false })
+        };
+        Pipeline {
+            flow: Flow { input: FlowInput::Sources(vec![source]), stages: Vec::new() },
+            sink: Box::new(RecordingSink(Arc::clone(&self.sink))),
+            output_schema: schema(),
+            metrics,
+            options: JobOptions::default(),
+            checkpoints: None,
+        }
+    }
+}
+
+#[async_trait]
+impl PipelineFactory for Flaky {
+    async fn rebuild(&mut self, metrics: Arc<JobMetrics>) -> Result<Pipeline> {
+        Ok(self.pipeline(metrics))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_query_is_restarted_as_its_policy_says_and_then_given_up() -> Result<()> {
+    let policy = RestartPolicy { attempts: 2, delay: Duration::from_millis(10) };
+    // Fails twice, then succeeds: two restarts, and it ends well.
+    let mut flaky = Flaky { failing: 2, built: Arc::default(), sink: Arc::default() };
+    let metrics = JobMetrics::new();
+    let first = flaky.pipeline(Arc::clone(&metrics));
+    let mut job = Job::start(first).restart_with(Box::new(Flaky { failing: 2, built: Arc::clone(&flaky.built), sink: Arc::clone(&flaky.sink) }), policy);
+    tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends")?;
+    let (restarts, last) = metrics.restarts();
+    assert_eq!(restarts, 2);
+    assert!(last.is_some_and(|e| e.contains("bad record at line 4")));
+    assert!(flaky.sink.lock().unwrap().finished);
+
+    // Fails three times: the policy gives up after two restarts.
+    let mut flaky = Flaky { failing: 3, built: Arc::default(), sink: Arc::default() };
+    let metrics = JobMetrics::new();
+    let first = flaky.pipeline(Arc::clone(&metrics));
+    let mut job = Job::start(first).restart_with(Box::new(Flaky { failing: 3, built: Arc::clone(&flaky.built), sink: Arc::clone(&flaky.sink) }), policy);
+    let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
+    assert!(err.to_string().contains("bad record at line 4"), "{err}");
+    assert_eq!(metrics.restarts().0, 2);
+    Ok(())
+}

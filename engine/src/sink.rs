@@ -76,6 +76,12 @@ impl ChannelSink {
         let (tx, rx) = mpsc::channel(capacity);
         (ChannelSink { tx }, rx)
     }
+
+    /// A sink into an existing channel (a restarted query's, whose reader
+    /// goes on reading).
+    pub fn to(tx: mpsc::Sender<RecordBatch>) -> Self {
+        ChannelSink { tx }
+    }
 }
 
 #[async_trait]

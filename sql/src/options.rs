@@ -29,11 +29,17 @@ pub const CHECKPOINT_DIR: &str = "state.checkpoints.dir";
 pub const PIPELINE_NAME: &str = "pipeline.name";
 /// A checkpoint (its directory) to start the next query from.
 pub const SAVEPOINT_PATH: &str = "execution.savepoint.path";
+/// What happens when a query fails: `none` or `fixed-delay`.
+pub const RESTART_STRATEGY: &str = "restart-strategy.type";
+/// With `fixed-delay`: how many times a failed query is started again.
+pub const RESTART_ATTEMPTS: &str = "restart-strategy.fixed-delay.attempts";
+/// With `fixed-delay`: how long after a failure it is started again.
+pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
 
 /// A setting that could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}')")]
+    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}', '{RESTART_STRATEGY}', '{RESTART_ATTEMPTS}', '{RESTART_DELAY}')")]
     Unknown(String),
     #[error("SET {key}: '{value}' {expected}")]
     Invalid { key: String, value: String, expected: &'static str },
@@ -60,6 +66,8 @@ pub struct QueryOptions {
     pub pipeline_name: Option<String>,
     /// `None`: resume from the latest checkpoint under the query's name.
     pub savepoint_path: Option<String>,
+    /// `None`: a failed query stays failed.
+    pub restart: Option<sluice_engine::RestartPolicy>,
 }
 
 impl Default for QueryOptions {
@@ -73,6 +81,7 @@ impl Default for QueryOptions {
             checkpoint_dir: None,
             pipeline_name: None,
             savepoint_path: None,
+            restart: None,
         }
     }
 }
@@ -131,6 +140,26 @@ impl QueryOptions {
                 self.savepoint_path = non_empty(value);
                 Ok(SAVEPOINT_PATH)
             }
+            "restart-strategy.type" | "restart-strategy" => {
+                self.restart = match value.trim().to_ascii_lowercase().as_str() {
+                    "none" | "off" | "disable" => None,
+                    "fixed-delay" | "fixeddelay" | "fixed_delay" => Some(self.restart.unwrap_or(DEFAULT_RESTART)),
+                    _ => return Err(invalid("is not a restart strategy ('none' or 'fixed-delay')")),
+                };
+                Ok(RESTART_STRATEGY)
+            }
+            "restart-strategy.fixed-delay.attempts" => {
+                let attempts = value.trim().parse::<u32>().map_err(|_| invalid("is not a whole number of attempts"))?;
+                let policy = self.restart.get_or_insert(DEFAULT_RESTART);
+                policy.attempts = attempts;
+                Ok(RESTART_ATTEMPTS)
+            }
+            "restart-strategy.fixed-delay.delay" => {
+                let delay = parse_duration(value).ok_or_else(|| invalid("is not a duration (e.g. '10 s')"))?;
+                let policy = self.restart.get_or_insert(DEFAULT_RESTART);
+                policy.delay = delay;
+                Ok(RESTART_DELAY)
+            }
             other => Err(SettingError::Unknown(other.to_string())),
         }
     }
@@ -145,6 +174,11 @@ impl QueryOptions {
             (MEMORY_LIMIT.to_string(), self.memory_limit.map_or_else(|| "0".to_string(), format_bytes)),
             (CHECKPOINT_INTERVAL.to_string(), duration(self.checkpoint_interval)),
         ]);
+        if let Some(policy) = self.restart {
+            settings.insert(RESTART_STRATEGY.to_string(), "fixed-delay".to_string());
+            settings.insert(RESTART_ATTEMPTS.to_string(), policy.attempts.to_string());
+            settings.insert(RESTART_DELAY.to_string(), format_duration(policy.delay));
+        }
         for (key, value) in [
             (CHECKPOINT_DIR, &self.checkpoint_dir),
             (PIPELINE_NAME, &self.pipeline_name),
@@ -181,6 +215,9 @@ impl TryFrom<BTreeMap<String, String>> for QueryOptions {
         Ok(options)
     }
 }
+
+/// Flink's fixed-delay defaults: one attempt, one second after the failure.
+const DEFAULT_RESTART: sluice_engine::RestartPolicy = sluice_engine::RestartPolicy { attempts: 1, delay: Duration::from_secs(1) };
 
 fn non_empty(value: &str) -> Option<String> {
     let value = value.trim();

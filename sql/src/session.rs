@@ -79,6 +79,9 @@ pub struct Session {
     checkpoint_dir: std::path::PathBuf,
     /// The name checkpoints go under without `pipeline.name`.
     default_pipeline_name: Option<String>,
+    /// Counters the next pipeline reports into (a restarted query keeps its
+    /// own); `None`: new ones.
+    reuse_metrics: Option<Arc<JobMetrics>>,
 }
 
 /// The default number of lanes: one per core.
@@ -103,6 +106,7 @@ impl Session {
             metrics_label: None,
             checkpoint_dir: std::path::PathBuf::from(".sluice/checkpoints"),
             default_pipeline_name: None,
+            reuse_metrics: None,
         }
     }
 
@@ -526,7 +530,10 @@ impl Session {
         if !reads_stream(&planned.plan) {
             return Ok(Compiled::Batch(planned));
         }
-        let metrics = JobMetrics::with_label(self.metrics_label.clone());
+        let metrics = match &self.reuse_metrics {
+            Some(m) => Arc::clone(m),
+            None => JobMetrics::with_label(self.metrics_label.clone()),
+        };
         let tables: HashMap<String, TableInfo> = catalog
             .tables()
             .map(|t| {
@@ -645,7 +652,8 @@ impl Session {
     }
 
     async fn run_query(&mut self, query: &Query) -> Result<StatementOutput> {
-        let (sink, results) = ChannelSink::new(RESULT_BUFFER);
+        let (results_tx, results) = mpsc::channel(RESULT_BUFFER);
+        let sink = ChannelSink::to(results_tx.clone());
         match self.compile_with_sink(query, None, Box::new(sink)).await? {
             Compiled::Batch(planned) => {
                 let schema = planned.schema();
@@ -657,7 +665,7 @@ impl Session {
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
                 let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
                 warnings.extend(start_warnings(&pipeline));
-                let job = Job::start(pipeline);
+                let job = self.start(pipeline, query, None, Some(results_tx));
                 Ok(StatementOutput::Query(QueryOutput { schema, results, job, warnings }))
             }
         }
@@ -670,8 +678,60 @@ impl Session {
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
                 let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
                 warnings.extend(start_warnings(&pipeline));
-                Ok(StatementOutput::Insert { target: target.to_string(), job: Job::start(pipeline), warnings })
+                let job = self.start(pipeline, query, Some(target), None);
+                Ok(StatementOutput::Insert { target: target.to_string(), job, warnings })
             }
+        }
+    }
+}
+
+impl Session {
+    /// Starts a pipeline, to be restarted after a failure as the query's
+    /// restart strategy says (re-planned from the catalog as it is then).
+    fn start(&self, pipeline: Pipeline, query: &Query, target: Option<&str>, results: Option<mpsc::Sender<RecordBatch>>) -> JobHandle {
+        let job = Job::start(pipeline);
+        let Some(policy) = self.options.restart else { return job };
+        let session = Session {
+            catalog: Arc::clone(&self.catalog),
+            last_metrics: None,
+            connectors: self.connectors.clone(),
+            options: self.options.clone(),
+            metrics_label: self.metrics_label.clone(),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            default_pipeline_name: self.default_pipeline_name.clone(),
+            reuse_metrics: None,
+        };
+        let restarter = Restarter { session, query: query.clone(), target: target.map(String::from), results };
+        job.restart_with(Box::new(restarter), policy)
+    }
+}
+
+/// Plans a failed query again, from its latest checkpoint, to restart it.
+struct Restarter {
+    session: Session,
+    query: Query,
+    target: Option<String>,
+    /// A SELECT's results channel, which its reader keeps reading across restarts.
+    results: Option<mpsc::Sender<RecordBatch>>,
+}
+
+#[async_trait::async_trait]
+impl sluice_engine::PipelineFactory for Restarter {
+    async fn rebuild(&mut self, metrics: Arc<JobMetrics>) -> sluice_engine::Result<Pipeline> {
+        let to_engine = |e: SqlError| sluice_engine::EngineError::Plan(format!("restarting the query: {e}"));
+        self.session.reuse_metrics = Some(metrics);
+        let sink: Box<dyn Sink> = match &self.results {
+            Some(tx) => Box::new(ChannelSink::to(tx.clone())),
+            None => Box::new(ChannelSink::new(1).0),
+        };
+        let query = self.query.clone();
+        let target = self.target.clone();
+        match self.session.compile_with_sink(&query, target.as_deref(), sink).await.map_err(to_engine)? {
+            Compiled::Pipeline(mut pipeline, query_id) => {
+                self.session.prepare_checkpoints(&mut pipeline, &query_id).await.map_err(to_engine)?;
+                Ok(pipeline)
+            }
+            Compiled::Batch(_) => Err(sluice_engine::EngineError::Plan("restarting the query: it no longer reads a stream".into())),
         }
     }
 }

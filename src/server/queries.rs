@@ -126,6 +126,10 @@ pub struct QueryMetrics {
     pub state_bytes: u64,
     /// Current watermark (output side), RFC 3339, if any.
     pub watermark: Option<String>,
+    /// Times it was restarted after a failure ('restart-strategy.type').
+    pub restarts: u64,
+    /// The failure that caused the last restart.
+    pub last_failure: Option<String>,
 }
 
 /// One completed checkpoint.
@@ -491,7 +495,10 @@ impl QueryManager {
                 bad_records: p.bad_records,
             })
             .collect();
+        let (restarts, last_failure) = entry.metrics.as_ref().map(|m| m.restarts()).unwrap_or_default();
         Ok(QueryMetrics {
+            restarts,
+            last_failure,
             sources,
             rows_in: m.map_or(0, |m| m.rows_in),
             rows_out: m.map_or(0, |m| m.rows_out),
