@@ -1,8 +1,10 @@
 //! Checkpoints and recovery, end to end: a windowed query reads a 4-partition
 //! Kafka topic (tansu) and writes a Hive-partitioned lake with checkpoints
 //! every second. `sluice run` is killed with SIGKILL while events keep
-//! arriving, and started again each time; it resumes from its latest
-//! checkpoint. The lake, read by pyarrow, then holds exactly the rows of the
+//! arriving, and crashes itself (`SLUICE_CRASH_AT`) while a step stores its
+//! snapshot, between a checkpoint's completion and the sink's commit, and in
+//! the middle of the commit; it is started again each time and resumes from
+//! its latest checkpoint. The lake, read by pyarrow, then holds exactly the rows of the
 //! same query run as a batch (DuckDB) over every event: nothing lost, nothing
 //! twice.
 
@@ -55,6 +57,32 @@ fn latest_checkpoint(dir: &Path) -> u64 {
 
 fn start_run(script: &Path) -> std::io::Result<Child> {
     Command::new(SLUICE).args(["run"]).arg(script).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
+}
+
+/// Runs `script` with `SLUICE_CRASH_AT=<point>:<checkpoint>` and waits for the
+/// process to crash itself there.
+fn crash_run(script: &Path, point: &str, checkpoint: u64) -> TestResult {
+    let mut child = Command::new(SLUICE)
+        .args(["run"])
+        .arg(script)
+        .env("SLUICE_CRASH_AT", format!("{point}:{checkpoint}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            return Err(format!("no crash at {point} of checkpoint {checkpoint} within 60 s").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = stderr_of(&mut child)?;
+    assert!(!status.success() && stderr.contains("SLUICE_CRASH_AT: crashing at"), "{point}:{checkpoint}: {status}: {stderr}");
+    Ok(())
 }
 
 /// Waits until checkpoint `past` + `more` has completed (or the run exits).
@@ -164,22 +192,30 @@ fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> T
     // Run 1: events arrive while it runs; killed after two checkpoints.
     broker.produce_records("events", &events(0..600))?;
     let mut run = start_run(&script)?;
-    let mut seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
+    let seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
     broker.produce_records("events", &events(600..1200))?;
-    seen = wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
+    wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
     run.kill()?;
     run.wait()?;
 
-    // Run 2: resumes; more events arrive; killed again mid-stream.
-    broker.produce_records("events", &events(1200..1800))?;
+    // Crashes inside a snapshot, between a checkpoint and its commit, and in
+    // the middle of a commit, each with more events arriving before it.
+    let mut produced = 1200;
+    for point in ["snapshot", "before-commit", "mid-commit"] {
+        broker.produce_records("events", &events(produced..produced + 200))?;
+        produced += 200;
+        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + 2)?;
+    }
+
+    // Resumes; more events arrive; killed again mid-stream.
     let mut run = start_run(&script)?;
-    wait_for_checkpoints(&mut run, &query_checkpoints, seen, 2)?;
-    broker.produce_records("events", &events(1800..2400))?;
+    wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 2)?;
+    broker.produce_records("events", &events(produced..2400))?;
     std::thread::sleep(Duration::from_millis(700));
     run.kill()?;
     run.wait()?;
 
-    // Run 3: resumes and runs until every window before the last closes.
+    // Last run: resumes and runs until every window before the last closes.
     let total = 3000;
     broker.produce_records("events", &events(2400..total))?;
     let mut run = start_run(&script)?;

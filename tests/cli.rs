@@ -592,6 +592,28 @@ fn a_bad_line_fails_the_query_after_the_rows_before_it() -> TestResult {
     Ok(())
 }
 
+/// With Flink's fixed-delay restart strategy a failed query runs again, as many
+/// times as it says, then fails for good (each run emits the rows before the
+/// bad line again: without checkpoints a restart starts from the beginning).
+#[test]
+fn a_failed_query_restarts_as_many_times_as_the_strategy_says() -> TestResult {
+    let out = run_in_repo(
+        "SET 'restart-strategy.type' = 'fixed-delay'; \
+         SET 'restart-strategy.fixed-delay.attempts' = '2'; \
+         SET 'restart-strategy.fixed-delay.delay' = '100 ms'; \
+         CREATE TABLE orders (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3)) \
+         WITH (connector = 'file', path = 'tests/data/bad/orders.jsonl', 'batch.size' = '1'); \
+         CREATE TABLE out (user_id VARCHAR, amount BIGINT) WITH (connector = 'stdout', format = 'json'); \
+         INSERT INTO out SELECT user_id, amount FROM orders;",
+    )?;
+    let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+    assert!(!out.status.success(), "it fails once the attempts are used: {stdout}");
+    assert!(stderr.contains("tests/data/bad/orders.jsonl:3: "), "{stderr}");
+    let rows = stdout.lines().filter(|l| l.starts_with('{')).count();
+    assert_eq!(rows, 6, "the two rows before the bad line, in the first run and two restarts: {stdout}");
+    Ok(())
+}
+
 /// An expression that fails on one row names the operator and shows the row.
 #[test]
 fn a_failing_row_is_named_with_its_values() -> TestResult {

@@ -8,6 +8,12 @@
 //! cargo run --release -p sluice-benches -- [--events N] [--lanes 1,2,4] [--only NAME-PART]
 //! ```
 //!
+//! `--checkpoints 1s` runs each query twice, side by side, without and with
+//! checkpoints at that interval (into a temporary directory), and reports the
+//! checkpoints taken and the largest one's size and duration. `--users N`
+//! sets the distinct users (default 10,000; 1,000,000 makes the updating
+//! aggregate hold a million groups and the regular join a million rows).
+//!
 //! `--rss 2000,125000` measures memory instead: a windowed query over the
 //! `generator` connector with 64-row batches runs over each number of batches, in
 //! a fresh process of its own, which reports its peak resident set (`VmHWM`). A
@@ -64,6 +70,12 @@ const QUERIES: [(&str, &str); 6] = [
         "updating GROUP BY user_id: count+sum (changelog)",
         "SELECT user_id, count(*), sum(price) FROM clicks GROUP BY user_id",
     ),
+    (
+        "regular join: page_view x checkout by user_id (holds every row)",
+        "SELECT v.user_id, v.page, c.item_id FROM \
+         (SELECT user_id, page FROM clicks WHERE event_type = 'page_view') v \
+         JOIN (SELECT user_id, item_id FROM clicks WHERE event_type = 'checkout') c ON v.user_id = c.user_id",
+    ),
 ];
 
 /// Replays batches generated up front; shard `i` of `n` gets every `n`-th batch.
@@ -81,13 +93,15 @@ impl Connector for PregeneratedConnector {
     }
 
     fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>, ConnectorError> {
-        Ok(Box::new(Replay { batches: Arc::clone(&self.batches), next: shard.index, step: shard.count, schema: table.schema.clone() }))
+        Ok(Box::new(Replay { batches: Arc::clone(&self.batches), next: shard.index, at_barrier: shard.index, step: shard.count, schema: table.schema.clone() }))
     }
 }
 
 struct Replay {
     batches: Arc<Vec<RecordBatch>>,
     next: usize,
+    /// `next` at the last barrier: the replay's position in a checkpoint.
+    at_barrier: usize,
     step: usize,
     schema: SchemaRef,
 }
@@ -107,12 +121,26 @@ impl Source for Replay {
         self.next += self.step;
         Ok(batch)
     }
+
+    fn resumable(&self) -> bool {
+        true
+    }
+
+    async fn on_barrier(&mut self, _checkpoint: u64) -> sluice_engine::Result<()> {
+        self.at_barrier = self.next;
+        Ok(())
+    }
+
+    fn position(&self) -> sluice_engine::Result<Option<RecordBatch>> {
+        let next: arrow::array::ArrayRef = Arc::new(arrow::array::UInt64Array::from(vec![self.at_barrier as u64]));
+        Ok(Some(RecordBatch::try_from_iter([("next", next)])?))
+    }
 }
 
-fn pregenerate(events: u64) -> anyhow::Result<Vec<RecordBatch>> {
+fn pregenerate(events: u64, users: u64) -> anyhow::Result<Vec<RecordBatch>> {
     let options = BTreeMap::from([
         ("rows".to_string(), events.to_string()),
-        ("users".to_string(), "10000".to_string()),
+        ("users".to_string(), users.to_string()),
         ("items".to_string(), "5000".to_string()),
         ("interval.ms".to_string(), "10".to_string()),
         ("disorder.ms".to_string(), "500".to_string()),
@@ -138,10 +166,26 @@ fn pregenerate(events: u64) -> anyhow::Result<Vec<RecordBatch>> {
     Ok(batches)
 }
 
-async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize) -> anyhow::Result<(f64, u64)> {
+/// What a run measured.
+struct Run {
+    seconds: f64,
+    rows: u64,
+    checkpoints: sluice_engine::checkpoint::CheckpointStats,
+}
+
+async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize, checkpoints: Option<&str>) -> anyhow::Result<Run> {
     let mut session = Session::default();
     session.add_connector(Arc::new(PregeneratedConnector { batches: Arc::clone(batches) }));
     session.set_parallelism(lanes);
+    let dir = tempfile::tempdir()?;
+    if let Some(interval) = checkpoints {
+        session
+            .execute_script(&format!(
+                "SET 'execution.checkpointing.interval' = '{interval}'; SET 'state.checkpoints.dir' = '{}';",
+                dir.path().display()
+            ))
+            .await?;
+    }
     session
         .execute_script(
             "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, item_id BIGINT, \
@@ -151,12 +195,13 @@ async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize) -> a
     let started = Instant::now();
     let mut outputs = session.execute_script(sql).await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { bail!("not a continuous query") };
+    let metrics = q.job.metrics_handle();
     let mut rows = 0u64;
     while let Some(b) = q.results.recv().await {
         rows += b.num_rows() as u64;
     }
     q.job.wait().await?;
-    Ok((started.elapsed().as_secs_f64(), rows))
+    Ok(Run { seconds: started.elapsed().as_secs_f64(), rows, checkpoints: metrics.checkpoints() })
 }
 
 /// Rows per batch of the memory benchmark: small batches, so that per-batch
@@ -225,6 +270,8 @@ fn rss_table(sizes: &[u64]) -> anyhow::Result<()> {
 /// memory benchmark over these numbers of batches.
 struct Args {
     events: u64,
+    users: u64,
+    checkpoints: Option<String>,
     lanes: Vec<usize>,
     only: Option<String>,
     rss: Option<Vec<u64>>,
@@ -233,6 +280,8 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut events = 2_000_000;
+    let mut users = 10_000;
+    let mut checkpoints = None;
     let mut lanes = vec![1, sluice_sql::default_parallelism()];
     let mut only = None;
     let mut rss = None;
@@ -242,19 +291,21 @@ fn parse_args() -> anyhow::Result<Args> {
         let value = args.next().with_context(|| format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--events" => events = value.parse()?,
+            "--users" => users = value.parse()?,
+            "--checkpoints" => checkpoints = Some(value),
             "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--only" => only = Some(value),
             "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
             "--rss-child" => rss_child = Some(value.parse()?),
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --rss BATCHES,BATCHES)"),
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --rss BATCHES,BATCHES)"),
         }
     }
     lanes.dedup();
-    Ok(Args { events, lanes, only, rss, rss_child })
+    Ok(Args { events, users, checkpoints, lanes, only, rss, rss_child })
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { events, lanes, only, rss, rss_child } = parse_args()?;
+    let Args { events, users, checkpoints, lanes, only, rss, rss_child } = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(batches) = rss_child {
         let rows = runtime.block_on(run_rss_query(batches))?;
@@ -265,14 +316,43 @@ fn main() -> anyhow::Result<()> {
         return rss_table(&sizes);
     }
     let generated = Instant::now();
-    let batches = Arc::new(pregenerate(events)?);
-    eprintln!("generated {events} events in {:.1}s (not timed below)", generated.elapsed().as_secs_f64());
-    println!("| query | lanes | seconds | events/s | result rows |");
-    println!("|---|---|---|---|---|");
-    for (name, sql) in QUERIES.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str()))) {
-        for &p in &lanes {
-            let (secs, rows) = runtime.block_on(run_once(&batches, sql, p))?;
-            println!("| {name} | {p} | {secs:.2} | {:.0} | {rows} |", events as f64 / secs);
+    let batches = Arc::new(pregenerate(events, users)?);
+    eprintln!("generated {events} events ({users} users) in {:.1}s (not timed below)", generated.elapsed().as_secs_f64());
+    let selected = || QUERIES.iter().filter(|(n, _)| only.as_ref().is_none_or(|o| n.contains(o.as_str())));
+    match &checkpoints {
+        None => {
+            println!("| query | lanes | seconds | events/s | result rows |");
+            println!("|---|---|---|---|---|");
+            for (name, sql) in selected() {
+                for &p in &lanes {
+                    let run = runtime.block_on(run_once(&batches, sql, p, None))?;
+                    println!("| {name} | {p} | {:.2} | {:.0} | {} |", run.seconds, events as f64 / run.seconds, run.rows);
+                }
+            }
+        }
+        Some(interval) => {
+            println!("| query | lanes | events/s without | events/s with checkpoints every {interval} | ratio | checkpoints | largest (bytes) | its duration (ms) | its alignment (ms) |");
+            println!("|---|---|---|---|---|---|---|---|---|");
+            for (name, sql) in selected() {
+                for &p in &lanes {
+                    let off = runtime.block_on(run_once(&batches, sql, p, None))?;
+                    let on = runtime.block_on(run_once(&batches, sql, p, Some(interval)))?;
+                    if off.rows != on.rows {
+                        bail!("{name}: {} result rows without checkpoints, {} with", off.rows, on.rows);
+                    }
+                    let largest = on.checkpoints.recent.iter().max_by_key(|c| c.bytes);
+                    println!(
+                        "| {name} | {p} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |",
+                        events as f64 / off.seconds,
+                        events as f64 / on.seconds,
+                        off.seconds / on.seconds,
+                        on.checkpoints.completed,
+                        largest.map_or(0, |c| c.bytes),
+                        largest.map_or(0, |c| c.duration_ms),
+                        largest.map_or(0, |c| c.alignment_ms),
+                    );
+                }
+            }
         }
     }
     Ok(())

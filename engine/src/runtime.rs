@@ -138,6 +138,7 @@ impl Participant {
                 .await
                 .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
             parts.push(part);
+            crate::checkpoint::crash_point(crate::checkpoint::CrashPoint::Snapshot, id);
         }
         self.report(id, parts, alignment_nanos);
         Ok(())
@@ -671,6 +672,7 @@ impl Coordinator {
                         }
                         if self.collector.config().is_some() {
                             self.metrics.checkpoint_completed(report);
+                            crate::checkpoint::crash_point(crate::checkpoint::CrashPoint::BeforeCommit, id);
                         }
                         for source in &self.sources {
                             let _ = source.send(SourceCommand::Complete(id));

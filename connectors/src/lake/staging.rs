@@ -109,12 +109,17 @@ impl Staging {
             std::mem::take(&mut self.pending).into_iter().partition(|f| f.checkpoint <= checkpoint);
         self.pending = later;
         let mut due = due.into_iter();
+        let mut renamed = 0;
         while let Some(file) = due.next() {
             if let Err(e) = commit_file(store, &file.staged, &file.committed).await {
                 // Still pending: a later commit (or a restore) tries again.
                 self.pending.push(file);
                 self.pending.extend(due);
                 return Err(e);
+            }
+            renamed += 1;
+            if renamed == 1 {
+                sluice_engine::checkpoint::crash_point(sluice_engine::checkpoint::CrashPoint::MidCommit, checkpoint);
             }
         }
         Ok(())

@@ -15,11 +15,13 @@
 //! another parallelism hands each lane the rows of the key groups it now owns.
 
 mod coordinator;
+mod crash;
 mod metadata;
 mod restore;
 mod store;
 
 pub use coordinator::{CheckpointConfig, CheckpointReport, CheckpointStats};
+pub use crash::{crash_point, CrashPoint};
 pub(crate) use coordinator::{Ack, Collector};
 pub use metadata::{CheckpointMetadata, Owner, PartRef};
 pub use restore::RestoredState;
