@@ -188,6 +188,10 @@ fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> T
         ),
     )?;
     let query_checkpoints = checkpoints.join("events-to-lake");
+    // The same query at another parallelism: its state is spread over the
+    // lanes by key group, so it resumes there too.
+    let rescaled = dir.path().join("job-3-lanes.sql");
+    std::fs::write(&rescaled, std::fs::read_to_string(&script)?.replace("SET 'parallelism' = '2';", "SET 'parallelism' = '3';"))?;
 
     // Run 1: events arrive while it runs; killed after two checkpoints.
     broker.produce_records("events", &events(0..600))?;
@@ -207,15 +211,16 @@ fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> T
         crash_run(&script, point, latest_checkpoint(&query_checkpoints) + 2)?;
     }
 
-    // Resumes; more events arrive; killed again mid-stream.
-    let mut run = start_run(&script)?;
+    // Resumes at 3 lanes; more events arrive; killed again mid-stream.
+    let mut run = start_run(&rescaled)?;
     wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 2)?;
     broker.produce_records("events", &events(produced..2400))?;
     std::thread::sleep(Duration::from_millis(700));
     run.kill()?;
     run.wait()?;
 
-    // Last run: resumes and runs until every window before the last closes.
+    // Last run: resumes at 2 lanes again and runs until every window before
+    // the last closes.
     let total = 3000;
     broker.produce_records("events", &events(2400..total))?;
     let mut run = start_run(&script)?;
@@ -242,6 +247,166 @@ fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> T
     let missing: Vec<&String> = expected.iter().filter(|r| !rows.contains(r)).collect();
     let unexpected: Vec<&String> = rows.iter().filter(|r| !expected.contains(r)).collect();
     assert!(missing.is_empty() && unexpected.is_empty(), "missing from the lake: {missing:?}; not expected: {unexpected:?}");
+    assert_eq!(rows.len(), expected.len(), "each window's row once");
+    Ok(())
+}
+
+/// A checkpoint is restored only into the plan it was taken of: a changed
+/// query is refused with what changed, and a new name starts it over.
+#[test]
+fn a_changed_query_is_refused_with_what_changed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let checkpoints = dir.path().join("checkpoints");
+    let script = |aggregate: &str, name: &str| {
+        format!(
+            "SET 'execution.checkpointing.interval' = '200 ms'; SET 'state.checkpoints.dir' = '{}'; SET 'pipeline.name' = '{name}';
+             CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, price DOUBLE, ts TIMESTAMP(3),
+               WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'generator', rate = '500');
+             CREATE TABLE out (window_start TIMESTAMP(3), event_type VARCHAR, v DOUBLE)
+               WITH (connector = 'lake', path = '{}');
+             INSERT INTO out SELECT window_start, event_type, {aggregate} AS v
+             FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, event_type;",
+            checkpoints.display(),
+            dir.path().join("lake").display()
+        )
+    };
+    // Checkpoints of the first version, then a stop (SIGINT) keeps them.
+    let mut first = Command::new(SLUICE).args(["run", "-c", &script("sum(price)", "prices")]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    wait_for_checkpoints(&mut first, &checkpoints.join("prices"), 0, 2)?;
+    Command::new("kill").args(["-INT", &first.id().to_string()]).status()?;
+    assert!(first.wait()?.success());
+
+    let changed = Command::new(SLUICE).args(["run", "-c", &script("max(price)", "prices")]).output()?;
+    let stderr = String::from_utf8(changed.stderr)?;
+    assert!(!changed.status.success(), "a changed plan must not resume: {stderr}");
+    assert!(stderr.contains("was taken of another plan") && stderr.contains("sum(") && stderr.contains("max("), "names what changed: {stderr}");
+    assert!(stderr.contains("pipeline.name"), "says how to start over: {stderr}");
+
+    // Under a new name it starts from scratch, and says nothing of resuming.
+    let mut renamed = Command::new(SLUICE).args(["run", "-c", &script("max(price)", "max-prices")]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    wait_for_checkpoints(&mut renamed, &checkpoints.join("max-prices"), 0, 1)?;
+    Command::new("kill").args(["-INT", &renamed.id().to_string()]).status()?;
+    assert!(renamed.wait()?.success());
+    assert!(!stderr_of(&mut renamed)?.contains("resuming"));
+    Ok(())
+}
+
+/// The `(window_start, user_id, n, total)` rows a plain consumer (confluent-
+/// kafka, tests/kafka_client.py, a client this project did not write) reads
+/// from `topic` as consumer group `test-reader`: those after the group's last
+/// read, until nothing came for `idle` seconds. Fails on a record that does
+/// not carry the sink's identity headers.
+fn kafka_rows(addr: &str, topic: &str, idle: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py");
+    let out = Command::new("python3").args([client, "consume", addr, topic, "1000000", &idle.to_string()]).output()?;
+    if !out.status.success() {
+        return Err(format!("consume: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mut rows = Vec::new();
+    for line in String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()) {
+        let record: Value = serde_json::from_str(line)?;
+        for header in ["sluice.query", "sluice.run", "sluice.checkpoint", "sluice.seq"] {
+            assert!(record["headers"][header].is_string(), "no {header} header: {record}");
+        }
+        let value: Value = serde_json::from_str(record["value"].as_str().ok_or("a record without a value")?)?;
+        let start = value["window_start"].as_str().ok_or("no window_start")?.replace('T', " ");
+        rows.push(format!("{start}|{}|{}|{}", value["user_id"].as_str().unwrap_or("?"), value["n"], value["total"]));
+    }
+    Ok(rows)
+}
+
+/// The crashes of the lake test with the results going to a Kafka topic: the
+/// sink holds each checkpoint's records back until the checkpoint completes,
+/// and a restored run produces only those the topic lacks (it reads the tail
+/// of each partition for the headers `sluice.*`), so a plain consumer reads
+/// each window's row once, however the runs were cut.
+#[test]
+fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("events", PARTITIONS as u32)?;
+    broker.create_topic("totals", 3)?;
+    let dir = tempfile::tempdir()?;
+    let checkpoints = dir.path().join("checkpoints");
+    let script = dir.path().join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "SET 'execution.checkpointing.interval' = '1 s';
+             SET 'state.checkpoints.dir' = '{checkpoints}';
+             SET 'pipeline.name' = 'events-to-kafka';
+             SET 'parallelism' = '2';
+             CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
+               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{addr}', format = 'json',
+               'scan.startup.mode' = 'earliest');
+             CREATE TABLE totals (window_start TIMESTAMP(3), user_id VARCHAR, n BIGINT, total BIGINT)
+             WITH (connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{addr}', format = 'json',
+               'key.field' = 'user_id');
+             INSERT INTO totals
+             SELECT window_start, user_id, count(*) AS n, sum(amount) AS total
+             FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
+             GROUP BY window_start, window_end, user_id;",
+            checkpoints = checkpoints.display(),
+            addr = broker.addr,
+        ),
+    )?;
+    let query_checkpoints = checkpoints.join("events-to-kafka");
+
+    // Killed after checkpoints, while records of the last one may be on their way.
+    broker.produce_records("events", &events(0..600))?;
+    let mut run = start_run(&script)?;
+    let seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
+    broker.produce_records("events", &events(600..1200))?;
+    wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
+    run.kill()?;
+    run.wait()?;
+
+    // Crashes inside a snapshot, between a checkpoint and its commit (nothing
+    // of it produced), and in the middle of the commit (part of it produced).
+    // A commit without records has no middle: the windows the new events
+    // close are emitted soon after the restore, so the mid-commit crash is
+    // asked for from the first checkpoint on.
+    let mut produced = 1200;
+    for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
+        broker.produce_records("events", &events(produced..produced + 200))?;
+        produced += 200;
+        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead)?;
+    }
+
+    // Resumes; more events arrive; killed again mid-stream.
+    let mut run = start_run(&script)?;
+    wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 2)?;
+    broker.produce_records("events", &events(produced..2400))?;
+    std::thread::sleep(Duration::from_millis(700));
+    run.kill()?;
+    run.wait()?;
+
+    // Last run: until every window before the last is in the topic, then stopped.
+    let total = 3000;
+    broker.produce_records("events", &events(2400..total))?;
+    let mut run = start_run(&script)?;
+    let close_ms = BASE_MS + (total as i64 - 1) * 100 - 1000;
+    let expected = expected_rows(total, close_ms)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut rows = Vec::new();
+    while rows.len() < expected.len() && Instant::now() < deadline {
+        rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
+    }
+    Command::new("kill").args(["-INT", &run.id().to_string()]).status()?;
+    let status = run.wait()?;
+    let stderr = stderr_of(&mut run)?;
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("resuming 'events-to-kafka' from checkpoint"), "a resumed run says so: {stderr}");
+    // Whatever the stop produced after the last read.
+    rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
+    rows.sort();
+    let missing: Vec<&String> = expected.iter().filter(|r| !rows.contains(r)).collect();
+    let unexpected: Vec<&String> = rows.iter().filter(|r| !expected.contains(r)).collect();
+    let twice: Vec<&String> = rows.windows(2).filter(|w| w[0] == w[1]).map(|w| &w[0]).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty() && twice.is_empty(),
+        "missing from the topic: {missing:?}; not expected: {unexpected:?}; more than once: {twice:?}"
+    );
     assert_eq!(rows.len(), expected.len(), "each window's row once");
     Ok(())
 }

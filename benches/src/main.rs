@@ -34,7 +34,7 @@ use sluice_connectors::{Connector, ConnectorError, Shard, TableSpec};
 use sluice_engine::Source;
 use sluice_sql::{Session, StatementOutput};
 
-const QUERIES: [(&str, &str); 6] = [
+const QUERIES: [(&str, &str); 7] = [
     (
         "tumble 1 min, count+sum by event_type",
         "SELECT window_start, event_type, count(*), sum(price) \
