@@ -59,9 +59,10 @@ fn start_run(script: &Path) -> std::io::Result<Child> {
     Command::new(SLUICE).args(["run"]).arg(script).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
 }
 
-/// Runs `script` with `SLUICE_CRASH_AT=<point>:<checkpoint>` and waits for the
-/// process to crash itself there.
-fn crash_run(script: &Path, point: &str, checkpoint: u64) -> TestResult {
+/// Runs `script` with `SLUICE_CRASH_AT=<point>:<checkpoint>`, calls `meanwhile`
+/// (events arriving while it runs, so later checkpoints have output to commit)
+/// and waits for the process to crash itself there.
+fn crash_run(script: &Path, point: &str, checkpoint: u64, meanwhile: impl FnOnce() -> TestResult) -> TestResult {
     let mut child = Command::new(SLUICE)
         .args(["run"])
         .arg(script)
@@ -69,6 +70,7 @@ fn crash_run(script: &Path, point: &str, checkpoint: u64) -> TestResult {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
+    meanwhile()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait()? {
@@ -205,10 +207,15 @@ fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> T
     // Crashes inside a snapshot, between a checkpoint and its commit, and in
     // the middle of a commit, each with more events arriving before it.
     let mut produced = 1200;
-    for point in ["snapshot", "before-commit", "mid-commit"] {
-        broker.produce_records("events", &events(produced..produced + 200))?;
+    // A commit without files has no middle: the mid-commit crash is asked for
+    // from the first checkpoint on (it comes at the first that commits files).
+    for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
+        let batch = events(produced..produced + 200);
         produced += 200;
-        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + 2)?;
+        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || {
+            std::thread::sleep(Duration::from_millis(300));
+            broker.produce_records("events", &batch)
+        })?;
     }
 
     // Resumes at 3 lanes; more events arrive; killed again mid-stream.
@@ -370,7 +377,7 @@ fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka() -> TestRe
     for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
         broker.produce_records("events", &events(produced..produced + 200))?;
         produced += 200;
-        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead)?;
+        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || Ok(()))?;
     }
 
     // Resumes; more events arrive; killed again mid-stream.

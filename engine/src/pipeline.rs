@@ -157,7 +157,7 @@ impl Flow {
     /// The sources and operators in the order the runtime numbers them.
     fn steps_into(&self, steps: &mut Vec<String>) {
         match &self.input {
-            FlowInput::Sources(sources) => steps.extend(sources.first().map(|s| format!("source: {}", s.describe()))),
+            FlowInput::Sources(sources) => steps.extend(sources.first().map(|s| format!("source: {}", s.identity()))),
             FlowInput::Join(join) => {
                 join.left.steps_into(steps);
                 join.right.steps_into(steps);

@@ -64,6 +64,12 @@ pub trait Source: Send {
     fn schema(&self) -> SchemaRef;
     /// A one-line description for EXPLAIN.
     fn describe(&self) -> String;
+    /// What identifies the source in a plan's fingerprint (checkpoints restore
+    /// only into the same plan): the description without what belongs to one
+    /// lane or to where the source runs (its partitions, a broker's address).
+    fn identity(&self) -> String {
+        self.describe()
+    }
     /// The next batch, or `None` at the end of a bounded input.
     async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
     /// The next event; sources that can tell when they are idle override this.
