@@ -71,14 +71,21 @@ const COUNTS: &str = "SELECT window_start, event_type, count(*) AS n \
     FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end, event_type";
 
 async fn wait_for_state(client: &Client, base: &str, id: &str, state: &str) -> Result<Value, Box<dyn std::error::Error>> {
+    let url = format!("{base}/api/v1/queries/{id}");
+    poll(client, &url, |q| q["state"] == state).await.map_err(|q| format!("query {id} never reached {state}: {q}").into())
+}
+
+/// GETs `url` until its answer satisfies `done` (for up to 60 s); the last
+/// answer as the error otherwise.
+async fn poll(client: &Client, url: &str, done: impl Fn(&Value) -> bool) -> Result<Value, Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, q) = call(client, Some(VIEWER), "GET", &format!("{base}/api/v1/queries/{id}"), None).await?;
-        if q["state"] == state {
-            return Ok(q);
+        let answer = call(client, Some(VIEWER), "GET", url, None).await.map_err(|e| Value::String(e.to_string()))?.1;
+        if done(&answer) {
+            return Ok(answer);
         }
         if Instant::now() > deadline {
-            return Err(format!("query {id} never reached {state}: {q}").into());
+            return Err(answer);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -669,23 +676,10 @@ print(json.dumps(w))
     Ok(windows)
 }
 
-async fn checkpoints_of(client: &Client, base: &str, id: &str) -> Result<Value, Box<dyn std::error::Error>> {
-    Ok(call(client, Some(VIEWER), "GET", &format!("{base}/api/v1/queries/{id}/checkpoints"), None).await?.1)
-}
-
 /// Waits until `done` holds for the query's checkpoints.
 async fn wait_for_checkpoints(client: &Client, base: &str, id: &str, done: impl Fn(&Value) -> bool) -> Result<Value, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let c = checkpoints_of(client, base, id).await?;
-        if done(&c) {
-            return Ok(c);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("checkpoints of {id} never got there: {c}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = format!("{base}/api/v1/queries/{id}/checkpoints");
+    poll(client, &url, done).await.map_err(|c| format!("checkpoints of {id} never got there: {c}").into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,8 +26,8 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{
-    accumulator_widths, as_type, corrupt, int64_column, key_groups, merged_accumulators, restored_watermark,
-    state_column_names, table, take_accumulator_states, watermark_part,
+    accumulator_widths, as_type, corrupt, int64_column, key_groups, keyed_with_watermark, merged_accumulators,
+    split_keyed_with_watermark, state_column_names, table, take_accumulator_states,
 };
 use super::window_groups::{AggregateSpec, EvaluatedBatch};
 use crate::checkpoint::StatePart;
@@ -38,9 +38,9 @@ use crate::operator::{Emitter, Operator};
 use crate::time::{as_epoch_nanos, format_nanos, from_epoch_nanos};
 
 /// The checkpoint table of the open sessions (keyed).
-pub const SESSIONS_TABLE: usize = 0;
+pub const SESSIONS_TABLE: usize = super::state_table::KEYED_TABLE;
 /// The checkpoint table of the lane's watermark.
-pub const WATERMARK_TABLE: usize = 1;
+pub const WATERMARK_TABLE: usize = super::state_table::WATERMARK_TABLE;
 
 /// Aggregates rows into per-key sessions separated by gaps of inactivity.
 pub struct SessionAggregate {
@@ -369,25 +369,18 @@ impl Operator for SessionAggregate {
     }
 
     fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
-        let mut parts = vec![(WATERMARK_TABLE, watermark_part(self.watermark)?)];
-        if let Some(sessions) = self.snapshot_sessions()? {
-            parts.push((SESSIONS_TABLE, sessions));
-        }
+        let keyed = self.snapshot_sessions()?;
         self.report_state();
-        Ok(parts)
+        keyed_with_watermark(self.watermark, keyed)
     }
 
     fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
-        let watermarks = parts.iter().filter(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p);
-        if let Some(w) = restored_watermark(watermarks)? {
+        let (watermark, keyed) = split_keyed_with_watermark(parts, "session aggregate")?;
+        if let Some(w) = watermark {
             self.watermark = w;
         }
-        for (t, part) in &parts {
-            match *t {
-                SESSIONS_TABLE => self.restore_sessions(&part.batch)?,
-                WATERMARK_TABLE => {}
-                other => return Err(corrupt(&format!("the session aggregate has no table {other}"))),
-            }
+        for batch in &keyed {
+            self.restore_sessions(batch)?;
         }
         self.report_state();
         Ok(())

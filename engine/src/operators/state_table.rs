@@ -70,6 +70,34 @@ pub(crate) fn restored_watermark<'a>(parts: impl IntoIterator<Item = &'a StatePa
     Ok(lowest)
 }
 
+/// The table of an operator whose state is its keyed rows and its watermark
+/// (window and session aggregates) that holds the keyed rows.
+pub(crate) const KEYED_TABLE: usize = 0;
+/// The table of such an operator that holds its watermark.
+pub(crate) const WATERMARK_TABLE: usize = 1;
+
+/// The snapshot of an operator whose state is keyed rows and a watermark.
+pub(crate) fn keyed_with_watermark(watermark: Option<i64>, keyed: Option<StatePart>) -> Result<Vec<(usize, StatePart)>> {
+    let mut parts = vec![(WATERMARK_TABLE, watermark_part(watermark)?)];
+    parts.extend(keyed.map(|k| (KEYED_TABLE, k)));
+    Ok(parts)
+}
+
+/// A restored snapshot of such an operator (`operator` names it in errors):
+/// the lowest watermark stored (`None`: none was), and the keyed rows.
+pub(crate) fn split_keyed_with_watermark(parts: Vec<(usize, StatePart)>, operator: &str) -> Result<(Option<Option<i64>>, Vec<RecordBatch>)> {
+    let watermark = restored_watermark(parts.iter().filter(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p))?;
+    let mut keyed = Vec::new();
+    for (t, part) in parts {
+        match t {
+            KEYED_TABLE => keyed.push(part.batch),
+            WATERMARK_TABLE => {}
+            other => return Err(corrupt(&format!("the {operator} has no table {other}"))),
+        }
+    }
+    Ok((watermark, keyed))
+}
+
 /// Column `index` of a restored table, as Int64.
 pub(crate) fn int64_column(batch: &RecordBatch, index: usize) -> Result<Int64Array> {
     let column = batch.columns().get(index).ok_or_else(|| corrupt("a state table lacks a column"))?;

@@ -25,8 +25,8 @@ use datafusion::arrow::row::{RowConverter, Rows};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
 use super::state_table::{
-    as_type, concat_tables, corrupt, groups_accumulator_widths, key_groups, restored_watermark, state_column_names,
-    table, watermark_part,
+    as_type, concat_tables, corrupt, groups_accumulator_widths, key_groups, keyed_with_watermark, split_keyed_with_watermark,
+    state_column_names, table,
 };
 use crate::checkpoint::StatePart;
 use crate::error::Result;
@@ -38,9 +38,9 @@ use crate::time::as_epoch_nanos;
 pub use super::window_groups::AggregateSpec;
 
 /// The checkpoint table of the open windows' groups (keyed).
-pub const GROUPS_TABLE: usize = 0;
+pub const GROUPS_TABLE: usize = super::state_table::KEYED_TABLE;
 /// The checkpoint table of the lane's watermark.
-pub const WATERMARK_TABLE: usize = 1;
+pub const WATERMARK_TABLE: usize = super::state_table::WATERMARK_TABLE;
 
 /// Aggregates rows per (window, key) and emits each window once it is complete.
 pub struct WindowAggregate {
@@ -278,25 +278,18 @@ impl Operator for WindowAggregate {
     }
 
     fn snapshot(&mut self) -> Result<Vec<(usize, StatePart)>> {
-        let mut parts = vec![(WATERMARK_TABLE, watermark_part(self.watermark)?)];
-        if let Some(groups) = self.snapshot_groups()? {
-            parts.push((GROUPS_TABLE, groups));
-        }
+        let keyed = self.snapshot_groups()?;
         self.report_state();
-        Ok(parts)
+        keyed_with_watermark(self.watermark, keyed)
     }
 
     fn restore(&mut self, parts: Vec<(usize, StatePart)>) -> Result<()> {
-        let watermarks = parts.iter().filter(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p);
-        if let Some(w) = restored_watermark(watermarks)? {
+        let (watermark, keyed) = split_keyed_with_watermark(parts, "window aggregate")?;
+        if let Some(w) = watermark {
             self.watermark = w;
         }
-        for (t, part) in &parts {
-            match *t {
-                GROUPS_TABLE => self.restore_groups(&part.batch)?,
-                WATERMARK_TABLE => {}
-                other => return Err(corrupt(&format!("the window aggregate has no table {other}"))),
-            }
+        for batch in &keyed {
+            self.restore_groups(batch)?;
         }
         self.report_state();
         Ok(())
