@@ -375,9 +375,12 @@ fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka() -> TestRe
     // asked for from the first checkpoint on.
     let mut produced = 1200;
     for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
-        broker.produce_records("events", &events(produced..produced + 200))?;
+        let batch = events(produced..produced + 200);
         produced += 200;
-        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || Ok(()))?;
+        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || {
+            std::thread::sleep(Duration::from_millis(300));
+            broker.produce_records("events", &batch)
+        })?;
     }
 
     // Resumes; more events arrive; killed again mid-stream.

@@ -21,6 +21,17 @@
 //!   `dead-letter` (its raw bytes go to `dead-letter.topic` with headers
 //!   `sluice.topic`, `sluice.partition`, `sluice.offset`, `sluice.error`).
 //! - `key.field` (sink): the column whose value becomes the record key.
+//! - `sink.delivery-guarantee` (sink): `exactly-once` (default) or
+//!   `at-least-once`. With checkpoints on, `exactly-once` holds each
+//!   checkpoint's records back until the checkpoint completes, produces them
+//!   then (each to the partition `properties.partitioner` picks for its key,
+//!   with headers `sluice.query`, `sluice.run`, `sluice.checkpoint`,
+//!   `sluice.seq`), and after a failure produces only those the topic lacks:
+//!   a plain consumer reads each result once. Records appear a checkpoint
+//!   interval later. `at-least-once` produces records as results come; a
+//!   restored query produces again what came after its checkpoint. Without
+//!   checkpoints both produce as results come. Kafka transactions are not used
+//!   (`sink.transactional-id-prefix` is refused).
 //! - `properties.*`: passed to librdkafka as they are (SASL, SSL, timeouts...).
 //! - `batch.size` (source): records per batch at most (default 1024).
 //! - `source.idle-timeout.ms`: a lane whose partitions deliver nothing for this
@@ -47,11 +58,14 @@
 
 pub(crate) mod avro;
 pub mod decode;
+mod exactly_once;
 mod metadata;
+mod partitioner;
 mod positions;
 mod quiet;
 mod sink;
 mod source;
+mod tail;
 
 use std::collections::BTreeMap;
 
@@ -90,6 +104,17 @@ pub struct AvroOptions {
     pub subject: String,
 }
 
+/// What a sink promises once checkpoints are on (`sink.delivery-guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    /// Records wait for their checkpoint and are produced once it completes;
+    /// after a failure, only those not yet in the topic (see the module docs).
+    ExactlyOnce,
+    /// Records are produced as results come; a restore produces again what
+    /// came after its checkpoint.
+    AtLeastOnce,
+}
+
 /// What to do with records that do not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BadData {
@@ -110,6 +135,8 @@ pub struct KafkaConfig {
     pub avro: Option<AvroOptions>,
     pub bad_data: BadData,
     pub key_field: Option<String>,
+    /// The sink's guarantee with checkpoints on.
+    pub delivery: DeliveryGuarantee,
     pub batch_size: usize,
     /// After this long without records a lane reports itself idle.
     pub idle_timeout: std::time::Duration,
@@ -176,6 +203,17 @@ impl KafkaConfig {
                 return Err(bad("key.field", format!("no column '{k}'")));
             }
         }
+        let delivery = match o.take_opt("sink.delivery-guarantee").map(|d| d.to_ascii_lowercase()).as_deref() {
+            None | Some("exactly-once") => DeliveryGuarantee::ExactlyOnce,
+            Some("at-least-once") => DeliveryGuarantee::AtLeastOnce,
+            Some(other) => return Err(bad("sink.delivery-guarantee", format!("'{other}' is not one of exactly-once, at-least-once"))),
+        };
+        if o.take_opt("sink.transactional-id-prefix").is_some() {
+            return Err(bad(
+                "sink.transactional-id-prefix",
+                "Kafka transactions are not used: with checkpoints on, 'exactly-once' (the default) produces each checkpoint's records once it completes, and after a failure only those the topic lacks".into(),
+            ));
+        }
         let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
         let idle_timeout = std::time::Duration::from_millis(o.take_parsed("source.idle-timeout.ms")?.unwrap_or(5000));
         let properties = o.take_prefixed("properties.");
@@ -184,7 +222,22 @@ impl KafkaConfig {
             return Err(bad("format", "'raw' tables have exactly one column".into()));
         }
         let (primary_key, time_column) = (table.primary_key.clone(), table.time_column.clone());
-        Ok(KafkaConfig { primary_key, time_column, brokers, topic, group_id, startup, format, avro, bad_data, key_field, batch_size, idle_timeout, properties })
+        Ok(KafkaConfig {
+            primary_key,
+            time_column,
+            brokers,
+            topic,
+            group_id,
+            startup,
+            format,
+            avro,
+            bad_data,
+            key_field,
+            delivery,
+            batch_size,
+            idle_timeout,
+            properties,
+        })
     }
 
     /// librdkafka settings shared by consumers and producers.
@@ -221,9 +274,17 @@ impl Connector for KafkaConnector {
         Ok(Box::new(source::KafkaSource::create(cfg, table.schema.clone(), shard)?))
     }
 
+    /// A sink outside a query (no statement to name its records after): a
+    /// random query id.
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
+        self.sink_for_query(table, &format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// A sink whose records carry `query_id` (header `sluice.query`) with
+    /// checkpoints on, so a restored run recognises what it produced before.
+    fn sink_for_query(&self, table: &TableSpec, query_id: &str) -> Result<Box<dyn Sink>> {
         let cfg = KafkaConfig::from_table(table)?;
-        Ok(Box::new(sink::KafkaSink::create(cfg, table.schema.clone())?))
+        Ok(Box::new(sink::KafkaSink::create(cfg, table.schema.clone(), query_id)?))
     }
 }
 

@@ -1,23 +1,40 @@
 //! Writes result rows as JSON (or Avro) records, keyed by a chosen column;
 //! updating results as upserts.
+//!
+//! Without checkpoints (or with `sink.delivery-guarantee = 'at-least-once'`)
+//! records are produced as results come, and each batch waits for its
+//! deliveries. With checkpoints on, records wait in the sink's checkpoints
+//! and are produced once their checkpoint completes, each exactly once even
+//! across failures (see `exactly_once`).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use async_trait::async_trait;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sluice_engine::changelog::{is_changelog_output, ChangeKind};
-use sluice_engine::{EngineError, Sink};
+use sluice_engine::checkpoint::{crash_point, CrashPoint};
+use sluice_engine::runtime::FINAL_CHECKPOINT;
+use sluice_engine::{Barrier, EngineError, Sink};
 
-use super::{avro, kafka_error, KafkaConfig};
+use super::exactly_once::{self, identity_headers, Encoded, Staged, Staging};
+use super::partitioner::Partitioner;
+use super::{avro, kafka_error, tail, DeliveryGuarantee, KafkaConfig};
 use crate::error::{ConnectorError, Result};
 use crate::metadata::metadata_key;
 
 /// How long one delivery may take before the query fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for the topic's partitions when checkpoints begin.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an auto-created topic may take to show its partitions.
+const TOPIC_WAIT: Duration = Duration::from_secs(30);
 
 /// An idempotent producer into the table's topic.
 pub struct KafkaSink {
@@ -31,16 +48,18 @@ pub struct KafkaSink {
     value_columns: Vec<usize>,
     /// With `format = 'avro-confluent'`.
     avro: Option<AvroWriter>,
+    /// The statement whose results these are (`sluice.query` header).
+    query_id: String,
+    partitioner: Partitioner,
+    /// With checkpoints on (exactly-once): the records waiting for their
+    /// checkpoint, and the topic's partition count.
+    staging: Option<(Staging, i32)>,
 }
 
 impl KafkaSink {
-    pub fn create(cfg: KafkaConfig, schema: SchemaRef) -> Result<Self> {
-        let mut client = cfg.client_config();
-        client.set("enable.idempotence", "true");
-        if client.get("message.timeout.ms").is_none() {
-            client.set("message.timeout.ms", "60000");
-        }
-        let producer: FutureProducer = client.create().map_err(kafka_error)?;
+    pub fn create(cfg: KafkaConfig, schema: SchemaRef, query_id: &str) -> Result<Self> {
+        let producer = producer(&cfg, false)?;
+        let partitioner = Partitioner::from_property(cfg.properties.get("partitioner").map(String::as_str))?;
         // The key: `key.field`, else a `METADATA FROM 'key'` column.
         let key_column = match &cfg.key_field {
             Some(k) => schema.column_with_name(k).map(|(i, _)| i),
@@ -76,7 +95,8 @@ impl KafkaSink {
                 })
             }
         };
-        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns, avro })
+        let query_id = query_id.to_string();
+        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns, avro, query_id, partitioner, staging: None })
     }
 
     /// Each row's value, encoded in the sink's format.
@@ -98,6 +118,169 @@ impl KafkaSink {
         };
         avro::encode(values, &avro.schema, id).map_err(|e| EngineError::connector("kafka", format!("Avro: {e}")))
     }
+
+    /// The records a batch of results becomes, as `(key, value)`: a `-U`
+    /// change none, a `-D` a tombstone (no value).
+    async fn records(&mut self, batch: &RecordBatch) -> sluice_engine::Result<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+        let kinds = match self.upsert {
+            true => batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().map(|a| {
+                (0..a.len()).map(|i| ChangeKind::parse(a.value(i)).unwrap_or(ChangeKind::Insert)).collect::<Vec<_>>()
+            }),
+            false => None,
+        };
+        let values = batch.project(&self.value_columns)?;
+        let payloads = self.values(&values).await?;
+        // A NULL key is a record without a key, not the key "".
+        let keys: Option<Vec<Option<Vec<u8>>>> = match self.key_column {
+            None => None,
+            Some(i) => {
+                let column = batch.column(i);
+                let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
+                Some((0..batch.num_rows()).map(|r| column.is_valid(r).then(|| f.value(r).to_string().into_bytes())).collect())
+            }
+        };
+        let kind = |r: usize| kinds.as_ref().map_or(ChangeKind::Insert, |k| k[r]);
+        Ok(payloads
+            .into_iter()
+            .enumerate()
+            .filter(|(r, _)| kind(*r) != ChangeKind::UpdateBefore)
+            .map(|(r, payload)| {
+                let key = keys.as_ref().and_then(|k| k[r].clone());
+                let value = (kind(r) != ChangeKind::Delete).then_some(payload);
+                (key, value)
+            })
+            .collect())
+    }
+
+    /// Produces staged records in order, each to its partition with its
+    /// identity headers, and waits until every one is delivered.
+    async fn produce_staged(&self, records: &[Staged]) -> sluice_engine::Result<()> {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for staged in records {
+            let mut headers = OwnedHeaders::new_with_capacity(staged.record.headers.len() + 4);
+            for (key, value) in &staged.record.headers {
+                headers = headers.insert(Header { key: key.as_str(), value: value.as_deref() });
+            }
+            for (key, value) in identity_headers(&self.query_id, &staged.id) {
+                headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.cfg.topic).partition(staged.record.partition).headers(headers);
+            if let Some(key) = &staged.record.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(value) = &staged.record.value {
+                record = record.payload(value.as_slice());
+            }
+            // Enqueued one after the other, so each partition gets them in order.
+            let enqueued_by = Instant::now() + DELIVERY_TIMEOUT;
+            loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) if Instant::now() < enqueued_by => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(self.delivery_error(e)),
+                }
+            }
+        }
+        for delivery in deliveries {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(self.delivery_error(e)),
+                Err(_) => return Err(self.delivery_error("the producer went away")),
+            }
+        }
+        Ok(())
+    }
+
+    fn delivery_error(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::connector("kafka", format!("delivery to {}: {e}", self.cfg.topic))
+    }
+
+    /// The topic's partition count, and each partition's end now (the floor
+    /// of this run's records). Waits for an auto-created topic to appear.
+    async fn partitions(&self) -> sluice_engine::Result<(i32, BTreeMap<i32, i64>)> {
+        let producer = self.producer.clone();
+        let topic = self.cfg.topic.clone();
+        let lookup = move || -> sluice_engine::Result<(i32, BTreeMap<i32, i64>)> {
+            let client = producer.client();
+            let deadline = Instant::now() + TOPIC_WAIT;
+            let count = loop {
+                let metadata = client.fetch_metadata(Some(&topic), METADATA_TIMEOUT).map_err(|e| EngineError::connector("kafka", e))?;
+                let found = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none());
+                match found.map(|t| t.partitions().len()) {
+                    Some(n) if n > 0 => break n as i32,
+                    _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                    _ => return Err(EngineError::connector("kafka", format!("topic {topic} has no partitions (does it exist?)"))),
+                }
+            };
+            let mut floors = BTreeMap::new();
+            for partition in 0..count {
+                let (_, high) = client.fetch_watermarks(&topic, partition, METADATA_TIMEOUT).map_err(|e| EngineError::connector("kafka", e))?;
+                floors.insert(partition, high);
+            }
+            Ok((count, floors))
+        };
+        tokio::task::spawn_blocking(lookup).await.map_err(|e| EngineError::Internal(e.to_string()))?
+    }
+
+    /// Produces the restored records that are not in the topic yet.
+    async fn recover(&self, restored: Vec<Staged>) -> sluice_engine::Result<()> {
+        let client = self.cfg.client_config();
+        let (topic, query) = (self.cfg.topic.clone(), self.query_id.clone());
+        let (last, restored) = tokio::task::spawn_blocking(move || {
+            let last = tail::last_produced(&client, &topic, &query, &restored);
+            (last, restored)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let last = last?;
+        let total = restored.len();
+        let missing: Vec<Staged> = restored
+            .into_iter()
+            .filter(|s| last.get(&(s.record.partition, s.id.run.clone())).is_none_or(|l| s.id > *l))
+            .collect();
+        tracing::info!(
+            "kafka topic {}: {total} record(s) of completed checkpoints restored, {} already in the topic, producing {}",
+            self.cfg.topic,
+            total - missing.len(),
+            missing.len()
+        );
+        self.produce_staged(&missing).await
+    }
+}
+
+/// The sink's producer: idempotent; staging (checkpoints on) also makes a
+/// failed delivery followed by a successful one fatal (a gap would hide a
+/// record from the search for what a failed run produced).
+fn producer(cfg: &KafkaConfig, gapless: bool) -> Result<FutureProducer> {
+    let mut client = cfg.client_config();
+    client.set("enable.idempotence", "true");
+    if gapless {
+        client.set("enable.gapless.guarantee", "true");
+    }
+    if client.get("message.timeout.ms").is_none() {
+        client.set("message.timeout.ms", "60000");
+    }
+    client.create().map_err(kafka_error)
+}
+
+/// Whether a recovery test asked for a crash in the middle of a commit
+/// (`SLUICE_CRASH_AT=mid-commit:<checkpoint>`): commits then produce their
+/// first half and wait for it before the rest, so that the crash leaves part
+/// of the checkpoint in the topic (in one go, librdkafka would send it all in
+/// one request).
+fn crash_test_mid_commit() -> bool {
+    std::env::var("SLUICE_CRASH_AT").is_ok_and(|v| v.trim_start().starts_with("mid-commit"))
+}
+
+/// A new run's id: its start time in milliseconds and a random part.
+fn run_id() -> String {
+    format!("{:011x}{:04x}", chrono::Utc::now().timestamp_millis().max(0), rand::random::<u16>())
 }
 
 /// Encodes values as Avro, registering the schema before the first record.
@@ -116,41 +299,98 @@ impl Sink for KafkaSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
-        let kinds = match self.upsert {
-            true => batch.column(0).as_any().downcast_ref::<arrow::array::StringArray>().map(|a| {
-                (0..a.len()).map(|i| ChangeKind::parse(a.value(i)).unwrap_or(ChangeKind::Insert)).collect::<Vec<_>>()
-            }),
-            false => None,
-        };
-        let values = batch.project(&self.value_columns)?;
-        let payloads = self.values(&values).await?;
-        // A NULL key is a record without a key, not the key "".
-        let keys: Option<Vec<Option<String>>> = match self.key_column {
-            None => None,
-            Some(i) => {
-                let column = batch.column(i);
-                let f = ArrayFormatter::try_new(column.as_ref(), &FormatOptions::default())?;
-                Some((0..batch.num_rows()).map(|r| column.is_valid(r).then(|| f.value(r).to_string())).collect())
+        let records = self.records(&batch).await?;
+        if let Some((staging, partitions)) = &mut self.staging {
+            for (key, value) in records {
+                let partition = self.partitioner.partition(key.as_deref(), *partitions);
+                staging.stage(Encoded { partition, key, value, headers: Vec::new() });
             }
-        };
-        let kind = |r: usize| kinds.as_ref().map_or(ChangeKind::Insert, |k| k[r]);
-        let sends = payloads.iter().enumerate().filter(|(r, _)| kind(*r) != ChangeKind::UpdateBefore).map(|(r, payload)| {
-            let mut record = FutureRecord::<str, [u8]>::to(&self.cfg.topic);
-            if kind(r) != ChangeKind::Delete {
-                record = record.payload(payload.as_slice());
+            return Ok(());
+        }
+        let sends = records.iter().map(|(key, value)| {
+            let mut record = FutureRecord::<[u8], [u8]>::to(&self.cfg.topic);
+            if let Some(value) = value {
+                record = record.payload(value.as_slice());
             }
-            if let Some(Some(key)) = keys.as_ref().map(|k| &k[r]) {
-                record = record.key(key.as_str());
+            if let Some(key) = key {
+                record = record.key(key.as_slice());
             }
             self.producer.send(record, DELIVERY_TIMEOUT)
         });
         for delivery in futures::future::join_all(sends).await {
-            delivery.map_err(|(e, _)| EngineError::connector("kafka", format!("delivery to {}: {e}", self.cfg.topic)))?;
+            delivery.map_err(|(e, _)| self.delivery_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Records staged since the last barrier become this checkpoint's.
+    async fn on_barrier(&mut self, barrier: Barrier) -> sluice_engine::Result<()> {
+        if let Some((staging, _)) = &mut self.staging {
+            staging.claim(barrier.id);
         }
         Ok(())
     }
 
     async fn finish(&mut self) -> sluice_engine::Result<()> {
+        if let Some((staging, _)) = &mut self.staging {
+            staging.claim(FINAL_CHECKPOINT);
+        }
         Ok(())
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.cfg.delivery == DeliveryGuarantee::ExactlyOnce
+    }
+
+    /// From now on records are staged; the restored ones not yet in the
+    /// topic are produced first.
+    async fn begin_checkpoints(&mut self, restored: Option<RecordBatch>) -> sluice_engine::Result<()> {
+        if self.cfg.delivery != DeliveryGuarantee::ExactlyOnce {
+            return Ok(());
+        }
+        self.producer = producer(&self.cfg, true)?;
+        let (partitions, floors) = self.partitions().await?;
+        let restored = match &restored {
+            Some(batch) => exactly_once::from_snapshot(batch)?,
+            None => Vec::new(),
+        };
+        if !restored.is_empty() {
+            self.recover(restored).await?;
+        }
+        self.staging = Some((Staging::new(&run_id(), floors), partitions));
+        Ok(())
+    }
+
+    /// Rows of `exactly_once::snapshot_schema`: the staged records not yet produced.
+    fn snapshot(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
+        match &self.staging {
+            Some((staging, _)) => Ok(Some(staging.snapshot()?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Produces the records of `checkpoint` and earlier; without staging
+    /// (checkpoints off, or at-least-once) records were produced already.
+    async fn commit(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
+        let Some((staging, _)) = &mut self.staging else { return Ok(()) };
+        let due = staging.due(checkpoint);
+        if due.is_empty() {
+            return Ok(());
+        }
+        let result = match crash_test_mid_commit() {
+            false => self.produce_staged(&due).await,
+            true => {
+                let (first, rest) = due.split_at(due.len().div_ceil(2));
+                self.produce_staged(first).await?;
+                crash_point(CrashPoint::MidCommit, checkpoint);
+                self.produce_staged(rest).await
+            }
+        };
+        if result.is_err() {
+            if let Some((staging, _)) = &mut self.staging {
+                staging.undo(due);
+            }
+        }
+        result
     }
 }
