@@ -206,7 +206,7 @@ impl Pipeline {
     pub fn plan_steps(&self) -> Vec<String> {
         let mut steps = Vec::new();
         self.flow.steps_into(&mut steps);
-        steps.push(format!("sink: {}", self.sink.describe()));
+        steps.push(format!("sink: {}", self.sink.identity()));
         steps
     }
 

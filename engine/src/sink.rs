@@ -22,6 +22,11 @@ use crate::message::{Barrier, Watermark};
 pub trait Sink: Send {
     /// A one-line description for EXPLAIN.
     fn describe(&self) -> String;
+    /// What identifies the sink in a plan's fingerprint: the description
+    /// without where it runs (a broker's address).
+    fn identity(&self) -> String {
+        self.describe()
+    }
     async fn write_batch(&mut self, batch: RecordBatch) -> Result<()>;
     async fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {
         Ok(())

@@ -57,6 +57,14 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
+    fn format(&self) -> &'static str {
+        if self.avro.is_some() {
+            "avro-confluent"
+        } else {
+            "json"
+        }
+    }
+
     pub fn create(cfg: KafkaConfig, schema: SchemaRef, query_id: &str) -> Result<Self> {
         let producer = producer(&cfg, false)?;
         let partitioner = Partitioner::from_property(cfg.properties.get("partitioner").map(String::as_str))?;
@@ -294,8 +302,11 @@ struct AvroWriter {
 #[async_trait]
 impl Sink for KafkaSink {
     fn describe(&self) -> String {
-        let format = if self.avro.is_some() { "avro-confluent" } else { "json" };
-        format!("kafka topic {} at {} ({format})", self.cfg.topic, self.cfg.brokers)
+        format!("kafka topic {} at {} ({})", self.cfg.topic, self.cfg.brokers, self.format())
+    }
+
+    fn identity(&self) -> String {
+        format!("kafka topic {} ({})", self.cfg.topic, self.format())
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
