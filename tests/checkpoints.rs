@@ -159,107 +159,125 @@ print("\n".join(sorted(rows)))
     Ok(String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()).map(String::from).collect())
 }
 
-#[test]
-fn a_windowed_query_killed_twice_resumes_and_the_lake_holds_each_row_once() -> TestResult {
-    let broker = start_broker()?;
-    broker.create_topic("events", PARTITIONS as u32)?;
-    let dir = tempfile::tempdir()?;
-    let lake = dir.path().join("lake");
-    let checkpoints = dir.path().join("checkpoints");
-    let script = dir.path().join("job.sql");
+/// Events produced in all: the last run reads them to the end.
+const TOTAL_EVENTS: u64 = 3000;
+
+/// Writes the crash tests' script (the windowed query into `totals`, declared
+/// `WITH (<totals_with>)`), and the same at 3 lanes: its state is spread over
+/// the lanes by key group, so it resumes there too.
+fn crash_scripts(dir: &Path, addr: &str, name: &str, totals_with: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), Box<dyn std::error::Error>> {
+    let script = dir.join("job.sql");
     std::fs::write(
         &script,
         format!(
             "SET 'execution.checkpointing.interval' = '1 s';
              SET 'state.checkpoints.dir' = '{checkpoints}';
-             SET 'pipeline.name' = 'events-to-lake';
+             SET 'pipeline.name' = '{name}';
              SET 'parallelism' = '2';
              CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
                WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
              WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{addr}', format = 'json',
                'scan.startup.mode' = 'earliest');
              CREATE TABLE totals (window_start TIMESTAMP(3), user_id VARCHAR, n BIGINT, total BIGINT)
-             WITH (connector = 'lake', path = '{lake}', 'partition.by' = 'user_id');
+             WITH ({totals_with});
              INSERT INTO totals
              SELECT window_start, user_id, count(*) AS n, sum(amount) AS total
              FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
              GROUP BY window_start, window_end, user_id;",
-            checkpoints = checkpoints.display(),
-            addr = broker.addr,
-            lake = lake.display(),
+            checkpoints = dir.join("checkpoints").display(),
         ),
     )?;
-    let query_checkpoints = checkpoints.join("events-to-lake");
-    // The same query at another parallelism: its state is spread over the
-    // lanes by key group, so it resumes there too.
-    let rescaled = dir.path().join("job-3-lanes.sql");
+    let rescaled = dir.join("job-3-lanes.sql");
     std::fs::write(&rescaled, std::fs::read_to_string(&script)?.replace("SET 'parallelism' = '2';", "SET 'parallelism' = '3';"))?;
+    Ok((script, rescaled))
+}
 
-    // Run 1: events arrive while it runs; killed after two checkpoints.
+/// Runs the query through the crashes while events keep arriving: killed
+/// after checkpoints; crashed inside a snapshot, between a checkpoint and its
+/// commit, and in the middle of a commit; killed mid-stream at 3 lanes. Then
+/// starts the last run (at 2 lanes) with every event produced, and returns it
+/// with the rows a crash-free run gives.
+fn crash_sequence(
+    broker: &common::broker::Broker,
+    (script, rescaled): &(std::path::PathBuf, std::path::PathBuf),
+    checkpoints: &Path,
+) -> Result<(Child, Vec<String>), Box<dyn std::error::Error>> {
     broker.produce_records("events", &events(0..600))?;
-    let mut run = start_run(&script)?;
-    let seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
+    let mut run = start_run(script)?;
+    let seen = wait_for_checkpoints(&mut run, checkpoints, 0, 2)?;
     broker.produce_records("events", &events(600..1200))?;
-    wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
+    wait_for_checkpoints(&mut run, checkpoints, seen, 1)?;
     run.kill()?;
     run.wait()?;
 
-    // Crashes inside a snapshot, between a checkpoint and its commit, and in
-    // the middle of a commit, each with more events arriving before it.
+    // A commit without output has no middle: the mid-commit crash is asked
+    // for from the first checkpoint on (it comes at the first that commits).
     let mut produced = 1200;
-    // A commit without files has no middle: the mid-commit crash is asked for
-    // from the first checkpoint on (it comes at the first that commits files).
     for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
         let batch = events(produced..produced + 200);
         produced += 200;
-        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || {
+        crash_run(script, point, latest_checkpoint(checkpoints) + ahead, || {
             std::thread::sleep(Duration::from_millis(300));
             broker.produce_records("events", &batch)
         })?;
     }
 
-    // Resumes at 3 lanes; more events arrive; killed again mid-stream.
-    let mut run = start_run(&rescaled)?;
-    wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 2)?;
+    let mut run = start_run(rescaled)?;
+    wait_for_checkpoints(&mut run, checkpoints, latest_checkpoint(checkpoints), 2)?;
     broker.produce_records("events", &events(produced..2400))?;
     std::thread::sleep(Duration::from_millis(700));
     run.kill()?;
     run.wait()?;
 
-    // Last run: resumes at 2 lanes again and runs until every window before
-    // the last closes.
-    let total = 3000;
-    broker.produce_records("events", &events(2400..total))?;
-    let mut run = start_run(&script)?;
-    let last_ms = BASE_MS + (total as i64 - 1) * 100;
-    // Event time reaches the last event's on every partition, so windows end-
-    // ing up to a second before it close.
-    let close_ms = last_ms - 1000;
-    let expected = expected_rows(total, close_ms)?;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut rows = Vec::new();
-    while Instant::now() < deadline {
-        wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 1)?;
-        rows = lake_rows(&lake)?;
-        if rows.len() >= expected.len() {
-            break;
-        }
-    }
+    broker.produce_records("events", &events(2400..TOTAL_EVENTS))?;
+    let run = start_run(script)?;
+    // Event time reaches the last event's on every partition, so windows
+    // ending up to a second before it close.
+    let close_ms = BASE_MS + (TOTAL_EVENTS as i64 - 1) * 100 - 1000;
+    Ok((run, expected_rows(TOTAL_EVENTS, close_ms)?))
+}
+
+/// Stops the last run (SIGINT) and checks that it said it resumed `name`.
+fn stop_resumed(mut run: Child, name: &str) -> TestResult {
     Command::new("kill").args(["-INT", &run.id().to_string()]).status()?;
     let status = run.wait()?;
     let stderr = stderr_of(&mut run)?;
     assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("resuming 'events-to-lake' from checkpoint"), "a resumed run says so: {stderr}");
-    let rows = lake_rows(&lake).map(|r| if r.len() >= rows.len() { r } else { rows })?;
-    let missing: Vec<&String> = expected.iter().filter(|r| !rows.contains(r)).collect();
-    let unexpected: Vec<&String> = rows.iter().filter(|r| !expected.contains(r)).collect();
-    assert!(missing.is_empty() && unexpected.is_empty(), "missing from the lake: {missing:?}; not expected: {unexpected:?}");
-    assert_eq!(rows.len(), expected.len(), "each window's row once");
+    assert!(stderr.contains(&format!("resuming '{name}' from checkpoint")), "a resumed run says so: {stderr}");
     Ok(())
 }
 
-/// A checkpoint is restored only into the plan it was taken of: a changed
-/// query is refused with what changed, and a new name starts it over.
+/// Asserts that `rows` are exactly `expected`, each once.
+fn assert_each_once(mut rows: Vec<String>, expected: &[String], place: &str) {
+    rows.sort();
+    let missing: Vec<&String> = expected.iter().filter(|r| !rows.contains(r)).collect();
+    let unexpected: Vec<&String> = rows.iter().filter(|r| !expected.contains(r)).collect();
+    let twice: Vec<&String> = rows.windows(2).filter(|w| w[0] == w[1]).map(|w| &w[0]).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty() && twice.is_empty(),
+        "missing from {place}: {missing:?}; not expected: {unexpected:?}; more than once: {twice:?}"
+    );
+    assert_eq!(rows.len(), expected.len(), "each window's row once in {place}");
+}
+
+#[test]
+fn a_windowed_query_killed_and_crashed_resumes_and_the_lake_holds_each_row_once() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("events", PARTITIONS as u32)?;
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let scripts = crash_scripts(dir.path(), &broker.addr, "events-to-lake", &format!("connector = 'lake', path = '{}', 'partition.by' = 'user_id'", lake.display()))?;
+    let (mut run, expected) = crash_sequence(&broker, &scripts, &dir.path().join("checkpoints/events-to-lake"))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while lake_rows(&lake)?.len() < expected.len() && Instant::now() < deadline {
+        wait_for_checkpoints(&mut run, &dir.path().join("checkpoints/events-to-lake"), 0, 1)?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_resumed(run, "events-to-lake")?;
+    assert_each_once(lake_rows(&lake)?, &expected, "the lake");
+    Ok(())
+}
+
 #[test]
 fn a_changed_query_is_refused_with_what_changed() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -333,90 +351,17 @@ fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka() -> TestRe
     broker.create_topic("events", PARTITIONS as u32)?;
     broker.create_topic("totals", 3)?;
     let dir = tempfile::tempdir()?;
-    let checkpoints = dir.path().join("checkpoints");
-    let script = dir.path().join("job.sql");
-    std::fs::write(
-        &script,
-        format!(
-            "SET 'execution.checkpointing.interval' = '1 s';
-             SET 'state.checkpoints.dir' = '{checkpoints}';
-             SET 'pipeline.name' = 'events-to-kafka';
-             SET 'parallelism' = '2';
-             CREATE TABLE events (user_id VARCHAR, amount BIGINT, ts TIMESTAMP(3),
-               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
-             WITH (connector = 'kafka', topic = 'events', 'bootstrap.servers' = '{addr}', format = 'json',
-               'scan.startup.mode' = 'earliest');
-             CREATE TABLE totals (window_start TIMESTAMP(3), user_id VARCHAR, n BIGINT, total BIGINT)
-             WITH (connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{addr}', format = 'json',
-               'key.field' = 'user_id');
-             INSERT INTO totals
-             SELECT window_start, user_id, count(*) AS n, sum(amount) AS total
-             FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '10' SECOND))
-             GROUP BY window_start, window_end, user_id;",
-            checkpoints = checkpoints.display(),
-            addr = broker.addr,
-        ),
-    )?;
-    let query_checkpoints = checkpoints.join("events-to-kafka");
-
-    // Killed after checkpoints, while records of the last one may be on their way.
-    broker.produce_records("events", &events(0..600))?;
-    let mut run = start_run(&script)?;
-    let seen = wait_for_checkpoints(&mut run, &query_checkpoints, 0, 2)?;
-    broker.produce_records("events", &events(600..1200))?;
-    wait_for_checkpoints(&mut run, &query_checkpoints, seen, 1)?;
-    run.kill()?;
-    run.wait()?;
-
-    // Crashes inside a snapshot, between a checkpoint and its commit (nothing
-    // of it produced), and in the middle of the commit (part of it produced).
-    // A commit without records has no middle: the windows the new events
-    // close are emitted soon after the restore, so the mid-commit crash is
-    // asked for from the first checkpoint on.
-    let mut produced = 1200;
-    for (point, ahead) in [("snapshot", 2), ("before-commit", 2), ("mid-commit", 1)] {
-        let batch = events(produced..produced + 200);
-        produced += 200;
-        crash_run(&script, point, latest_checkpoint(&query_checkpoints) + ahead, || {
-            std::thread::sleep(Duration::from_millis(300));
-            broker.produce_records("events", &batch)
-        })?;
-    }
-
-    // Resumes; more events arrive; killed again mid-stream.
-    let mut run = start_run(&script)?;
-    wait_for_checkpoints(&mut run, &query_checkpoints, latest_checkpoint(&query_checkpoints), 2)?;
-    broker.produce_records("events", &events(produced..2400))?;
-    std::thread::sleep(Duration::from_millis(700));
-    run.kill()?;
-    run.wait()?;
-
-    // Last run: until every window before the last is in the topic, then stopped.
-    let total = 3000;
-    broker.produce_records("events", &events(2400..total))?;
-    let mut run = start_run(&script)?;
-    let close_ms = BASE_MS + (total as i64 - 1) * 100 - 1000;
-    let expected = expected_rows(total, close_ms)?;
+    let totals = format!("connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{}', format = 'json', 'key.field' = 'user_id'", broker.addr);
+    let scripts = crash_scripts(dir.path(), &broker.addr, "events-to-kafka", &totals)?;
+    let (run, expected) = crash_sequence(&broker, &scripts, &dir.path().join("checkpoints/events-to-kafka"))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();
     while rows.len() < expected.len() && Instant::now() < deadline {
         rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
     }
-    Command::new("kill").args(["-INT", &run.id().to_string()]).status()?;
-    let status = run.wait()?;
-    let stderr = stderr_of(&mut run)?;
-    assert!(status.success(), "{stderr}");
-    assert!(stderr.contains("resuming 'events-to-kafka' from checkpoint"), "a resumed run says so: {stderr}");
+    stop_resumed(run, "events-to-kafka")?;
     // Whatever the stop produced after the last read.
     rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
-    rows.sort();
-    let missing: Vec<&String> = expected.iter().filter(|r| !rows.contains(r)).collect();
-    let unexpected: Vec<&String> = rows.iter().filter(|r| !expected.contains(r)).collect();
-    let twice: Vec<&String> = rows.windows(2).filter(|w| w[0] == w[1]).map(|w| &w[0]).collect();
-    assert!(
-        missing.is_empty() && unexpected.is_empty() && twice.is_empty(),
-        "missing from the topic: {missing:?}; not expected: {unexpected:?}; more than once: {twice:?}"
-    );
-    assert_eq!(rows.len(), expected.len(), "each window's row once");
+    assert_each_once(rows, &expected, "the topic");
     Ok(())
 }
