@@ -643,9 +643,17 @@ impl Coordinator {
         let mut owner_gone = false;
         loop {
             tokio::select! {
-                _ = tick(&mut ticker), if !stopping && in_flight.is_none() => {
-                    in_flight = Some(self.inject(BarrierKind::Checkpoint));
-                }
+                _ = tick(&mut ticker), if !stopping => match in_flight {
+                    None => in_flight = Some(self.inject(BarrierKind::Checkpoint)),
+                    // A checkpoint that takes too long is given up, and the
+                    // next one goes out.
+                    Some(id) if self.collector.abort_if_late(id) => {
+                        tracing::warn!("checkpoint {id} did not complete in time and was given up");
+                        self.metrics.checkpoint_failed();
+                        in_flight = Some(self.inject(BarrierKind::Checkpoint));
+                    }
+                    Some(_) => {}
+                },
                 request = control.recv(), if !stopping && !owner_gone => match request {
                     Some(Control::Stop) => {
                         stopping = true;

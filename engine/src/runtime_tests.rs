@@ -503,6 +503,7 @@ fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored
         fingerprint: p.fingerprint(),
         plan: p.plan_steps(),
         restored,
+        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
     };
     p.checkpoints = Some(config);
     p
@@ -599,5 +600,64 @@ async fn a_failed_query_is_restarted_as_its_policy_says_and_then_given_up() -> R
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
     assert!(err.to_string().contains("bad record at line 4"), "{err}");
     assert_eq!(metrics.restarts().0, 2);
+    Ok(())
+}
+
+/// A [`StagingSink`] whose first barrier takes `stall`.
+struct StallingSink {
+    inner: StagingSink,
+    stall: Option<Duration>,
+}
+
+#[async_trait]
+impl Sink for StallingSink {
+    fn describe(&self) -> String {
+        "stalling".into()
+    }
+    async fn write_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        self.inner.write_batch(batch).await
+    }
+    async fn on_barrier(&mut self, barrier: Barrier) -> Result<()> {
+        if let Some(stall) = self.stall.take() {
+            tokio::time::sleep(stall).await;
+        }
+        self.inner.on_barrier(barrier).await
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.inner.finish().await
+    }
+    fn exactly_once(&self) -> bool {
+        true
+    }
+    fn snapshot(&mut self) -> Result<Option<RecordBatch>> {
+        self.inner.snapshot()
+    }
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        self.inner.commit(checkpoint).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_takes_too_long_is_given_up_and_the_next_completes() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
+    let visible: Arc<Mutex<Visible>> = Arc::default();
+    let mut pipeline = checkpointed(i64::MAX, &store, None, &visible);
+    pipeline.sink = Box::new(StallingSink {
+        inner: StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(&visible) },
+        stall: Some(Duration::from_millis(400)),
+    });
+    if let Some(config) = pipeline.checkpoints.as_mut() {
+        config.timeout = Duration::from_millis(100);
+    }
+    let mut job = Job::start(pipeline);
+    let metrics = job.metrics_handle();
+    until("a checkpoint after the stalled one", || metrics.checkpoints().completed >= 1).await;
+    job.stop().await?;
+    let stats = metrics.checkpoints();
+    assert!(stats.failed >= 1, "the stalled checkpoint was given up: {stats:?}");
+    assert!(stats.recent.iter().all(|c| c.id != 1), "checkpoint 1 never completes: {stats:?}");
+    assert!(!visible.lock().unwrap().rows.is_empty(), "later checkpoints commit what was staged");
     Ok(())
 }

@@ -34,7 +34,7 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
     }
     let name = options.pipeline_name.clone().unwrap_or_else(|| default_name.to_string());
     let dir = options.checkpoint_dir.clone().unwrap_or_else(|| default_dir.display().to_string());
-    let store = open_store(&dir, &name)?;
+    let store = open_store(&dir, &name)?.retaining(options.checkpoints_retained);
     let fingerprint = pipeline.fingerprint();
     let plan = pipeline.plan_steps();
     let mut notes = Vec::new();
@@ -72,7 +72,7 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
         None => None,
     };
     pipeline.options.checkpoint_interval = Some(interval);
-    pipeline.checkpoints = Some(CheckpointConfig { store, pipeline: name, fingerprint, plan, restored });
+    pipeline.checkpoints = Some(CheckpointConfig { store, pipeline: name, fingerprint, plan, restored, timeout: options.checkpoint_timeout });
     Ok(notes)
 }
 

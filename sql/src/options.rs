@@ -29,6 +29,10 @@ pub const CHECKPOINT_DIR: &str = "state.checkpoints.dir";
 pub const PIPELINE_NAME: &str = "pipeline.name";
 /// A checkpoint (its directory) to start the next query from.
 pub const SAVEPOINT_PATH: &str = "execution.savepoint.path";
+/// How long a checkpoint may take before it is given up.
+pub const CHECKPOINT_TIMEOUT: &str = "execution.checkpointing.timeout";
+/// How many completed checkpoints are kept.
+pub const CHECKPOINTS_RETAINED: &str = "state.checkpoints.num-retained";
 /// What happens when a query fails: `none` or `fixed-delay`.
 pub const RESTART_STRATEGY: &str = "restart-strategy.type";
 /// With `fixed-delay`: how many times a failed query is started again.
@@ -39,7 +43,7 @@ pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
 /// A setting that could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}', '{RESTART_STRATEGY}', '{RESTART_ATTEMPTS}', '{RESTART_DELAY}')")]
+    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}', '{CHECKPOINT_TIMEOUT}', '{CHECKPOINTS_RETAINED}', '{RESTART_STRATEGY}', '{RESTART_ATTEMPTS}', '{RESTART_DELAY}')")]
     Unknown(String),
     #[error("SET {key}: '{value}' {expected}")]
     Invalid { key: String, value: String, expected: &'static str },
@@ -68,6 +72,10 @@ pub struct QueryOptions {
     pub savepoint_path: Option<String>,
     /// `None`: a failed query stays failed.
     pub restart: Option<sluice_engine::RestartPolicy>,
+    /// How long a checkpoint may take.
+    pub checkpoint_timeout: Duration,
+    /// Completed checkpoints kept.
+    pub checkpoints_retained: usize,
 }
 
 impl Default for QueryOptions {
@@ -82,6 +90,8 @@ impl Default for QueryOptions {
             pipeline_name: None,
             savepoint_path: None,
             restart: None,
+            checkpoint_timeout: sluice_engine::checkpoint::DEFAULT_TIMEOUT,
+            checkpoints_retained: sluice_engine::checkpoint::DEFAULT_RETAINED,
         }
     }
 }
@@ -140,6 +150,19 @@ impl QueryOptions {
                 self.savepoint_path = non_empty(value);
                 Ok(SAVEPOINT_PATH)
             }
+            "execution.checkpointing.timeout" | "checkpoint.timeout" => {
+                self.checkpoint_timeout = parse_duration(value)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| invalid("is not a duration above zero (e.g. '10 min')"))?;
+                Ok(CHECKPOINT_TIMEOUT)
+            }
+            "state.checkpoints.num-retained" | "execution.checkpointing.num-retained" => {
+                self.checkpoints_retained = match value.trim().parse::<usize>() {
+                    Ok(n) if n >= 1 => n,
+                    _ => return Err(invalid("is not a whole number of at least 1")),
+                };
+                Ok(CHECKPOINTS_RETAINED)
+            }
             "restart-strategy.type" | "restart-strategy" => {
                 self.restart = match value.trim().to_ascii_lowercase().as_str() {
                     "none" | "off" | "disable" => None,
@@ -173,6 +196,8 @@ impl QueryOptions {
             (MAX_DRIFT.to_string(), duration(self.max_drift)),
             (MEMORY_LIMIT.to_string(), self.memory_limit.map_or_else(|| "0".to_string(), format_bytes)),
             (CHECKPOINT_INTERVAL.to_string(), duration(self.checkpoint_interval)),
+            (CHECKPOINT_TIMEOUT.to_string(), format_duration(self.checkpoint_timeout)),
+            (CHECKPOINTS_RETAINED.to_string(), self.checkpoints_retained.to_string()),
         ]);
         if let Some(policy) = self.restart {
             settings.insert(RESTART_STRATEGY.to_string(), "fixed-delay".to_string());

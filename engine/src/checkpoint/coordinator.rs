@@ -22,7 +22,13 @@ pub struct CheckpointConfig {
     pub plan: Vec<String>,
     /// The checkpoint the query resumes from.
     pub restored: Option<Arc<RestoredState>>,
+    /// A checkpoint not complete this long after its barrier went out is
+    /// given up (the next one is taken as usual).
+    pub timeout: std::time::Duration,
 }
+
+/// How long a checkpoint may take by default (Flink's 10 minutes).
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// One completed checkpoint, as metrics and REST show it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -81,6 +87,8 @@ pub(crate) struct Collector {
     /// The newest checkpoint completed: parts of it or older ones that come
     /// late are ignored.
     completed: u64,
+    /// Checkpoints given up: their parts are ignored.
+    aborted: BTreeSet<u64>,
 }
 
 impl Collector {
@@ -88,7 +96,7 @@ impl Collector {
     /// durable), and nothing is stored.
     pub fn new(config: Option<CheckpointConfig>, participants: impl IntoIterator<Item = (Owner, usize)>, parallelism: usize) -> Self {
         let completed = config.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.checkpoint);
-        Collector { config, parallelism, running: participants.into_iter().collect(), pending: BTreeMap::new(), completed }
+        Collector { config, parallelism, running: participants.into_iter().collect(), pending: BTreeMap::new(), completed, aborted: BTreeSet::new() }
     }
 
     pub fn config(&self) -> Option<&CheckpointConfig> {
@@ -97,7 +105,7 @@ impl Collector {
 
     /// Checkpoint `id` starts (its barrier goes out, or the input ended).
     pub fn begin(&mut self, id: u64, kind: &'static str) {
-        if id <= self.completed {
+        if id <= self.completed || self.aborted.contains(&id) {
             return;
         }
         self.pending.entry(id).or_insert_with(|| Pending {
@@ -107,6 +115,18 @@ impl Collector {
             alignment_nanos: 0,
             kind,
         });
+    }
+
+    /// Gives checkpoint `id` up if it has taken longer than the timeout;
+    /// returns whether it did. Its files stay until retention deletes them.
+    pub fn abort_if_late(&mut self, id: u64) -> bool {
+        let timeout = self.config.as_ref().map_or(DEFAULT_TIMEOUT, |c| c.timeout);
+        let late = self.pending.get(&id).is_some_and(|p| p.started.elapsed() > timeout);
+        if late {
+            self.pending.remove(&id);
+            self.aborted.insert(id);
+        }
+        late
     }
 
     /// Records an ack; returns the checkpoints it completed (stored first).

@@ -20,12 +20,12 @@ mod metadata;
 mod restore;
 mod store;
 
-pub use coordinator::{CheckpointConfig, CheckpointReport, CheckpointStats};
+pub use coordinator::{CheckpointConfig, CheckpointReport, CheckpointStats, DEFAULT_TIMEOUT};
 pub use crash::{crash_point, CrashPoint};
 pub(crate) use coordinator::{Ack, Collector};
 pub use metadata::{CheckpointMetadata, Owner, PartRef};
 pub use restore::RestoredState;
-pub use store::{CheckpointStore, StoreError};
+pub use store::{CheckpointStore, StoreError, DEFAULT_RETAINED};
 
 use datafusion::arrow::array::UInt32Array;
 use datafusion::arrow::record_batch::RecordBatch;

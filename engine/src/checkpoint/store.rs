@@ -21,8 +21,9 @@ use super::StatePart;
 /// The column a keyed part's file stores each row's key group in.
 const KEY_GROUP_COLUMN: &str = "__sluice_key_group";
 const METADATA_FILE: &str = "_metadata.json";
-/// Completed checkpoints kept; older ones are deleted once a newer completes.
-const RETAINED: usize = 2;
+/// Completed checkpoints kept by default; older ones are deleted once a newer
+/// completes.
+pub const DEFAULT_RETAINED: usize = 2;
 
 /// A checkpoint store that failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,8 @@ pub struct CheckpointStore {
     root: Path,
     /// How users name that directory (a URL), for messages.
     display: String,
+    /// Completed checkpoints kept (at least one).
+    retained: usize,
 }
 
 fn checkpoint_dir(id: u64) -> String {
@@ -50,7 +53,13 @@ fn checkpoint_dir(id: u64) -> String {
 impl CheckpointStore {
     /// The checkpoints under `root` of `store`; `display` names it in messages.
     pub fn new(store: Arc<dyn ObjectStore>, root: Path, display: impl Into<String>) -> Self {
-        CheckpointStore { store, root, display: display.into() }
+        CheckpointStore { store, root, display: display.into(), retained: DEFAULT_RETAINED }
+    }
+
+    /// Keeps the newest `n` completed checkpoints (at least one).
+    pub fn retaining(mut self, n: usize) -> Self {
+        self.retained = n.max(1);
+        self
     }
 
     /// Where the checkpoints are, as the user named it.
@@ -148,7 +157,7 @@ impl CheckpointStore {
             done
         };
         // Keep the newest completed ones, and anything newer than them (in progress).
-        if let Some(oldest_kept) = completed.get(RETAINED - 1).or(completed.last()) {
+        if let Some(oldest_kept) = completed.get(self.retained - 1).or(completed.last()) {
             for id in ids.into_iter().filter(|id| id < oldest_kept) {
                 self.delete_checkpoint(id).await?;
             }
