@@ -307,6 +307,22 @@ fn a_changed_query_is_refused_with_what_changed() -> TestResult {
     assert!(stderr.contains("was taken of another plan") && stderr.contains("sum(") && stderr.contains("max("), "names what changed: {stderr}");
     assert!(stderr.contains("pipeline.name"), "says how to start over: {stderr}");
 
+    // The first version starts from a chosen checkpoint (the older of the two kept).
+    let older = std::fs::read_dir(checkpoints.join("prices"))?
+        .flatten()
+        .filter(|e| e.path().join("_metadata.json").exists())
+        .map(|e| e.path())
+        .min()
+        .ok_or("no checkpoint kept")?;
+    let chosen = older.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("chk-")).ok_or("a checkpoint's name")?.parse::<u64>()?;
+    let from_savepoint = format!("SET 'execution.savepoint.path' = '{}'; {}", older.display(), script("sum(price)", "prices"));
+    let mut again = Command::new(SLUICE).args(["run", "-c", &from_savepoint]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    std::thread::sleep(Duration::from_millis(800));
+    Command::new("kill").args(["-INT", &again.id().to_string()]).status()?;
+    assert!(again.wait()?.success());
+    let stderr = stderr_of(&mut again)?;
+    assert!(stderr.contains(&format!("resuming 'prices' from checkpoint {chosen} ")), "{stderr}");
+
     // Under a new name it starts from scratch, and says nothing of resuming.
     let mut renamed = Command::new(SLUICE).args(["run", "-c", &script("max(price)", "max-prices")]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
     wait_for_checkpoints(&mut renamed, &checkpoints.join("max-prices"), 0, 1)?;

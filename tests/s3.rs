@@ -96,3 +96,56 @@ async fn lake_on_s3_read_back_by_boto3_and_datafusion() -> TestResult {
     assert_eq!(rows, vec![vec!["5000".to_string(), "9".to_string(), "00".to_string(), "01".to_string()]]);
     Ok(())
 }
+
+/// Checkpoints on S3 (`SET 'state.checkpoints.dir' = 's3://...'`, credentials
+/// and endpoint from the `AWS_*` variables): boto3 lists the completed ones,
+/// and a second run resumes from the newest.
+#[test]
+fn checkpoints_on_s3_are_listed_by_boto3_and_resumed_from() -> TestResult {
+    let s3 = start_s3()?;
+    boto3(&s3.endpoint, "s3.create_bucket(Bucket='state')")?;
+    let dir = tempfile::tempdir()?;
+    let sql = format!(
+        "SET 'execution.checkpointing.interval' = '300 ms'; SET 'state.checkpoints.dir' = 's3://state/checkpoints'; \
+         SET 'pipeline.name' = 'counts'; \
+         CREATE TABLE clicks (event_type VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+         WITH (connector = 'generator', rate = '500'); \
+         CREATE TABLE out (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT) WITH (connector = 'lake', path = '{}'); \
+         INSERT INTO out SELECT window_start, event_type, count(*) AS n \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, event_type;",
+        dir.path().join("lake").display()
+    );
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "-c", &sql])
+            .env("AWS_ENDPOINT", &s3.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let completed = || boto3(&s3.endpoint, "r = s3.list_objects_v2(Bucket='state', Prefix='checkpoints/counts/')\nprint(sum(1 for o in r.get('Contents', []) if o['Key'].endswith('/_metadata.json')))");
+    let interrupt = |mut child: std::process::Child| -> Result<String, Box<dyn std::error::Error>> {
+        Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+        let status = child.wait()?;
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().ok_or("stderr")?, &mut err)?;
+        assert!(status.success(), "{err}");
+        Ok(err)
+    };
+    let first = run()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while completed()?.trim() == "0" {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint on S3 within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    interrupt(first)?;
+    let second = run()?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let stderr = interrupt(second)?;
+    assert!(stderr.contains("resuming 'counts' from checkpoint") && stderr.contains("s3://state/checkpoints/counts"), "{stderr}");
+    Ok(())
+}

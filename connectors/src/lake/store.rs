@@ -64,11 +64,18 @@ impl LakeLocation {
                 Ok((Arc::new(store), StorePath::default()))
             }
             LakeLocation::S3 { bucket, prefix, settings } => {
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_allow_http(settings.allow_http);
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Without 's3.allow-http', AWS_ALLOW_HTTP still counts.
+                if settings.allow_http {
+                    b = b.with_allow_http(true);
+                }
                 if let Some(v) = &settings.endpoint {
                     b = b.with_endpoint(v);
                 }
-                b = b.with_region(settings.region.clone().unwrap_or_else(|| "us-east-1".into()));
+                // Without 's3.region', AWS_REGION (or us-east-1) counts.
+                if let Some(region) = &settings.region {
+                    b = b.with_region(region);
+                }
                 if let Some(v) = &settings.access_key_id {
                     b = b.with_access_key_id(v);
                 }
