@@ -49,21 +49,31 @@ enum Command {
         #[arg(long = "token", value_name = "ROLE:TOKEN")]
         tokens: Vec<String>,
     },
-    /// Land a Kafka topic in a Parquet lake, exactly once; Ctrl-C stops cleanly.
+    /// Land a Kafka topic in a Parquet lake, exactly once: a checkpointed
+    /// `INSERT INTO <lake> SELECT * FROM <kafka>` named `ingest-<lake>`, resumed
+    /// from its newest checkpoint when started again; Ctrl-C stops cleanly.
     Ingest {
-        /// SQL file declaring the kafka table (--from) and the lake table (--to).
+        /// SQL file declaring the kafka table (--from) and the lake table (--to); it may SET settings too.
         #[arg(long)]
         sql: PathBuf,
         #[arg(long)]
         from: String,
         #[arg(long)]
         to: String,
-        /// Records per round (a round ends with its files in the lake and offsets committed).
-        #[arg(long, default_value_t = 100_000)]
-        round_rows: usize,
-        /// A round ends after this many milliseconds even if smaller.
-        #[arg(long, default_value_t = 10_000)]
-        round_ms: u64,
+        /// How often a checkpoint lands what was read (e.g. '10 s', '500 ms'); default: the file's
+        /// 'execution.checkpointing.interval', else 10 s.
+        #[arg(long, value_name = "DURATION")]
+        checkpoint_interval: Option<String>,
+        /// Where checkpoints are kept (a path or s3:// URL); default: the file's 'state.checkpoints.dir',
+        /// else .sluice/checkpoints.
+        #[arg(long, value_name = "DIR")]
+        checkpoint_dir: Option<String>,
+        /// Rows per lake file at most (overrides the lake table's 'rollover.rows').
+        #[arg(long)]
+        round_rows: Option<usize>,
+        /// The checkpoint interval in milliseconds (the older name of --checkpoint-interval).
+        #[arg(long, conflicts_with = "checkpoint_interval")]
+        round_ms: Option<u64>,
     },
     /// Run a SQL script (or -c "SQL") to completion; Ctrl-C or SIGTERM stops the
     /// running query gracefully (and the script), a second Ctrl-C cancels it.
@@ -120,10 +130,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .thread_stack_size(THREAD_STACK_BYTES)
         .build()
         .context("starting the async runtime")?;
-    if let Command::Ingest { sql, from, to, round_rows, round_ms } = cli.command {
-        runtime.block_on(ingest::run(ingest::IngestArgs { sql, from, to, round_rows, round_ms }))?;
-        return Ok(ExitCode::SUCCESS);
-    }
     if let Command::Serve { listen, state_dir, tokens } = cli.command {
         let from_env = std::env::var("SLUICE_TOKENS").unwrap_or_default();
         let tokens = server::auth::Tokens::parse(tokens.iter().map(String::as_str).chain(from_env.split(',')))
@@ -134,8 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let mut session = Session::default();
     // One listener for the life of the process (see `interrupt`); SIGTERM stops a
-    // script gracefully, while a shell leaves it to end the process.
-    let mut interrupts = Interrupts::listen(matches!(cli.command, Command::Run { .. })).context("listening for Ctrl-C")?;
+    // script or an ingest job gracefully, while a shell leaves it to end the process.
+    let mut interrupts =
+        Interrupts::listen(matches!(cli.command, Command::Run { .. } | Command::Ingest { .. })).context("listening for Ctrl-C")?;
+    if let Command::Ingest { sql, from, to, checkpoint_interval, checkpoint_dir, round_rows, round_ms } = cli.command {
+        let args = ingest::IngestArgs { sql, from, to, checkpoint_interval, checkpoint_dir, round_rows, round_ms };
+        runtime.block_on(ingest::run(args, &mut interrupts))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     for udf in &cli.udfs {
         let Some((name, path)) = udf.split_once('=') else { bail!("--udf expects NAME=PATH, got '{udf}'") };
         let sql = format!("CREATE FUNCTION {name} LANGUAGE rust AS '{}'", path.replace('\'', "''"));

@@ -650,3 +650,43 @@ fn deep_expressions_are_an_error_not_a_crash() -> TestResult {
     assert!(String::from_utf8(out.stdout)?.contains("| 2024-01-01T00:00:00 | 3000 "));
     Ok(())
 }
+
+/// `sluice ingest` checks its tables and settings before it connects to
+/// anything, and names what is wrong: the table it was pointed at, the
+/// option, or the checkpoint interval it cannot do without.
+#[test]
+fn ingest_names_what_is_wrong_before_it_starts() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let sql = dir.path().join("ingest.sql");
+    let lake = dir.path().join("lake");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE clicks (id BIGINT) WITH (connector = 'kafka', topic = 'clicks', 'bootstrap.servers' = '127.0.0.1:1', \
+               'scan.bounded.mode' = 'latest-offset'); \
+             CREATE TABLE stream (id BIGINT) WITH (connector = 'kafka', topic = 'clicks', 'bootstrap.servers' = '127.0.0.1:1'); \
+             CREATE TABLE events (id BIGINT) WITH (connector = 'file', path = '{events}', format = 'json'); \
+             CREATE TABLE lake (id BIGINT) WITH (connector = 'lake', path = '{lake}');",
+            events = dir.path().join("events.jsonl").display(),
+            lake = lake.display()
+        ),
+    )?;
+    let ingest = |args: &[&str]| -> Result<String, Box<dyn std::error::Error>> {
+        let out = Command::new(SLUICE).arg("ingest").arg("--sql").arg(&sql).args(args).current_dir(dir.path()).output()?;
+        assert!(!out.status.success(), "{args:?} must fail");
+        Ok(String::from_utf8(out.stderr)?)
+    };
+    let err = ingest(&["--from", "events", "--to", "lake"])?;
+    assert!(err.contains("'file'") && err.contains("--from"), "{err}");
+    let err = ingest(&["--from", "clicks", "--to", "events"])?;
+    assert!(err.contains("--to"), "{err}");
+    // Bounded, from the group's offsets: a run would replace the last one's files.
+    let err = ingest(&["--from", "clicks", "--to", "lake"])?;
+    assert!(err.contains("scan.bounded.mode") && err.contains("scan.startup.mode"), "{err}");
+    let err = ingest(&["--from", "stream", "--to", "lake", "--checkpoint-interval", "0"])?;
+    assert!(err.contains("checkpointing.interval"), "{err}");
+    let err = ingest(&["--from", "stream", "--to", "lake", "--checkpoint-interval", "often"])?;
+    assert!(err.contains("--checkpoint-interval") && err.contains("often"), "{err}");
+    assert!(!dir.path().join(".sluice").exists(), "nothing started, no checkpoint written");
+    Ok(())
+}

@@ -261,31 +261,36 @@ async fn ingest_survives_sigkill_without_loss_or_duplicates() -> TestResult {
     let lines: Vec<String> = (0..3000)
         .map(|i| format!("u{}\t{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T{:02}:{:02}:00\"}}", i % 5, i % 5, i / 1500, (i / 25) % 60))
         .collect();
-    broker.produce("clicks", &lines)?;
-    let (_dir, lake, sql) =
+    let (dir, lake, sql) =
         ingest_job(&format!("topic = 'clicks', 'bootstrap.servers' = '{}', 'group.id' = 'ingest-test'", broker.addr))?;
     let ingest = || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["ingest", "--sql"])
             .arg(&sql)
             .args(["--from", "clicks", "--to", "lake", "--round-rows", "150", "--round-ms", "200"])
+            // Its checkpoints (under .sluice/checkpoints) are this test's own.
+            .current_dir(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
     };
-    // First run: killed without warning once some files are in the lake.
+    // First run: killed without warning once some rows are in the lake, while
+    // more records arrive (the job lands what it reads at each checkpoint).
+    broker.produce("clicks", &lines[..1000])?;
     let mut first = ingest()?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while walk_files(&lake).len() < 4 {
-        assert!(Instant::now() < deadline, "no files written");
-        std::thread::sleep(Duration::from_millis(20));
+    while lake_ids(&lake).await?.0 == 0 {
+        assert!(Instant::now() < deadline, "no rows landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    broker.produce("clicks", &lines[1000..2000])?;
     first.kill()?;
     first.wait()?;
     let (rows_before, _) = lake_ids(&lake).await?;
     assert!(rows_before > 0 && rows_before < 3000, "killed too late to test anything: {rows_before}");
 
-    // Second run: picks up from the committed offsets, skips what is already there.
+    // Second run: resumes from the newest checkpoint.
+    broker.produce("clicks", &lines[2000..])?;
     let second = ingest()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -302,7 +307,243 @@ async fn ingest_survives_sigkill_without_loss_or_duplicates() -> TestResult {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ingest stopped"));
     assert_eq!(lake_ids(&lake).await?, (3000, 3000), "every record exactly once");
-    assert!(walk_files(&lake).iter().all(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-p"))));
+    // Files the killed run had staged but not committed are gone.
+    let names: Vec<String> = walk_files(&lake).iter().filter_map(|f| Some(f.file_name()?.to_string_lossy().to_string())).collect();
+    assert!(names.iter().all(|n| n.starts_with("part-") && n.ends_with(".parquet")), "{names:?}");
+    Ok(())
+}
+
+/// The ids in the lake under `dir` as pyarrow reads it (a reader that is
+/// not Sluice's, and skips hidden files as every Parquet reader does).
+fn pyarrow_ids(dir: &std::path::Path) -> Result<Vec<i64>, Box<dyn std::error::Error>> {
+    if walk_files(dir).iter().all(|f| f.extension().is_none_or(|e| e != "parquet")) {
+        return Ok(Vec::new());
+    }
+    let script = r#"
+import sys, pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format='parquet', partitioning='hive').to_table(columns=['id'])
+print("\n".join(str(i) for i in t.column('id').to_pylist()))
+"#;
+    let out = Command::new("python3").args(["-c", script, &dir.display().to_string()]).output()?;
+    if !out.status.success() {
+        return Err(format!("pyarrow: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mut ids: Vec<i64> = String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()).map(str::parse).collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Whether the lake holds a file staged for a checkpoint that has not
+/// completed yet (renamed into place when it does).
+fn has_staged_files(lake: &std::path::Path) -> bool {
+    walk_files(lake).iter().any(|f| f.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".staged")))
+}
+
+/// `sluice ingest` killed with SIGKILL twice, each time while files it wrote
+/// wait for their checkpoint to complete, and started again: each run resumes
+/// from the newest completed checkpoint, so pyarrow finds every record in the
+/// lake exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_while_files_are_staged_resumes_and_lands_each_record_once() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("clicks", 3)?;
+    let record = |i: usize| format!("u{}\t{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T00:{:02}:00\"}}", i % 4, i % 4, (i / 40) % 60);
+    let (dir, lake, sql) =
+        ingest_job(&format!("topic = 'clicks', 'bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest'", broker.addr))?;
+    let ingest = || {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["ingest", "--sql"])
+            .arg(&sql)
+            .args(["--from", "clicks", "--to", "lake", "--checkpoint-interval", "300 ms", "--round-rows", "50"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let mut produced = 0;
+    let produce_more = |produced: &mut usize, count: usize| -> TestResult {
+        let lines: Vec<String> = (*produced..*produced + count).map(record).collect();
+        *produced += count;
+        broker.produce("clicks", &lines)
+    };
+    for run in 0..2 {
+        let mut job = ingest()?;
+        // Some rows landed (a checkpoint completed) ...
+        produce_more(&mut produced, 200)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while pyarrow_ids(&lake)?.len() <= run * 200 {
+            assert!(Instant::now() < deadline, "run {run}: nothing landed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // ... then more arrive, and the job is killed while their files wait
+        // for the next checkpoint.
+        let staged = loop {
+            produce_more(&mut produced, 100)?;
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !has_staged_files(&lake) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if has_staged_files(&lake) {
+                break true;
+            }
+            if produced > 3000 {
+                break false;
+            }
+        };
+        job.kill()?;
+        job.wait()?;
+        assert!(staged, "run {run}: never caught a file staged");
+        let landed = pyarrow_ids(&lake)?;
+        let mut unique = landed.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), landed.len(), "run {run}: nothing twice");
+        assert!(landed.len() < produced, "run {run}: killed too late to test anything");
+    }
+
+    // The last run resumes, reads the rest and is stopped gracefully.
+    produce_more(&mut produced, 150)?;
+    let job = ingest()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pyarrow_ids(&lake)?.len() < produced {
+        assert!(Instant::now() < deadline, "only {} of {produced} records landed", pyarrow_ids(&lake)?.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Command::new("kill").args(["-INT", &job.id().to_string()]).status()?.success());
+    let out = job.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming 'ingest-lake' from checkpoint"), "{stderr}");
+    assert!(dir.path().join(".sluice/checkpoints/ingest-lake").is_dir(), "checkpoints under .sluice/checkpoints/ingest-<lake>");
+    assert_eq!(pyarrow_ids(&lake)?, (0..produced as i64).collect::<Vec<_>>(), "every record once");
+    assert!(!has_staged_files(&lake), "no staged file is left");
+    Ok(())
+}
+
+/// A bounded Kafka table makes `sluice ingest` a backfill: it lands what the
+/// topic held when it started (records produced in batches, so tansu reports
+/// the partitions' ends short) and exits by itself. Run again, it reads the
+/// topic again and its run replaces the last one's files: each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_ingest_is_a_backfill_that_ends_by_itself() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("clicks", 3)?;
+    let record = |i: i64| format!("{{\"id\": {i}, \"user\": \"u{}\", \"ts\": \"2024-01-01T0{}:00:00\"}}", i % 3, i % 4);
+    broker.produce("clicks", &(0..500).map(record).collect::<Vec<_>>())?;
+    let (dir, lake, sql) = ingest_job(&format!(
+        "topic = 'clicks', 'bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', 'scan.bounded.mode' = 'latest-offset'",
+        broker.addr
+    ))?;
+    let mut expected: Vec<i64> = (0..500).collect();
+    for run in 0..2 {
+        let out = tokio::task::spawn_blocking({
+            let (sql, dir) = (sql.clone(), dir.path().to_path_buf());
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_sluice"))
+                    .args(["ingest", "--sql"])
+                    .arg(&sql)
+                    .args(["--from", "clicks", "--to", "lake", "--checkpoint-interval", "1 s"])
+                    .current_dir(dir)
+                    .output()
+            }
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), out).await.map_err(|_| format!("run {run} did not end"))???;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "run {run}: {}", String::from_utf8_lossy(&out.stderr));
+        let rows = expected.len();
+        assert!(stdout.contains(&format!("ingest finished: {rows} rows read, {rows} written")), "run {run}: {stdout}");
+        assert_eq!(pyarrow_ids(&lake)?, expected, "run {run}: every record once");
+        // Produced after this run ended: the next one reads it too.
+        broker.produce("clicks", &[record(10_000 + run)])?;
+        expected.push(10_000 + run);
+    }
+    Ok(())
+}
+
+/// Every row of a query that is meant to end, until it does (within 60 s).
+async fn rows_to_end(q: &mut QueryOutput) -> Result<Vec<Vec<String>>, Box<dyn std::error::Error>> {
+    let mut rows = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, q.results.recv()).await.map_err(|_| format!("the query did not end: {rows:?}"))?;
+        match next {
+            Some(batch) => rows.extend(sluice_connectors::table_printer::format_cells(&batch)?),
+            None => break,
+        }
+    }
+    q.job.wait().await?;
+    rows.sort();
+    Ok(rows)
+}
+
+/// With `scan.bounded.mode = 'latest-offset'` a windowed query over a topic
+/// (records produced in batches by the foreign client, so tansu reports each
+/// partition's end short) reads what the topic held when it started and ends
+/// by itself: the final watermark closes every window, the last one included,
+/// and the rows are those a batch computation over the same records gives.
+/// Without a WATERMARK the bounded table's windows close at its end too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_windowed_query_over_a_bounded_topic_ends_with_the_batch_result() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("orders", 3)?;
+    let (lines, mut expected) = events();
+    broker.produce("orders", &lines)?;
+    // The last event (ann, amount 0 at 00:05:00) is alone in its window, which
+    // an unbounded query would keep open.
+    expected.push(("2024-01-01T00:05:00".to_string(), "ann".to_string(), 0));
+    let expected: Vec<Vec<String>> = {
+        let mut rows: Vec<Vec<String>> = expected.into_iter().map(|(w, u, a)| vec![w, u, a.to_string()]).collect();
+        rows.sort();
+        rows
+    };
+
+    let mut session = Session::default();
+    session.set_parallelism(2);
+    let options = format!(
+        "connector = 'kafka', topic = 'orders', 'bootstrap.servers' = '{}', 'scan.startup.mode' = 'earliest', \
+         'scan.bounded.mode' = 'latest-offset', bad_data = 'drop'",
+        broker.addr
+    );
+    session
+        .execute_script(&format!(
+            "CREATE TABLE orders (user VARCHAR, amount BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) \
+             WITH ({options}); \
+             CREATE TABLE orders_no_watermark (user VARCHAR, amount BIGINT, ts TIMESTAMP(3)) WITH ({options});"
+        ))
+        .await?;
+    for (run, table) in ["orders", "orders_no_watermark"].into_iter().enumerate() {
+        let mut outputs = session
+            .execute_script(&format!(
+                "SELECT window_start, user, sum(amount) FROM TABLE(TUMBLE(TABLE {table}, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+                 GROUP BY window_start, window_end, user"
+            ))
+            .await?;
+        let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a query".into()) };
+        // Produced once the query runs: past its stops.
+        broker.produce("orders", &["ann\t{\"user\": \"ann\", \"amount\": 100, \"ts\": \"2024-01-01T00:00:30\"}".to_string()])?;
+        let rows = rows_to_end(&mut q).await?;
+        // The second query started after the first one's extra record.
+        let mut expected = expected.clone();
+        assert_eq!(expected[0][..2], ["2024-01-01T00:00:00", "ann"]);
+        expected[0][2] = (expected[0][2].parse::<usize>()? + 100 * run).to_string();
+        assert_eq!(rows, expected, "{table}");
+        assert_eq!(q.job.metrics().late_rows, 0, "{table}");
+    }
+
+    // An unbounded table without a WATERMARK is refused, as before.
+    session
+        .execute_script(&format!(
+            "CREATE TABLE endless (user VARCHAR, amount BIGINT, ts TIMESTAMP(3)) \
+             WITH (connector = 'kafka', topic = 'orders', 'bootstrap.servers' = '{}')",
+            broker.addr
+        ))
+        .await?;
+    let err = session
+        .execute_script("SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE endless, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY window_start")
+        .await
+        .err()
+        .ok_or("windows over an unbounded table without a WATERMARK must be refused")?;
+    assert!(err.to_string().contains("no WATERMARK"), "{err}");
     Ok(())
 }
 
@@ -830,6 +1071,7 @@ async fn ingest_reads_avro_into_the_lake() -> TestResult {
         .args(["ingest", "--sql"])
         .arg(&sql)
         .args(["--from", "clicks", "--to", "lake", "--round-rows", "100", "--round-ms", "200"])
+        .current_dir(_dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -941,7 +1183,7 @@ async fn queries_and_ingest_each_see_every_record_once_across_restarts() -> Test
     let ingest = || {
         SluiceProcess::start(&[
             "ingest", "--sql", &ingest_sql.display().to_string(), "--from", "clicks", "--to", "lake",
-            "--round-rows", "150", "--round-ms", "200",
+            "--round-rows", "150", "--round-ms", "200", "--checkpoint-dir", &dir.path().join("checkpoints").display().to_string(),
         ])
     };
     let lake_rows = || async { lake_ids(&lake).await.map(|(rows, _)| rows).unwrap_or(0) };

@@ -1,238 +1,141 @@
-//! The ingestion job behind `sluice ingest`: a Kafka topic landed in a lake,
-//! exactly once, on any broker.
+//! What `sluice ingest` runs: a Kafka table landed in a lake table, exactly
+//! once, as an ordinary checkpointed query.
 //!
-//! The job runs in rounds. A round reads up to `round_rows` records (or for
-//! `round_ms`), decodes them per Kafka partition, writes one Parquet file per
-//! (Kafka partition, lake directory) named after the partition and the offsets it
-//! holds (`part-p{P}-o{FIRST}-{LAST}.parquet`), puts every file, and only then
-//! commits the offsets. After a crash the job restarts from the committed
-//! offsets and skips every record that an existing file of its partition and
-//! directory already covers, so the lake ends with each record exactly once.
+//! The job is `INSERT INTO <lake> SELECT * FROM <kafka>` with checkpoints on,
+//! kept under the name `ingest-<lake table>`. Nothing about it is private to
+//! ingestion: the Kafka source resumes from the offsets in the newest
+//! checkpoint, and the lake sink stages its files and renames them into place
+//! when their checkpoint completes, so a job killed at any moment and started
+//! again leaves each record in the lake once. Records that do not decode are
+//! handled as the Kafka table's `bad_data` says, as in any query.
+//!
+//! The job reads in a consumer group of its own, `sluice-ingest-<lake table>`
+//! (unless the Kafka table names one), so no query reading the same table moves
+//! its offsets. The offsets committed there, once the files holding their
+//! records are in the lake, are where a job without a checkpoint starts (with
+//! the default `scan.startup.mode`, `group-offsets`): a job started anew, its
+//! checkpoints deleted, goes on where the last one left off.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use arrow::array::UInt32Array;
-use arrow::compute::take_record_batch;
-use arrow::datatypes::SchemaRef;
-use futures::StreamExt;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::ArrowWriter;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-use tokio_util::sync::CancellationToken;
+use std::collections::BTreeMap;
 
 use crate::error::{ConnectorError, Result};
-use crate::kafka::{decode::RecordDecoder, kafka_error, BadData, KafkaConfig};
-use crate::lake::store::join;
-use crate::lake::{LakeConfig, Partitioning};
+use crate::kafka::{KafkaConfig, StartupMode};
+use crate::lake::LakeConfig;
+use crate::registry::TableSpec;
 
-/// What one ingestion job reads and writes.
-pub struct IngestConfig {
-    pub kafka: KafkaConfig,
-    /// The job's consumer group: its own, never a query's (a query reading
-    /// ahead must not make the job skip records).
-    pub group_id: String,
-    pub schema: SchemaRef,
-    pub lake: LakeConfig,
-    pub partitioning: Partitioning,
-    /// Records per round at most (files per round are at most this big).
-    pub round_rows: usize,
-    /// A round ends after this long even if smaller.
-    pub round_ms: u64,
+/// An ingestion job, ready to be run by a SQL session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestJob {
+    /// The statement to run (with checkpoints on).
+    pub statement: String,
+    /// The name its checkpoints are kept under (`pipeline.name`).
+    pub pipeline_name: String,
+    /// The Kafka table's options with the job's consumer group set (the
+    /// table's own, or `sluice-ingest-<lake table>`).
+    pub source_options: BTreeMap<String, String>,
 }
 
-/// Progress after each round.
-#[derive(Debug, Clone, Default)]
-pub struct IngestProgress {
-    pub rows: u64,
-    pub bytes: u64,
-    pub files: u64,
-    pub skipped_as_already_written: u64,
-    pub bad_records: u64,
-    /// Per Kafka partition: records behind the end of the partition.
-    pub lag: BTreeMap<i32, i64>,
+impl IngestJob {
+    /// The job landing the Kafka table `source` in the lake table `sink`, whose
+    /// columns it takes by position. Fails, naming what is wrong, when the
+    /// tables are of other connectors, their options are invalid or their
+    /// columns differ in number.
+    pub fn plan(source: &TableSpec, sink: &TableSpec) -> Result<Self> {
+        if source.connector != "kafka" {
+            return Err(ConnectorError::Role { connector: source.connector.clone(), role: "source of `sluice ingest` (--from names a kafka table)" });
+        }
+        if sink.connector != "lake" {
+            return Err(ConnectorError::Role { connector: sink.connector.clone(), role: "sink of `sluice ingest` (--to names a lake table)" });
+        }
+        let kafka = KafkaConfig::from_table(source)?;
+        LakeConfig::from_table(sink)?;
+        // A bounded query's lake output is its whole result: when it ends, the
+        // lake sink deletes what earlier runs of it wrote. That is right for a
+        // run that reads the same records again, and loses records for one
+        // that goes on where the last one stopped.
+        if kafka.bounded.is_bounded() && !matches!(kafka.startup, StartupMode::Earliest | StartupMode::Timestamp(_)) {
+            return Err(ConnectorError::Option {
+                connector: "kafka".into(),
+                key: "scan.bounded.mode".into(),
+                reason: "a bounded ingest replaces what its earlier runs landed when it ends, so it must read from a fixed \
+                         start: set 'scan.startup.mode' to 'earliest' or 'timestamp' (or leave the table unbounded)"
+                    .into(),
+            });
+        }
+        let (read, written) = (source.schema.fields().len(), sink.schema.fields().len());
+        if read != written {
+            return Err(ConnectorError::Schema {
+                table: sink.name.clone(),
+                reason: format!("it has {written} columns and '{}' has {read}: they must have the same columns", source.name),
+            });
+        }
+        let mut source_options = source.options.clone();
+        if !source_options.contains_key("group.id") && !source_options.contains_key("properties.group.id") {
+            source_options.insert("group.id".to_string(), format!("sluice-ingest-{}", sink.name));
+        }
+        Ok(IngestJob {
+            statement: format!("INSERT INTO {} SELECT * FROM {}", quote(&sink.name), quote(&source.name)),
+            pipeline_name: format!("ingest-{}", sink.name),
+            source_options,
+        })
+    }
 }
 
-/// Offset ranges already in the lake, per (Kafka partition, directory).
-type Coverage = HashMap<(i32, String), Vec<(i64, i64)>>;
-
-/// The files already in the lake (local or S3), by the ranges their names give.
-async fn existing_files(store: &Arc<dyn ObjectStore>, prefix: &StorePath) -> Result<Coverage> {
-    let mut coverage = Coverage::new();
-    let base = prefix.as_ref().to_string();
-    let mut listing = store.list(if base.is_empty() { None } else { Some(prefix) });
-    while let Some(meta) = listing.next().await {
-        let meta = meta.map_err(kafka_error)?;
-        let full = meta.location.as_ref().to_string();
-        let relative = full.strip_prefix(&base).unwrap_or(&full).trim_start_matches('/');
-        let (dir, name) = match relative.rsplit_once('/') {
-            Some((d, n)) => (format!("{d}/"), n),
-            None => (String::new(), relative),
-        };
-        let Some(rest) = name.strip_prefix("part-p").and_then(|r| r.strip_suffix(".parquet")) else { continue };
-        let Some((p, range)) = rest.split_once("-o") else { continue };
-        let Some((first, last)) = range.split_once('-') else { continue };
-        let (Ok(p), Ok(first), Ok(last)) = (p.parse::<i32>(), first.parse::<i64>(), last.parse::<i64>()) else { continue };
-        coverage.entry((p, dir)).or_default().push((first, last));
-    }
-    Ok(coverage)
-}
-
-fn covered(coverage: &Coverage, partition: i32, dir: &str, offset: i64) -> bool {
-    coverage
-        .get(&(partition, dir.to_string()))
-        .is_some_and(|ranges| ranges.iter().any(|(a, b)| *a <= offset && offset <= *b))
-}
-
-/// Runs until `stop` is cancelled (finishing the round in progress), calling
-/// `progress` after every round.
-pub async fn run_ingest(
-    cfg: IngestConfig,
-    stop: CancellationToken,
-    mut progress: impl FnMut(&IngestProgress),
-) -> Result<IngestProgress> {
-    let kafka = &cfg.kafka;
-    let mut client = kafka.client_config();
-    client
-        .set("group.id", &cfg.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
-    let metadata = consumer
-        .fetch_metadata(Some(&kafka.topic), Duration::from_secs(10))
-        .map_err(|e| kafka_error(format!("cannot reach Kafka at {}: {e}", kafka.brokers)))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == kafka.topic)
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-        .unwrap_or_default();
-    if partitions.is_empty() {
-        return Err(kafka_error(format!("topic '{}' does not exist at {}", kafka.topic, kafka.brokers)));
-    }
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(&kafka.topic, *p, Offset::Stored).map_err(kafka_error)?;
-    }
-    consumer.assign(&tpl).map_err(kafka_error)?;
-
-    let (store, prefix) = cfg.lake.location.open()?;
-    let mut coverage = existing_files(&store, &prefix).await?;
-    let props = cfg.lake.writer_properties();
-    let decoder = RecordDecoder::new(Arc::clone(&cfg.schema), kafka.format);
-    let mut registry = kafka.avro.as_ref().map(|a| crate::kafka::avro::SchemaRegistry::new(&a.registry_url));
-    let mut total = IngestProgress::default();
-
-    while !stop.is_cancelled() {
-        // Read one round.
-        let started = Instant::now();
-        let deadline = Duration::from_millis(cfg.round_ms);
-        let mut round: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
-        let mut count = 0;
-        while count < cfg.round_rows {
-            let left = deadline.saturating_sub(started.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                next = tokio::time::timeout(left, consumer.recv()) => match next {
-                    Err(_) => break,
-                    Ok(Err(e)) => return Err(kafka_error(e)),
-                    Ok(Ok(m)) => {
-                        round.entry(m.partition()).or_default().push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-                        count += 1;
-                    }
-                }
-            }
-        }
-        // Avro values become the JSON the decoder reads; one that cannot is left
-        // as bytes the decoder rejects, so it is handled as a bad record.
-        if let Some(registry) = &mut registry {
-            for records in round.values_mut() {
-                for (_, value) in records.iter_mut() {
-                    *value = match crate::kafka::avro::to_json(registry, value).await {
-                        Ok(json) => json,
-                        Err(e) => format!("not Avro: {e}").into_bytes(),
-                    };
-                }
-            }
-        }
-        // Write it: one file per (partition, directory), skipping what is already there.
-        let mut commit = TopicPartitionList::new();
-        for (partition, records) in &round {
-            let values: Vec<&[u8]> = records.iter().map(|(_, v)| v.as_slice()).collect();
-            let (batch, offsets) = match decoder.decode(&values) {
-                Ok(b) => (b, records.iter().map(|(o, _)| *o).collect::<Vec<_>>()),
-                Err(_) => {
-                    let (good, bad) = decoder.decode_each(&values);
-                    if let Some((i, e)) = bad.first() {
-                        if kafka.bad_data == BadData::Fail {
-                            return Err(kafka_error(format!(
-                                "bad record at topic {} partition {partition} offset {}: {e}",
-                                kafka.topic, records[*i].0
-                            )));
-                        }
-                    }
-                    total.bad_records += bad.len() as u64;
-                    let bad_rows: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
-                    let offsets = records.iter().enumerate().filter(|(i, _)| !bad_rows.contains(i)).map(|(_, r)| r.0).collect();
-                    (arrow::compute::concat_batches(&cfg.schema, &good)?, offsets)
-                }
-            };
-            let dirs = cfg.partitioning.row_dirs(&batch)?;
-            let columns = cfg.partitioning.file_columns(&batch)?;
-            let mut by_dir: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-            for (row, dir) in dirs.iter().enumerate() {
-                if covered(&coverage, *partition, dir, offsets[row]) {
-                    total.skipped_as_already_written += 1;
-                } else {
-                    by_dir.entry(dir.as_str()).or_default().push(row as u32);
-                }
-            }
-            for (dir, rows) in by_dir {
-                let first = rows.iter().map(|r| offsets[*r as usize]).min().unwrap_or_default();
-                let last = rows.iter().map(|r| offsets[*r as usize]).max().unwrap_or_default();
-                let part = take_record_batch(&columns, &UInt32Array::from(rows.clone()))?;
-                let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(cfg.partitioning.file_schema()), Some(props.clone()))
-                    .map_err(kafka_error)?;
-                writer.write(&part).map_err(kafka_error)?;
-                let bytes = writer.into_inner().map_err(kafka_error)?;
-                total.bytes += bytes.len() as u64;
-                let path = join(&prefix, &format!("{dir}part-p{partition}-o{first:020}-{last:020}.parquet"));
-                store.put(&path, PutPayload::from(bytes)).await.map_err(kafka_error)?;
-                coverage.entry((*partition, dir.to_string())).or_default().push((first, last));
-                total.rows += rows.len() as u64;
-                total.files += 1;
-            }
-            let next = records.iter().map(|(o, _)| *o).max().unwrap_or_default() + 1;
-            commit.add_partition_offset(&kafka.topic, *partition, Offset::Offset(next)).map_err(kafka_error)?;
-        }
-        // Only now are the files durable: commit what they cover.
-        if commit.count() > 0 {
-            consumer.commit(&commit, CommitMode::Sync).map_err(kafka_error)?;
-        }
-        for p in &partitions {
-            let position = consumer
-                .position()
-                .ok()
-                .and_then(|tpl| tpl.find_partition(&kafka.topic, *p).and_then(|e| e.offset().to_raw()));
-            if let Ok((_, high)) = consumer.fetch_watermarks(&kafka.topic, *p, Duration::from_secs(5)) {
-                total.lag.insert(*p, high - position.filter(|o| *o >= 0).unwrap_or(0));
-            }
-        }
-        progress(&total);
-    }
-    Ok(total)
+/// `name` as a quoted SQL identifier: catalog names are kept as written.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl From<arrow::error::ArrowError> for ConnectorError {
     fn from(e: arrow::error::ArrowError) -> Self {
-        ConnectorError::External { connector: "ingest".into(), message: e.to_string() }
+        ConnectorError::External { connector: "arrow".into(), message: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn table(name: &str, connector: &str, columns: usize, options: &[(&str, &str)]) -> TableSpec {
+        let fields: Vec<Field> = (0..columns).map(|i| Field::new(format!("c{i}"), DataType::Int64, true)).collect();
+        let options = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        TableSpec::new(name, Arc::new(Schema::new(fields)), connector, options)
+    }
+
+    const KAFKA: &[(&str, &str)] = &[("topic", "clicks"), ("bootstrap.servers", "127.0.0.1:9092")];
+
+    #[test]
+    fn the_job_is_a_checkpointed_insert_in_a_group_of_its_own() -> Result<()> {
+        let job = IngestJob::plan(&table("clicks", "kafka", 2, KAFKA), &table("Lake \"1\"", "lake", 2, &[("path", "/tmp/lake")]))?;
+        assert_eq!(job.statement, "INSERT INTO \"Lake \"\"1\"\"\" SELECT * FROM \"clicks\"");
+        assert_eq!(job.pipeline_name, "ingest-Lake \"1\"");
+        assert_eq!(job.source_options.get("group.id").map(String::as_str), Some("sluice-ingest-Lake \"1\""));
+        let named = [KAFKA, &[("properties.group.id", "mine")]].concat();
+        let job = IngestJob::plan(&table("clicks", "kafka", 2, &named), &table("lake", "lake", 2, &[("path", "/tmp/lake")]))?;
+        assert_eq!(job.source_options.get("group.id"), None, "the table's group is kept");
+        Ok(())
+    }
+
+    #[test]
+    fn other_connectors_bad_options_and_other_columns_are_refused() {
+        let lake = table("lake", "lake", 2, &[("path", "/tmp/lake")]);
+        let error = |source: &TableSpec, sink: &TableSpec| IngestJob::plan(source, sink).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = error(&table("clicks", "file", 2, &[]), &lake);
+        assert!(e.contains("'file'") && e.contains("--from"), "{e}");
+        let e = error(&table("clicks", "kafka", 2, KAFKA), &table("out", "file", 2, &[]));
+        assert!(e.contains("--to"), "{e}");
+        let e = error(&table("clicks", "kafka", 2, &[KAFKA, &[("scan.bounded.mode", "soon")]].concat()), &lake);
+        assert!(e.contains("scan.bounded.mode"), "{e}");
+        let e = error(&table("clicks", "kafka", 3, KAFKA), &lake);
+        assert!(e.contains("same columns"), "{e}");
+        let bounded = [KAFKA, &[("scan.bounded.mode", "latest-offset")]].concat();
+        let e = error(&table("clicks", "kafka", 2, &bounded), &lake);
+        assert!(e.contains("scan.startup.mode"), "from the group's offsets, a bounded run would delete the last run's files: {e}");
+        let from_the_start = [bounded.as_slice(), &[("scan.startup.mode", "earliest")]].concat();
+        assert!(IngestJob::plan(&table("clicks", "kafka", 2, &from_the_start), &lake).is_ok());
     }
 }

@@ -5,10 +5,21 @@
 //! - `scan.startup.mode`: `earliest`, `latest`, `group-offsets` (default: the
 //!   group's committed offsets, else earliest) or `timestamp` (the first record at
 //!   or after `scan.startup.timestamp-millis`, by Kafka record timestamp).
-//! - `group.id`: the consumer group whose offsets are committed. By default each
-//!   query has its own, `sluice-<query id>` (the same for the same statement), and
-//!   each `sluice ingest` job its own, `sluice-ingest-<lake table>`, so readers of
-//!   one topic never move each other's offsets. Offsets are committed only once
+//! - `scan.bounded.mode` (source): where reading ends, as Flink's Kafka
+//!   connector says it: `unbounded` (default: never), `latest-offset` (each
+//!   partition's end when the source starts), `group-offsets` (the consumer
+//!   group's committed offsets; a partition it has none for has nothing to read)
+//!   or `timestamp` (the first record at or after
+//!   `scan.bounded.timestamp-millis`, by Kafka record timestamp; that record and
+//!   those after it are not read). A bounded source ends once every partition it
+//!   reads has reached its stop, and the query then ends as over a file: a final
+//!   watermark closes every window and the sink finishes. Such a table is
+//!   bounded to the planner (see [`KafkaConnector::capabilities`]).
+//! - `group.id` (or `properties.group.id`, as Flink names it): the consumer
+//!   group whose offsets are committed. By default each query has its own,
+//!   `sluice-<query id>` (the same for the same statement), and each `sluice
+//!   ingest` job its own, `sluice-ingest-<lake table>`, so readers of one topic
+//!   never move each other's offsets. Offsets are committed only once
 //!   the rows read before them are durable in the sink (at each checkpoint
 //!   barrier, every few seconds, and when the query stops gracefully); a query
 //!   cancelled or crashed reads again from the last commit.
@@ -85,6 +96,26 @@ pub enum StartupMode {
     Timestamp(i64),
 }
 
+/// Where a source stops reading (`scan.bounded.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundedMode {
+    /// It never ends.
+    Unbounded,
+    /// At each partition's end as of when the source starts.
+    LatestOffset,
+    /// At the consumer group's committed offsets.
+    GroupOffsets,
+    /// Before the first record at or after this Kafka timestamp (epoch milliseconds).
+    Timestamp(i64),
+}
+
+impl BoundedMode {
+    /// Whether the source ends.
+    pub fn is_bounded(self) -> bool {
+        self != BoundedMode::Unbounded
+    }
+}
+
 /// Value encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KafkaFormat {
@@ -131,6 +162,8 @@ pub struct KafkaConfig {
     /// `group.id` as given; `None`: each reader takes its own (see the module docs).
     pub group_id: Option<String>,
     pub startup: StartupMode,
+    /// Where a source stops (`scan.bounded.mode`).
+    pub bounded: BoundedMode,
     pub format: KafkaFormat,
     pub avro: Option<AvroOptions>,
     pub bad_data: BadData,
@@ -168,6 +201,24 @@ impl KafkaConfig {
                 return Err(bad("scan.startup.mode", format!("'{other}' is not one of earliest, latest, group-offsets, timestamp")))
             }
         };
+        let bounded = match o.take_opt("scan.bounded.mode").map(|m| m.to_ascii_lowercase()).as_deref() {
+            None | Some("unbounded") => BoundedMode::Unbounded,
+            Some("latest-offset") => BoundedMode::LatestOffset,
+            Some("group-offsets") => BoundedMode::GroupOffsets,
+            Some("timestamp") => match o.take_parsed::<i64>("scan.bounded.timestamp-millis")? {
+                Some(ms) => BoundedMode::Timestamp(ms),
+                None => return Err(bad("scan.bounded.mode", "'timestamp' needs 'scan.bounded.timestamp-millis'".into())),
+            },
+            Some(other) => {
+                return Err(bad(
+                    "scan.bounded.mode",
+                    format!("'{other}' is not one of unbounded, latest-offset, group-offsets, timestamp"),
+                ))
+            }
+        };
+        if o.take_opt("scan.bounded.timestamp-millis").is_some() {
+            return Err(bad("scan.bounded.timestamp-millis", "only for 'scan.bounded.mode' = 'timestamp'".into()));
+        }
         let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
             None | Some("json") => KafkaFormat::Json,
             Some("csv") => KafkaFormat::Csv,
@@ -216,8 +267,15 @@ impl KafkaConfig {
         }
         let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
         let idle_timeout = std::time::Duration::from_millis(o.take_parsed("source.idle-timeout.ms")?.unwrap_or(5000));
-        let properties = o.take_prefixed("properties.");
+        let mut properties = o.take_prefixed("properties.");
         o.ensure_empty()?;
+        // Flink names the group `properties.group.id`: one group, whichever way it is given.
+        let group_id = match (group_id, properties.remove("group.id")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad("properties.group.id", format!("'{b}' differs from 'group.id' = '{a}': give one of them")))
+            }
+            (given, from_properties) => given.or(from_properties),
+        };
         if format == KafkaFormat::Raw && crate::metadata::value_schema(&table.schema).fields().len() != 1 {
             return Err(bad("format", "'raw' tables have exactly one column".into()));
         }
@@ -229,6 +287,7 @@ impl KafkaConfig {
             topic,
             group_id,
             startup,
+            bounded,
             format,
             avro,
             bad_data,
@@ -259,8 +318,13 @@ impl Connector for KafkaConnector {
         "kafka"
     }
 
-    fn capabilities(&self, _table: &TableSpec) -> crate::registry::Capabilities {
-        crate::registry::Capabilities { bounded: false, upsert: true, metadata_columns: true }
+    /// A table with a bounded `scan.bounded.mode` is bounded: windows over it
+    /// close at its end even without a WATERMARK, and without one it can be
+    /// the static side of a lookup join. With a WATERMARK it is still read as a
+    /// stream, its event time driving the windows until the end.
+    fn capabilities(&self, table: &TableSpec) -> crate::registry::Capabilities {
+        let bounded = KafkaConfig::from_table(table).is_ok_and(|c| c.bounded.is_bounded());
+        crate::registry::Capabilities { bounded, upsert: true, metadata_columns: true }
     }
 
     fn validate(&self, table: &TableSpec) -> Result<()> {

@@ -11,6 +11,16 @@
 //! created, so that a query restored from a checkpoint starts each partition at
 //! the checkpoint's offset (`Source::restore`) instead of where
 //! `scan.startup.mode` or the consumer group would have it.
+//!
+//! A bounded source (`scan.bounded.mode`) looks its stops up when it is
+//! created, and ends once every partition is done (see `positions::Stops`).
+//! A partition's end is not taken from the broker's word alone: tansu answers
+//! the last record *batch*'s base offset + 1, short of the end when a producer
+//! sent records in batches, so the source reads on from there until the
+//! broker says the partition holds no more (see `positions::partition_ends`).
+//! The consumer of a bounded source has librdkafka say when it has read a
+//! partition to its end, which ends partitions whose last offsets hold no
+//! record (a transaction's commit marker, compacted records).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -21,6 +31,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -29,10 +40,10 @@ use sluice_engine::{EngineError, Source, SourceEvent, SplitTag};
 use super::avro;
 use super::decode::RecordDecoder;
 use super::metadata::{self, Record};
-use super::positions::{offsets_from, position_batch, Offsets, Positions};
+use super::positions::{offsets_from, position_batch, start_offsets, stops, stops_from, Offsets, Positions, Stops};
 use super::quiet::Quiet;
 use crate::metadata::{has_metadata_columns, value_schema};
-use super::{kafka_error, BadData, KafkaConfig, KafkaFormat, StartupMode};
+use super::{kafka_error, BadData, BoundedMode, KafkaConfig, KafkaFormat, StartupMode};
 use sluice_engine::changelog::{attach_ops, with_op_field, ChangeKind};
 use crate::error::Result;
 use crate::registry::Shard;
@@ -41,8 +52,8 @@ use crate::registry::Shard;
 const FILL_WAIT: Duration = Duration::from_millis(50);
 /// How long to wait after a transient error before reading again.
 const TRANSIENT_BACKOFF: Duration = Duration::from_millis(200);
-/// How long to wait for the cluster when starting, asking whether it is back,
-/// or committing offsets.
+/// How long to wait for the cluster when asking whether it is back, or
+/// committing offsets.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How an upsert table (one with a PRIMARY KEY) turns records into changes.
@@ -123,6 +134,8 @@ pub struct KafkaSource {
     /// look offsets up by time (tansu answers 0) start earlier; the records
     /// before the first one at or after the timestamp are skipped here.
     reached_start: HashSet<i32>,
+    /// With `scan.bounded.mode`: where each partition stops, and which are done.
+    stops: Option<Stops>,
 }
 
 impl KafkaSource {
@@ -137,7 +150,8 @@ impl KafkaSource {
             // Offsets are committed when checkpoints complete, never on read.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            // A bounded source is told when it has read a partition to its end.
+            .set("enable.partition.eof", if cfg.bounded.is_bounded() { "true" } else { "false" })
             .set("auto.offset.reset", if cfg.startup == StartupMode::Latest { "latest" } else { "earliest" });
         let consumer: StreamConsumer = client.create().map_err(kafka_error)?;
         let metadata = consumer
@@ -155,6 +169,10 @@ impl KafkaSource {
         let start = match partitions.is_empty() {
             true => Vec::new(),
             false => start_offsets(&consumer, &cfg, &partitions)?,
+        };
+        let stops = match (cfg.bounded.is_bounded(), partitions.is_empty()) {
+            (true, false) => Some(stops(&consumer, &cfg, &partitions, &start)?),
+            _ => None,
         };
         let consumer = (!partitions.is_empty()).then(|| Arc::new(consumer));
         let mut positions = Positions::default();
@@ -204,13 +222,18 @@ impl KafkaSource {
             start,
             assigned: false,
             reached_start: HashSet::new(),
+            stops,
         })
     }
 
-    /// Assigns the consumer its partitions, each at its start.
+    /// Assigns the consumer its partitions, each at its start (a bounded
+    /// source's partitions with nothing to read are left out).
     fn assign(&mut self, consumer: &StreamConsumer) -> sluice_engine::Result<()> {
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in &self.start {
+            if self.stops.as_ref().is_some_and(|s| s.is_done(*p)) {
+                continue;
+            }
             tpl.add_partition_offset(&self.cfg.topic, *p, *offset).map_err(|e| EngineError::connector("kafka", e))?;
         }
         consumer.assign(&tpl).map_err(|e| EngineError::connector("kafka", e))?;
@@ -313,8 +336,19 @@ impl KafkaSource {
     }
 
     /// Keeps one record read (or skips it: before the start timestamp, or a
-    /// tombstone of a table without a key).
+    /// tombstone of a table without a key; or leaves it unread: past a bounded
+    /// source's stop).
     fn take(&mut self, m: &BorrowedMessage<'_>) {
+        if let Some(stops) = &mut self.stops {
+            let was_done = stops.is_done(m.partition());
+            let keep = stops.admit(m.partition(), m.offset(), m.timestamp().to_millis());
+            if !was_done && stops.is_done(m.partition()) {
+                self.done_with(m.partition());
+            }
+            if !keep {
+                return;
+            }
+        }
         let fetch = &mut self.fetch;
         fetch.read += 1;
         fetch.upto.insert(m.partition(), m.offset() + 1);
@@ -347,6 +381,40 @@ impl KafkaSource {
         });
     }
 
+    /// Whether a bounded source has read everything before its stops (and
+    /// returned it all): it ends.
+    fn finished(&self) -> bool {
+        self.stops.as_ref().is_some_and(|s| s.all_done(&self.partitions)) && self.fetch.read == 0 && self.pending.is_empty()
+    }
+
+    /// Whether every partition of a bounded source is done (its last records
+    /// may still be in the fetch).
+    fn all_done(&self) -> bool {
+        self.stops.as_ref().is_some_and(|s| s.all_done(&self.partitions))
+    }
+
+    /// A bounded source's `partition` is done: stop fetching it. Records
+    /// already fetched are dropped as they come (see `take`).
+    fn done_with(&self, partition: i32) {
+        let Some(consumer) = &self.consumer else { return };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.cfg.topic, partition);
+        if let Err(e) = consumer.pause(&tpl) {
+            tracing::debug!("kafka topic {}: pausing finished partition {partition}: {e}", self.cfg.topic);
+        }
+    }
+
+    /// librdkafka says the consumer reached `partition`'s end: for a bounded
+    /// source, the partition is done.
+    fn reached_end(&mut self, partition: i32) {
+        if let Some(stops) = &mut self.stops {
+            if !stops.is_done(partition) {
+                stops.reached_end(partition);
+                self.done_with(partition);
+            }
+        }
+    }
+
     /// Whether the broker answers a metadata request (asked off the runtime).
     async fn broker_answers(&self, consumer: &Arc<StreamConsumer>) -> bool {
         let (consumer, topic) = (Arc::clone(consumer), self.cfg.topic.clone());
@@ -357,11 +425,12 @@ impl KafkaSource {
 
     /// Reads until a batch is full, or until no more records come for a moment.
     /// `None`: no record came, and the lane is idle (or a batch for the broker
-    /// being back is ready). Cancel-safe: what was read stays in `self.fetch`.
+    /// being back is ready, or a bounded source is done). Cancel-safe: what was
+    /// read stays in `self.fetch`.
     async fn read(&mut self, consumer: &Arc<StreamConsumer>) -> sluice_engine::Result<Option<()>> {
         while self.fetch.read == 0 {
             let now = Instant::now();
-            if self.quiet.idle(now) {
+            if self.all_done() || self.quiet.idle(now) {
                 return Ok(None);
             }
             match tokio::time::timeout(self.quiet.wait(now), consumer.recv()).await {
@@ -371,6 +440,7 @@ impl KafkaSource {
                     }
                     self.take(&m);
                 }
+                Ok(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p),
                 // A broker restarting or out of reach for a while: librdkafka
                 // reconnects by itself; the lane is not idle meanwhile.
                 Ok(Err(e)) if is_transient(&e) => {
@@ -391,12 +461,13 @@ impl KafkaSource {
                 Err(_) => {}
             }
         }
-        while self.fetch.read < self.cfg.batch_size {
+        while self.fetch.read < self.cfg.batch_size && !self.all_done() {
             match tokio::time::timeout(FILL_WAIT, consumer.recv()).await {
                 Ok(Ok(m)) => {
                     self.quiet.heard(Instant::now());
                     self.take(&m);
                 }
+                Ok(Err(KafkaError::PartitionEOF(p))) => self.reached_end(p),
                 Ok(Err(e)) if is_transient(&e) => {
                     self.quiet.failed(Instant::now());
                     break;
@@ -574,7 +645,13 @@ impl Source for KafkaSource {
     }
 
     fn describe(&self) -> String {
-        format!("kafka topic {} at {}, partitions {:?} ({:?})", self.cfg.topic, self.cfg.brokers, self.partitions, self.cfg.format)
+        let until = match self.cfg.bounded {
+            BoundedMode::Unbounded => String::new(),
+            BoundedMode::LatestOffset => ", until the latest offsets at its start".to_string(),
+            BoundedMode::GroupOffsets => ", until the group's offsets".to_string(),
+            BoundedMode::Timestamp(ms) => format!(", until timestamp {ms}"),
+        };
+        format!("kafka topic {} at {}, partitions {:?} ({:?}){until}", self.cfg.topic, self.cfg.brokers, self.partitions, self.cfg.format)
             .to_lowercase()
     }
 
@@ -596,12 +673,16 @@ impl Source for KafkaSource {
             // No partition for this lane: end at once, holding no one's time back.
             return Ok(SourceEvent::End);
         };
+        if self.finished() {
+            return Ok(SourceEvent::End);
+        }
         if !self.assigned {
             self.assign(&consumer)?;
         }
         if !self.fetch.full && self.read(&consumer).await?.is_none() {
             return Ok(match self.pending.pop_front() {
                 Some(ready) => self.hand_out(ready),
+                None if self.finished() => SourceEvent::End,
                 None => SourceEvent::Idle,
             });
         }
@@ -627,12 +708,14 @@ impl Source for KafkaSource {
     }
 
     /// The lane's partitions read from so far (or whose start is an offset),
-    /// with the next offset to read, as of the last barrier; `None` before any.
+    /// with the next offset to read, as of the last barrier, and where a
+    /// bounded source stops; `None` when there is neither.
     fn position(&self) -> sluice_engine::Result<Option<RecordBatch>> {
         let offsets = self.positions.at_last_barrier();
-        match offsets.is_empty() {
+        let stops = self.stops.as_ref().map(Stops::offsets);
+        match offsets.is_empty() && stops.is_none_or(|s| s.is_empty()) {
             true => Ok(None),
-            false => Ok(Some(position_batch(offsets)?)),
+            false => Ok(Some(position_batch(offsets, stops)?)),
         }
     }
 
@@ -641,6 +724,16 @@ impl Source for KafkaSource {
     /// partitions other lanes read (the parallelism changed) are left to them.
     async fn restore(&mut self, positions: Vec<RecordBatch>) -> sluice_engine::Result<()> {
         let stored = offsets_from(&positions)?;
+        // A bounded source stops where it stopped before the restore, not at
+        // the ends the topic has now.
+        if let Some(stops) = &mut self.stops {
+            stops.restore(&stops_from(&positions)?);
+            for p in &self.partitions {
+                if let Some(next) = stored.get(p) {
+                    stops.start_at(*p, *next);
+                }
+            }
+        }
         for (p, offset) in &mut self.start {
             let Some(next) = stored.get(p) else { continue };
             // Records before the start timestamp were skipped up to the
@@ -679,39 +772,9 @@ impl Source for KafkaSource {
     }
 }
 
-/// Where each of `partitions` starts by `scan.startup.mode`: a logical offset
-/// (beginning, the group's), or an offset looked up now (latest, or the first
-/// record at the start timestamp).
-fn start_offsets(consumer: &StreamConsumer, cfg: &KafkaConfig, partitions: &[i32]) -> Result<Vec<(i32, Offset)>> {
-    match cfg.startup {
-        StartupMode::Earliest => Ok(partitions.iter().map(|p| (*p, Offset::Beginning)).collect()),
-        StartupMode::GroupOffsets => Ok(partitions.iter().map(|p| (*p, Offset::Stored)).collect()),
-        StartupMode::Latest => partitions
-            .iter()
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&cfg.topic, *p, METADATA_TIMEOUT)
-                    .map_err(|e| kafka_error(format!("looking up the end of partition {p}: {e}")))?;
-                Ok((*p, Offset::Offset(high)))
-            })
-            .collect(),
-        StartupMode::Timestamp(ms) => {
-            let mut tpl = TopicPartitionList::new();
-            for p in partitions {
-                // offsets_for_times takes the timestamp in the offset field.
-                tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset(ms)).map_err(kafka_error)?;
-            }
-            let found = consumer
-                .offsets_for_times(tpl, METADATA_TIMEOUT)
-                .map_err(|e| kafka_error(format!("looking up offsets for timestamp {ms}: {e}")))?;
-            Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
-        }
-    }
-}
-
 /// Errors librdkafka recovers from by itself (reconnecting, retrying); a
 /// consumer that reports them keeps its position and goes on once they pass.
-fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
+pub(super) fn is_transient(e: &rdkafka::error::KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
     let Some(code) = e.rdkafka_error_code() else { return false };
     matches!(
