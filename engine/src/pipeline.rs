@@ -154,6 +154,14 @@ impl Flow {
 }
 
 impl Flow {
+    /// Whether every source reads its whole input from the beginning.
+    pub fn reads_whole_input(&self) -> bool {
+        match &self.input {
+            FlowInput::Sources(sources) => sources.iter().all(|s| s.reads_whole_input()),
+            FlowInput::Join(join) => join.left.reads_whole_input() && join.right.reads_whole_input(),
+        }
+    }
+
     /// The sources and operators in the order the runtime numbers them.
     fn steps_into(&self, steps: &mut Vec<String>) {
         match &self.input {

@@ -192,7 +192,8 @@ fn edge_capacity(inputs: usize) -> usize {
 impl Job {
     /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { flow, sink, metrics, options, checkpoints, .. } = pipeline;
+        let Pipeline { flow, mut sink, metrics, options, checkpoints, .. } = pipeline;
+        sink.set_whole_input(flow.reads_whole_input());
         let interval = options
             .checkpoint_interval
             .or_else(|| flow.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));

@@ -43,6 +43,11 @@ pub trait Sink: Send {
         true
     }
     async fn finish(&mut self) -> Result<()>;
+    /// Before the first batch: whether every source reads its whole input
+    /// from the beginning (see [`crate::Source::reads_whole_input`]), so that
+    /// the end of the input means this run wrote the query's whole result (a
+    /// sink may then remove what earlier runs of the query wrote).
+    fn set_whole_input(&mut self, _whole: bool) {}
     /// Whether it can take part in checkpoints: stage what it writes until its
     /// checkpoint completes ([`Sink::begin_checkpoints`]). Sinks that cannot
     /// still get every row at least once after a restore.

@@ -108,6 +108,14 @@ pub trait Source: Send {
     async fn on_checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether, started afresh (not from a checkpoint), it reads its whole
+    /// input from the beginning (a file, the generator, Kafka from the earliest
+    /// offsets), not from where an earlier run left off (a consumer group's
+    /// offsets). Only then does the end of a bounded query mean its sink has
+    /// received the query's whole result.
+    fn reads_whole_input(&self) -> bool {
+        false
+    }
     /// Whether it can resume from a position ([`Source::position`],
     /// [`Source::restore`]). A query with checkpoints on refuses to start with
     /// a source that cannot.

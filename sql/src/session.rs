@@ -474,8 +474,16 @@ impl Session {
         ];
         let checkpoints = metrics.checkpoints();
         let mut rows = rows;
-        rows.push(["checkpoints_completed".to_string(), checkpoints.completed.to_string()]);
-        rows.push(["checkpoints_failed".to_string(), checkpoints.failed.to_string()]);
+        // Checkpoint rows only for a query that takes checkpoints.
+        if checkpoints.completed + checkpoints.failed > 0 || checkpoints.restored_from.is_some() {
+            rows.push(["checkpoints_completed".to_string(), checkpoints.completed.to_string()]);
+            rows.push(["checkpoints_failed".to_string(), checkpoints.failed.to_string()]);
+        }
+        let (restarts, last_failure) = metrics.restarts();
+        if restarts > 0 {
+            rows.push(["restarts".to_string(), restarts.to_string()]);
+            rows.push(["last_failure".to_string(), last_failure.unwrap_or_default()]);
+        }
         if let Some(id) = checkpoints.restored_from {
             rows.push(["checkpoint_restored_from".to_string(), id.to_string()]);
         }

@@ -373,6 +373,10 @@ impl Source for FileSource {
         format!("file {} ({:?})", self.cfg.path.display(), self.cfg.format).to_lowercase()
     }
 
+    fn reads_whole_input(&self) -> bool {
+        true
+    }
+
     fn bad_records(&self) -> u64 {
         self.bad_records
     }

@@ -158,6 +158,10 @@ impl Source for GeneratorSource {
         self.schema.clone()
     }
 
+    fn reads_whole_input(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let rows = self.cfg.rows.map_or("unbounded".to_string(), |r| format!("{r} rows"));
         let rate = self.cfg.rate.map_or(String::new(), |r| format!(", {r} rows/s"));

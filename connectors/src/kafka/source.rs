@@ -644,6 +644,14 @@ impl Source for KafkaSource {
         self.bad_records
     }
 
+    fn reads_whole_input(&self) -> bool {
+        self.cfg.startup == StartupMode::Earliest
+    }
+
+    fn identity(&self) -> String {
+        format!("kafka topic {} ({:?})", self.cfg.topic, self.cfg.format).to_lowercase()
+    }
+
     fn describe(&self) -> String {
         let until = match self.cfg.bounded {
             BoundedMode::Unbounded => String::new(),

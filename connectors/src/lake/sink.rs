@@ -6,10 +6,12 @@
 //! statement (the same for a replay of it), `run` this run of it (a new one each
 //! time the query starts) and `n` counts the partition's files. A file, once put,
 //! is never overwritten: a restarted unbounded query adds files next to those of
-//! its earlier runs. A bounded query that reaches the end of its input has
-//! written its whole result: it then deletes the files earlier runs of the same
-//! statement left, so a replayed bounded query leaves exactly its rows, never
-//! twice. A stopped run deletes nothing.
+//! its earlier runs. A bounded query that reaches the end of its input, having
+//! read all of it from the beginning (files, the generator, Kafka from the
+//! earliest offsets; not from a consumer group's offsets), has written its
+//! whole result: it then deletes the files earlier runs of the same statement
+//! left, so a replayed bounded query leaves exactly its rows, never twice. A
+//! stopped run, or one that started where another left off, deletes nothing.
 //!
 //! With checkpoints on, completed files are staged and renamed to these names
 //! only when their checkpoint completes (see `staging`), and a bounded query
@@ -53,6 +55,9 @@ pub struct LakeSink {
     run_id: String,
     /// A stop barrier came: the input did not end, so earlier runs' files stay.
     stopped: bool,
+    /// Every source reads its whole input from the beginning (see
+    /// `Sink::set_whole_input`): only then may the end remove earlier runs' files.
+    whole_input: bool,
     /// Files completed so far, per partition directory.
     files_written: BTreeMap<String, u64>,
     /// Every file this run has put.
@@ -79,6 +84,7 @@ impl LakeSink {
             query_id: query_id.to_string(),
             run_id: run_id(),
             stopped: false,
+            whole_input: false,
             files_written: BTreeMap::new(),
             written: Default::default(),
             staging: None,
@@ -197,7 +203,11 @@ impl Sink for LakeSink {
         if let Some(staging) = &mut self.staging {
             staging.claim(FINAL_CHECKPOINT);
         }
-        if self.stopped {
+        // Only a run (or lineage of runs) that read the whole input has the
+        // whole result: one that started where an earlier run left off must
+        // not remove that run's files.
+        let whole = self.staging.as_ref().map_or(self.whole_input, Staging::whole);
+        if self.stopped || !whole {
             return Ok(());
         }
         self.remove_stale().await
@@ -207,12 +217,16 @@ impl Sink for LakeSink {
         true
     }
 
+    fn set_whole_input(&mut self, whole: bool) {
+        self.whole_input = whole;
+    }
+
     /// Commits the files the restored checkpoint staged, then deletes the
     /// query's other staged files (left by runs that failed after it).
     async fn begin_checkpoints(&mut self, restored: Option<RecordBatch>) -> sluice_engine::Result<()> {
-        let (files, mut lineage) = match &restored {
+        let (files, mut lineage, whole) = match &restored {
             Some(batch) => staging::from_snapshot(batch)?,
-            None => Default::default(),
+            None => (Vec::new(), Default::default(), self.whole_input),
         };
         for file in &files {
             staging::commit_file(self.store.as_ref(), &file.staged, &file.committed).await?;
@@ -222,7 +236,7 @@ impl Sink for LakeSink {
         if !files.is_empty() || orphans > 0 {
             tracing::info!("lake {}: committed {} restored file(s), deleted {orphans} orphaned staged file(s)", self.cfg.location, files.len());
         }
-        self.staging = Some(Staging::new(&self.run_id, lineage));
+        self.staging = Some(Staging::new(&self.run_id, lineage, whole));
         Ok(())
     }
 

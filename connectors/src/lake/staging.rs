@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, StringArray, UInt64Array};
+use arrow::array::{Array, BooleanArray, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
@@ -51,6 +51,9 @@ pub struct Staging {
     pending: Vec<StagedFile>,
     /// The runs whose committed files are this query's output.
     lineage: BTreeSet<String>,
+    /// The lineage's first run read the whole input from its beginning, so
+    /// at the end of the input the lineage holds the query's whole result.
+    whole: bool,
 }
 
 /// The final name of file `n` of partition `dir` (`""` or ending with `/`).
@@ -77,11 +80,17 @@ pub fn is_staged(name: &str) -> bool {
 }
 
 impl Staging {
-    /// Staging for run `run`, with the lineage of the checkpoint it resumes from.
-    pub fn new(run: &str, restored_lineage: BTreeSet<String>) -> Self {
+    /// Staging for run `run`, with the lineage of the checkpoint it resumes
+    /// from and whether that lineage reads the whole input.
+    pub fn new(run: &str, restored_lineage: BTreeSet<String>, whole: bool) -> Self {
         let mut lineage = restored_lineage;
         lineage.insert(run.to_string());
-        Staging { unclaimed: Vec::new(), pending: Vec::new(), lineage }
+        Staging { unclaimed: Vec::new(), pending: Vec::new(), lineage, whole }
+    }
+
+    /// Whether the lineage reads the whole input (see the field).
+    pub fn whole(&self) -> bool {
+        self.whole
     }
 
     /// A file was put under its staged name.
@@ -128,6 +137,7 @@ impl Staging {
     /// The snapshot: files staged and not committed, and the lineage.
     pub fn snapshot(&self) -> Result<RecordBatch> {
         let files = &self.pending;
+        let rows = files.len() + self.lineage.len();
         let runs = files.iter().map(|f| Some(f.run.as_str())).chain(self.lineage.iter().map(|r| Some(r.as_str())));
         let staged = files.iter().map(|f| Some(f.staged.as_ref())).chain(self.lineage.iter().map(|_| None));
         let committed = files.iter().map(|f| Some(f.committed.as_ref())).chain(self.lineage.iter().map(|_| None));
@@ -139,6 +149,7 @@ impl Staging {
                 Arc::new(staged.collect::<StringArray>()),
                 Arc::new(committed.collect::<StringArray>()),
                 Arc::new(checkpoints.collect::<UInt64Array>()),
+                Arc::new(BooleanArray::from(vec![self.whole; rows])),
             ],
         )
         .map_err(|e| unfit("lake", e.to_string()))
@@ -154,11 +165,19 @@ pub fn snapshot_schema() -> SchemaRef {
         Field::new("staged", DataType::Utf8, true),
         Field::new("committed", DataType::Utf8, true),
         Field::new("checkpoint", DataType::UInt64, true),
+        Field::new("whole", DataType::Boolean, true),
     ]))
 }
 
-/// What a snapshot holds: the files to commit, and the lineage.
-pub fn from_snapshot(batch: &RecordBatch) -> Result<(Vec<StagedFile>, BTreeSet<String>)> {
+/// What a snapshot holds: the files to commit, the lineage, and whether the
+/// lineage reads the whole input (not said: it does not).
+pub fn from_snapshot(batch: &RecordBatch) -> Result<(Vec<StagedFile>, BTreeSet<String>, bool)> {
+    let whole = batch
+        .schema()
+        .index_of("whole")
+        .ok()
+        .and_then(|i| batch.column(i).as_any().downcast_ref::<BooleanArray>().cloned())
+        .is_some_and(|w| w.iter().all(|v| v == Some(true)) && !w.is_empty());
     let runs = column::<StringArray>("lake", batch, "run", true)?;
     let staged = column::<StringArray>("lake", batch, "staged", false)?;
     let committed = column::<StringArray>("lake", batch, "committed", false)?;
@@ -181,7 +200,7 @@ pub fn from_snapshot(batch: &RecordBatch) -> Result<(Vec<StagedFile>, BTreeSet<S
             checkpoint,
         });
     }
-    Ok((files, lineage))
+    Ok((files, lineage, whole))
 }
 
 /// Renames `staged` to `committed`; done already (the staged file gone, the
@@ -247,11 +266,13 @@ mod tests {
 
     #[test]
     fn a_snapshot_round_trips_files_and_lineage() -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let mut s = Staging::new("r2", BTreeSet::from(["r1".to_string()]));
+        let mut s = Staging::new("r2", BTreeSet::from(["r1".to_string()]), true);
         s.staged("r2", StorePath::from(".part-q-r2-000001.parquet.staged"), StorePath::from("part-q-r2-000001.parquet"));
         s.claim(4);
         s.staged("r2", StorePath::from(".part-q-r2-000002.parquet.staged"), StorePath::from("part-q-r2-000002.parquet"));
-        let (files, lineage) = from_snapshot(&s.snapshot()?)?;
+        let (files, lineage, whole) = from_snapshot(&s.snapshot()?)?;
+        assert!(whole, "the lineage read the whole input");
+        assert!(!from_snapshot(&Staging::new("r3", BTreeSet::new(), false).snapshot()?)?.2);
         assert_eq!(files.len(), 1, "only files claimed by a barrier");
         assert_eq!(files[0].checkpoint, 4);
         assert_eq!(files[0].committed.as_ref(), "part-q-r2-000001.parquet");
