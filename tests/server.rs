@@ -621,14 +621,23 @@ async fn a_select_from_a_remote_shell_ends_when_the_shell_goes() -> TestResult {
     stdin.write_all(b"SELECT event_type FROM clicks;\n")?;
     let stdout = shell.stdout.take().ok_or("no stdout")?;
     let mut shell = KillOnDrop(shell);
-    // Rows arrive: the query runs on the server, previewed by the shell.
-    let first_row = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("| page_view") || l.contains("| checkout")))
+    // Rows arrive: the query runs on the server, previewed by the shell. The
+    // shell's output is drained to the end, so a full pipe never holds it
+    // (and with it its reading of the results) back.
+    let (first_row_tx, first_row) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut first_row_tx = Some(first_row_tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("| page_view") || line.contains("| checkout") {
+                if let Some(tx) = first_row_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
     });
-    tokio::time::timeout(Duration::from_secs(60), first_row).await??.ok_or("no rows")??;
+    tokio::time::timeout(Duration::from_secs(60), first_row).await?.map_err(|_| "no rows")?;
     let (_, running) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries?state=running"), None).await?;
-    let id = running[0]["id"].as_str().ok_or("no running query")?.to_string();
+    let id = running[0]["id"].as_str().ok_or_else(|| format!("no running query: {running}"))?.to_string();
     assert_eq!(running[0]["preview"], true, "{running}");
     // The shell dies without stopping the query; the server notices its reader left.
     shell.0.kill()?;
