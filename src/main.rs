@@ -157,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(session), interrupts),
+        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(Box::new(session)), interrupts),
         Command::Shell { server: Some(url), token } => {
             let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok());
             shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)), interrupts)

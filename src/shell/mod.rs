@@ -31,7 +31,7 @@ fn history_path() -> Option<PathBuf> {
 
 /// Where statements run: in this process, or on a server.
 pub enum Backend {
-    Local(Session),
+    Local(Box<Session>),
     Remote(remote::Remote),
 }
 
