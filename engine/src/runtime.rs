@@ -62,6 +62,10 @@ pub struct JobHandle {
     restart: Option<Restart>,
     /// The owner asked it to stop: a failure now is not restarted.
     stopping: bool,
+    /// The failure being restarted after, while no pipeline runs (kept here so
+    /// that a `wait` dropped during the restart's delay loses nothing: the
+    /// next `wait` resumes the restart, a `stop` ends with this failure).
+    restarting: Option<EngineError>,
 }
 
 /// Flink's fixed-delay restart strategy: a failed query is started again (from
@@ -228,6 +232,7 @@ impl Job {
         };
         let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, committed: 0, checkpoints_on: checkpoints.is_some() };
         builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
+        let last_stored = checkpoints.as_ref().map_or(0, |c| c.last_id);
         let collector = Collector::new(checkpoints, builder.participants.clone(), parallelism);
         if let Some(r) = &restored {
             metrics.checkpoint_restored(r.checkpoint);
@@ -236,12 +241,12 @@ impl Job {
             sources: builder.sources,
             sink: commits_tx,
             interval,
-            last_id: restored.as_ref().map_or(0, |r| r.checkpoint),
+            last_id: restored.as_ref().map_or(0, |r| r.checkpoint).max(last_stored),
             collector,
             metrics: Arc::clone(&metrics),
         };
         builder.tasks.spawn(coordinator.run(control_rx, acks_rx));
-        JobHandle { tasks: builder.tasks.set, metrics, control, restart: None, stopping: false }
+        JobHandle { tasks: builder.tasks.set, metrics, control, restart: None, stopping: false, restarting: None }
     }
 }
 
@@ -424,16 +429,26 @@ impl JobHandle {
     /// (once the restart policy, if any, gave up).
     pub async fn wait(&mut self) -> Result<()> {
         loop {
-            let failure = match self.wait_tasks().await {
-                Err(e) if !matches!(e, EngineError::Cancelled) && !self.stopping => e,
-                other => return other,
-            };
-            let Some(restart) = self.restart.as_mut().filter(|r| r.used < r.policy.attempts) else { return Err(failure) };
-            restart.used += 1;
-            self.metrics.query_restarted(&failure.to_string());
-            tracing::warn!("query failed ({failure}); restarting in {:?} (attempt {} of {})", restart.policy.delay, restart.used, restart.policy.attempts);
+            if self.restarting.is_none() {
+                let failure = match self.wait_tasks().await {
+                    Err(e) if !matches!(e, EngineError::Cancelled) && !self.stopping => e,
+                    other => return other,
+                };
+                let Some(restart) = self.restart.as_mut().filter(|r| r.used < r.policy.attempts) else { return Err(failure) };
+                restart.used += 1;
+                self.metrics.query_restarted(&failure.to_string());
+                tracing::warn!("query failed ({failure}); restarting in {:?} (attempt {} of {})", restart.policy.delay, restart.used, restart.policy.attempts);
+                self.restarting = Some(failure);
+            }
+            if self.stopping {
+                // Stopped while no pipeline ran: it ends with its failure.
+                return Err(self.restarting.take().unwrap_or(EngineError::Cancelled));
+            }
+            let Some(restart) = self.restart.as_mut() else { return Err(self.restarting.take().unwrap_or(EngineError::Cancelled)) };
             tokio::time::sleep(restart.policy.delay).await;
-            match restart.factory.rebuild(Arc::clone(&self.metrics)).await {
+            let rebuilt = restart.factory.rebuild(Arc::clone(&self.metrics)).await;
+            self.restarting = None;
+            match rebuilt {
                 Ok(pipeline) => {
                     let started = Job::start(pipeline);
                     self.tasks = started.tasks;
@@ -550,11 +565,17 @@ impl SourceLane {
         let stopped = loop {
             // A waiting read is dropped when a command arrives (sources are
             // cancel-safe): a barrier must not wait for the next record.
+            // Once the source failed it is not read again: it waits for the
+            // stop barrier it asked for and sends it on, so the sink ends as
+            // after a stop (not as at the end of the input).
             let event = tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
                     Some(SourceCommand::Barrier(barrier)) => {
-                        self.checkpoint(&mut *source, barrier.id).await?;
+                        let checkpointed = self.checkpoint(&mut *source, barrier.id).await;
+                        if failure.is_none() {
+                            checkpointed?;
+                        }
                         self.out.send(Message::Barrier(barrier)).await?;
                         if barrier.kind == BarrierKind::Stop {
                             break true;
@@ -565,15 +586,15 @@ impl SourceLane {
                         source.on_checkpoint_complete(id).await?;
                         continue;
                     }
-                    None => return Err(EngineError::Cancelled),
+                    None => return Err(failure.unwrap_or(EngineError::Cancelled)),
                 },
-                event = read_aligned(self.gate.as_ref(), &mut *source) => match event {
+                event = read_aligned(self.gate.as_ref(), &mut *source), if failure.is_none() => match event {
                     Ok(event) => event,
                     Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
                     Err(e) => {
                         failure = Some(e);
                         let _ = self.control.send(Control::Stop);
-                        break true;
+                        continue;
                     }
                 },
             };
@@ -602,9 +623,13 @@ impl SourceLane {
         // Checkpoints after its end still hold its (final) position, and
         // those it took part in may complete after its end.
         while let Some(command) = self.commands.recv().await {
-            match command {
-                SourceCommand::Complete(id) => source.on_checkpoint_complete(id).await?,
-                SourceCommand::Barrier(barrier) => self.checkpoint(&mut *source, barrier.id).await?,
+            let done = match command {
+                SourceCommand::Complete(id) => source.on_checkpoint_complete(id).await,
+                SourceCommand::Barrier(barrier) => self.checkpoint(&mut *source, barrier.id).await,
+            };
+            // A failed source's own error is the one to report.
+            if failure.is_none() {
+                done?;
             }
         }
         failure.map_or(Ok(()), Err)

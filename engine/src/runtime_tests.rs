@@ -504,6 +504,7 @@ fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored
         plan: p.plan_steps(),
         restored,
         timeout: crate::checkpoint::DEFAULT_TIMEOUT,
+        last_id: 0,
     };
     p.checkpoints = Some(config);
     p
@@ -659,5 +660,27 @@ async fn a_checkpoint_that_takes_too_long_is_given_up_and_the_next_completes() -
     assert!(stats.failed >= 1, "the stalled checkpoint was given up: {stats:?}");
     assert!(stats.recent.iter().all(|c| c.id != 1), "checkpoint 1 never completes: {stats:?}");
     assert!(!visible.lock().unwrap().rows.is_empty(), "later checkpoints commit what was staged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_alone_still_ends_its_sink_as_a_stop_not_as_the_end_of_its_input() -> Result<()> {
+    let sink: Arc<Mutex<SinkLog>> = Arc::default();
+    let pipeline = Pipeline {
+        flow: Flow { input: FlowInput::Sources(vec![Box::new(FailingSource { rows: 3 })]), stages: Vec::new() },
+        sink: Box::new(RecordingSink(Arc::clone(&sink))),
+        output_schema: schema(),
+        metrics: JobMetrics::new(),
+        options: JobOptions::default(),
+        checkpoints: None,
+    };
+    let mut job = Job::start(pipeline);
+    let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
+    assert!(err.to_string().contains("bad record at line 4"), "{err}");
+    let sink = sink.lock().unwrap();
+    assert!(sink.finished);
+    // A sink that saw no stop barrier would take the end as the input's end
+    // (and a lake would replace earlier runs' files with this partial run's).
+    assert_eq!(sink.barriers.last().map(|(b, _)| b.kind), Some(BarrierKind::Stop), "{:?}", sink.barriers);
     Ok(())
 }

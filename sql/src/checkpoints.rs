@@ -43,7 +43,13 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
         None => latest(&store).await?.map(|meta| (store.clone(), meta)),
     };
     let restored = match chosen {
-        Some((_, meta)) if meta.finished && options.savepoint_path.is_none() => {
+        Some((_, meta)) if meta.finished && options.savepoint_path.is_some() => {
+            return plan_err(format!(
+                "SET '{SAVEPOINT_PATH}': checkpoint {} of '{name}' was taken when the query reached the end of its input: there is nothing to resume",
+                meta.id
+            ));
+        }
+        Some((_, meta)) if meta.finished => {
             notes.push(format!("'{name}' reached the end of its input in an earlier run: starting over"));
             store.clear().await.map_err(|e| SqlError::Plan(e.to_string()))?;
             None
@@ -72,7 +78,10 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
         None => None,
     };
     pipeline.options.checkpoint_interval = Some(interval);
-    pipeline.checkpoints = Some(CheckpointConfig { store, pipeline: name, fingerprint, plan, restored, timeout: options.checkpoint_timeout });
+    // A run that starts over, or from an older checkpoint, numbers its
+    // checkpoints after every one the directory holds.
+    let last_id = store.last_id().await.map_err(|e| SqlError::Plan(e.to_string()))?;
+    pipeline.checkpoints = Some(CheckpointConfig { store, pipeline: name, fingerprint, plan, restored, timeout: options.checkpoint_timeout, last_id });
     Ok(notes)
 }
 

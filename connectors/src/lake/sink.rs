@@ -58,6 +58,9 @@ pub struct LakeSink {
     /// Every source reads its whole input from the beginning (see
     /// `Sink::set_whole_input`): only then may the end remove earlier runs' files.
     whole_input: bool,
+    /// The input ended and this run has the whole result: once its final
+    /// checkpoint is committed, earlier runs' files go.
+    replaces_earlier_runs: bool,
     /// Files completed so far, per partition directory.
     files_written: BTreeMap<String, u64>,
     /// Every file this run has put.
@@ -85,6 +88,7 @@ impl LakeSink {
             run_id: run_id(),
             stopped: false,
             whole_input: false,
+            replaces_earlier_runs: false,
             files_written: BTreeMap::new(),
             written: Default::default(),
             staging: None,
@@ -210,7 +214,15 @@ impl Sink for LakeSink {
         if self.stopped || !whole {
             return Ok(());
         }
-        self.remove_stale().await
+        match self.staging {
+            // With checkpoints, earlier runs' files go only once this run's
+            // last files are committed (see `commit`).
+            Some(_) => {
+                self.replaces_earlier_runs = true;
+                Ok(())
+            }
+            None => self.remove_stale().await,
+        }
     }
 
     fn exactly_once(&self) -> bool {
@@ -252,10 +264,12 @@ impl Sink for LakeSink {
     /// Renames the files staged for `checkpoint` and before to their final
     /// names; without checkpoints, files are final already.
     async fn commit(&mut self, checkpoint: u64) -> sluice_engine::Result<()> {
-        match &mut self.staging {
-            Some(staging) => staging.commit(self.store.as_ref(), checkpoint).await,
-            None => Ok(()),
+        let Some(staging) = &mut self.staging else { return Ok(()) };
+        staging.commit(self.store.as_ref(), checkpoint).await?;
+        if checkpoint == FINAL_CHECKPOINT && self.replaces_earlier_runs {
+            self.remove_stale().await?;
         }
+        Ok(())
     }
 }
 

@@ -25,6 +25,10 @@ pub struct CheckpointConfig {
     /// A checkpoint not complete this long after its barrier went out is
     /// given up (the next one is taken as usual).
     pub timeout: std::time::Duration,
+    /// The highest checkpoint id the store already holds: new checkpoints are
+    /// numbered after it (and after the restored one), so a query resumed
+    /// from an older checkpoint never reuses the id of a newer one.
+    pub last_id: u64,
 }
 
 /// How long a checkpoint may take by default (Flink's 10 minutes).

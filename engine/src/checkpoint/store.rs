@@ -197,6 +197,13 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// The highest id of any periodic or stop checkpoint directory, completed
+    /// or not (0: none; a finished run's final checkpoint does not count).
+    pub async fn last_id(&self) -> Result<u64, StoreError> {
+        let ids = self.checkpoint_ids().await?;
+        Ok(ids.into_iter().filter(|id| *id != crate::runtime::FINAL_CHECKPOINT).max().unwrap_or(0))
+    }
+
     /// The newest completed checkpoint, if any.
     pub async fn latest(&self) -> Result<Option<CheckpointMetadata>, StoreError> {
         for id in self.checkpoint_ids().await?.into_iter().rev() {
