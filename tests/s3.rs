@@ -97,9 +97,9 @@ async fn lake_on_s3_read_back_by_boto3_and_datafusion() -> TestResult {
     Ok(())
 }
 
-/// Checkpoints on S3 (`SET 'state.checkpoints.dir' = 's3://...'`, credentials
-/// and endpoint from the `AWS_*` variables): boto3 lists the completed ones,
-/// and a second run resumes from the newest.
+/// Checkpoints on S3 (`SET 'state.checkpoints.dir' = 's3://...'` with Flink's
+/// `s3.*` settings): boto3 lists the completed ones, and a second run resumes
+/// from the newest.
 #[test]
 fn checkpoints_on_s3_are_listed_by_boto3_and_resumed_from() -> TestResult {
     let s3 = start_s3()?;
@@ -107,22 +107,19 @@ fn checkpoints_on_s3_are_listed_by_boto3_and_resumed_from() -> TestResult {
     let dir = tempfile::tempdir()?;
     let sql = format!(
         "SET 'execution.checkpointing.interval' = '300 ms'; SET 'state.checkpoints.dir' = 's3://state/checkpoints'; \
+         SET 's3.endpoint' = '{endpoint}'; SET 's3.access-key' = 'test'; SET 's3.secret-key' = 'test'; SET 's3.allow-http' = 'true'; \
          SET 'pipeline.name' = 'counts'; \
          CREATE TABLE clicks (event_type VARCHAR, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
          WITH (connector = 'generator', rate = '500'); \
          CREATE TABLE out (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT) WITH (connector = 'lake', path = '{}'); \
          INSERT INTO out SELECT window_start, event_type, count(*) AS n \
          FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, event_type;",
-        dir.path().join("lake").display()
+        dir.path().join("lake").display(),
+        endpoint = s3.endpoint,
     );
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["run", "-c", &sql])
-            .env("AWS_ENDPOINT", &s3.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

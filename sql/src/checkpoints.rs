@@ -34,12 +34,12 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
     }
     let name = options.pipeline_name.clone().unwrap_or_else(|| default_name.to_string());
     let dir = options.checkpoint_dir.clone().unwrap_or_else(|| default_dir.display().to_string());
-    let store = open_store(&dir, &name)?.retaining(options.checkpoints_retained);
+    let store = open_store(&dir, &name, options)?.retaining(options.checkpoints_retained);
     let fingerprint = pipeline.fingerprint();
     let plan = pipeline.plan_steps();
     let mut notes = Vec::new();
     let chosen = match &options.savepoint_path {
-        Some(path) => Some(savepoint(path).await?),
+        Some(path) => Some(savepoint(path, options).await?),
         None => latest(&store).await?.map(|meta| (store.clone(), meta)),
     };
     let restored = match chosen {
@@ -86,10 +86,10 @@ pub(crate) async fn prepare(pipeline: &mut Pipeline, options: &QueryOptions, def
 }
 
 /// The checkpoints of query `name` under `dir` (a path, `file://` or `s3://`
-/// URL; S3 credentials and endpoint come from the `AWS_*` variables).
-fn open_store(dir: &str, name: &str) -> Result<CheckpointStore> {
+/// URL; S3 settings from `SET 's3.*'`, else the `AWS_*` variables).
+fn open_store(dir: &str, name: &str, options: &QueryOptions) -> Result<CheckpointStore> {
     let bad = |e: &dyn std::fmt::Display| SqlError::Plan(format!("SET '{CHECKPOINT_DIR}' = '{dir}': {e}"));
-    let location = LakeLocation::parse(dir, &mut Options::new("checkpoints", Default::default())).map_err(|e| bad(&e))?;
+    let location = LakeLocation::parse(dir, &mut Options::new("checkpoints", options.s3.clone())).map_err(|e| bad(&e))?;
     let (store, prefix) = location.open().map_err(|e| bad(&e))?;
     let root = prefix.clone().join(name);
     Ok(CheckpointStore::new(store, root, format!("{}/{name}", dir.trim_end_matches('/'))))
@@ -100,13 +100,13 @@ async fn latest(store: &CheckpointStore) -> Result<Option<CheckpointMetadata>> {
 }
 
 /// The checkpoint `path` names: a checkpoint's directory (`.../chk-000...7`).
-async fn savepoint(path: &str) -> Result<(CheckpointStore, CheckpointMetadata)> {
+async fn savepoint(path: &str, options: &QueryOptions) -> Result<(CheckpointStore, CheckpointMetadata)> {
     let trimmed = path.trim_end_matches('/');
     let invalid = || SqlError::Plan(format!("SET '{SAVEPOINT_PATH}' = '{path}': not a checkpoint's directory (<dir>/<pipeline name>/chk-<id>)"));
     let (query_dir, checkpoint) = trimmed.rsplit_once('/').ok_or_else(invalid)?;
     let id: u64 = checkpoint.strip_prefix("chk-").and_then(|n| n.parse().ok()).ok_or_else(invalid)?;
     let (dir, name) = query_dir.rsplit_once('/').unwrap_or(("", query_dir));
-    let store = open_store(if dir.is_empty() { "." } else { dir }, name)?;
+    let store = open_store(if dir.is_empty() { "." } else { dir }, name, options)?;
     let meta = store
         .metadata(id)
         .await

@@ -33,6 +33,8 @@ pub const SAVEPOINT_PATH: &str = "execution.savepoint.path";
 pub const CHECKPOINT_TIMEOUT: &str = "execution.checkpointing.timeout";
 /// How many completed checkpoints are kept.
 pub const CHECKPOINTS_RETAINED: &str = "state.checkpoints.num-retained";
+/// The S3 settings of a checkpoint directory on S3 (Flink's `s3.*` keys).
+pub const S3_SETTINGS: [&str; 5] = ["s3.endpoint", "s3.region", "s3.access-key-id", "s3.secret-access-key", "s3.allow-http"];
 /// What happens when a query fails: `none` or `fixed-delay`.
 pub const RESTART_STRATEGY: &str = "restart-strategy.type";
 /// With `fixed-delay`: how many times a failed query is started again.
@@ -76,6 +78,9 @@ pub struct QueryOptions {
     pub checkpoint_timeout: Duration,
     /// Completed checkpoints kept.
     pub checkpoints_retained: usize,
+    /// `s3.*` settings of an S3 checkpoint directory, by their lake option
+    /// names; what is not set comes from the `AWS_*` variables.
+    pub s3: BTreeMap<String, String>,
 }
 
 impl Default for QueryOptions {
@@ -92,6 +97,7 @@ impl Default for QueryOptions {
             restart: None,
             checkpoint_timeout: sluice_engine::checkpoint::DEFAULT_TIMEOUT,
             checkpoints_retained: sluice_engine::checkpoint::DEFAULT_RETAINED,
+            s3: BTreeMap::new(),
         }
     }
 }
@@ -163,6 +169,22 @@ impl QueryOptions {
                 };
                 Ok(CHECKPOINTS_RETAINED)
             }
+            "s3.endpoint" | "s3.region" | "s3.access-key-id" | "s3.access-key" | "s3.secret-access-key" | "s3.secret-key"
+            | "s3.allow-http" => {
+                // Flink's short names for the credentials.
+                let name = match key.trim().to_ascii_lowercase().as_str() {
+                    "s3.access-key" | "s3.access-key-id" => "s3.access-key-id",
+                    "s3.secret-key" | "s3.secret-access-key" => "s3.secret-access-key",
+                    "s3.endpoint" => "s3.endpoint",
+                    "s3.region" => "s3.region",
+                    _ => "s3.allow-http",
+                };
+                match non_empty(value) {
+                    Some(v) => self.s3.insert(name.to_string(), v),
+                    None => self.s3.remove(name),
+                };
+                Ok(name)
+            }
             "restart-strategy.type" | "restart-strategy" => {
                 self.restart = match value.trim().to_ascii_lowercase().as_str() {
                     "none" | "off" | "disable" => None,
@@ -204,6 +226,7 @@ impl QueryOptions {
             settings.insert(RESTART_ATTEMPTS.to_string(), policy.attempts.to_string());
             settings.insert(RESTART_DELAY.to_string(), format_duration(policy.delay));
         }
+        settings.extend(self.s3.iter().map(|(k, v)| (k.clone(), v.clone())));
         for (key, value) in [
             (CHECKPOINT_DIR, &self.checkpoint_dir),
             (PIPELINE_NAME, &self.pipeline_name),
@@ -318,6 +341,22 @@ mod tests {
         assert_eq!(QueryOptions::try_from(settings)?, o);
         o.set("sluice.memory.limit", "0")?;
         assert_eq!(o.memory_limit, None);
+        Ok(())
+    }
+
+    #[test]
+    fn checkpoint_settings_print_back_under_their_canonical_names() -> Result<(), SettingError> {
+        let mut o = QueryOptions::default();
+        o.set("execution.checkpointing.interval", "10 s")?;
+        o.set("s3.access-key", "key")?;
+        o.set("restart-strategy.type", "fixed-delay")?;
+        o.set("restart-strategy.fixed-delay.attempts", "3")?;
+        let settings = o.to_settings();
+        assert_eq!(settings["s3.access-key-id"], "key");
+        assert_eq!(settings[RESTART_ATTEMPTS], "3");
+        assert_eq!(QueryOptions::try_from(settings)?, o);
+        o.set("s3.access-key-id", "")?;
+        assert!(o.s3.is_empty());
         Ok(())
     }
 
