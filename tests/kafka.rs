@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_sql::{QueryOutput, Session, StatementOutput};
 
-use common::broker::{start_broker, Broker};
+use common::broker::{spawn_broker, start_broker, Broker};
 use common::{free_port, wait_listening, KillOnDrop};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -910,19 +910,9 @@ async fn avro_with_a_schema_registry_in_and_out() -> TestResult {
 fn start_durable_broker(dir: &std::path::Path, port: u16) -> Result<Broker, Box<dyn std::error::Error>> {
     let tansu = std::env::var("TANSU_DURABLE")
         .map_err(|_| "TANSU_DURABLE is not set: scripts/test.sh builds a tansu with SQLite storage")?;
-    let url = format!("tcp://127.0.0.1:{port}");
     // tansu reads the SQLite path relative to its working directory.
     std::fs::create_dir_all(dir.join("data"))?;
-    let child = Command::new(&tansu)
-        .current_dir(dir)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://data/tansu.db"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start durable tansu ({tansu}): {e}"))?;
-    let broker = Broker { _child: KillOnDrop(child), addr: format!("127.0.0.1:{port}"), tansu };
-    wait_listening(&broker.addr, "durable tansu did not start listening")?;
-    Ok(broker)
+    spawn_broker(tansu, port, "sqlite://data/tansu.db", Some(dir))
 }
 
 /// The broker is killed and started again (same port, same storage) while a

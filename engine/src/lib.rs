@@ -24,6 +24,7 @@ pub mod row_error;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod stable_hash;
 pub mod time;
 
 pub use error::{EngineError, Result};

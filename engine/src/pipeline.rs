@@ -221,12 +221,7 @@ impl Pipeline {
     /// A hash of [`Pipeline::plan_steps`]: a checkpoint restores only into a
     /// plan with the same fingerprint (at any parallelism).
     pub fn fingerprint(&self) -> String {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.plan_steps().join("\n").bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        format!("{:016x}", crate::stable_hash::fnv1a(self.plan_steps().join("\n").as_bytes()))
     }
 
     /// The operators whose state nothing bounds, as EXPLAIN describes them.

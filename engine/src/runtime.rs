@@ -230,7 +230,7 @@ impl Job {
             Some(r) => r.for_lane(Owner::Sink, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
             None => Ok(None),
         };
-        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, committed: 0, checkpoints_on: checkpoints.is_some() };
+        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, committed: 0 };
         builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
         let last_stored = checkpoints.as_ref().map_or(0, |c| c.last_id);
         let collector = Collector::new(checkpoints, builder.participants.clone(), parallelism);
@@ -343,14 +343,14 @@ impl Builder {
             let ops_per_lane = stage.lanes.first().map_or(0, Vec::len);
             let first_id = self.next_operator;
             self.next_operator += ops_per_lane;
-            for (lane, ops) in stage.lanes.into_iter().enumerate() {
-                for (i, op) in ops.into_iter().enumerate() {
-                    if lane < heads.len() {
-                        let inbox = std::mem::replace(&mut heads[lane], channel().1);
-                        heads[lane] = self.operator(op, inbox, lane, lanes, first_id + i);
-                    }
-                }
-            }
+            heads = heads
+                .into_iter()
+                .zip(stage.lanes)
+                .enumerate()
+                .map(|(lane, (inbox, ops))| {
+                    ops.into_iter().enumerate().fold(inbox, |inbox, (i, op)| self.operator(op, inbox, lane, lanes, first_id + i))
+                })
+                .collect();
         }
         heads
     }
@@ -887,13 +887,17 @@ struct SinkTask {
     commits: mpsc::UnboundedReceiver<u64>,
     /// The newest checkpoint committed.
     committed: u64,
-    checkpoints_on: bool,
 }
 
 impl SinkTask {
+    /// Checkpoints are on: the sink stages its output and its state goes into them.
+    fn checkpoints_on(&self) -> bool {
+        self.participant.store.is_some()
+    }
+
     /// Reports the sink's part of checkpoint `id`.
     async fn report(&mut self, id: u64) -> Result<()> {
-        match self.checkpoints_on {
+        match self.checkpoints_on() {
             true => {
                 let state = self.sink.snapshot()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
                 self.participant.store_part(id, state, 0).await
@@ -922,7 +926,7 @@ impl SinkTask {
     }
 
     async fn run(mut self, mut inbox: Inbox, restored: Result<Option<datafusion::arrow::record_batch::RecordBatch>>) -> Result<()> {
-        if self.checkpoints_on {
+        if self.checkpoints_on() {
             self.sink.begin_checkpoints(restored?).await?;
         }
         // The last barrier reported, and one whose report waits for the end

@@ -564,7 +564,7 @@ impl Session {
         let alignment = self.options.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
         // The same statement replayed gets the same id (sources keep their
         // positions per query, sinks may name their output after it).
-        let query_id = format!("{:016x}", fnv1a(format!("{}\n{query}", target_table.map_or("", |t| t.name.as_str())).as_bytes()));
+        let query_id = format!("{:016x}", sluice_engine::stable_hash::fnv1a(format!("{}\n{query}", target_table.map_or("", |t| t.name.as_str())).as_bytes()));
         let flow = self.flow(&catalog, &planned, flows, alignment.as_ref(), &query_id)?;
         let sink = match target_table {
             None => results,
@@ -811,11 +811,6 @@ pub fn sql_type_name(t: &DataType) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// FNV-1a, 64 bits: a hash that stays the same across runs and builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Marks the columns declared `METADATA` in `schema`.

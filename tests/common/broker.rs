@@ -40,12 +40,21 @@ pub fn tansu_binary() -> String {
     bundled.unwrap_or_else(|| "tansu".to_string())
 }
 
+/// A tansu keeping its data in memory, on a free port.
 pub fn start_broker() -> Result<Broker, Box<dyn std::error::Error>> {
-    let port = free_port()?;
+    spawn_broker(tansu_binary(), free_port()?, "memory://tansu/", None)
+}
+
+/// Starts `tansu` on `port` with `storage` (relative paths in it are read
+/// from `dir`), and waits until it listens.
+pub fn spawn_broker(tansu: String, port: u16, storage: &str, dir: Option<&Path>) -> Result<Broker, Box<dyn std::error::Error>> {
     let url = format!("tcp://127.0.0.1:{port}");
-    let tansu = tansu_binary();
-    let child = Command::new(&tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+    let mut command = Command::new(&tansu);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let child = command
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", storage])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
