@@ -2,9 +2,12 @@
 //! Parquet input is matched to the declared columns by name.
 //!
 //! Options:
-//! - `path` (required): a file, or for a source also a directory whose files are
-//!   read in name order (names starting with `.` or `_` are skipped); lanes share
-//!   the files of a directory.
+//! - `path` (required): a file; for a source also a directory (every file under
+//!   it, at any depth) or a glob such as `data/*.json` or `data/**/part-*.csv`
+//!   (see `listing`). Files are read in path order, names starting with `.` or
+//!   `_` are skipped, and lanes share the files. A glob that matches nothing, or
+//!   a directory without files, is an error when the table is created; a path
+//!   that names nothing, when a query reading it is planned.
 //! - `format`: `json` (JSON lines, the default), `csv` or `parquet`.
 //! - `csv.header`: whether CSV has a header line (default true).
 //! - `csv.delimiter`: one character (default `,`).
@@ -15,8 +18,10 @@
 //!   the JSON lines file `dead-letter.path` as `{"file", "line", "error",
 //!   "record"}`, where `record` is the line's text).
 //!
-//! A source is resumable: a checkpoint holds how far each file was read.
+//! A source is resumable: a checkpoint holds how far each file was read, by
+//! its path (a single file's position is named by `path` itself, as before).
 
+mod listing;
 mod position;
 mod sink;
 mod source;
@@ -116,7 +121,8 @@ impl Connector for FileConnector {
     }
 
     fn validate(&self, table: &TableSpec) -> Result<()> {
-        FileConfig::from_table(table).map(|_| ())
+        let cfg = FileConfig::from_table(table)?;
+        listing::check_path(&cfg.path)
     }
 
     fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {

@@ -40,6 +40,13 @@ pub struct FileSink {
 impl FileSink {
     pub fn create(cfg: FileConfig, schema: SchemaRef) -> Result<Self> {
         let path = cfg.path.clone();
+        if super::listing::is_pattern(&path) {
+            return Err(crate::error::ConnectorError::Option {
+                connector: "file".into(),
+                key: "path".into(),
+                reason: format!("'{}' is a glob: a file sink writes one file", path.display()),
+            });
+        }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
         }

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{EngineError, Source, SourceLag};
 
+use super::listing::list_files;
 use super::position::{position_batch, positions_from, FilePosition};
 use super::{io_error, BadData, FileConfig, FileFormat};
 use crate::conform::Conformer;
@@ -34,7 +35,8 @@ use crate::registry::Shard;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
 
-/// A bounded source over one file or the files of a directory.
+/// A bounded source over one file, or the files of a directory or glob
+/// (see `listing`).
 pub struct FileSource {
     cfg: FileConfig,
     schema: SchemaRef,
@@ -76,7 +78,7 @@ impl Reader {
 }
 
 /// A file's name in positions: its path as listed, which the same `path`
-/// option lists the same way again.
+/// option lists the same way again (a single file: `path` itself).
 fn key(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
@@ -140,21 +142,7 @@ impl TextRecords {
 
 impl FileSource {
     pub fn open(cfg: FileConfig, schema: SchemaRef, shard: Shard) -> Result<Self> {
-        let meta = std::fs::metadata(&cfg.path).map_err(|e| io_error(&cfg.path, e))?;
-        let pending: Vec<PathBuf> = if meta.is_dir() {
-            let mut files = Vec::new();
-            for entry in std::fs::read_dir(&cfg.path).map_err(|e| io_error(&cfg.path, e))? {
-                let entry = entry.map_err(|e| io_error(&cfg.path, e))?;
-                let name = entry.file_name().to_string_lossy().to_string();
-                if !name.starts_with('.') && !name.starts_with('_') && entry.path().is_file() {
-                    files.push(entry.path());
-                }
-            }
-            files.sort();
-            files
-        } else {
-            vec![cfg.path.clone()]
-        };
+        let pending = list_files(&cfg.path)?;
         let pending = pending
             .into_iter()
             .enumerate()
