@@ -363,19 +363,34 @@ fn kafka_rows(addr: &str, topic: &str, idle: u32) -> Result<Vec<String>, Box<dyn
 /// each window's row once, however the runs were cut.
 #[test]
 fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka() -> TestResult {
+    crash_into_kafka("events-to-kafka", "")
+}
+
+/// The same with Kafka transactions (`sink.transactional-id-prefix`): each
+/// run fences the one before, each checkpoint's records are one transaction,
+/// and the result is the same.
+#[test]
+fn a_windowed_query_killed_and_crashed_writes_each_row_once_to_kafka_in_transactions() -> TestResult {
+    crash_into_kafka("events-to-kafka-tx", ", 'sink.transactional-id-prefix' = 'totals'")
+}
+
+fn crash_into_kafka(name: &str, more_options: &str) -> TestResult {
     let broker = start_broker()?;
     broker.create_topic("events", PARTITIONS as u32)?;
     broker.create_topic("totals", 3)?;
     let dir = tempfile::tempdir()?;
-    let totals = format!("connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{}', format = 'json', 'key.field' = 'user_id'", broker.addr);
-    let scripts = crash_scripts(dir.path(), &broker.addr, "events-to-kafka", &totals)?;
-    let (run, expected) = crash_sequence(&broker, &scripts, &dir.path().join("checkpoints/events-to-kafka"))?;
+    let totals = format!(
+        "connector = 'kafka', topic = 'totals', 'bootstrap.servers' = '{}', format = 'json', 'key.field' = 'user_id'{more_options}",
+        broker.addr
+    );
+    let scripts = crash_scripts(dir.path(), &broker.addr, name, &totals)?;
+    let (run, expected) = crash_sequence(&broker, &scripts, &dir.path().join("checkpoints").join(name))?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();
     while rows.len() < expected.len() && Instant::now() < deadline {
         rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
     }
-    stop_resumed(run, "events-to-kafka")?;
+    stop_resumed(run, name)?;
     // Whatever the stop produced after the last read.
     rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
     assert_each_once(rows, &expected, "the topic");

@@ -175,12 +175,21 @@ fn produce_foreign(broker: &Broker, topic: &str, partition: i32, count: usize) -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_sink_produces_only_what_the_failed_run_left_out() -> TestResult {
+    restored_sink_produces_only_what_was_left_out(&[]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_transactional_sink_produces_only_what_the_failed_run_left_out() -> TestResult {
+    restored_sink_produces_only_what_was_left_out(&[("sink.transactional-id-prefix", "restore-tx")]).await
+}
+
+async fn restored_sink_produces_only_what_was_left_out(options: &[(&str, &str)]) -> TestResult {
     let broker = start_broker()?;
     broker.create_topic("out", PARTITIONS as u32)?;
 
     // Run 1 stages checkpoints 1 and 2; checkpoint 2's snapshot still holds
     // checkpoint 1 (its commit came after), then checkpoint 1 is produced.
-    let mut first = broker.sink("out", &[])?;
+    let mut first = broker.sink("out", options)?;
     assert!(first.exactly_once());
     first.begin_checkpoints(None).await?;
     first.write_batch(rows(0..20)?).await?;
@@ -206,7 +215,7 @@ async fn a_restored_sink_produces_only_what_the_failed_run_left_out() -> TestRes
     produce_foreign(&broker, "out", 2, 10)?;
 
     // Run 2 resumes from checkpoint 2: produces what is missing, then its own.
-    let mut second = broker.sink("out", &[])?;
+    let mut second = broker.sink("out", options)?;
     second.begin_checkpoints(Some(snapshot)).await?;
     second.write_batch(rows(50..60)?).await?;
     second.on_barrier(barrier(3)).await?;
@@ -295,8 +304,43 @@ async fn keys_go_where_librdkafka_puts_them_and_without_checkpoints_records_come
     eager.write_batch(rows(0..5)?).await?;
     assert!(eager.snapshot()?.is_none());
     assert_eq!(broker.read_all("eager")?.values().map(Vec::len).sum::<usize>(), 5);
-    let refused = broker.sink("eager", &[("sink.transactional-id-prefix", "tx")]).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(refused.contains("sink.transactional-id-prefix"), "{refused}");
+    let refused = broker
+        .sink("eager", &[("sink.delivery-guarantee", "at-least-once"), ("sink.transactional-id-prefix", "tx")])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("sink.transactional-id-prefix") && refused.contains("exactly-once"), "{refused}");
+    Ok(())
+}
+
+/// With transactions, a restarted run fences the producer of the run it
+/// replaces: the old run, still alive (a zombie), fails its next commit and
+/// adds nothing to the topic, while the new run produces every record once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_transactional_run_fences_the_run_it_replaces() -> TestResult {
+    let broker = start_broker()?;
+    broker.create_topic("fenced", PARTITIONS as u32)?;
+    let options = [("sink.transactional-id-prefix", "fencing")];
+    let mut zombie = broker.sink("fenced", &options)?;
+    zombie.begin_checkpoints(None).await?;
+    zombie.write_batch(rows(0..20)?).await?;
+    zombie.on_barrier(barrier(1)).await?;
+    zombie.commit(1).await?;
+    zombie.write_batch(rows(20..35)?).await?;
+    zombie.on_barrier(barrier(2)).await?;
+    let snapshot = zombie.snapshot()?.ok_or("no snapshot")?;
+
+    // Checkpoint 2 completed, but the run hung before its commit; a new run takes over.
+    let mut successor = broker.sink("fenced", &options)?;
+    successor.begin_checkpoints(Some(snapshot)).await?;
+    let fenced = zombie.commit(2).await.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(fenced.contains("fenced") && fenced.contains("fencing-q-exactly-once"), "the zombie's commit fails: {fenced}");
+    successor.write_batch(rows(35..40)?).await?;
+    successor.finish().await?;
+    successor.commit(u64::MAX).await?;
+
+    let all: Vec<i64> = broker.read_all("fenced")?.values().flat_map(|r| ns_of_query(r)).collect();
+    assert_eq!(sorted(all.clone()), (0..40).collect::<Vec<_>>(), "each record once: {all:?}");
     Ok(())
 }
 

@@ -41,8 +41,18 @@
 //!   a plain consumer reads each result once. Records appear a checkpoint
 //!   interval later. `at-least-once` produces records as results come; a
 //!   restored query produces again what came after its checkpoint. Without
-//!   checkpoints both produce as results come. Kafka transactions are not used
-//!   (`sink.transactional-id-prefix` is refused).
+//!   checkpoints both produce as results come.
+//! - `sink.transactional-id-prefix` (sink, with `exactly-once`): also produce
+//!   each checkpoint's records in one Kafka transaction, with the
+//!   transactional id `<prefix>-<query id>` (stable across restarts). A
+//!   `read_committed` consumer then never sees part of a checkpoint, and a
+//!   restarted query fences the producer of the run it replaces (a zombie's
+//!   later commits fail): the guarantee no longer rests on the old run being
+//!   dead. The record identity headers and the tail read stay (a transaction
+//!   open at the crash is aborted by the fencing, and its records are produced
+//!   again). Needs a broker with transactions (Kafka 0.11 on); the test broker
+//!   accepts them but shows aborted records to every consumer, so only the
+//!   commit and fencing paths are tested here.
 //! - `properties.*`: passed to librdkafka as they are (SASL, SSL, timeouts...).
 //! - `batch.size` (source): records per batch at most (default 1024).
 //! - `source.idle-timeout.ms`: a lane whose partitions deliver nothing for this
@@ -170,6 +180,9 @@ pub struct KafkaConfig {
     pub key_field: Option<String>,
     /// The sink's guarantee with checkpoints on.
     pub delivery: DeliveryGuarantee,
+    /// `sink.transactional-id-prefix`: exactly-once output also goes through
+    /// Kafka transactions.
+    pub transactional_id_prefix: Option<String>,
     pub batch_size: usize,
     /// After this long without records a lane reports itself idle.
     pub idle_timeout: std::time::Duration,
@@ -259,11 +272,15 @@ impl KafkaConfig {
             Some("at-least-once") => DeliveryGuarantee::AtLeastOnce,
             Some(other) => return Err(bad("sink.delivery-guarantee", format!("'{other}' is not one of exactly-once, at-least-once"))),
         };
-        if o.take_opt("sink.transactional-id-prefix").is_some() {
+        let transactional_id_prefix = o.take_opt("sink.transactional-id-prefix");
+        if transactional_id_prefix.is_some() && delivery != DeliveryGuarantee::ExactlyOnce {
             return Err(bad(
                 "sink.transactional-id-prefix",
-                "Kafka transactions are not used: with checkpoints on, 'exactly-once' (the default) produces each checkpoint's records once it completes, and after a failure only those the topic lacks".into(),
+                "transactions are for 'sink.delivery-guarantee' = 'exactly-once'; 'at-least-once' produces records as results come".into(),
             ));
+        }
+        if transactional_id_prefix.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            return Err(bad("sink.transactional-id-prefix", "is empty".into()));
         }
         let batch_size = o.take_parsed("batch.size")?.unwrap_or(1024);
         let idle_timeout = std::time::Duration::from_millis(o.take_parsed("source.idle-timeout.ms")?.unwrap_or(5000));
@@ -293,6 +310,7 @@ impl KafkaConfig {
             bad_data,
             key_field,
             delivery,
+            transactional_id_prefix,
             batch_size,
             idle_timeout,
             properties,

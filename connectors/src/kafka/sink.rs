@@ -5,7 +5,9 @@
 //! records are produced as results come, and each batch waits for its
 //! deliveries. With checkpoints on, records wait in the sink's checkpoints
 //! and are produced once their checkpoint completes, each exactly once even
-//! across failures (see `exactly_once`).
+//! across failures (see `exactly_once`). With `sink.transactional-id-prefix`
+//! each checkpoint's records are also one Kafka transaction, and a new run
+//! fences the producer of the run it replaces.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,6 +37,8 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an auto-created topic may take to show its partitions.
 const TOPIC_WAIT: Duration = Duration::from_secs(30);
+/// How long initialising, committing or aborting a transaction may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An idempotent producer into the table's topic.
 pub struct KafkaSink {
@@ -54,6 +58,9 @@ pub struct KafkaSink {
     /// With checkpoints on (exactly-once): the records waiting for their
     /// checkpoint, and the topic's partition count.
     staging: Option<(Staging, i32)>,
+    /// With checkpoints on and `sink.transactional-id-prefix`: the producer's
+    /// transactional id; each checkpoint's records are one transaction.
+    transactional_id: Option<String>,
 }
 
 impl KafkaSink {
@@ -66,7 +73,7 @@ impl KafkaSink {
     }
 
     pub fn create(cfg: KafkaConfig, schema: SchemaRef, query_id: &str) -> Result<Self> {
-        let producer = producer(&cfg, false)?;
+        let producer = producer(&cfg, ProducerMode::AsResultsCome)?;
         let partitioner = Partitioner::from_property(cfg.properties.get("partitioner").map(String::as_str))?;
         // The key: `key.field`, else a `METADATA FROM 'key'` column.
         let key_column = match &cfg.key_field {
@@ -104,7 +111,18 @@ impl KafkaSink {
             }
         };
         let query_id = query_id.to_string();
-        Ok(KafkaSink { cfg, producer, key_column, upsert, value_columns, avro, query_id, partitioner, staging: None })
+        Ok(KafkaSink {
+            cfg,
+            producer,
+            key_column,
+            upsert,
+            value_columns,
+            avro,
+            query_id,
+            partitioner,
+            staging: None,
+            transactional_id: None,
+        })
     }
 
     /// Each row's value, encoded in the sink's format.
@@ -258,18 +276,87 @@ impl KafkaSink {
             total - missing.len(),
             missing.len()
         );
-        self.produce_staged(&missing).await
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let produced = match self.begin_transaction() {
+            Ok(()) => self.produce_staged(&missing).await,
+            Err(e) => Err(e),
+        };
+        self.end_transaction(produced).await
+    }
+
+    /// Begins a transaction, when the sink uses them.
+    fn begin_transaction(&self) -> sluice_engine::Result<()> {
+        match &self.transactional_id {
+            None => Ok(()),
+            Some(_) => self.producer.begin_transaction().map_err(|e| self.transaction_error("begin", e)),
+        }
+    }
+
+    /// Commits the open transaction if `produced` succeeded, else aborts it
+    /// (when the sink uses transactions), and returns the first failure.
+    async fn end_transaction(&self, produced: sluice_engine::Result<()>) -> sluice_engine::Result<()> {
+        if self.transactional_id.is_none() {
+            return produced;
+        }
+        // A fatal producer error (fencing) fails deliveries as purged: name the cause.
+        if let (Err(_), Some((code, reason))) = (&produced, self.producer.client().fatal_error()) {
+            return Err(self.transaction_failure("produce", Some(code), reason));
+        }
+        let producer = self.producer.clone();
+        let commit = produced.is_ok();
+        let ended = tokio::task::spawn_blocking(move || match commit {
+            true => producer.commit_transaction(TRANSACTION_TIMEOUT),
+            false => producer.abort_transaction(TRANSACTION_TIMEOUT),
+        })
+        .await
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+        produced?;
+        ended.map_err(|e| self.transaction_error("commit", e))
+    }
+
+    /// A transaction step failed; fencing by a newer run is named as such.
+    fn transaction_error(&self, step: &str, e: KafkaError) -> EngineError {
+        self.transaction_failure(step, e.rdkafka_error_code(), e)
+    }
+
+    fn transaction_failure(&self, step: &str, code: Option<RDKafkaErrorCode>, e: impl std::fmt::Display) -> EngineError {
+        let id = self.transactional_id.as_deref().unwrap_or_default();
+        match code {
+            Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced) => EngineError::connector(
+                "kafka",
+                format!("topic {}: this run was fenced: a newer run of the query took the transactional id '{id}' ({e})", self.cfg.topic),
+            ),
+            _ => EngineError::connector("kafka", format!("topic {}: transaction {step} ('{id}'): {e}", self.cfg.topic)),
+        }
     }
 }
 
-/// The sink's producer: idempotent; staging (checkpoints on) also makes a
-/// failed delivery followed by a successful one fatal (a gap would hide a
-/// record from the search for what a failed run produced).
-fn producer(cfg: &KafkaConfig, gapless: bool) -> Result<FutureProducer> {
+/// How a producer delivers.
+enum ProducerMode<'a> {
+    /// Records as results come (checkpoints off, or at-least-once).
+    AsResultsCome,
+    /// Staged records once their checkpoint completes: a failed delivery
+    /// followed by a successful one is fatal (a gap would hide a record from
+    /// the search for what a failed run produced).
+    Staged,
+    /// Staged records, each checkpoint's in one transaction under this id.
+    Transactional(&'a str),
+}
+
+/// The sink's producer: idempotent in every mode.
+fn producer(cfg: &KafkaConfig, mode: ProducerMode) -> Result<FutureProducer> {
     let mut client = cfg.client_config();
     client.set("enable.idempotence", "true");
-    if gapless {
-        client.set("enable.gapless.guarantee", "true");
+    match mode {
+        ProducerMode::AsResultsCome => {}
+        ProducerMode::Staged => {
+            client.set("enable.gapless.guarantee", "true");
+        }
+        ProducerMode::Transactional(id) => {
+            client.set("transactional.id", id);
+        }
     }
     if client.get("message.timeout.ms").is_none() {
         client.set("message.timeout.ms", "60000");
@@ -359,7 +446,20 @@ impl Sink for KafkaSink {
         if self.cfg.delivery != DeliveryGuarantee::ExactlyOnce {
             return Ok(());
         }
-        self.producer = producer(&self.cfg, true)?;
+        self.transactional_id = self.cfg.transactional_id_prefix.as_ref().map(|prefix| format!("{prefix}-{}", self.query_id));
+        self.producer = match &self.transactional_id {
+            None => producer(&self.cfg, ProducerMode::Staged)?,
+            Some(id) => {
+                // Fences the run this one replaces, and aborts its open transaction.
+                let producer = producer(&self.cfg, ProducerMode::Transactional(id))?;
+                let initialising = producer.clone();
+                tokio::task::spawn_blocking(move || initialising.init_transactions(TRANSACTION_TIMEOUT))
+                    .await
+                    .map_err(|e| EngineError::Internal(e.to_string()))?
+                    .map_err(|e| self.transaction_error("init", e))?;
+                producer
+            }
+        };
         let (partitions, floors) = self.partitions().await?;
         let restored = match &restored {
             Some(batch) => exactly_once::from_snapshot(batch)?,
@@ -388,15 +488,21 @@ impl Sink for KafkaSink {
         if due.is_empty() {
             return Ok(());
         }
-        let result = match crash_test_mid_commit() {
-            false => self.produce_staged(&due).await,
-            true => {
+        let produced = match (self.begin_transaction(), crash_test_mid_commit()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), false) => self.produce_staged(&due).await,
+            (Ok(()), true) => {
                 let (first, rest) = due.split_at(due.len().div_ceil(2));
-                self.produce_staged(first).await?;
-                crash_point(CrashPoint::MidCommit, checkpoint);
-                self.produce_staged(rest).await
+                match self.produce_staged(first).await {
+                    Ok(()) => {
+                        crash_point(CrashPoint::MidCommit, checkpoint);
+                        self.produce_staged(rest).await
+                    }
+                    failed => failed,
+                }
             }
         };
+        let result = self.end_transaction(produced).await;
         if result.is_err() {
             if let Some((staging, _)) = &mut self.staging {
                 staging.undo(due);

@@ -137,7 +137,12 @@ fn read_windows(
             ));
         }
         let message = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
+            None => {
+                // Past transaction markers (control records, never delivered),
+                // only the consumer's own position shows progress.
+                advance_to_consumer_position(consumer, topic, &mut position);
+                continue;
+            }
             Some(Err(e)) => {
                 last_error = Some(e);
                 continue;
@@ -155,6 +160,16 @@ fn read_windows(
             if id > *last {
                 *last = id;
             }
+        }
+    }
+}
+
+/// Raises each partition's read position to where the consumer stands.
+fn advance_to_consumer_position(consumer: &BaseConsumer, topic: &str, position: &mut BTreeMap<i32, i64>) {
+    let Ok(list) = consumer.position() else { return };
+    for element in list.elements_for_topic(topic) {
+        if let (Some(at), Offset::Offset(next)) = (position.get_mut(&element.partition()), element.offset()) {
+            *at = (*at).max(next);
         }
     }
 }
