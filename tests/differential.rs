@@ -145,6 +145,53 @@ async fn session_window_matches_batch_gaps_and_islands() -> TestResult {
     .await
 }
 
+/// Cumulative windows as a batch join on their list: every block of 5 minutes
+/// with each end a minute apart up to the block's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulate_window_matches_batch_join_on_window_list() -> TestResult {
+    assert_same(
+        "SELECT window_start, window_end, event_type, count(*), round(sum(price), 2), max(item_id) \
+         FROM TABLE(CUMULATE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)) \
+         WHERE event_type <> 'page_view' \
+         GROUP BY window_start, window_end, event_type",
+        "SELECT w.ws, w.we, event_type, count(*), round(sum(price), 2), max(item_id) \
+         FROM clicks JOIN ( \
+             SELECT ws, we FROM \
+               (SELECT unnest(generate_series(TIMESTAMP '2023-12-31 23:50:00', \
+                   TIMESTAMP '2024-01-01 01:00:00', INTERVAL '5 minutes')) AS ws) starts \
+             JOIN (SELECT unnest(generate_series(TIMESTAMP '2023-12-31 23:51:00', \
+                   TIMESTAMP '2024-01-01 01:00:00', INTERVAL '1 minute')) AS we) ends \
+             ON we > ws AND we <= ws + INTERVAL '5 minutes') w \
+           ON clicks.ts >= w.ws AND clicks.ts < w.we \
+         WHERE event_type <> 'page_view' \
+         GROUP BY w.ws, w.we, event_type",
+    )
+    .await
+}
+
+/// Sessions per partition (user and event type), with Flink's `PARTITION BY`,
+/// against gaps and islands computed per the same partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_session_window_matches_batch_gaps_and_islands() -> TestResult {
+    assert_same(
+        "SELECT user_id, event_type, window_start, window_end, count(*), round(sum(price), 2) \
+         FROM TABLE(SESSION(TABLE clicks PARTITION BY (user_id, event_type), DESCRIPTOR(ts), INTERVAL '20' SECOND)) \
+         GROUP BY window_start, window_end, event_type, user_id",
+        "WITH marked AS ( \
+           SELECT user_id, event_type, ts, price, \
+             CASE WHEN lag(ts) OVER (PARTITION BY user_id, event_type ORDER BY ts) IS NULL \
+                    OR ts > lag(ts) OVER (PARTITION BY user_id, event_type ORDER BY ts) + INTERVAL '20 seconds' \
+                  THEN 1 ELSE 0 END AS new_session \
+           FROM clicks), \
+         numbered AS ( \
+           SELECT *, sum(new_session) OVER (PARTITION BY user_id, event_type ORDER BY ts \
+             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS sid FROM marked) \
+         SELECT user_id, event_type, min(ts), max(ts) + INTERVAL '20 seconds', count(*), round(sum(price), 2) \
+         FROM numbered GROUP BY user_id, event_type, sid",
+    )
+    .await
+}
+
 /// Declares the generator table and `sink_ddl`, runs `insert` in two lanes to completion.
 async fn run_insert(sink_ddl: &str, insert: &str) -> TestResult {
     let mut session = Session::default();

@@ -1,10 +1,12 @@
 //! The SQL dialect: DataFusion's generic dialect plus Flink's `TABLE t` argument.
 //!
 //! Window table-valued functions take their input table as `TABLE name`
-//! (`TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)`), which sqlparser
-//! does not parse inside a function call. [`SluiceDialect::parse_prefix`] parses it
-//! into a call of the marker function `TABLE(name)`, which [`crate::window_tvf`]
-//! consumes. Everything else behaves exactly like sqlparser's `GenericDialect`.
+//! (`TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)`), and a session
+//! window may partition it, `TABLE name PARTITION BY k` or `PARTITION BY (k1, k2)`
+//! (Flink's set semantics). sqlparser parses neither inside a function call, so
+//! [`SluiceDialect::parse_prefix`] parses them into a call of the marker function
+//! `TABLE(name, k1, k2)`, which [`crate::window_tvf`] consumes (see [`as_table_arg`]).
+//! Everything else behaves exactly like sqlparser's `GenericDialect`.
 
 use std::any::TypeId;
 
@@ -13,7 +15,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::{Dialect, GenericDialect};
 use sqlparser::keywords::Keyword;
-use sqlparser::parser::{Parser, ParserError};
+use sqlparser::parser::{IsOptional, Parser, ParserError};
 use sqlparser::tokenizer::Token;
 
 /// Name of the marker function a `TABLE name` argument parses into.
@@ -53,14 +55,13 @@ impl Dialect for SluiceDialect {
         match (first, second) {
             (Token::Word(w), Token::Word(_)) if w.keyword == Keyword::TABLE => {
                 parser.next_token();
-                Some(parser.parse_object_name(false).map(table_arg))
+                Some(parse_table_arg(parser))
             }
-            // `TABLE(name)`: how the marker prints, so a rewritten statement parses again.
+            // `TABLE(name, k1, k2)`: how the marker prints, so a rewritten statement parses again.
             (Token::Word(w), Token::LParen) if w.keyword == Keyword::TABLE => {
                 parser.next_token();
                 parser.next_token();
-                let name = parser.parse_object_name(false);
-                Some(name.and_then(|n| parser.expect_token(&Token::RParen).map(|_| table_arg(n))))
+                Some(parse_printed_table_arg(parser))
             }
             _ => None,
         }
@@ -143,16 +144,51 @@ impl Dialect for SluiceDialect {
     );
 }
 
-/// The marker expression for a `TABLE name` argument.
-fn table_arg(name: ObjectName) -> Expr {
-    let parts: Vec<Ident> = name.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+/// A `TABLE name [PARTITION BY ...]` argument of a window table-valued function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableArg {
+    pub name: ObjectName,
+    /// The `PARTITION BY` columns; empty without the clause.
+    pub partition_by: Vec<Ident>,
+}
+
+/// `name [PARTITION BY k | PARTITION BY (k1, k2)]`, after `TABLE`.
+fn parse_table_arg(parser: &mut Parser) -> Result<Expr, ParserError> {
+    let name = parser.parse_object_name(false)?;
+    let mut partition_by = Vec::new();
+    if parser.parse_keywords(&[Keyword::PARTITION, Keyword::BY]) {
+        partition_by = match parser.peek_token().token {
+            Token::LParen => parser.parse_parenthesized_column_list(IsOptional::Mandatory, false)?,
+            _ => vec![parser.parse_identifier()?],
+        };
+    }
+    Ok(table_arg(TableArg { name, partition_by }))
+}
+
+/// `name, k1, k2)`, after `TABLE(`.
+fn parse_printed_table_arg(parser: &mut Parser) -> Result<Expr, ParserError> {
+    let name = parser.parse_object_name(false)?;
+    let mut partition_by = Vec::new();
+    while parser.consume_token(&Token::Comma) {
+        partition_by.push(parser.parse_identifier()?);
+    }
+    parser.expect_token(&Token::RParen)?;
+    Ok(table_arg(TableArg { name, partition_by }))
+}
+
+/// The marker expression for a `TABLE name` argument: `TABLE(name, k1, k2)`,
+/// the table's name first, then its partition columns.
+fn table_arg(arg: TableArg) -> Expr {
+    let parts: Vec<Ident> = arg.name.0.iter().filter_map(|p| p.as_ident().cloned()).collect();
+    let name = FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)));
+    let keys = arg.partition_by.into_iter().map(|k| FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(k))));
     Expr::Function(Function {
         name: ObjectName::from(vec![Ident::new(TABLE_ARG_MARKER)]),
         uses_odbc_syntax: false,
         parameters: FunctionArguments::None,
         args: FunctionArguments::List(FunctionArgumentList {
             duplicate_treatment: None,
-            args: vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))],
+            args: std::iter::once(name).chain(keys).collect(),
             clauses: vec![],
         }),
         filter: None,
@@ -162,19 +198,24 @@ fn table_arg(name: ObjectName) -> Expr {
     })
 }
 
-/// If `expr` is a `TABLE name` argument, the table's name.
-pub fn as_table_arg(expr: &Expr) -> Option<ObjectName> {
+/// If `expr` is a `TABLE name [PARTITION BY ...]` argument, the table and its
+/// partition columns.
+pub fn as_table_arg(expr: &Expr) -> Option<TableArg> {
     let Expr::Function(f) = expr else { return None };
     if f.name.to_string() != TABLE_ARG_MARKER {
         return None;
     }
     let FunctionArguments::List(list) = &f.args else { return None };
-    match list.args.as_slice() {
-        [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts)))] => {
-            Some(ObjectName::from(parts.clone()))
-        }
-        _ => None,
-    }
+    let (first, keys) = list.args.split_first()?;
+    let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts))) = first else { return None };
+    let partition_by = keys
+        .iter()
+        .map(|k| match k {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(id))) => Some(id.clone()),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(TableArg { name: ObjectName::from(parts.clone()), partition_by })
 }
 
 #[cfg(test)]
@@ -194,7 +235,44 @@ mod tests {
         };
         let FunctionArguments::List(list) = &f.args else { panic!("no args") };
         let FunctionArg::Unnamed(FunctionArgExpr::Expr(first)) = &list.args[0] else { panic!("named") };
-        assert_eq!(as_table_arg(first).map(|n| n.to_string()), Some("clicks".to_string()));
+        assert_eq!(as_table_arg(first).map(|a| a.name.to_string()), Some("clicks".to_string()));
+        Ok(())
+    }
+
+    /// The first argument of the table function in `sql`'s FROM.
+    fn first_tvf_arg(sql: &str) -> Result<Option<TableArg>, ParserError> {
+        let stmts = Parser::parse_sql(&SluiceDialect, sql)?;
+        let Statement::Query(q) = &stmts[0] else { panic!("not a query") };
+        let SetExpr::Select(s) = q.body.as_ref() else { panic!("not a select") };
+        let TableFactor::TableFunction { expr: Expr::Function(f), .. } = &s.from[0].relation else {
+            panic!("not a table function: {:?}", s.from[0].relation)
+        };
+        let FunctionArguments::List(list) = &f.args else { panic!("no args") };
+        Ok(match &list.args[0] {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) | FunctionArg::Named { arg: FunctionArgExpr::Expr(e), .. } => {
+                as_table_arg(e)
+            }
+            _ => None,
+        })
+    }
+
+    fn keys(arg: Option<TableArg>) -> Vec<String> {
+        arg.map(|a| a.partition_by.iter().map(|k| k.value.clone()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn parses_partition_by_of_table_argument() -> Result<(), ParserError> {
+        let one = "SELECT * FROM TABLE(SESSION(TABLE clicks PARTITION BY user_id, DESCRIPTOR(ts), INTERVAL '1' MINUTE))";
+        assert_eq!(keys(first_tvf_arg(one)?), ["user_id"]);
+        let two = "SELECT * FROM TABLE(SESSION(TABLE clicks PARTITION BY (user_id, page), DESCRIPTOR(ts), INTERVAL '1' MINUTE))";
+        assert_eq!(keys(first_tvf_arg(two)?), ["user_id", "page"]);
+        let named = "SELECT * FROM TABLE(SESSION(DATA => TABLE clicks PARTITION BY user_id, \
+            TIMECOL => DESCRIPTOR(ts), GAP => INTERVAL '1' MINUTE))";
+        assert_eq!(keys(first_tvf_arg(named)?), ["user_id"]);
+        // The marker prints as `TABLE(clicks, user_id, page)`, which parses back to the same.
+        let printed = Parser::parse_sql(&SluiceDialect, two)?[0].to_string();
+        assert_eq!(keys(first_tvf_arg(&printed)?), ["user_id", "page"]);
+        assert_eq!(Parser::parse_sql(&SluiceDialect, &printed)?[0].to_string(), printed);
         Ok(())
     }
 

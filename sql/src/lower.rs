@@ -11,7 +11,7 @@
 //! Anything that would need the whole input (sorts, limits) is rejected with a
 //! message saying so.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use sluice_engine::operators::{EventTime, SessionAggregate, StatelessOperator, U
 use sluice_engine::{ExchangeKey, Operator};
 
 use crate::error::{plan_err, Result};
-use crate::window_tvf::WindowTvfs;
+use crate::window_tvf::{SessionWindow, WindowTvfs};
 
 /// Plan nodes that are applied to each batch on its own.
 const STATELESS: [&str; 5] =
@@ -312,12 +312,15 @@ impl Lowering<'_> {
             input_schema: Some(agg.input().schema()),
         };
         let metrics = Arc::clone(&self.metrics);
-        let session_gap = match chain.aggregates {
-            0 => self.windows.innermost_session_gap()?,
+        let session = match chain.aggregates {
+            0 => self.windows.innermost_session()?,
             _ => None,
         };
-        let op: Box<dyn Operator> = match session_gap {
-            Some(gap) => Box::new(SessionAggregate::try_new(spec, gap, metrics)?),
+        let op: Box<dyn Operator> = match session {
+            Some(session) => {
+                check_session_keys(session, &spec)?;
+                Box::new(SessionAggregate::try_new(spec, session.gap, metrics)?)
+            }
             None => Box::new(WindowAggregate::try_new(spec, metrics)?),
         };
         chain.operators.push(op);
@@ -357,6 +360,34 @@ impl Lowering<'_> {
         chain.schema = output_schema;
         Ok(chain)
     }
+}
+
+/// A session aggregate keeps sessions per GROUP BY key. With `PARTITION BY`,
+/// sessions are per partition, so the GROUP BY keys must be exactly the
+/// partition columns (as in Flink): a key left out would merge partitions'
+/// sessions, an extra key would split them.
+fn check_session_keys(session: &SessionWindow, spec: &AggregateSpec) -> Result<()> {
+    if session.partition_by.is_empty() {
+        return Ok(());
+    }
+    let keys: BTreeSet<&str> = (spec.group_exprs.iter().enumerate())
+        .filter(|(i, _)| *i != spec.window_start && *i != spec.window_end)
+        .map(|(_, (_, name))| name.as_str())
+        .collect();
+    let partition: BTreeSet<&str> = session.partition_by.iter().map(String::as_str).collect();
+    if keys == partition {
+        return Ok(());
+    }
+    let list = session.partition_by.join(", ");
+    let extra: Vec<&str> = keys.difference(&partition).copied().collect();
+    let why = match extra.is_empty() {
+        true => String::new(),
+        false => format!(" (not by {})", extra.join(", ")),
+    };
+    plan_err(format!(
+        "SESSION(TABLE t PARTITION BY {list}, ...) keeps sessions per {list}: its aggregation must \
+         GROUP BY window_start, window_end, {list} and no other key{why}"
+    ))
 }
 
 /// Rebuilds a stateless node over `input` (a changelog) so that the change-kind

@@ -5,8 +5,12 @@
 //! - TUMBLE: `date_bin(size, ts)` and that plus `size`;
 //! - HOP (size a multiple of slide, as in Flink): one row per window the event falls
 //!   in, by unnesting the series of window starts;
+//! - CUMULATE (size a multiple of step, as in Flink): windows that all start where
+//!   the tumbling window of `size` starts and end one step apart; a row falls in
+//!   every one that ends after it, one row each, by unnesting the series of ends;
 //! - SESSION: `ts` and `ts + gap`, a per-row placeholder the session aggregate
-//!   merges into real sessions (its gap is recorded in [`WindowTvfs`]).
+//!   merges into real sessions (its gap, and its `PARTITION BY` columns, are
+//!   recorded in [`WindowTvfs`]).
 //!
 //! Views are inlined as derived tables, so a TVF over a view works too. The
 //! rewrite happens on the AST (sqlparser `VisitorMut`), never on SQL text typed by
@@ -22,7 +26,7 @@ use sqlparser::ast::{
 use sqlparser::parser::Parser;
 
 use crate::catalog::{normalize_name, Catalog};
-use crate::dialect::{as_table_arg, SluiceDialect};
+use crate::dialect::{as_table_arg, SluiceDialect, TableArg};
 use crate::error::{plan_err, Result, SqlError};
 use crate::interval::{interval_nanos, interval_sql};
 
@@ -30,13 +34,24 @@ use crate::interval::{interval_nanos, interval_sql};
 const MAX_VIEW_DEPTH: usize = 16;
 
 /// One window TVF of a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowTvf {
     /// How deeply nested in views and subqueries it is: the innermost TVF is
     /// applied to the source first.
     pub depth: usize,
-    /// The gap of a SESSION window, in nanoseconds; `None` for TUMBLE and HOP.
-    pub session_gap: Option<i64>,
+    /// A SESSION window; `None` for TUMBLE, HOP and CUMULATE.
+    pub session: Option<SessionWindow>,
+}
+
+/// What the session aggregate needs of a SESSION window TVF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionWindow {
+    /// The inactivity that ends a session, in nanoseconds.
+    pub gap: i64,
+    /// `TABLE t PARTITION BY k1, k2`: the columns sessions are kept per, as
+    /// DataFusion names them (unquoted names in lower case). Empty without the
+    /// clause: then sessions are kept per GROUP BY key.
+    pub partition_by: Vec<String>,
 }
 
 /// What the rewrite found: the window TVFs of a query.
@@ -48,22 +63,22 @@ pub struct WindowTvfs {
 }
 
 impl WindowTvfs {
-    /// The gap of the session window the first aggregation over the source
-    /// computes, if that is a session. SESSION is supported as the innermost
-    /// window TVF only (later windows may aggregate its results).
-    pub fn innermost_session_gap(&self) -> Result<Option<i64>> {
+    /// The session window the first aggregation over the source computes, if
+    /// that is a session. SESSION is supported as the innermost window TVF only
+    /// (later windows may aggregate its results).
+    pub fn innermost_session(&self) -> Result<Option<&SessionWindow>> {
         let Some(deepest) = self.windows.iter().map(|w| w.depth).max() else { return Ok(None) };
         let innermost: Vec<&WindowTvf> = self.windows.iter().filter(|w| w.depth == deepest).collect();
-        let sessions = self.windows.iter().filter(|w| w.session_gap.is_some()).count();
+        let sessions = self.windows.iter().filter(|w| w.session.is_some()).count();
         match innermost.as_slice() {
-            [only] if only.session_gap.is_some() && sessions == 1 => Ok(only.session_gap),
+            [only] if only.session.is_some() && sessions == 1 => Ok(only.session.as_ref()),
             _ if sessions == 0 => Ok(None),
             _ => plan_err("SESSION is supported only as the single, innermost window table function of a query"),
         }
     }
 
     pub fn has_session(&self) -> bool {
-        self.windows.iter().any(|w| w.session_gap.is_some())
+        self.windows.iter().any(|w| w.session.is_some())
     }
 }
 
@@ -173,18 +188,28 @@ impl Rewriter<'_> {
             }
             TableFactor::TableFunction { expr: Expr::Function(f), alias } => {
                 let kind = f.name.to_string().to_ascii_uppercase();
-                if !matches!(kind.as_str(), "TUMBLE" | "HOP" | "SESSION") {
-                    return plan_err(format!("unknown table function {}: expected TUMBLE, HOP or SESSION", f.name));
+                if !matches!(kind.as_str(), "TUMBLE" | "HOP" | "CUMULATE" | "SESSION") {
+                    return plan_err(format!(
+                        "unknown table function {}: expected TUMBLE, HOP, CUMULATE or SESSION",
+                        f.name
+                    ));
                 }
                 let args = tvf_args(&kind, &f.args)?;
-                let table = args
+                let TableArg { name: table, partition_by } = args
                     .first()
                     .and_then(as_table_arg)
                     .ok_or_else(|| SqlError::Plan(format!("{kind}: the first argument must be TABLE <name>")))?;
+                if !partition_by.is_empty() && kind != "SESSION" {
+                    return plan_err(format!(
+                        "{kind}: PARTITION BY is only for SESSION (a {kind} window does not depend on other rows)"
+                    ));
+                }
                 let time_col = descriptor_column(&kind, args.get(1))?;
                 self.require_watermark(&kind, &table, &time_col)?;
-                let (sql, session_gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
-                self.found.windows.push(WindowTvf { depth: self.depth, session_gap });
+                let (sql, gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                let partition_by = self.partition_columns(&table, partition_by)?;
+                let session = gap.map(|gap| SessionWindow { gap, partition_by });
+                self.found.windows.push(WindowTvf { depth: self.depth, session });
                 let mut subquery = parse_query(&sql)?;
                 rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(&table));
@@ -207,6 +232,24 @@ impl Rewriter<'_> {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The `PARTITION BY` columns as DataFusion names them, checked against the
+    /// table's columns (a view's are checked once its GROUP BY is planned).
+    fn partition_columns(&self, table: &ObjectName, keys: Vec<Ident>) -> Result<Vec<String>> {
+        let name = normalize_name(table);
+        let schema = self.catalog.table(&name).map(|t| &t.schema);
+        keys.into_iter()
+            .map(|k| {
+                let column = normalize_name(&ObjectName::from(vec![k]));
+                match schema {
+                    Some(s) if s.index_of(&column).is_err() => {
+                        plan_err(format!("SESSION: PARTITION BY {column}: table '{name}' has no such column"))
+                    }
+                    _ => Ok(column),
+                }
+            })
+            .collect()
     }
 
     /// The SQL of the derived table that replaces a window TVF, and a session's gap.
@@ -236,6 +279,22 @@ impl Rewriter<'_> {
                 );
                 Ok((sql, None))
             }
+            ("CUMULATE", [step, size]) => {
+                let step_ns = interval_nanos(step, "CUMULATE step")?;
+                let size_ns = interval_nanos(size, "CUMULATE size")?;
+                if size_ns % step_ns != 0 {
+                    return plan_err(format!("CUMULATE size ({size}) must be a whole multiple of its step ({step})"));
+                }
+                let (step, size) = (interval_sql(step_ns), interval_sql(size_ns));
+                // Steps tile sizes, so the row's step ends the first window holding it.
+                let start = format!("date_bin({size}, {ts}, {origin})");
+                let first_end = format!("date_bin({step}, {ts}, {origin}) + {step}");
+                let sql = format!(
+                    "SELECT *, {start} AS window_start, \
+                     unnest(generate_series({first_end}, {start} + {size}, {step})) AS window_end FROM {table}"
+                );
+                Ok((sql, None))
+            }
             ("SESSION", [gap]) => {
                 let gap_ns = interval_nanos(gap, "SESSION gap")?;
                 let gap = interval_sql(gap_ns);
@@ -243,13 +302,14 @@ impl Rewriter<'_> {
             }
             ("TUMBLE", _) => plan_err("TUMBLE(TABLE t, DESCRIPTOR(ts), size) takes 3 arguments"),
             ("HOP", _) => plan_err("HOP(TABLE t, DESCRIPTOR(ts), slide, size) takes 4 arguments"),
+            ("CUMULATE", _) => plan_err("CUMULATE(TABLE t, DESCRIPTOR(ts), step, size) takes 4 arguments"),
             _ => plan_err("SESSION(TABLE t, DESCRIPTOR(ts), gap) takes 3 arguments"),
         }
     }
 }
 
 /// The arguments in positional order; Flink's named form (`DATA => TABLE t`,
-/// `TIMECOL => DESCRIPTOR(ts)`, `SIZE`, `SLIDE`, `GAP`) is reordered.
+/// `TIMECOL => DESCRIPTOR(ts)`, `SIZE`, `SLIDE`, `STEP`, `GAP`) is reordered.
 fn tvf_args(kind: &str, args: &FunctionArguments) -> Result<Vec<Expr>> {
     let FunctionArguments::List(list) = args else {
         return plan_err(format!("{kind} needs arguments"));
@@ -257,6 +317,7 @@ fn tvf_args(kind: &str, args: &FunctionArguments) -> Result<Vec<Expr>> {
     let order: &[&str] = match kind {
         "TUMBLE" => &["DATA", "TIMECOL", "SIZE"],
         "HOP" => &["DATA", "TIMECOL", "SLIDE", "SIZE"],
+        "CUMULATE" => &["DATA", "TIMECOL", "STEP", "SIZE"],
         _ => &["DATA", "TIMECOL", "GAP"],
     };
     let mut positional = Vec::new();
@@ -275,6 +336,9 @@ fn tvf_args(kind: &str, args: &FunctionArguments) -> Result<Vec<Expr>> {
     }
     if !positional.is_empty() {
         return plan_err(format!("{kind}: use either positional or named arguments, not both"));
+    }
+    if let Some((unknown, _)) = named.iter().find(|(n, _)| !order.contains(&n.as_str())) {
+        return plan_err(format!("{kind}: unknown argument {unknown}; it takes {}", order.join(", ")));
     }
     order
         .iter()
