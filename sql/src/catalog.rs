@@ -30,6 +30,8 @@ pub struct TableDef {
     pub options: BTreeMap<String, String>,
     /// `PRIMARY KEY (...) NOT ENFORCED` columns.
     pub primary_key: Vec<String>,
+    /// Metadata columns declared `VIRTUAL`: read, never written by a sink.
+    pub virtual_columns: Vec<String>,
     /// What its connector says the table can do, asked when it was created.
     pub capabilities: sluice_connectors::Capabilities,
 }

@@ -20,6 +20,7 @@ pub mod options;
 mod lower_join;
 pub mod planner;
 pub mod session;
+pub mod show_create;
 pub mod sql_function;
 pub mod statement;
 pub mod type_check;

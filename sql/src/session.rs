@@ -236,6 +236,10 @@ impl Session {
             }
             Statement::ShowTables { .. } => self.show_tables(),
             Statement::ShowFunctions { .. } => self.show_functions(),
+            Statement::ShowCreate { obj_type, obj_name } => {
+                let text = crate::show_create::show_create(&self.catalog()?, &obj_type, &normalize_name(&obj_name))?;
+                string_rows(&["result"], vec![[text]])
+            }
             Statement::ExplainTable { table_name, .. } => self.describe(&normalize_name(&table_name)),
             Statement::Explain { statement, .. } => self.explain(*statement).await,
             Statement::Set(Set::SingleAssignment { variable, values, .. }) => self.set(&variable, &values),
@@ -282,6 +286,7 @@ impl Session {
         if let Some(missing) = primary_key.iter().find(|k| schema.column_with_name(k).is_none()) {
             return plan_err(format!("table '{name}': PRIMARY KEY column {missing} is not a column"));
         }
+        let virtual_columns = create.metadata.iter().filter(|m| m.is_virtual).map(|m| normalize_ident(&m.column)).collect();
         let mut table = TableDef {
             name: name.clone(),
             schema,
@@ -289,6 +294,7 @@ impl Session {
             connector,
             options,
             primary_key,
+            virtual_columns,
             capabilities: Default::default(),
         };
         let connector = self.connector(&table.connector)?;
