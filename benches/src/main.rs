@@ -13,6 +13,9 @@
 //! checkpoints taken and the largest one's size and duration. `--users N`
 //! sets the distinct users (default 10,000; 1,000,000 makes the updating
 //! aggregate hold a million groups and the regular join a million rows).
+//! `--repeat N` runs each pair N times, alternating which goes first, and
+//! reports the median of each side and the range of the pairs' ratios (this
+//! machine's run-to-run noise is larger than the cost measured).
 //!
 //! `--rss 2000,125000` measures memory instead: a windowed query over the
 //! `generator` connector with 64-row batches runs over each number of batches, in
@@ -272,6 +275,7 @@ struct Args {
     events: u64,
     users: u64,
     checkpoints: Option<String>,
+    repeat: usize,
     lanes: Vec<usize>,
     only: Option<String>,
     rss: Option<Vec<u64>>,
@@ -282,6 +286,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut events = 2_000_000;
     let mut users = 10_000;
     let mut checkpoints = None;
+    let mut repeat = 1;
     let mut lanes = vec![1, sluice_sql::default_parallelism()];
     let mut only = None;
     let mut rss = None;
@@ -293,19 +298,20 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => events = value.parse()?,
             "--users" => users = value.parse()?,
             "--checkpoints" => checkpoints = Some(value),
+            "--repeat" => repeat = value.parse::<usize>()?.max(1),
             "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--only" => only = Some(value),
             "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
             "--rss-child" => rss_child = Some(value.parse()?),
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --rss BATCHES,BATCHES)"),
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --repeat N, --rss BATCHES,BATCHES)"),
         }
     }
     lanes.dedup();
-    Ok(Args { events, users, checkpoints, lanes, only, rss, rss_child })
+    Ok(Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child })
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { events, users, checkpoints, lanes, only, rss, rss_child } = parse_args()?;
+    let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child } = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(batches) = rss_child {
         let rows = runtime.block_on(run_rss_query(batches))?;
@@ -331,21 +337,39 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Some(interval) => {
-            println!("| query | lanes | events/s without | events/s with checkpoints every {interval} | ratio | checkpoints | largest (bytes) | its duration (ms) | its alignment (ms) |");
-            println!("|---|---|---|---|---|---|---|---|---|");
+            println!("| query | lanes | runs | events/s without (median) | events/s with checkpoints every {interval} (median) | ratio of medians | pairs' ratios | checkpoints | largest (bytes) | its duration (ms) | its alignment (ms) |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             for (name, sql) in selected() {
                 for &p in &lanes {
-                    let off = runtime.block_on(run_once(&batches, sql, p, None))?;
-                    let on = runtime.block_on(run_once(&batches, sql, p, Some(interval)))?;
-                    if off.rows != on.rows {
-                        bail!("{name}: {} result rows without checkpoints, {} with", off.rows, on.rows);
+                    let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+                    let mut last_on = None;
+                    for round in 0..repeat {
+                        // Alternate which side runs first, so drift favours neither.
+                        let (off, on) = match round % 2 {
+                            0 => {
+                                let off = runtime.block_on(run_once(&batches, sql, p, None))?;
+                                (off, runtime.block_on(run_once(&batches, sql, p, Some(interval)))?)
+                            }
+                            _ => {
+                                let on = runtime.block_on(run_once(&batches, sql, p, Some(interval)))?;
+                                (runtime.block_on(run_once(&batches, sql, p, None))?, on)
+                            }
+                        };
+                        if off.rows != on.rows {
+                            bail!("{name}: {} result rows without checkpoints, {} with", off.rows, on.rows);
+                        }
+                        offs.push(events as f64 / off.seconds);
+                        ons.push(events as f64 / on.seconds);
+                        ratios.push(off.seconds / on.seconds);
+                        last_on = Some(on);
                     }
+                    let Some(on) = last_on else { continue };
                     let largest = on.checkpoints.recent.iter().max_by_key(|c| c.bytes);
+                    let (low, high) = ratios.iter().fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+                    let (off_median, on_median) = (median(&mut offs), median(&mut ons));
                     println!(
-                        "| {name} | {p} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} |",
-                        events as f64 / off.seconds,
-                        events as f64 / on.seconds,
-                        off.seconds / on.seconds,
+                        "| {name} | {p} | {repeat} | {off_median:.0} | {on_median:.0} | {:.2} | {low:.2}–{high:.2} | {} | {} | {} | {} |",
+                        on_median / off_median,
                         on.checkpoints.completed,
                         largest.map_or(0, |c| c.bytes),
                         largest.map_or(0, |c| c.duration_ms),
@@ -356,4 +380,14 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }

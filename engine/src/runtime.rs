@@ -118,42 +118,71 @@ impl Outbox {
 
 /// What a step needs to take part in checkpoints: who it is, where its state
 /// goes and whom to tell.
-#[derive(Clone)]
+///
+/// A step's state is taken when its barrier passes (the step waits for that),
+/// and written to the store by a task of its own while the step goes on, as
+/// Flink's asynchronous snapshot phase: encoding and uploading the state does
+/// not hold the data back. Writes report in the order their checkpoints were
+/// taken, and the step's end is reported only after its last write, so a
+/// checkpoint never completes without the part of a step still writing it. A
+/// write that fails fails the query, as a failed step would.
 struct Participant {
     owner: Owner,
     lane: usize,
     acks: mpsc::UnboundedSender<Ack>,
     /// `None`: checkpoints are off (only the sink reports its barriers).
     store: Option<CheckpointStore>,
+    /// The last write still under way.
+    writing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Participant {
-    /// Stores this step's state for checkpoint `id` and reports it.
-    async fn store_part(&self, id: u64, tables: Vec<(usize, StatePart)>, alignment_nanos: u64) -> Result<()> {
-        let Some(store) = &self.store else { return Ok(()) };
+    /// Stores this step's state for checkpoint `id` in the background and
+    /// reports it once written.
+    fn store_part(&mut self, id: u64, tables: Vec<(usize, StatePart)>, alignment_nanos: u64) {
+        let Some(store) = self.store.clone() else { return };
         let mut by_table: std::collections::BTreeMap<usize, Vec<StatePart>> = Default::default();
         for (table, part) in tables {
             by_table.entry(table).or_default().push(part);
         }
-        let mut parts: Vec<PartRef> = Vec::new();
-        for (table, rows) in by_table {
-            let part = store
-                .write_part(id, self.owner, self.lane, table, &rows)
-                .await
-                .map_err(|e| EngineError::Checkpoint(e.to_string()))?;
-            parts.push(part);
-            crate::checkpoint::crash_point(crate::checkpoint::CrashPoint::Snapshot, id);
-        }
-        self.report(id, parts, alignment_nanos);
-        Ok(())
+        let (owner, lane, acks, before) = (self.owner, self.lane, self.acks.clone(), self.writing.take());
+        self.writing = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let mut parts: Vec<PartRef> = Vec::new();
+            for (table, rows) in by_table {
+                match store.write_part(id, owner, lane, table, &rows).await {
+                    Ok(part) => parts.push(part),
+                    Err(e) => {
+                        let _ = acks.send(Ack::Failed { checkpoint: id, error: e });
+                        return;
+                    }
+                }
+                crate::checkpoint::crash_point(crate::checkpoint::CrashPoint::Snapshot, id);
+            }
+            let _ = acks.send(Ack::Part { checkpoint: id, owner, lane, parts, alignment_nanos });
+        }));
     }
 
     fn report(&self, checkpoint: u64, parts: Vec<PartRef>, alignment_nanos: u64) {
         let _ = self.acks.send(Ack::Part { checkpoint, owner: self.owner, lane: self.lane, parts, alignment_nanos });
     }
 
-    fn finished(&self) {
-        let _ = self.acks.send(Ack::Finished { owner: self.owner, lane: self.lane });
+    /// Reports the step's end, after its last write.
+    fn finished(&mut self) {
+        let (owner, lane, acks) = (self.owner, self.lane, self.acks.clone());
+        match self.writing.take() {
+            None => {
+                let _ = acks.send(Ack::Finished { owner, lane });
+            }
+            Some(write) => {
+                tokio::spawn(async move {
+                    let _ = write.await;
+                    let _ = acks.send(Ack::Finished { owner, lane });
+                });
+            }
+        }
     }
 }
 
@@ -274,7 +303,7 @@ impl Builder {
         if self.store.is_some() || owner == Owner::Sink {
             self.participants.push((owner, lane));
         }
-        Participant { owner, lane, acks: self.acks.clone(), store: self.store.clone() }
+        Participant { owner, lane, acks: self.acks.clone(), store: self.store.clone(), writing: None }
     }
 
     /// The state a restored checkpoint holds for a step in `lane` of `lanes`.
@@ -544,11 +573,11 @@ impl SourceLane {
     }
 
     /// Remembers the position reached for checkpoint `id` and stores it.
-    async fn checkpoint(&self, source: &mut dyn Source, id: u64) -> Result<()> {
+    async fn checkpoint(&mut self, source: &mut dyn Source, id: u64) -> Result<()> {
         source.on_barrier(id).await?;
         if self.participant.store.is_some() {
             let parts = source.position()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
-            self.participant.store_part(id, parts, 0).await?;
+            self.participant.store_part(id, parts, 0);
         }
         Ok(())
     }
@@ -793,7 +822,7 @@ async fn operate(
     mut inbox: Inbox,
     out: Outbox,
     memory: MemoryGuard,
-    participant: Participant,
+    mut participant: Participant,
     state: Result<Vec<(usize, StatePart)>>,
 ) -> Result<()> {
     let state = state?;
@@ -811,7 +840,7 @@ async fn operate(
                 if participant.store.is_some() {
                     let alignment = inbox.alignment_time() - aligned;
                     aligned = inbox.alignment_time();
-                    participant.store_part(barrier.id, op.snapshot()?, alignment.as_nanos() as u64).await?;
+                    participant.store_part(barrier.id, op.snapshot()?, alignment.as_nanos() as u64);
                 }
                 out.out.send(Message::Barrier(barrier)).await?;
                 continue;
@@ -900,7 +929,8 @@ impl SinkTask {
         match self.checkpoints_on() {
             true => {
                 let state = self.sink.snapshot()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
-                self.participant.store_part(id, state, 0).await
+                self.participant.store_part(id, state, 0);
+                Ok(())
             }
             false => {
                 self.participant.report(id, Vec::new(), 0);

@@ -684,3 +684,24 @@ async fn a_failing_source_alone_still_ends_its_sink_as_a_stop_not_as_the_end_of_
     assert_eq!(sink.barriers.last().map(|(b, _)| b.kind), Some(BarrierKind::Stop), "{:?}", sink.barriers);
     Ok(())
 }
+
+/// State is written in the background (the step goes on); a write that fails
+/// still fails the query, naming the checkpoint store, instead of letting a
+/// checkpoint complete without that state or the query run on unprotected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_write_that_fails_fails_the_query() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // The store's root is a file: no checkpoint directory can be made under it.
+    let root = dir.path().join("not-a-directory");
+    std::fs::write(&root, b"")?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(&root).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test-store");
+    let visible: Arc<Mutex<Visible>> = Arc::default();
+    let mut job = Job::start(checkpointed(i64::MAX, &store, None, &visible));
+    let failed = tokio::time::timeout(Duration::from_secs(30), job.wait()).await.map_err(|_| EngineError::Internal("the query did not fail".into()))?;
+    let message = failed.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("test-store"), "the failure names the store: {message}");
+    assert_eq!(job.metrics_handle().checkpoints().completed, 0);
+    assert!(visible.lock().unwrap().rows.is_empty(), "nothing was committed");
+    Ok(())
+}

@@ -72,6 +72,8 @@ pub(crate) enum Ack {
     Part { checkpoint: u64, owner: Owner, lane: usize, parts: Vec<PartRef>, alignment_nanos: u64 },
     /// A step ended: it takes part in no later checkpoint.
     Finished { owner: Owner, lane: usize },
+    /// A step could not store its part of a checkpoint.
+    Failed { checkpoint: u64, error: StoreError },
 }
 
 struct Pending {
@@ -147,6 +149,11 @@ impl Collector {
             }
             Ack::Finished { owner, lane } => {
                 self.running.remove(&(owner, lane));
+            }
+            Ack::Failed { checkpoint, error } => {
+                self.pending.remove(&checkpoint);
+                self.aborted.insert(checkpoint);
+                return Err(error);
             }
         }
         let done: Vec<u64> = self

@@ -155,8 +155,9 @@ pub(crate) fn take_accumulator_states<'a>(
     fresh: &dyn Fn() -> Result<Vec<Box<dyn Accumulator>>>,
 ) -> Result<Vec<ArrayRef>> {
     let total: usize = widths.iter().sum();
-    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::new(); total];
-    for set in sets {
+    let mut sets: Vec<&mut Vec<Box<dyn Accumulator>>> = sets.into_iter().collect();
+    let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(sets.len()); total];
+    for set in sets.iter_mut() {
         let mut row = Vec::with_capacity(total);
         for acc in set.iter_mut() {
             row.extend(acc.state()?);
@@ -164,19 +165,22 @@ pub(crate) fn take_accumulator_states<'a>(
         if row.len() != total {
             return Err(EngineError::Internal("an accumulator's state changed shape".into()));
         }
-        let columns = row.iter().map(|v| Ok(v.to_array()?)).collect::<Result<Vec<ArrayRef>>>()?;
-        *set = merged_accumulators(fresh()?, &columns, 0, widths)?;
         for (c, v) in row.into_iter().enumerate() {
             values[c].push(v);
         }
     }
-    values
+    let columns = values
         .into_iter()
         .map(|column| match column.is_empty() {
             true => Ok(new_empty_array(&DataType::Null)),
             false => Ok(ScalarValue::iter_to_array(column)?),
         })
-        .collect()
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    // Rebuilt from the columns just made (a row of them is a zero-copy slice).
+    for (row, set) in sets.into_iter().enumerate() {
+        *set = merged_accumulators(fresh()?, &columns, row, widths)?;
+    }
+    Ok(columns)
 }
 
 /// `fresh` with row `row` of the state columns `states` (laid out by `widths`)
