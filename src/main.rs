@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use sluice_connectors::output_format::OutputFormat;
 use sluice_sql::Session;
 
 use crate::interrupt::Interrupts;
@@ -36,6 +37,10 @@ enum Command {
         /// Bearer token for --server (default: the SLUICE_TOKEN environment variable).
         #[arg(long)]
         token: Option<String>,
+        /// How results print: table, csv, json (one JSON array, closed when the query ends or
+        /// stops) or ndjson (one JSON object per line); `\pset format` changes it.
+        #[arg(long, default_value_t = OutputFormat::Table, value_name = "FORMAT")]
+        format: OutputFormat,
     },
     /// REST server running continuous queries (see README: REST API).
     Serve {
@@ -86,6 +91,11 @@ enum Command {
         /// Print how long each statement took.
         #[arg(long)]
         timing: bool,
+        /// How results print on stdout: table, csv, json (one JSON array, closed when the query
+        /// ends or stops) or ndjson (one JSON object per line). An updating query's `op` is a
+        /// column like the others.
+        #[arg(long, default_value_t = OutputFormat::Table, value_name = "FORMAT")]
+        format: OutputFormat,
     },
 }
 
@@ -157,20 +167,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Shell { server: None, .. } => shell::run(&runtime, shell::Backend::Local(Box::new(session)), interrupts),
-        Command::Shell { server: Some(url), token } => {
+        Command::Shell { server: None, format, .. } => {
+            let print = render::PrintOptions { format, timing: false };
+            shell::run(&runtime, shell::Backend::Local(Box::new(session)), print, interrupts)
+        }
+        Command::Shell { server: Some(url), token, format } => {
             let token = token.or_else(|| std::env::var("SLUICE_TOKEN").ok());
-            shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)), interrupts)
+            let print = render::PrintOptions { format, timing: false };
+            shell::run(&runtime, shell::Backend::Remote(shell::remote::Remote::new(&url, token)), print, interrupts)
         }
         Command::Serve { .. } | Command::Ingest { .. } => Ok(ExitCode::SUCCESS),
-        Command::Run { file, command, timing } => {
+        Command::Run { file, command, timing, format } => {
             let sql = match (file, command) {
                 (Some(path), None) => std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?,
                 (None, Some(sql)) => sql,
                 _ => bail!("give either a script file or -c \"SQL\""),
             };
-            let ending = runtime.block_on(render::run_script(&mut session, &sql, timing, &mut std::io::stdout(), &mut interrupts));
+            let print = render::PrintOptions { format, timing };
+            let ending = runtime.block_on(render::run_script(&mut session, &sql, print, &mut std::io::stdout(), &mut interrupts));
             // A stop the user asked for, or a reader that had seen enough (`| head`), is no failure.
             Ok(if ending == render::Ending::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

@@ -6,17 +6,26 @@
 //! input; a Ctrl-C (or SIGTERM) stops it gracefully, and its summary is printed
 //! only once the sinks have made what they received durable (a second Ctrl-C
 //! during a slow stop cancels it at once); the reader of stdout goes away
-//! (`| head`), which ends it quietly; or it fails.
+//! (`| head`), which ends it quietly; or it fails. Rows are written in the
+//! chosen [`OutputFormat`] (a table, CSV, a JSON array or JSON lines).
 
 use std::fmt::Display;
 use std::io::Write;
 use std::time::Instant;
 
-use sluice_connectors::table_printer::TablePrinter;
+use sluice_connectors::output_format::{OutputFormat, ResultWriter};
 use sluice_engine::{EngineError, JobHandle};
 use sluice_sql::{QueryOutput, Session, SluiceStatement, StatementOutput};
 
 use crate::interrupt::Interrupts;
+
+/// How results are printed: `--format` and `\pset format`, `--timing` and `\timing`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrintOptions {
+    pub format: OutputFormat,
+    /// Print how long each statement took (on stderr).
+    pub timing: bool,
+}
 
 /// How a statement, or a script, ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +89,7 @@ impl From<EngineError> for Halt {
 pub async fn run_script(
     session: &mut Session,
     sql: &str,
-    timing: bool,
+    print: PrintOptions,
     out: &mut impl Write,
     interrupts: &mut Interrupts,
 ) -> Ending {
@@ -96,7 +105,7 @@ pub async fn run_script(
         if interrupts.pending() {
             return interrupted();
         }
-        let ending = run_statement(session, statement, timing, out, interrupts).await;
+        let ending = run_statement(session, statement, print, out, interrupts).await;
         if ending != Ending::Completed {
             return ending;
         }
@@ -108,16 +117,16 @@ pub async fn run_script(
 pub async fn run_statement(
     session: &mut Session,
     statement: SluiceStatement,
-    timing: bool,
+    print: PrintOptions,
     out: &mut impl Write,
     interrupts: &mut Interrupts,
 ) -> Ending {
     let started = Instant::now();
     let result = match session.execute(statement).await {
-        Ok(output) => print_output(output, out, interrupts).await,
+        Ok(output) => print_output(output, print.format, out, interrupts).await,
         Err(e) => Err(Halt::Error(e.to_string())),
     };
-    report_outcome(result, started, timing, out)
+    report_outcome(result, started, print.timing, out)
 }
 
 /// Prints a statement's summary line (or its error) on stderr and, with
@@ -169,18 +178,18 @@ fn warn(warnings: &[String]) {
     }
 }
 
-async fn print_output(output: StatementOutput, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+async fn print_output(output: StatementOutput, format: OutputFormat, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
     match output {
         StatementOutput::Message(m) => Ok(Report::completed(m)),
         StatementOutput::Rows { schema, batches } => {
-            let mut printer = TablePrinter::new(schema);
+            let mut printer = ResultWriter::new(schema, format);
             for b in &batches {
                 write_text(out, &printer.format_batch(b).map_err(|e| e.to_string())?)?;
             }
             write_text(out, &printer.finish())?;
             Ok(Report::completed(format!("{} row(s)", printer.rows())))
         }
-        StatementOutput::Query(query) => stream_query(query, out, interrupts).await,
+        StatementOutput::Query(query) => stream_query(query, format, out, interrupts).await,
         StatementOutput::Insert { target, mut job, warnings } => {
             warn(&warnings);
             status(format_args!("Inserting into '{target}' (Ctrl-C to stop)"));
@@ -223,11 +232,12 @@ async fn stop_or_cancel(job: &mut JobHandle, interrupts: &mut Interrupts) -> Opt
 }
 
 /// Prints a continuous query's rows as they arrive, until it ends, is
-/// interrupted, or stdout closes.
-async fn stream_query(query: QueryOutput, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+/// interrupted, or stdout closes. The output is ended (a table's last line, a
+/// JSON array's `]`) when the query ends or is stopped, not when it fails.
+async fn stream_query(query: QueryOutput, format: OutputFormat, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
     let QueryOutput { schema, mut results, mut job, warnings } = query;
     warn(&warnings);
-    let mut printer = TablePrinter::new(schema);
+    let mut printer = ResultWriter::new(schema, format);
     // Interrupts come first: a query that never waits for rows is still stoppable.
     let interrupted = loop {
         tokio::select! {
@@ -293,7 +303,7 @@ async fn stream_query(query: QueryOutput, out: &mut impl Write, interrupts: &mut
     Ok(Report { summary: Some(format!("{} row(s){how}{}", printer.rows(), late_note(m.late_rows))), ending })
 }
 
-fn print_batch(out: &mut impl Write, printer: &mut TablePrinter, batch: &arrow::record_batch::RecordBatch) -> Result<(), Halt> {
+fn print_batch(out: &mut impl Write, printer: &mut ResultWriter, batch: &arrow::record_batch::RecordBatch) -> Result<(), Halt> {
     write_text(out, &printer.format_batch(batch).map_err(|e| e.to_string())?)
 }
 

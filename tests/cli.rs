@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 mod common;
@@ -528,19 +528,33 @@ fn sigint_stops_a_flowing_query_in_the_shell() -> TestResult {
     let mut shell = Shell::start()?;
     sigint_stops_a_flowing_query(&mut shell, "(stopped)", ("SELECT 40 + 2 AS answer;", "| 42 "))?;
 
-    let state = tempfile::tempdir()?;
-    let mut serve = Command::new(SLUICE)
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", "admin:cli-admin", "--state-dir"])
-        .arg(state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(serve.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
-    let _serve = common::KillOnDrop(serve);
-    let addr = line.trim().strip_prefix("listening on ").ok_or_else(|| format!("unexpected: {line}"))?;
-    let mut shell = Shell::start_with(&["--server", &format!("http://{addr}"), "--token", "cli-admin"])?;
+    let server = Server::start()?;
+    let mut shell = Shell::start_with(&["--server", &server.url, "--token", "cli-admin"])?;
     sigint_stops_a_flowing_query(&mut shell, "(stopped); query", ("\\d", "| fast "))
+}
+
+/// A `sluice serve` on a free port, with an `admin` token `cli-admin`; killed when dropped.
+struct Server {
+    url: String,
+    _process: common::KillOnDrop,
+    _state: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Result<Self, Box<dyn std::error::Error>> {
+        let state = tempfile::tempdir()?;
+        let mut serve = Command::new(SLUICE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--token", "admin:cli-admin", "--state-dir"])
+            .arg(state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(serve.stdout.take().ok_or("no stdout")?).read_line(&mut line)?;
+        let process = common::KillOnDrop(serve);
+        let addr = line.trim().strip_prefix("listening on ").ok_or_else(|| format!("unexpected: {line}"))?;
+        Ok(Server { url: format!("http://{addr}"), _process: process, _state: state })
+    }
 }
 
 /// Starts a fast query in `shell`, interrupts it once rows come, expects
@@ -688,5 +702,150 @@ fn ingest_names_what_is_wrong_before_it_starts() -> TestResult {
     let err = ingest(&["--from", "stream", "--to", "lake", "--checkpoint-interval", "often"])?;
     assert!(err.contains("--checkpoint-interval") && err.contains("often"), "{err}");
     assert!(!dir.path().join(".sluice").exists(), "nothing started, no checkpoint written");
+    Ok(())
+}
+
+/// A changelog (`op` first, then key and count) replayed into what it leaves:
+/// per key, its last `+I`/`+U` count, unless a `-D` removed it.
+fn replay(changes: impl IntoIterator<Item = (String, i64, i64)>) -> Result<std::collections::BTreeMap<i64, i64>, String> {
+    let mut rows = std::collections::BTreeMap::new();
+    for (op, k, n) in changes {
+        match op.as_str() {
+            "+I" | "+U" => {
+                rows.insert(k, n);
+            }
+            "-U" | "-D" if rows.get(&k) == Some(&n) => {
+                rows.remove(&k);
+            }
+            other => return Err(format!("{other} {k} {n} retracts a row that is not there")),
+        }
+    }
+    Ok(rows)
+}
+
+/// `sluice run --format` prints an updating query's changes so that a CSV or
+/// JSON parser reads them back: `op` is a column (a field), the rest as typed.
+#[test]
+fn run_formats_keep_a_changelog_parsable() -> TestResult {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    let sql = format!("{CLICKS} SELECT user_id % 5 AS k, count(*) AS n FROM clicks GROUP BY user_id % 5;");
+    let run = |format: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let out = Command::new(SLUICE).args(["run", "--format", format, "-c", &sql]).output()?;
+        assert!(out.status.success(), "--format {format}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let field = |v: &serde_json::Value, name: &str| v[name].as_i64().ok_or(format!("no {name} in {v}"));
+    let from_json = |rows: Vec<serde_json::Value>| -> Result<Vec<(String, i64, i64)>, String> {
+        rows.iter().map(|v| Ok((v["op"].as_str().ok_or(format!("no op in {v}"))?.to_string(), field(v, "k")?, field(v, "n")?))).collect()
+    };
+
+    let csv = run("csv")?;
+    assert!(csv.starts_with("op,k,n\n"), "{csv}");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("op", DataType::Utf8, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let mut changes = Vec::new();
+    for batch in arrow::csv::ReaderBuilder::new(schema).with_header(true).build(std::io::Cursor::new(csv.as_bytes()))? {
+        let batch = batch?;
+        let (op, k, n) = (batch.column(0).as_string::<i32>(), batch.column(1).as_primitive::<Int64Type>(), batch.column(2).as_primitive::<Int64Type>());
+        changes.extend((0..batch.num_rows()).map(|i| (op.value(i).to_string(), k.value(i), n.value(i))));
+    }
+    let ndjson = run("ndjson")?;
+    let lines: Vec<serde_json::Value> = ndjson.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let json: Vec<serde_json::Value> = serde_json::from_str(&run("json")?)?;
+    for (format, changes) in [("csv", changes), ("ndjson", from_json(lines)?), ("json", from_json(json)?)] {
+        assert!(changes.iter().any(|(op, ..)| op == "-U"), "{format}: an updating query retracts");
+        let rows = replay(changes)?;
+        assert_eq!(rows.len(), 5, "{format}: one row per key");
+        assert_eq!(rows.values().sum::<i64>(), 3000, "{format}: every click counted once");
+    }
+    Ok(())
+}
+
+/// The stdout connector's `format = 'csv'`: a header, then the changes.
+#[test]
+fn stdout_sink_writes_csv() -> TestResult {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    let sql = format!(
+        "{CLICKS} CREATE TABLE out (event_type VARCHAR, n BIGINT) WITH (connector = 'stdout', format = 'csv'); \
+         INSERT INTO out SELECT event_type, count(*) FROM clicks GROUP BY event_type;"
+    );
+    let out = Command::new(SLUICE).args(["run", "-c", &sql]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout)?;
+    assert!(stdout.starts_with("op,event_type,n\n"), "{stdout}");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("op", DataType::Utf8, false),
+        Field::new("event_type", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let mut last = std::collections::BTreeMap::new();
+    for batch in arrow::csv::ReaderBuilder::new(schema).with_header(true).build(std::io::Cursor::new(stdout.as_bytes()))? {
+        let batch = batch?;
+        let (op, kind, n) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>(), batch.column(2).as_primitive::<Int64Type>());
+        for i in (0..batch.num_rows()).filter(|i| op.value(*i).starts_with('+')) {
+            last.insert(kind.value(i).to_string(), n.value(i));
+        }
+    }
+    assert_eq!(last.len(), 4, "{stdout}");
+    assert_eq!(last.values().sum::<i64>(), 3000, "{stdout}");
+    Ok(())
+}
+
+/// The shell takes `--format`, and `\pset format` (psql's and datafusion-cli's
+/// command) changes it.
+#[test]
+fn the_shell_prints_in_the_format_asked_for() -> TestResult {
+    let mut shell = Shell::start_with(&["--format", "ndjson"])?;
+    shell.send("SELECT 40 + 2 AS answer, 'a,b' AS s, NULL AS nothing;\n")?;
+    let line = shell.expect("answer")?;
+    let row: serde_json::Value = serde_json::from_str(line.lines().find(|l| l.starts_with('{')).ok_or("no row")?)?;
+    assert_eq!(row, serde_json::json!({"answer": 42, "s": "a,b", "nothing": null}));
+    shell.send("\\pset format csv\n")?;
+    shell.expect("Output format is csv.")?;
+    shell.send("SELECT 40 + 2 AS answer, 'a,b' AS s;\n")?;
+    shell.expect_all(&["answer,s", "42,\"a,b\""])?;
+    shell.send("\\format json\n")?;
+    shell.expect("Output format is json.")?;
+    shell.send("\\pset format xml\n")?;
+    shell.expect("unknown format 'xml' (one of table, csv, json, ndjson)")?;
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
+    Ok(())
+}
+
+/// The shell on a server prints rows in its format as a local one does: JSON
+/// rows with every column in order (NULLs too), CSV with a header.
+#[test]
+fn the_remote_shell_prints_in_the_format_asked_for() -> TestResult {
+    let server = Server::start()?;
+    let mut shell = Shell::start_with(&["--server", &server.url, "--token", "cli-admin", "--format", "ndjson"])?;
+    shell.send("CREATE TABLE few (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'generator', rows = '300');\n")?;
+    shell.expect("created")?;
+    shell.send("SELECT user_id % 3 AS k, count(*) AS n, CAST(NULL AS VARCHAR) AS nothing FROM few GROUP BY user_id % 3;\n")?;
+    // The summary may overtake the last rows (stdout and stderr are read apart).
+    let mut out = shell.expect("row(s)")?;
+    let summary = out.lines().find(|l| l.contains("row(s)")).unwrap_or_default();
+    let count: usize = summary.trim_start_matches("stderr: ").split(' ').next().unwrap_or_default().parse()?;
+    while out.lines().filter(|l| l.starts_with('{')).count() < count {
+        out.push_str(&shell.expect("{")?);
+    }
+    let rows: Vec<serde_json::Value> = out.lines().filter(|l| l.starts_with('{')).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let keys: Vec<Vec<&String>> = rows.iter().filter_map(|r| r.as_object()).map(|o| o.keys().collect()).collect();
+    assert!(keys.iter().all(|k| k.len() == 4 && k.iter().any(|k| *k == "nothing")), "{out}");
+    let field = |v: &serde_json::Value, name: &str| v[name].as_i64().ok_or(format!("no {name} in {v}"));
+    let changes = rows.iter().map(|v| Ok((v["op"].as_str().ok_or("no op")?.to_string(), field(v, "k")?, field(v, "n")?)));
+    let state = replay(changes.collect::<Result<Vec<_>, String>>()?)?;
+    assert_eq!(state.values().sum::<i64>(), 300, "{out}");
+    shell.send("\\pset format csv\n")?;
+    shell.expect("Output format is csv.")?;
+    shell.send("SHOW TABLES;\n")?;
+    shell.expect_all(&["name,kind,connector", "few,table,generator"])?;
+    shell.send("\\q\n")?;
+    assert!(shell.child.wait()?.success());
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod lake;
 pub mod metadata;
 pub mod options;
+pub mod output_format;
 pub mod registry;
 pub mod stdout;
 pub mod table_printer;

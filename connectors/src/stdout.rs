@@ -1,7 +1,10 @@
 //! `connector = 'stdout'`: results printed to standard output.
 //!
-//! Options: `format` = `table` (default: a table growing as rows arrive) or `json`
-//! (one JSON object per line).
+//! Options: `format` = `table` (default: a table growing as rows arrive), `csv`
+//! (a header line, then a line per row), or `json` (one JSON object per line,
+//! as Flink's `json` format writes records; `ndjson` is the same). An updating
+//! query's `op` column is a CSV column and a JSON field like the others, so
+//! what is printed parses as the changelog it is (see `output_format`).
 
 use std::io::Write;
 
@@ -11,26 +14,39 @@ use async_trait::async_trait;
 use sluice_engine::{EngineError, Sink};
 
 use crate::error::{ConnectorError, Result};
+use crate::output_format::{OutputFormat, ResultWriter};
 use crate::registry::{Connector, TableSpec};
-use crate::table_printer::TablePrinter;
 
 /// How rows are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StdoutFormat {
     Table,
+    Csv,
+    /// One JSON object per line.
     Json,
+}
+
+impl StdoutFormat {
+    fn output(self) -> OutputFormat {
+        match self {
+            StdoutFormat::Table => OutputFormat::Table,
+            StdoutFormat::Csv => OutputFormat::Csv,
+            StdoutFormat::Json => OutputFormat::NdJson,
+        }
+    }
 }
 
 fn parse_config(table: &TableSpec) -> Result<StdoutFormat> {
     let mut o = table.options();
     let format = match o.take_opt("format").map(|f| f.to_ascii_lowercase()).as_deref() {
         None | Some("table") => StdoutFormat::Table,
-        Some("json") => StdoutFormat::Json,
+        Some("csv") => StdoutFormat::Csv,
+        Some("json") | Some("ndjson") => StdoutFormat::Json,
         Some(other) => {
             return Err(ConnectorError::Option {
                 connector: "stdout".into(),
                 key: "format".into(),
-                reason: format!("'{other}' is not one of table, json"),
+                reason: format!("'{other}' is not one of table, csv, json"),
             })
         }
     };
@@ -59,12 +75,12 @@ impl Connector for StdoutConnector {
 /// Prints batches to standard output as they arrive.
 pub struct StdoutSink {
     format: StdoutFormat,
-    table: TablePrinter,
+    writer: ResultWriter,
 }
 
 impl StdoutSink {
     pub fn new(schema: SchemaRef, format: StdoutFormat) -> Self {
-        StdoutSink { format, table: TablePrinter::new(schema) }
+        StdoutSink { format, writer: ResultWriter::new(schema, format.output()) }
     }
 }
 
@@ -84,25 +100,15 @@ impl Sink for StdoutSink {
     }
 
     async fn write_batch(&mut self, batch: RecordBatch) -> sluice_engine::Result<()> {
-        let text = match self.format {
-            StdoutFormat::Table => self.table.format_batch(&batch)?,
-            StdoutFormat::Json => {
-                let mut w = arrow_json::LineDelimitedWriter::new(Vec::new());
-                w.write(&batch)?;
-                w.finish()?;
-                String::from_utf8_lossy(&w.into_inner()).to_string()
-            }
-        };
+        let text = self.writer.format_batch(&batch)?;
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes()).map_err(stdout_error)?;
         out.flush().map_err(stdout_error)
     }
 
     async fn finish(&mut self) -> sluice_engine::Result<()> {
-        if self.format == StdoutFormat::Table {
-            let mut out = std::io::stdout().lock();
-            out.write_all(self.table.finish().as_bytes()).map_err(stdout_error)?;
-        }
-        Ok(())
+        let mut out = std::io::stdout().lock();
+        out.write_all(self.writer.finish().as_bytes()).map_err(stdout_error)?;
+        out.flush().map_err(stdout_error)
     }
 }

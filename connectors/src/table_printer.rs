@@ -2,7 +2,8 @@
 //!
 //! Column widths are fixed from the header and the first batch (so rows line up
 //! without waiting for the end of an unbounded query); a wider value later simply
-//! widens its own row.
+//! widens its own row. A value of several lines (`SHOW CREATE TABLE`) takes as
+//! many lines of the table, as psql prints it.
 
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::error::Result;
@@ -39,7 +40,7 @@ impl TablePrinter {
                 .collect();
             for row in &cells {
                 for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
+                    *w = (*w).max(c.lines().map(|l| l.chars().count()).max().unwrap_or(0));
                 }
             }
             let names: Vec<String> = self.schema.fields().iter().map(|f| f.name().clone()).collect();
@@ -99,13 +100,20 @@ fn separator(widths: &[usize]) -> String {
     format!("+{}+\n", parts.join("+"))
 }
 
+/// One row: a line of the table per line of its tallest value.
 fn line(cells: &[String], widths: &[usize]) -> String {
-    let parts: Vec<String> = cells
-        .iter()
-        .zip(widths)
-        .map(|(c, w)| format!(" {c:<w$} ", w = *w))
-        .collect();
-    format!("|{}|\n", parts.join("|"))
+    let lines: Vec<Vec<&str>> = cells.iter().map(|c| c.lines().collect()).collect();
+    let height = lines.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut out = String::new();
+    for i in 0..height {
+        let parts: Vec<String> = lines
+            .iter()
+            .zip(widths)
+            .map(|(l, w)| format!(" {:<w$} ", l.get(i).copied().unwrap_or(""), w = *w))
+            .collect();
+        out.push_str(&format!("|{}|\n", parts.join("|")));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -141,6 +149,24 @@ mod tests {
         assert_eq!(second, "| checkout         | 3      |\n| NULL             | 12     |\n");
         assert_eq!(p.finish(), "+------------------+--------+\n");
         assert_eq!(p.rows(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_value_of_several_lines_takes_several_lines() -> Result<()> {
+        let schema = Arc::new(Schema::new(vec![Field::new("result", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["CREATE TABLE t (\n  a BIGINT\n)"]))])?;
+        let mut p = TablePrinter::new(schema);
+        assert_eq!(
+            p.format_batch(&batch)?,
+            "+------------------+\n\
+             | result           |\n\
+             +------------------+\n\
+             | CREATE TABLE t ( |\n\
+             |   a BIGINT       |\n\
+             | )                |\n"
+        );
+        assert_eq!(p.rows(), 1);
         Ok(())
     }
 }

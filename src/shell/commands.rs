@@ -1,4 +1,6 @@
-//! The shell's backslash commands.
+//! The shell's backslash commands, psql's and datafusion-cli's where they have one.
+
+use sluice_connectors::output_format::OutputFormat;
 
 /// What a backslash command asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -6,6 +8,8 @@ pub enum BackslashCommand {
     Quit,
     Help,
     Timing,
+    /// `\pset format NAME`: print results so from now on; `None`: say how they print.
+    Format(Option<OutputFormat>),
     /// A command answered by running SQL.
     Sql(String),
 }
@@ -19,6 +23,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("\\d NAME", "describe a table: columns, watermark (DESCRIBE NAME)"),
     ("\\df", "list functions (SHOW FUNCTIONS)"),
     ("\\timing", "toggle printing how long statements take"),
+    ("\\pset format FORMAT", "print results as table, csv, json (one array) or ndjson (\\format FORMAT too)"),
 ];
 
 const INTRO: &str = "\
@@ -31,7 +36,7 @@ SQL:
   CREATE TABLE t (col TYPE, ..., WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) WITH (connector = '...', ...);
   CREATE VIEW v AS SELECT ...;   DROP TABLE t;   DROP VIEW v;
   CREATE FUNCTION f LANGUAGE rust AS '/path/to/lib.so';   DROP FUNCTION f;
-  SHOW TABLES;   DESCRIBE t;   EXPLAIN SELECT ...;   SHOW METRICS;   SHOW FUNCTIONS;
+  SHOW TABLES;   DESCRIBE t;   SHOW CREATE TABLE t;   EXPLAIN SELECT ...;   SHOW METRICS;   SHOW FUNCTIONS;
   SET 'parallelism' = '2';   SET 'table.exec.state.ttl' = '1 h';
   SET 'scan.watermark.alignment.max-drift' = '30 s';   SET 'sluice.memory.limit' = '2 GB';
   SELECT window_start, count(*) FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
@@ -41,7 +46,7 @@ Connectors: generator, file (json, csv; sinks also parquet), kafka, lake (Parque
 
 /// What `\?` prints.
 pub fn help() -> String {
-    let commands: Vec<String> = COMMANDS.iter().map(|(usage, what)| format!("  {usage:<14}{what}")).collect();
+    let commands: Vec<String> = COMMANDS.iter().map(|(usage, what)| format!("  {usage:<22}{what}")).collect();
     format!("{INTRO}\n{}\n{SQL}", commands.join("\n"))
 }
 
@@ -57,6 +62,15 @@ pub fn parse(line: &str) -> Result<BackslashCommand, String> {
         ("\\d", None) => Ok(BackslashCommand::Sql("SHOW TABLES;".into())),
         ("\\d", Some(name)) => Ok(BackslashCommand::Sql(format!("DESCRIBE {name};"))),
         ("\\df", None) => Ok(BackslashCommand::Sql("SHOW FUNCTIONS;".into())),
+        ("\\pset", Some("format")) | ("\\format", _) => {
+            let name = if command == "\\format" { arg } else { words.next() };
+            match (name, words.next()) {
+                (None, _) => Ok(BackslashCommand::Format(None)),
+                (Some(name), None) => name.parse().map(|f| BackslashCommand::Format(Some(f))),
+                (Some(_), Some(_)) => Err(format!("{command} takes one format ({})", OutputFormat::NAMES)),
+            }
+        }
+        ("\\pset", _) => Err(format!("\\pset sets only format: \\pset format FORMAT ({})", OutputFormat::NAMES)),
         _ => Err(format!("unknown command {line}; \\? lists the commands")),
     }
 }
@@ -70,20 +84,26 @@ mod tests {
         assert_eq!(parse("\\q"), Ok(BackslashCommand::Quit));
         assert_eq!(parse("\\d clicks"), Ok(BackslashCommand::Sql("DESCRIBE clicks;".into())));
         assert!(parse("\\x").is_err());
+        assert_eq!(parse("\\pset format csv"), Ok(BackslashCommand::Format(Some(OutputFormat::Csv))));
+        assert_eq!(parse("\\format NDJSON"), Ok(BackslashCommand::Format(Some(OutputFormat::NdJson))));
+        assert_eq!(parse("\\pset format"), Ok(BackslashCommand::Format(None)));
+        assert!(parse("\\pset format xml").is_err_and(|e| e.contains("table, csv, json, ndjson")));
+        assert!(parse("\\pset border 2").is_err());
     }
 
     #[test]
     fn help_lists_every_command_and_every_listed_command_exists() {
         let help = help();
         for (usage, what) in COMMANDS {
-            assert!(parse(&usage.replace("NAME", "clicks")).is_ok(), "{usage} does not parse");
-            assert!(help.contains(&format!("  {usage:<14}{what}\n")), "\\? does not list {usage}");
+            assert!(parse(&usage.replace("NAME", "clicks").replace("FORMAT", "csv")).is_ok(), "{usage} does not parse");
+            assert!(help.contains(&format!("  {usage:<22}{what}\n")), "\\? does not list {usage}");
         }
         // Every command parse accepts is listed (aliases in their command's line).
-        for accepted in ["\\q", "\\?", "\\h", "\\d", "\\d clicks", "\\df", "\\timing"] {
+        for accepted in ["\\q", "\\?", "\\h", "\\d", "\\d clicks", "\\df", "\\timing", "\\pset format csv", "\\format csv"] {
             assert!(parse(accepted).is_ok());
             let listed = COMMANDS.iter().any(|(usage, what)| {
-                usage.replace("NAME", "clicks") == accepted || what.contains(&format!("({accepted} too)"))
+                let what = what.replace("FORMAT", "csv");
+                usage.replace("NAME", "clicks").replace("FORMAT", "csv") == accepted || what.contains(&format!("({accepted} too)"))
             });
             assert!(listed, "\\? does not list {accepted}");
         }

@@ -19,7 +19,7 @@ use rustyline::DefaultEditor;
 use sluice_sql::Session;
 
 use crate::interrupt::Interrupts;
-use crate::render::{self, Ending};
+use crate::render::{self, Ending, PrintOptions};
 use commands::BackslashCommand;
 
 const PROMPT: &str = "sluice> ";
@@ -36,19 +36,21 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn run(&mut self, runtime: &tokio::runtime::Runtime, sql: &str, timing: bool, interrupts: &mut Interrupts) -> Ending {
+    fn run(&mut self, runtime: &tokio::runtime::Runtime, sql: &str, print: PrintOptions, interrupts: &mut Interrupts) -> Ending {
         let mut out = std::io::stdout();
         match self {
-            Backend::Local(session) => runtime.block_on(render::run_script(session, sql, timing, &mut out, interrupts)),
-            Backend::Remote(remote) => runtime.block_on(remote.run_script(sql, timing, &mut out, interrupts)),
+            Backend::Local(session) => runtime.block_on(render::run_script(session, sql, print, &mut out, interrupts)),
+            Backend::Remote(remote) => runtime.block_on(remote.run_script(sql, print, &mut out, interrupts)),
         }
     }
 }
 
-/// Runs the shell until `\q`, end of input, or a closed stdout.
+/// Runs the shell until `\q`, end of input, or a closed stdout, printing
+/// results as `print` says until `\timing` or `\pset format` change it.
 pub fn run(
     runtime: &tokio::runtime::Runtime,
     mut backend: Backend,
+    mut print: PrintOptions,
     mut interrupts: Interrupts,
 ) -> anyhow::Result<std::process::ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
@@ -60,7 +62,6 @@ pub fn run(
         "Sluice {} — continuous SQL over event streams. \\? for help, \\q to quit.",
         env!("CARGO_PKG_VERSION")
     ));
-    let mut timing = false;
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() { PROMPT } else { CONTINUATION };
@@ -83,11 +84,15 @@ pub fn run(
                     }
                 }
                 Ok(BackslashCommand::Timing) => {
-                    timing = !timing;
-                    render::status(format_args!("Timing is {}.", if timing { "on" } else { "off" }));
+                    print.timing = !print.timing;
+                    render::status(format_args!("Timing is {}.", if print.timing { "on" } else { "off" }));
+                }
+                Ok(BackslashCommand::Format(format)) => {
+                    print.format = format.unwrap_or(print.format);
+                    render::status(format_args!("Output format is {}.", print.format));
                 }
                 Ok(BackslashCommand::Sql(sql)) => {
-                    if backend.run(runtime, &sql, timing, &mut interrupts) == Ending::ReaderGone {
+                    if backend.run(runtime, &sql, print, &mut interrupts) == Ending::ReaderGone {
                         break;
                     }
                 }
@@ -104,7 +109,7 @@ pub fn run(
         }
         let sql = std::mem::take(&mut buffer);
         remember(&mut editor, history.as_deref(), &sql);
-        if backend.run(runtime, &sql, timing, &mut interrupts) == Ending::ReaderGone {
+        if backend.run(runtime, &sql, print, &mut interrupts) == Ending::ReaderGone {
             break;
         }
     }

@@ -1,7 +1,8 @@
 //! The shell as a client of a running `sluice serve`: DDL and catalog statements
 //! go to `/api/v1/statements`, queries are submitted to `/api/v1/queries` and their
-//! results streamed back (NDJSON) into the same growing table; Ctrl-C stops the
-//! query on the server (a stdout closed under it, too).
+//! results streamed back (NDJSON) and printed in the shell's format, as a local
+//! query's are; Ctrl-C stops
+//! the query on the server (a stdout closed under it, too).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -12,11 +13,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use sluice_connectors::table_printer::TablePrinter;
+use sluice_connectors::output_format::{OutputFormat, ResultWriter};
 use sluice_sql::SluiceStatement;
 
 use crate::interrupt::Interrupts;
-use crate::render::{report_outcome, status, write_text, Ending, Halt, Report};
+use crate::render::{report_outcome, status, write_text, Ending, Halt, PrintOptions, Report};
 
 /// A connection to a Sluice server.
 pub struct Remote {
@@ -33,9 +34,25 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-fn text_batch(schema: &SchemaRef, rows: &[Vec<String>]) -> Result<RecordBatch, String> {
+/// A value as text; NULL stays NULL (an empty CSV field, NULL in a table).
+fn cell_of(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        other => Some(text_of(other)),
+    }
+}
+
+/// A row as a JSON object of every column in order, NULLs as `null` (the
+/// server leaves them out), as a local query prints it.
+fn json_object(names: &[String], row: &Value) -> String {
+    let fields: Vec<String> =
+        names.iter().map(|n| format!("{}:{}", Value::from(n.as_str()), row.get(n).unwrap_or(&Value::Null))).collect();
+    format!("{{{}}}", fields.join(","))
+}
+
+fn text_batch(schema: &SchemaRef, rows: &[Vec<Option<String>>]) -> Result<RecordBatch, String> {
     let columns: Vec<ArrayRef> = (0..schema.fields().len())
-        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .map(|i| Arc::new(rows.iter().map(|r| r[i].as_deref()).collect::<StringArray>()) as ArrayRef)
         .collect();
     RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())
 }
@@ -70,7 +87,7 @@ impl Remote {
 
     /// Runs every statement of `sql` on the server; stops at the first error,
     /// interrupt or closed stdout, and says which.
-    pub async fn run_script(&self, sql: &str, timing: bool, out: &mut impl Write, interrupts: &mut Interrupts) -> Ending {
+    pub async fn run_script(&self, sql: &str, print: PrintOptions, out: &mut impl Write, interrupts: &mut Interrupts) -> Ending {
         let statements = match sluice_sql::parse_statements(sql) {
             Ok(s) => s,
             Err(e) => {
@@ -92,8 +109,12 @@ impl Remote {
             };
             // A SELECT is only previewed: the server ends it when this shell stops reading.
             let preview = matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_)));
-            let result = if is_query { self.run_query(&text, preview, out, interrupts).await } else { self.run_statement(&text, out).await };
-            let ending = report_outcome(result, started, timing, out);
+            let result = if is_query {
+                self.run_query(&text, preview, print.format, out, interrupts).await
+            } else {
+                self.run_statement(&text, print.format, out).await
+            };
+            let ending = report_outcome(result, started, print.timing, out);
             if ending != Ending::Completed {
                 return ending;
             }
@@ -101,27 +122,34 @@ impl Remote {
         Ending::Completed
     }
 
-    async fn run_statement(&self, sql: &str, out: &mut impl Write) -> Result<Report, Halt> {
+    async fn run_statement(&self, sql: &str, format: OutputFormat, out: &mut impl Write) -> Result<Report, Halt> {
         let answer = self.send_json("/api/v1/statements", json!({ "sql": sql })).await?;
         if let Some(message) = answer["message"].as_str() {
             return Ok(Report::completed(message));
         }
         let names: Vec<String> = answer["columns"].as_array().into_iter().flatten().map(text_of).collect();
-        let rows: Vec<Vec<String>> = answer["rows"]
+        let rows: Vec<Vec<Option<String>>> = answer["rows"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| r.as_array().into_iter().flatten().map(text_of).collect())
+            .map(|r| r.as_array().into_iter().flatten().map(cell_of).collect())
             .collect();
         let schema = text_schema(&names);
-        let mut printer = TablePrinter::new(Arc::clone(&schema));
+        let mut printer = ResultWriter::new(Arc::clone(&schema), format);
         let batch = text_batch(&schema, &rows)?;
         write_text(out, &printer.format_batch(&batch).map_err(|e| e.to_string())?)?;
         write_text(out, &printer.finish())?;
         Ok(Report::completed(format!("{} row(s)", rows.len())))
     }
 
-    async fn run_query(&self, sql: &str, preview: bool, out: &mut impl Write, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+    async fn run_query(
+        &self,
+        sql: &str,
+        preview: bool,
+        format: OutputFormat,
+        out: &mut impl Write,
+        interrupts: &mut Interrupts,
+    ) -> Result<Report, Halt> {
         let info = self.send_json("/api/v1/queries", json!({ "sql": sql, "preview": preview })).await?;
         let id = info["id"].as_str().ok_or("the server returned no query id")?.to_string();
         let names: Vec<String> = info["schema"].as_array().into_iter().flatten().map(|c| text_of(&c["name"])).collect();
@@ -131,7 +159,8 @@ impl Remote {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let mut printer = TablePrinter::new(Arc::clone(&schema));
+        let mut printer = ResultWriter::new(Arc::clone(&schema), format);
+        let json_through = matches!(format, OutputFormat::Json | OutputFormat::NdJson);
         let mut stream = resp.bytes_stream();
         let mut pending = String::new();
         let mut cancelled = false;
@@ -145,6 +174,7 @@ impl Remote {
             let Some(chunk) = chunk else { break };
             pending.push_str(&String::from_utf8_lossy(&chunk.map_err(|e| e.to_string())?));
             let mut rows = Vec::new();
+            let mut objects = Vec::new();
             while let Some(pos) = pending.find('\n') {
                 let line: String = pending.drain(..=pos).collect();
                 let value: Value = serde_json::from_str(line.trim()).map_err(|e| e.to_string())?;
@@ -155,10 +185,21 @@ impl Remote {
                 if value.get("error").is_some() {
                     continue; // the query's final state, read below, tells it
                 }
-                rows.push(names.iter().map(|n| text_of(&value[n])).collect::<Vec<_>>());
+                if json_through {
+                    objects.push(json_object(&names, &value));
+                } else {
+                    rows.push(names.iter().map(|n| cell_of(&value[n])).collect::<Vec<_>>());
+                }
             }
-            if !rows.is_empty() {
-                match write_text(out, &printer.format_batch(&text_batch(&schema, &rows)?).map_err(|e| e.to_string())?) {
+            let text = if !objects.is_empty() {
+                printer.format_json_objects(&objects)
+            } else if !rows.is_empty() {
+                printer.format_batch(&text_batch(&schema, &rows)?).map_err(|e| e.to_string())?
+            } else {
+                String::new()
+            };
+            if !text.is_empty() {
+                match write_text(out, &text) {
                     Err(Halt::ReaderGone) => {
                         reader_gone = true;
                         break;
