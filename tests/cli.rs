@@ -849,3 +849,28 @@ fn the_remote_shell_prints_in_the_format_asked_for() -> TestResult {
     assert!(shell.child.wait()?.success());
     Ok(())
 }
+
+/// `--format json` on a query that never ends: the array is closed when
+/// Ctrl-C stops it, so what was printed parses, and holds the rows counted.
+#[cfg(unix)]
+#[test]
+fn a_stopped_query_leaves_a_whole_json_array() -> TestResult {
+    let sql = format!("{FAST} SELECT user_id, event_type FROM fast;");
+    let mut child = Command::new(SLUICE).args(["run", "--format", "json", "-c", &sql]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+    let mut text = String::new();
+    while text.lines().count() < 100 {
+        if stdout.read_line(&mut text)? == 0 {
+            return Err(format!("the query ended by itself: {text}").into());
+        }
+    }
+    signal(&child, "INT")?;
+    std::io::Read::read_to_string(&mut stdout, &mut text)?;
+    let status = exits_within(&mut child, Duration::from_secs(30), "sluice run after one SIGINT")?;
+    let stderr = stderr_of(&mut child)?;
+    assert!(status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    assert!(stderr.contains(&format!("\n{} row(s) (stopped)", rows.len())), "{} rows parsed: {stderr}", rows.len());
+    assert!(rows.iter().all(|r| r["user_id"].is_i64() && r["event_type"].is_string()));
+    Ok(())
+}
