@@ -192,6 +192,62 @@ async fn partitioned_session_window_matches_batch_gaps_and_islands() -> TestResu
     .await
 }
 
+/// Window Top-N over a windowed aggregation (the three users with most clicks
+/// per minute) against the same ROW_NUMBER query run as a batch; the ORDER BY
+/// ends with the user, so no two rows tie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_top_n_over_aggregation_matches_batch_row_number() -> TestResult {
+    assert_same(
+        "SELECT * FROM ( \
+           SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY n DESC, user_id) AS rn \
+           FROM (SELECT window_start, window_end, user_id, count(*) AS n, round(sum(price), 2) AS spent \
+                 FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+                 GROUP BY window_start, window_end, user_id)) \
+         WHERE rn <= 3",
+        "SELECT * FROM ( \
+           SELECT *, ROW_NUMBER() OVER (PARTITION BY ws, we ORDER BY n DESC, user_id) AS rn \
+           FROM (SELECT date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
+                   date_bin(INTERVAL '1 minute', ts, TIMESTAMP '1970-01-01 00:00:00') + INTERVAL '1 minute' AS we, \
+                   user_id, count(*) AS n, round(sum(price), 2) AS spent \
+                 FROM clicks GROUP BY 1, 2, 3)) \
+         WHERE rn <= 3",
+    )
+    .await
+}
+
+/// Window Top-N directly over the window TVF, with a key besides the window
+/// (each event type's two most expensive clicks per 30 s), and window
+/// deduplication (each user's first and last click per minute, rn left out),
+/// against the same ROW_NUMBER queries as batches; the ORDER BY ends with keys
+/// that leave no ties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_top_n_and_deduplication_over_tvf_match_batch_row_number() -> TestResult {
+    let tvf = |size: &str| format!("TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '{size}' SECOND))");
+    let bins = |size: &str| {
+        format!(
+            "SELECT *, date_bin(INTERVAL '{size} seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS window_start, \
+             date_bin(INTERVAL '{size} seconds', ts, TIMESTAMP '1970-01-01 00:00:00') + INTERVAL '{size} seconds' \
+             AS window_end FROM clicks"
+        )
+    };
+    let top = "SELECT window_start, window_end, event_type, user_id, price, ts, rn FROM ( \
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, event_type \
+                   ORDER BY price DESC, ts, user_id, session_id) AS rn FROM {input}) \
+               WHERE rn <= 2";
+    assert_same(&top.replace("{input}", &tvf("30")), &top.replace("{input}", &format!("({})", bins("30")))).await?;
+    for direction in ["ASC", "DESC"] {
+        let dedup = format!(
+            "SELECT window_start, user_id, event_type, page, ts FROM ( \
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end, user_id \
+                 ORDER BY ts {direction}, session_id, event_type, page, item_id) AS rn FROM {{input}}) \
+             WHERE rn = 1"
+        );
+        assert_same(&dedup.replace("{input}", &tvf("60")), &dedup.replace("{input}", &format!("({})", bins("60"))))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Declares the generator table and `sink_ddl`, runs `insert` in two lanes to completion.
 async fn run_insert(sink_ddl: &str, insert: &str) -> TestResult {
     let mut session = Session::default();

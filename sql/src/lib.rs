@@ -18,6 +18,7 @@ mod join_bounds;
 pub mod lower;
 pub mod options;
 mod lower_join;
+mod lower_rank;
 pub mod planner;
 pub mod session;
 pub mod show_create;

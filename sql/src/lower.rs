@@ -5,9 +5,11 @@
 //! DataFusion plan run per batch by a [`StatelessOperator`]; a windowed
 //! `AggregateExec` becomes a [`WindowAggregate`] or [`SessionAggregate`], a plain
 //! one an [`UpdatingAggregate`]; a `HashJoinExec` becomes a join of two flows
-//! (see [`crate::lower_join`]). Along the way it tracks which column carries each
-//! row's event time (joins need it to bound their state) and whether rows are a
-//! changelog (then every stateless step passes the change-kind column through).
+//! (see [`crate::lower_join`]); a `ROW_NUMBER()` window function bounded by a
+//! filter above it becomes a Window Top-N (see [`crate::lower_rank`]). Along
+//! the way it tracks which column carries each row's event time (joins need it
+//! to bound their state) and whether rows are a changelog (then every stateless
+//! step passes the change-kind column through).
 //! Anything that would need the whole input (sorts, limits) is rejected with a
 //! message saying so.
 
@@ -142,6 +144,8 @@ pub(crate) struct Lowering<'a> {
     pub(crate) task_ctx: Arc<TaskContext>,
     pub(crate) metrics: Arc<JobMetrics>,
     pub(crate) ttl: Option<Duration>,
+    /// Row-number bounds of window function nodes (see [`crate::lower_rank`]).
+    pub(crate) rank_limits: HashMap<usize, usize>,
 }
 
 /// True if the plan reads a stream table (otherwise it is a plain batch query).
@@ -159,7 +163,8 @@ pub fn lower(
     metrics: Arc<JobMetrics>,
     ttl: Option<Duration>,
 ) -> Result<LoweredQuery> {
-    let cx = Lowering { windows, tables, task_ctx, metrics, ttl };
+    let rank_limits = crate::lower_rank::rank_limits(plan);
+    let cx = Lowering { windows, tables, task_ctx, metrics, ttl, rank_limits };
     let mut chain = cx.lower(plan)?;
     if windows.has_session() && chain.aggregates == 0 {
         return plan_err(
@@ -198,6 +203,12 @@ impl Lowering<'_> {
         chain.exchange = Some(key);
     }
 
+    /// Puts `op` in a new stage, behind an exchange on `key`.
+    pub(crate) fn push_keyed(&self, chain: &mut Chain, key: ExchangeKey, op: Box<dyn Operator>) {
+        self.new_stage(chain, key);
+        chain.operators.push(op);
+    }
+
     /// The chain as a finished flow.
     pub(crate) fn finish(&self, mut chain: Chain) -> LoweredFlow {
         self.close_segment(&mut chain);
@@ -216,6 +227,9 @@ impl Lowering<'_> {
         }
         if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
             return self.lower_join(plan, join);
+        }
+        if matches!(plan.name(), "WindowAggExec" | "BoundedWindowAggExec") {
+            return self.lower_window_rank(plan);
         }
         let name = plan.name();
         if STATELESS.contains(&name) {
@@ -447,7 +461,6 @@ fn unsupported<T>(node: &str) -> Result<T> {
         }
         "SortMergeJoinExec" | "SymmetricHashJoinExec" => "this join is not supported on streams",
         "UnionExec" | "InterleaveExec" => "UNION is not supported on streams yet",
-        "WindowAggExec" | "BoundedWindowAggExec" => "OVER (...) window functions are not supported on streams",
         _ => return plan_err(format!("{node} is not supported in a continuous query")),
     };
     plan_err(why)

@@ -10,10 +10,12 @@ pub mod watermark_assigner;
 pub mod updating_aggregate;
 pub mod window_aggregate;
 mod window_groups;
+pub mod window_rank;
 
 pub use session_aggregate::SessionAggregate;
 pub use stateless::StatelessOperator;
 pub use watermark_assigner::WatermarkAssigner;
 pub use window_aggregate::WindowAggregate;
+pub use window_rank::{RankSpec, WindowRank};
 pub use updating_aggregate::UpdatingAggregate;
 pub use join::{EventTime, JoinKind, JoinMode, JoinSpec, SideTimes, StreamJoin, TemporalJoin};
