@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use common::broker::start_broker;
+use common::runs::{latest_checkpoint, stderr_of, wait_for_checkpoints};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -42,17 +42,6 @@ fn event(i: u64) -> Value {
 
 fn events(range: std::ops::Range<u64>) -> Vec<Value> {
     range.map(event).collect()
-}
-
-/// The highest id among the completed checkpoints under `dir`.
-fn latest_checkpoint(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .filter(|e| e.path().join("_metadata.json").exists())
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chk-")?.parse().ok())
-        .max()
-        .unwrap_or(0)
 }
 
 fn start_run(script: &Path) -> std::io::Result<Child> {
@@ -85,32 +74,6 @@ fn crash_run(script: &Path, point: &str, checkpoint: u64, meanwhile: impl FnOnce
     let stderr = stderr_of(&mut child)?;
     assert!(!status.success() && stderr.contains("SLUICE_CRASH_AT: crashing at"), "{point}:{checkpoint}: {status}: {stderr}");
     Ok(())
-}
-
-/// Waits until checkpoint `past` + `more` has completed (or the run exits).
-fn wait_for_checkpoints(child: &mut Child, dir: &Path, past: u64, more: u64) -> Result<u64, Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let latest = latest_checkpoint(dir);
-        if latest >= past + more {
-            return Ok(latest);
-        }
-        if let Some(status) = child.try_wait()? {
-            let mut err = String::new();
-            child.stderr.take().ok_or("stderr")?.read_to_string(&mut err)?;
-            return Err(format!("sluice run exited ({status}) before checkpoint {}: {err}", past + more).into());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("no checkpoint past {latest} within 60 s").into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stderr_of(child: &mut Child) -> Result<String, Box<dyn std::error::Error>> {
-    let mut err = String::new();
-    child.stderr.take().ok_or("stderr")?.read_to_string(&mut err)?;
-    Ok(err)
 }
 
 /// `(window_start, user_id, n, total)` rows, sorted, as pyarrow reads the lake;

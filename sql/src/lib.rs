@@ -17,6 +17,7 @@ pub mod interval;
 mod join_bounds;
 pub mod lower;
 pub mod options;
+mod lower_alert;
 mod lower_join;
 mod lower_rank;
 pub mod planner;

@@ -163,9 +163,12 @@ impl Lowering<'_> {
                 "OVER (...) window functions are not supported on streams, except one ROW_NUMBER() for Window Top-N: {WINDOW_TOP_N}"
             ));
         };
+        if crate::lower_alert::is_alert_status(expr) {
+            return self.lower_alert_status(plan, expr, &without_sorts(input)?);
+        }
         if !is_row_number(expr) {
             return plan_err(format!(
-                "OVER (...) window functions are not supported on streams, except ROW_NUMBER() for Window Top-N: {WINDOW_TOP_N}"
+                "OVER (...) window functions are not supported on streams, except ROW_NUMBER() for Window Top-N ({WINDOW_TOP_N}) and ALERT_STATUS"
             ));
         }
         if self.windows.windows.is_empty() {

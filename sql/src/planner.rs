@@ -64,6 +64,9 @@ pub fn planning_context() -> SessionContext {
     if let Err(e) = sluice_udf::register_functions(&mut state) {
         tracing::error!("registering Sluice's functions failed: {e}");
     }
+    if let Err(e) = datafusion::execution::FunctionRegistry::register_udwf(&mut state, Arc::new(sluice_engine::operators::alert_status::alert_status_udwf())) {
+        tracing::error!("registering ALERT_STATUS failed: {e}");
+    }
     SessionContext::new_with_state(state)
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses its share
 
 pub mod broker;
+pub mod runs;
 
 use std::net::TcpListener;
 use std::process::Child;

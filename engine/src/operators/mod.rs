@@ -1,5 +1,6 @@
 //! The operators a pipeline is made of.
 
+pub mod alert_status;
 pub mod join;
 pub mod session_aggregate;
 pub mod stateless;
@@ -12,6 +13,7 @@ pub mod window_aggregate;
 mod window_groups;
 pub mod window_rank;
 
+pub use alert_status::{AlertChanges, AlertSpec};
 pub use session_aggregate::SessionAggregate;
 pub use stateless::StatelessOperator;
 pub use watermark_assigner::WatermarkAssigner;
