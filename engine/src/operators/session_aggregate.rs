@@ -27,7 +27,7 @@ use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{
     accumulator_widths, as_type, corrupt, int64_column, key_groups, keyed_with_watermark, merged_accumulators,
-    split_keyed_with_watermark, state_column_names, table, take_accumulator_states,
+    split_keyed_with_watermark, state_column_names, states_are_kept, table, take_accumulator_states,
 };
 use super::window_groups::{AggregateSpec, EvaluatedBatch};
 use crate::checkpoint::StatePart;
@@ -174,7 +174,8 @@ impl SessionAggregate {
             return Ok(None);
         }
         let spec = &self.spec;
-        let states = take_accumulator_states(sets, &widths, &|| spec.new_accumulators())?;
+        let kept = states_are_kept(&spec.aggregates);
+        let states = take_accumulator_states(sets, &widths, kept, &|| spec.new_accumulators())?;
         let key_columns = match self.key_indices.is_empty() {
             true => Vec::new(),
             false => self.converter.convert_rows(keys)?,

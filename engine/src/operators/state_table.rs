@@ -8,9 +8,13 @@
 //! its input will bring it); the watermark as state of the lane; and moving
 //! DataFusion accumulator state out of accumulators and back in.
 //!
-//! DataFusion's `state()` consumes an accumulator's state, so taking a snapshot
-//! rebuilds the accumulators from what it took, the same way a restore builds
-//! them: an operator that snapshots and goes on behaves as one restored there.
+//! Some of DataFusion's accumulators give their values away in `state()`
+//! (`string_agg`, `median`, `percentile_cont` take them out), so a snapshot of
+//! those rebuilds the accumulators from what it took, the same way a restore
+//! builds them: an operator that snapshots and goes on behaves as one
+//! restored there. Aggregates known to leave their accumulator as it was
+//! ([`states_are_kept`]) skip the rebuild, which is most of a snapshot's cost
+//! with many groups.
 
 use std::sync::Arc;
 
@@ -146,12 +150,24 @@ pub(crate) fn state_column_names(widths: &[usize]) -> Vec<String> {
     widths.iter().enumerate().flat_map(|(a, w)| (0..*w).map(move |j| format!("agg{a}_state{j}"))).collect()
 }
 
+/// Aggregates whose `Accumulator::state` leaves the accumulator as it was.
+const STATE_KEPT: [&str; 11] =
+    ["count", "sum", "avg", "mean", "min", "max", "array_agg", "first_value", "last_value", "bool_and", "bool_or"];
+
+/// Whether taking the state of every aggregate of `aggregates` leaves its
+/// accumulators as they were (DISTINCT ones are not assumed to).
+pub(crate) fn states_are_kept(aggregates: &[Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>]) -> bool {
+    aggregates.iter().all(|a| !a.is_distinct() && STATE_KEPT.contains(&a.fun().name()))
+}
+
 /// Takes the state of every accumulator set (one row per set) as columns, and
-/// rebuilds each set from it with `fresh` (see the module docs). `widths` come
-/// from [`accumulator_widths`]. With no sets the columns are empty and untyped.
+/// unless `kept` (see [`states_are_kept`]) rebuilds each set from it with
+/// `fresh` (see the module docs). `widths` come from [`accumulator_widths`].
+/// With no sets the columns are empty and untyped.
 pub(crate) fn take_accumulator_states<'a>(
     sets: impl IntoIterator<Item = &'a mut Vec<Box<dyn Accumulator>>>,
     widths: &[usize],
+    kept: bool,
     fresh: &dyn Fn() -> Result<Vec<Box<dyn Accumulator>>>,
 ) -> Result<Vec<ArrayRef>> {
     let total: usize = widths.iter().sum();
@@ -176,6 +192,9 @@ pub(crate) fn take_accumulator_states<'a>(
             false => Ok(ScalarValue::iter_to_array(column)?),
         })
         .collect::<Result<Vec<ArrayRef>>>()?;
+    if kept {
+        return Ok(columns);
+    }
     // Rebuilt from the columns just made (a row of them is a zero-copy slice).
     for (row, set) in sets.into_iter().enumerate() {
         *set = merged_accumulators(fresh()?, &columns, row, widths)?;

@@ -31,7 +31,7 @@ use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{
     accumulator_widths, as_type, corrupt, epoch_millis, int64_column, key_groups, merged_accumulators,
-    state_column_names, table, take_accumulator_states,
+    state_column_names, states_are_kept, table, take_accumulator_states,
 };
 use super::window_groups::AggregateSpec;
 use crate::changelog::{attach_ops, detach_ops, ChangeKind};
@@ -140,12 +140,15 @@ impl UpdatingAggregate {
             sets.push(&mut group.accumulators);
         }
         let (spec, changelog_input) = (&self.spec, self.changelog_input);
-        let states = take_accumulator_states(sets, &widths, &|| new_accumulators(spec, changelog_input))?;
-        // The rebuilt accumulators are what a restored operator has: send
-        // changes against what they evaluate to, as it will.
-        for group in self.groups.values_mut() {
-            let now = group.accumulators.iter_mut().map(|a| a.evaluate()).collect::<datafusion::error::Result<Vec<_>>>()?;
-            group.sent = Some(now);
+        let kept = states_are_kept(&spec.aggregates);
+        let states = take_accumulator_states(sets, &widths, kept, &|| new_accumulators(spec, changelog_input))?;
+        // Rebuilt accumulators are what a restored operator has: send changes
+        // against what they evaluate to, as it will.
+        if !kept {
+            for group in self.groups.values_mut() {
+                let now = group.accumulators.iter_mut().map(|a| a.evaluate()).collect::<datafusion::error::Result<Vec<_>>>()?;
+                group.sent = Some(now);
+            }
         }
         let key_columns = keys.into_iter().map(|c| Ok(ScalarValue::iter_to_array(c)?)).collect::<Result<Vec<ArrayRef>>>()?;
         let groups = key_groups(&key_columns, rows)?;
