@@ -5,6 +5,7 @@
 //! [`sluice_engine::Source`]s and [`sluice_engine::Sink`]s. Every connector is
 //! listed in [`registry::registry`].
 
+pub mod blackhole;
 mod checkpoint_rows;
 pub mod conform;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod lake;
 pub mod metadata;
+pub mod nexmark;
 pub mod options;
 pub mod output_format;
 pub mod registry;

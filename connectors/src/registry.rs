@@ -101,6 +101,8 @@ pub fn registry() -> Vec<Arc<dyn Connector>> {
         Arc::new(crate::stdout::StdoutConnector),
         Arc::new(crate::lake::LakeConnector),
         Arc::new(crate::kafka::KafkaConnector),
+        Arc::new(crate::nexmark::NexmarkConnector),
+        Arc::new(crate::blackhole::BlackholeConnector),
     ]
 }
 

@@ -2,9 +2,11 @@
 //!
 //! DataFusion's built-in scalar, aggregate and window functions come first. This
 //! crate adds what stream analytics on event data needs and DataFusion lacks —
-//! JSON field access (from `datafusion-functions-json`) and URL parsing — and
+//! JSON field access (from `datafusion-functions-json`), URL parsing and Flink's
+//! `MOD` — and
 //! lists everything callable for `SHOW FUNCTIONS` / `\df`.
 
+mod math_functions;
 pub mod panic_safe;
 pub mod plugin;
 mod url_functions;
@@ -14,6 +16,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::execution::SessionState;
 use datafusion::execution::FunctionRegistry;
 
+pub use math_functions::mod_function;
 pub use plugin::{load_native_function, NativeFunction, PluginError};
 pub use url_functions::url_functions;
 
@@ -40,9 +43,11 @@ impl std::fmt::Display for FunctionKind {
 /// - JSON on text columns: `json_get_str(json, 'key', ...)`, `json_get_int`,
 ///   `json_get_float`, `json_get_bool`, `json_contains`, `json_length`,
 ///   `json_object_keys`, and the `->` / `->>` operators;
-/// - URLs: `url_host(url)`, `url_path(url)`, `url_query_param(url, 'name')`.
+/// - URLs: `url_host(url)`, `url_path(url)`, `url_query_param(url, 'name')`;
+/// - `mod(a, b)`, as Flink's `MOD`.
 pub fn register_functions(state: &mut SessionState) -> Result<()> {
     datafusion_functions_json::register_all(state)?;
+    state.register_udf(std::sync::Arc::new(mod_function()))?;
     for f in url_functions() {
         state.register_udf(std::sync::Arc::new(f))?;
     }

@@ -20,7 +20,7 @@
 //! events an uninterrupted run would have produced after it.
 
 mod clickstream;
-mod cursor;
+pub(crate) mod cursor;
 
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ impl GeneratorConfig {
     }
 }
 
-fn parse_timestamp_ms(s: &str) -> Option<i64> {
+pub(crate) fn parse_timestamp_ms(s: &str) -> Option<i64> {
     let s = s.trim().replace('T', " ");
     chrono::NaiveDateTime::parse_from_str(&s, "%Y-%m-%d %H:%M:%S%.f")
         .or_else(|_| chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default()))
