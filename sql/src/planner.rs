@@ -5,7 +5,8 @@
 //! optimises the query as if it were a batch query, and [`crate::lower`] turns the
 //! result into a pipeline. The context plans with one partition (Sluice
 //! parallelises by itself) and without the rule that splits `COUNT(DISTINCT x)`
-//! into two aggregations, so each windowed aggregation stays one stateful step.
+//! into two aggregations, so each windowed aggregation stays one stateful step,
+//! nor the one that turns inner joins into semi joins, which streams lack.
 
 use std::sync::Arc;
 
@@ -34,8 +35,10 @@ use crate::sql_function::SqlFunction;
 use crate::type_check::{check_plan, implicit_cast, signature_error};
 use crate::window_tvf::{rewrite_query, WindowTvfs};
 
-/// Optimizer rules that would split one windowed aggregation into several.
-const DISABLED_RULES: [&str; 1] = ["single_distinct_aggregation_to_group_by"];
+/// Optimizer rules whose rewrites streams cannot run: splitting one windowed
+/// aggregation into several, and turning an inner join whose other side is
+/// unique on the keys and unread (Nexmark q5, q8) into a semi join.
+const DISABLED_RULES: [&str; 2] = ["single_distinct_aggregation_to_group_by", "eliminate_join"];
 
 /// A planned query, ready to lower.
 pub struct PlannedQuery {
