@@ -874,3 +874,46 @@ fn a_stopped_query_leaves_a_whole_json_array() -> TestResult {
     assert!(rows.iter().all(|r| r["user_id"].is_i64() && r["event_type"].is_string()));
     Ok(())
 }
+
+/// Batch mode: `count(*)` over a Parquet directory prints its one final row,
+/// where streaming mode prints the changelog of the count growing.
+#[test]
+fn batch_mode_prints_final_rows() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let lake = dir.path().join("lake");
+    let write = format!(
+        "{CLICKS} CREATE TABLE lake (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) \
+         WITH (connector = 'lake', path = '{}', 'partition.by' = 'event_type', 'rollover.rows' = '100'); \
+         INSERT INTO lake SELECT user_id, event_type, ts FROM clicks;",
+        lake.display()
+    );
+    let out = Command::new(SLUICE).args(["run", "-c", &write]).output()?;
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let table = format!(
+        "CREATE TABLE pq (user_id BIGINT, ts TIMESTAMP(3)) \
+         WITH (connector = 'file', path = '{}', format = 'parquet', 'batch.size' = '100');",
+        lake.display()
+    );
+    let count = |mode: &str| -> Result<(String, String), Box<dyn std::error::Error>> {
+        let sql = format!("SET 'execution.runtime-mode' = '{mode}'; {table} SELECT count(*) AS n FROM pq;");
+        let out = Command::new(SLUICE).args(["run", "--format", "csv", "-c", &sql]).output()?;
+        let (stdout, stderr) = (String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?);
+        assert!(out.status.success(), "stderr: {stderr}");
+        Ok((stdout, stderr))
+    };
+    let (stdout, stderr) = count("batch")?;
+    assert_eq!(stdout, "n\n3000\n", "{stderr}");
+    assert!(stderr.contains("1 row(s)"), "{stderr}");
+    let (stdout, _) = count("streaming")?;
+    assert!(stdout.starts_with("op,n\n+I,"), "{stdout}");
+    assert!(stdout.lines().count() > 3 && stdout.ends_with("+U,3000\n"), "{stdout}");
+    // An unbounded table is refused by name.
+    let sql = "SET 'execution.runtime-mode' = 'batch'; \
+               CREATE TABLE endless (user_id BIGINT, ts TIMESTAMP(3)) WITH (connector = 'generator'); \
+               SELECT count(*) FROM endless;";
+    let out = Command::new(SLUICE).args(["run", "-c", sql]).output()?;
+    let stderr = String::from_utf8(out.stderr)?;
+    assert!(!out.status.success());
+    assert!(stderr.contains("table 'endless' (connector 'generator') is unbounded"), "{stderr}");
+    Ok(())
+}

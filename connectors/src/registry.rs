@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use sluice_engine::{Sink, Source};
 
 use crate::error::{ConnectorError, Result};
@@ -78,6 +79,15 @@ pub trait Connector: Send + Sync {
     fn source(&self, table: &TableSpec, shard: Shard, query_id: &str) -> Result<Box<dyn Source>> {
         let _ = (table, shard, query_id);
         Err(ConnectorError::Role { connector: self.name().to_string(), role: "source" })
+    }
+    /// The whole of a bounded table as a DataFusion table, for batch queries
+    /// (`execution.runtime-mode = 'batch'`), when the connector reads it
+    /// better than through its sources (files: DataFusion's own file scans,
+    /// pruned by partition). `None`: a batch query reads the table's sources
+    /// to their end. Rows are those the sources would produce.
+    fn batch_table(&self, table: &TableSpec) -> Result<Option<Arc<dyn TableProvider>>> {
+        let _ = table;
+        Ok(None)
     }
     /// A sink writing into the table.
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {

@@ -8,6 +8,7 @@
 //! stateless parts stay DataFusion plans, windowed aggregates become stateful
 //! operators driven by watermarks.
 
+pub mod batch;
 pub mod catalog;
 mod checkpoints;
 pub mod create_table;

@@ -41,11 +41,24 @@ pub const RESTART_STRATEGY: &str = "restart-strategy.type";
 pub const RESTART_ATTEMPTS: &str = "restart-strategy.fixed-delay.attempts";
 /// With `fixed-delay`: how long after a failure it is started again.
 pub const RESTART_DELAY: &str = "restart-strategy.fixed-delay.delay";
+/// `streaming` (the default) or `batch`: how a query over bounded tables runs.
+pub const RUNTIME_MODE: &str = "execution.runtime-mode";
+
+/// How queries run (Flink's `execution.runtime-mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RuntimeMode {
+    /// A continuous query: results as they change (a changelog for updating
+    /// queries), windows closed by watermarks.
+    #[default]
+    Streaming,
+    /// One DataFusion batch query over bounded tables: the final rows once.
+    Batch,
+}
 
 /// A setting that could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
-    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}', '{CHECKPOINT_TIMEOUT}', '{CHECKPOINTS_RETAINED}', '{RESTART_STRATEGY}', '{RESTART_ATTEMPTS}', '{RESTART_DELAY}')")]
+    #[error("unknown setting '{0}' (settings: {PARALLELISM}, '{STATE_TTL}', '{MAX_DRIFT}', '{MEMORY_LIMIT}', '{CHECKPOINT_INTERVAL}', '{CHECKPOINT_DIR}', '{PIPELINE_NAME}', '{SAVEPOINT_PATH}', '{CHECKPOINT_TIMEOUT}', '{CHECKPOINTS_RETAINED}', '{RESTART_STRATEGY}', '{RESTART_ATTEMPTS}', '{RESTART_DELAY}', '{RUNTIME_MODE}')")]
     Unknown(String),
     #[error("SET {key}: '{value}' {expected}")]
     Invalid { key: String, value: String, expected: &'static str },
@@ -81,6 +94,8 @@ pub struct QueryOptions {
     /// `s3.*` settings of an S3 checkpoint directory, by their lake option
     /// names; what is not set comes from the `AWS_*` variables.
     pub s3: BTreeMap<String, String>,
+    /// Streaming (the default) or batch.
+    pub runtime_mode: RuntimeMode,
 }
 
 impl Default for QueryOptions {
@@ -98,6 +113,7 @@ impl Default for QueryOptions {
             checkpoint_timeout: sluice_engine::checkpoint::DEFAULT_TIMEOUT,
             checkpoints_retained: sluice_engine::checkpoint::DEFAULT_RETAINED,
             s3: BTreeMap::new(),
+            runtime_mode: RuntimeMode::Streaming,
         }
     }
 }
@@ -205,6 +221,14 @@ impl QueryOptions {
                 policy.delay = delay;
                 Ok(RESTART_DELAY)
             }
+            "execution.runtime-mode" | "runtime-mode" => {
+                self.runtime_mode = match value.trim().to_ascii_lowercase().as_str() {
+                    "streaming" => RuntimeMode::Streaming,
+                    "batch" => RuntimeMode::Batch,
+                    _ => return Err(invalid("is not a runtime mode ('streaming' or 'batch')")),
+                };
+                Ok(RUNTIME_MODE)
+            }
             other => Err(SettingError::Unknown(other.to_string())),
         }
     }
@@ -227,6 +251,10 @@ impl QueryOptions {
             settings.insert(RESTART_DELAY.to_string(), format_duration(policy.delay));
         }
         settings.extend(self.s3.iter().map(|(k, v)| (k.clone(), v.clone())));
+        // Only when not the default, so settings saved before it existed compare equal.
+        if self.runtime_mode == RuntimeMode::Batch {
+            settings.insert(RUNTIME_MODE.to_string(), "batch".to_string());
+        }
         for (key, value) in [
             (CHECKPOINT_DIR, &self.checkpoint_dir),
             (PIPELINE_NAME, &self.pipeline_name),
@@ -370,5 +398,19 @@ mod tests {
         assert!(o.set("parallelism", "128").is_ok());
         assert!(matches!(o.set("nope", "1"), Err(SettingError::Unknown(_))));
         assert_eq!(parse_bytes("-1 GB"), None);
+        let e = o.set("execution.runtime-mode", "bulk").map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("'streaming' or 'batch'"), "{e}");
+    }
+
+    #[test]
+    fn the_runtime_mode_switches_and_prints_back() -> Result<(), SettingError> {
+        let mut o = QueryOptions::default();
+        assert_eq!(o.set("execution.runtime-mode", "BATCH")?, RUNTIME_MODE);
+        assert_eq!(o.runtime_mode, RuntimeMode::Batch);
+        assert_eq!(o.get(RUNTIME_MODE).as_deref(), Some("batch"));
+        assert_eq!(QueryOptions::try_from(o.to_settings())?, o);
+        o.set("execution.runtime-mode", "streaming")?;
+        assert_eq!(o, QueryOptions::default());
+        Ok(())
     }
 }

@@ -185,7 +185,7 @@ pub async fn plan_query(catalog: &Catalog, query: &Query, target: Option<&TableD
 }
 
 /// Projects `plan`'s columns onto `table`'s columns (INSERT INTO semantics).
-fn cast_to_table(plan: LogicalPlan, table: &TableDef) -> Result<LogicalPlan> {
+pub(crate) fn cast_to_table(plan: LogicalPlan, table: &TableDef) -> Result<LogicalPlan> {
     let produced = plan.schema().clone();
     let wanted = table.schema.fields();
     if produced.fields().len() != wanted.len() {

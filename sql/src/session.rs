@@ -29,7 +29,7 @@ use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
 use crate::lower::{lower, reads_stream, LoweredFlow, LoweredInput, LoweredStage, TableInfo};
 use crate::planner::{plan_logical, plan_query, planning_context, watermark_expr, PlannedQuery};
-use crate::options::QueryOptions;
+use crate::options::{QueryOptions, RuntimeMode};
 use crate::statement::{parse_statements, SluiceStatement};
 
 /// Result batches buffered between a query and its front end.
@@ -157,6 +157,10 @@ impl Session {
     }
 
     async fn prepare_checkpoints(&self, pipeline: &mut Pipeline, query_id: &str) -> Result<Vec<String>> {
+        if self.options.runtime_mode == RuntimeMode::Batch {
+            // A batch query is run again, not resumed.
+            return Ok(Vec::new());
+        }
         let name = self.default_pipeline_name.as_deref().unwrap_or(query_id);
         crate::checkpoints::prepare(pipeline, &self.options, &self.checkpoint_dir, name).await
     }
@@ -504,6 +508,11 @@ impl Session {
 
     async fn explain(&mut self, statement: Statement) -> Result<StatementOutput> {
         let lines = match statement {
+            Statement::Query(query) if self.options.runtime_mode == RuntimeMode::Batch => {
+                let catalog = self.catalog()?;
+                let id = query_id(None, &query);
+                crate::batch::explain_lines(&crate::batch::plan_batch(&catalog, &self.connectors, &query, None, &self.options, &id).await?)
+            }
             Statement::Query(query) => match self.compile(&query, None).await? {
                 Compiled::Pipeline(p, _) => p.describe(),
                 Compiled::Batch(planned) => batch_lines(&planned),
@@ -540,6 +549,19 @@ impl Session {
                     .ok_or_else(|| SqlError::Catalog(format!("INSERT INTO {name}: no such table")))?,
             ),
         };
+        if self.options.runtime_mode == RuntimeMode::Batch {
+            let query_id = query_id(target_table, query);
+            let planned = crate::batch::plan_batch(&catalog, &self.connectors, query, target_table, &self.options, &query_id).await?;
+            let sink = match target_table {
+                None => results,
+                Some(t) => self.connector(&t.connector)?.sink_for_query(&t.spec(), &query_id)?,
+            };
+            let metrics = match &self.reuse_metrics {
+                Some(m) => Arc::clone(m),
+                None => JobMetrics::with_label(self.metrics_label.clone()),
+            };
+            return Ok(Compiled::Pipeline(crate::batch::batch_pipeline(&planned, sink, metrics), query_id));
+        }
         let planned = plan_query(&catalog, query, target_table).await?;
         if !reads_stream(&planned.plan) {
             return Ok(Compiled::Batch(planned));
@@ -568,9 +590,7 @@ impl Session {
         let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
         let flows = lanes.into_iter().map(|l| l.flow).collect();
         let alignment = self.options.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
-        // The same statement replayed gets the same id (sources keep their
-        // positions per query, sinks may name their output after it).
-        let query_id = format!("{:016x}", sluice_engine::stable_hash::fnv1a(format!("{}\n{query}", target_table.map_or("", |t| t.name.as_str())).as_bytes()));
+        let query_id = query_id(target_table, query);
         let flow = self.flow(&catalog, &planned, flows, alignment.as_ref(), &query_id)?;
         let sink = match target_table {
             None => results,
@@ -748,6 +768,14 @@ impl sluice_engine::PipelineFactory for Restarter {
             Compiled::Batch(_) => Err(sluice_engine::EngineError::Plan("restarting the query: it no longer reads a stream".into())),
         }
     }
+}
+
+/// The id of the statement running `query` (into `target`): the same
+/// statement replayed gets the same id (sources keep their positions per
+/// query, sinks may name their output after it).
+fn query_id(target: Option<&crate::catalog::TableDef>, query: &Query) -> String {
+    let text = format!("{}\n{query}", target.map_or("", |t| t.name.as_str()));
+    format!("{:016x}", sluice_engine::stable_hash::fnv1a(text.as_bytes()))
 }
 
 /// Warnings for a query about to start: each step whose state nothing bounds

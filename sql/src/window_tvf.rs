@@ -10,7 +10,12 @@
 //!   every one that ends after it, one row each, by unnesting the series of ends;
 //! - SESSION: `ts` and `ts + gap`, a per-row placeholder the session aggregate
 //!   merges into real sessions (its gap, and its `PARTITION BY` columns, are
-//!   recorded in [`WindowTvfs`]).
+//!   recorded in [`WindowTvfs`]). In batch mode ([`rewrite_batch_query`]) there
+//!   is no session aggregate: the sessions are computed by window functions over
+//!   the rows sorted by time per key (the `PARTITION BY` columns, else the
+//!   GROUP BY keys of the aggregation over the TVF), a row starting a new one
+//!   when it comes more than the gap after the one before, so the aggregation
+//!   groups by real session bounds.
 //!
 //! Views are inlined as derived tables, so a TVF over a view works too. The
 //! rewrite happens on the AST (sqlparser `VisitorMut`), never on SQL text typed by
@@ -19,7 +24,7 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, Ident, ObjectName, Query,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
     Statement, TableAlias, TableFactor, TableVersion, VisitMut, VisitorMut, BinaryOperator, JoinConstraint,
     JoinOperator, SetExpr,
 };
@@ -85,15 +90,24 @@ impl WindowTvfs {
 /// Rewrites `query` in place: views inlined, window TVFs expanded.
 pub fn rewrite_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs> {
     let mut found = WindowTvfs::default();
-    rewrite(query, catalog, &mut found, 0)?;
+    rewrite(query, catalog, &mut found, 0, false)?;
     Ok(found)
 }
 
-fn rewrite(query: &mut Query, catalog: &Catalog, found: &mut WindowTvfs, depth: usize) -> Result<()> {
+/// [`rewrite_query`] for a batch query: SESSION windows become real session
+/// bounds computed over the whole input (see the module docs), and tables
+/// without a WATERMARK are not refused (a batch query needs none).
+pub fn rewrite_batch_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs> {
+    let mut found = WindowTvfs::default();
+    rewrite(query, catalog, &mut found, 0, true)?;
+    Ok(found)
+}
+
+fn rewrite(query: &mut Query, catalog: &Catalog, found: &mut WindowTvfs, depth: usize, batch: bool) -> Result<()> {
     if depth > MAX_VIEW_DEPTH {
         return plan_err("views nested too deeply (is a view referencing itself?)");
     }
-    let mut rewriter = Rewriter { catalog, found, depth };
+    let mut rewriter = Rewriter { catalog, found, depth, batch, group_keys: Vec::new() };
     match query.visit(&mut rewriter) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
@@ -104,16 +118,28 @@ struct Rewriter<'a> {
     catalog: &'a Catalog,
     found: &'a mut WindowTvfs,
     depth: usize,
+    /// Rewriting for a batch query.
+    batch: bool,
+    /// Per query being visited, outermost first: its GROUP BY keys other than
+    /// the window bounds, the keys a SESSION in its FROM is kept per in batch
+    /// mode when it has no PARTITION BY.
+    group_keys: Vec<Vec<Expr>>,
 }
 
 impl VisitorMut for Rewriter<'_> {
     type Break = SqlError;
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<SqlError> {
+        self.group_keys.push(group_keys(query));
         match self.temporal_joins(query) {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => ControlFlow::Break(e),
         }
+    }
+
+    fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<SqlError> {
+        self.group_keys.pop();
+        ControlFlow::Continue(())
     }
 
     fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<SqlError> {
@@ -182,7 +208,7 @@ impl Rewriter<'_> {
             TableFactor::Table { name, alias, args: None, .. } => {
                 let Some(view) = self.catalog.view(&normalize_name(name)) else { return Ok(None) };
                 let mut subquery = view.query.clone();
-                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.batch)?;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(name));
                 Ok(Some(derived(subquery, alias)))
             }
@@ -205,13 +231,18 @@ impl Rewriter<'_> {
                     ));
                 }
                 let time_col = descriptor_column(&kind, args.get(1))?;
-                self.require_watermark(&kind, &table, &time_col)?;
-                let (sql, gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                if !self.batch {
+                    self.require_watermark(&kind, &table, &time_col)?;
+                }
+                let (mut sql, gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
                 let partition_by = self.partition_columns(&table, partition_by)?;
+                if let (Some(gap), true) = (gap, self.batch) {
+                    sql = self.batch_session_sql(&table, &time_col, gap, &partition_by);
+                }
                 let session = gap.map(|gap| SessionWindow { gap, partition_by });
                 self.found.windows.push(WindowTvf { depth: self.depth, session });
                 let mut subquery = parse_query(&sql)?;
-                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1)?;
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.batch)?;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(&table));
                 Ok(Some(derived(subquery, alias)))
             }
@@ -250,6 +281,29 @@ impl Rewriter<'_> {
                 }
             })
             .collect()
+    }
+
+    /// A SESSION window in batch mode: each row with the bounds of the session
+    /// it falls in, per key (`partition_by`, else the GROUP BY keys of the
+    /// query reading the TVF). A row opens a new session when it comes more
+    /// than `gap` after the row before it (rows a gap apart touch and merge,
+    /// as in the streaming session aggregate).
+    fn batch_session_sql(&self, table: &ObjectName, ts: &Ident, gap: i64, partition_by: &[String]) -> String {
+        let keys: Vec<String> = if partition_by.is_empty() {
+            self.group_keys.last().map(|keys| keys.iter().map(ToString::to_string).collect()).unwrap_or_default()
+        } else {
+            partition_by.iter().map(|k| Ident::with_quote('"', k.as_str()).to_string()).collect()
+        };
+        let per_key = if keys.is_empty() { String::new() } else { format!("PARTITION BY {}", keys.join(", ")) };
+        let per_session = keys.iter().cloned().chain(["__sluice_session".to_string()]).collect::<Vec<_>>().join(", ");
+        let gap = interval_sql(gap);
+        format!(
+            "SELECT *, min({ts}) OVER (PARTITION BY {per_session}) AS window_start, \
+             max({ts}) OVER (PARTITION BY {per_session}) + {gap} AS window_end FROM \
+             (SELECT *, sum(__sluice_starts_session) OVER ({per_key} ORDER BY {ts} ROWS UNBOUNDED PRECEDING) AS __sluice_session FROM \
+             (SELECT *, CASE WHEN {ts} <= lag({ts}) OVER ({per_key} ORDER BY {ts}) + {gap} THEN 0 ELSE 1 END \
+             AS __sluice_starts_session FROM {table}))"
+        )
     }
 
     /// The SQL of the derived table that replaces a window TVF, and a session's gap.
@@ -349,6 +403,21 @@ fn tvf_args(kind: &str, args: &FunctionArguments) -> Result<Vec<Expr>> {
                 .map(|(_, e)| e.clone())
                 .ok_or_else(|| SqlError::Plan(format!("{kind}: missing argument {key}")))
         })
+        .collect()
+}
+
+/// A query's GROUP BY keys other than `window_start` and `window_end`, with
+/// qualifiers dropped (inside a TVF's rewrite, the columns are the table's).
+fn group_keys(query: &Query) -> Vec<Expr> {
+    let SetExpr::Select(select) = query.body.as_ref() else { return Vec::new() };
+    let GroupByExpr::Expressions(exprs, _) = &select.group_by else { return Vec::new() };
+    exprs
+        .iter()
+        .map(|e| match e {
+            Expr::CompoundIdentifier(parts) => parts.last().map_or_else(|| e.clone(), |last| Expr::Identifier(last.clone())),
+            other => other.clone(),
+        })
+        .filter(|e| !matches!(e, Expr::Identifier(id) if ["window_start", "window_end"].contains(&id.value.to_ascii_lowercase().as_str())))
         .collect()
 }
 

@@ -68,6 +68,27 @@ pub fn check_path(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The directory Hive partition directories are counted from (see
+/// `crate::hive`): a directory itself, a glob's part before its first
+/// wildcard, a single file's own directory (so it has no partitions).
+pub fn root(path: &Path) -> PathBuf {
+    if is_pattern(path) {
+        let (base, _) = split_pattern(path);
+        return if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    }
+    if path.is_dir() {
+        return path.to_path_buf();
+    }
+    path.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `file`'s path below `root` with `/` between its parts (the whole path if
+/// it is not below it).
+pub fn relative(root: &Path, file: &Path) -> String {
+    let below = file.strip_prefix(root).unwrap_or(file);
+    below.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
 fn path_error(path: &Path, reason: String) -> ConnectorError {
     ConnectorError::Option { connector: "file".into(), key: "path".into(), reason: format!("'{}' {reason}", path.display()) }
 }
@@ -264,6 +285,10 @@ mod tests {
         assert_eq!(names(d, &list_files(&d.join("s*"))?), ["sub/c.json", "sub/deep/d.csv"]);
         assert_eq!(names(d, &list_files(&d.join("_*"))?), ["_SUCCESS", "_tmp/e.json"]);
         assert_eq!(names(d, &list_files(&d.join("a.json"))?), ["a.json"]);
+        assert_eq!(root(&d.join("s*/*.json")), d);
+        assert_eq!(root(&d.join("sub")), d.join("sub"));
+        assert_eq!(root(&d.join("a.json")), d);
+        assert_eq!(relative(d, &d.join("sub/deep/d.csv")), "sub/deep/d.csv");
         Ok(())
     }
 

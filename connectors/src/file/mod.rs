@@ -4,7 +4,9 @@
 //! Options:
 //! - `path` (required): a file; for a source also a directory (every file under
 //!   it, at any depth) or a glob such as `data/*.json` or `data/**/part-*.csv`
-//!   (see `listing`). Files are read in path order, names starting with `.` or
+//!   (see `listing`). A declared column that a directory below it names
+//!   (`day=2024-01-01/`) is a Hive partition column, read from each file's path
+//!   (see `crate::hive`). Files are read in path order, names starting with `.` or
 //!   `_` are skipped, and lanes share the files. A glob that matches nothing, or
 //!   a directory without files, is an error when the table is created; a path
 //!   that names nothing, when a query reading it is planned.
@@ -21,18 +23,25 @@
 //! A source is resumable: a checkpoint holds how far each file was read, by
 //! its path (a single file's position is named by `path` itself, as before).
 
-mod listing;
-mod position;
+pub(crate) mod listing;
+pub(crate) mod position;
 mod sink;
 mod source;
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat as DfFileFormat;
 use sluice_engine::{Sink, Source};
 
 use crate::error::{ConnectorError, Result};
+use crate::file_table::{FileListing, FileTable};
 use crate::options::parse_bool;
 use crate::registry::{Connector, Shard, TableSpec};
 
@@ -133,6 +142,24 @@ impl Connector for FileConnector {
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {
         let cfg = FileConfig::from_table(table)?;
         Ok(Box::new(sink::FileSink::create(cfg, table.schema.clone())?))
+    }
+
+    /// DataFusion's scan of the format over the listed files; a table with
+    /// `bad_data` other than `fail` is read by its source, which handles bad
+    /// records as it says.
+    fn batch_table(&self, table: &TableSpec) -> Result<Option<Arc<dyn TableProvider>>> {
+        let cfg = FileConfig::from_table(table)?;
+        if cfg.bad_data != BadData::Fail {
+            return Ok(None);
+        }
+        // Planned now: a path that names nothing is an error before the query runs.
+        listing::list_files(&cfg.path)?;
+        let format: Arc<dyn DfFileFormat> = match cfg.format {
+            FileFormat::Json => Arc::new(JsonFormat::default()),
+            FileFormat::Csv => Arc::new(CsvFormat::default().with_has_header(cfg.csv_header).with_delimiter(cfg.csv_delimiter)),
+            FileFormat::Parquet => Arc::new(ParquetFormat::default()),
+        };
+        Ok(Some(Arc::new(FileTable::new(table.schema.clone(), format, FileListing::Local(cfg.path)))))
     }
 }
 

@@ -11,6 +11,10 @@
 //! Resumable: at each barrier the source remembers, per file of its lane, how
 //! far it got (bytes for JSON and CSV, rows for Parquet; see `position`), and a
 //! restored source skips finished files and seeks into the one it was reading.
+//!
+//! A declared column that a directory below the table's root names
+//! (`day=2024-01-01/`) is a Hive partition column: it is read from each file's
+//! path, not from the file (see `crate::hive`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -26,11 +30,12 @@ use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{EngineError, Source, SourceLag};
 
-use super::listing::list_files;
+use super::listing::{list_files, relative, root};
 use super::position::{position_batch, positions_from, FilePosition};
 use super::{io_error, BadData, FileConfig, FileFormat};
 use crate::conform::Conformer;
 use crate::error::Result;
+use crate::hive::PartitionColumns;
 use crate::registry::Shard;
 
 type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + Send>;
@@ -40,8 +45,14 @@ type BatchReader = Box<dyn Iterator<Item = arrow::error::Result<RecordBatch>> + 
 pub struct FileSource {
     cfg: FileConfig,
     schema: SchemaRef,
+    /// The declared columns taken from directory names, and those the files hold.
+    partitions: PartitionColumns,
+    /// Where partition directories are counted from.
+    root: PathBuf,
     pending: VecDeque<PathBuf>,
     current: Option<Reader>,
+    /// The current file's partition values.
+    current_values: Vec<datafusion::common::ScalarValue>,
     /// A `fail` record's error, returned after the rows before it.
     failed: Option<EngineError>,
     /// The dead-letter file, opened at the first bad record.
@@ -143,6 +154,9 @@ impl TextRecords {
 impl FileSource {
     pub fn open(cfg: FileConfig, schema: SchemaRef, shard: Shard) -> Result<Self> {
         let pending = list_files(&cfg.path)?;
+        let root = root(&cfg.path);
+        let relatives: Vec<String> = pending.iter().map(|f| relative(&root, f)).collect();
+        let partitions = PartitionColumns::discover(&schema, relatives.iter().map(String::as_str));
         let pending = pending
             .into_iter()
             .enumerate()
@@ -152,8 +166,11 @@ impl FileSource {
         Ok(FileSource {
             cfg,
             schema,
+            partitions,
+            root,
             pending,
             current: None,
+            current_values: Vec::new(),
             failed: None,
             dead_letters: None,
             bad_records: 0,
@@ -186,7 +203,8 @@ impl FileSource {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| b.with_batch_size(self.cfg.batch_size).with_offset(skip).build())
                     .map_err(|e| io_error(path, e))?;
-                let conformer = Conformer::try_new(&path.display().to_string(), &reader.schema(), &self.schema)?;
+                let conformer =
+                    Conformer::try_new(&path.display().to_string(), &reader.schema(), self.partitions.file_schema())?;
                 let reader = Box::new(reader.map(move |b| b.and_then(|b| conformer.apply(&b))));
                 Ok(Reader::Parquet { path: path.to_path_buf(), reader, rows: offset })
             }
@@ -203,16 +221,17 @@ impl FileSource {
     /// `records` as one batch, or the first error.
     fn decode(&self, records: &[&Record]) -> std::result::Result<RecordBatch, String> {
         let size = records.len().max(1);
+        let schema = self.partitions.file_schema();
         let batches = match self.cfg.format {
             FileFormat::Json => {
-                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
+                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema))
                     .with_batch_size(size)
                     .build_decoder()
                     .map_err(|e| e.to_string())?;
                 feed(&mut decoder, records)
             }
             FileFormat::Csv | FileFormat::Parquet => {
-                let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(&self.schema))
+                let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(schema))
                     .with_header(false)
                     .with_delimiter(self.cfg.csv_delimiter)
                     .with_batch_size(size)
@@ -221,7 +240,7 @@ impl FileSource {
             }
         };
         let batches = batches.map_err(|e| e.to_string())?;
-        arrow::compute::concat_batches(&self.schema, &batches).map_err(|e| e.to_string())
+        arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())
     }
 
     /// The good rows of `records`, in order, each bad record handled as
@@ -265,7 +284,7 @@ impl FileSource {
             }
         }
         self.write_dead_letters(&dead)?;
-        Ok(arrow::compute::concat_batches(&self.schema, &good)?)
+        Ok(arrow::compute::concat_batches(self.partitions.file_schema(), &good)?)
     }
 
     /// Appends whole dead-letter lines in one write, so lanes sharing the file
@@ -304,6 +323,14 @@ impl FileSource {
             Ok(batch) => Ok(Some(batch)),
             Err(_) => self.salvage(&path, &records).map(Some),
         }
+    }
+}
+
+impl FileSource {
+    /// A batch of the file's columns with the current file's partition columns added.
+    fn with_partitions(&self, batch: RecordBatch) -> sluice_engine::Result<RecordBatch> {
+        let path = self.current.as_ref().map(|r| r.position().path).unwrap_or_default();
+        Ok(self.partitions.fill(&batch, &self.current_values).map_err(|e| io_error(Path::new(&path), e))?)
     }
 }
 
@@ -423,18 +450,20 @@ impl Source for FileSource {
                 Some(Reader::Parquet { path, reader, rows }) => match reader.next() {
                     Some(Ok(batch)) => {
                         *rows += batch.num_rows() as u64;
-                        return Ok(Some(batch));
+                        return self.with_partitions(batch).map(Some);
                     }
                     Some(Err(e)) => return Err(io_error(path, format!("bad record: {e}")).into()),
                     None => self.close_current(),
                 },
                 Some(Reader::Text(_)) => match self.next_text_batch()? {
-                    Some(batch) if batch.num_rows() > 0 => return Ok(Some(batch)),
+                    Some(batch) if batch.num_rows() > 0 => return self.with_partitions(batch).map(Some),
                     Some(_) => {}
                     None => self.close_current(),
                 },
                 None => {
                     let Some(path) = self.pending.pop_front() else { return Ok(None) };
+                    self.current_values =
+                        self.partitions.values(&relative(&self.root, &path)).map_err(|e| io_error(&path, e))?;
                     self.current = Some(self.reader(&path)?);
                 }
             }

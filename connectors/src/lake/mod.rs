@@ -1,5 +1,13 @@
 //! `connector = 'lake'`: results landed as a Hive-partitioned Parquet data lake on
-//! object storage (the local filesystem by default).
+//! object storage (the local filesystem by default), and read back.
+//!
+//! As a source, a lake table is bounded: a query reads the files committed
+//! when it starts (never staged ones; see `source`), with each declared column
+//! that a `name=value` directory names taken from the path, cast to its
+//! declared type (a lake Sluice wrote, partitioned by a column, or one
+//! pyarrow, Spark or Hive wrote). A batch query reads it through DataFusion's
+//! Parquet scan and skips the partitions its WHERE clause excludes (see
+//! `crate::file_table`).
 //!
 //! Options:
 //! - `path` (required): the lake's root: a local path, `file:///...`, or
@@ -22,20 +30,27 @@
 
 mod partition;
 mod sink;
+mod source;
 mod staging;
 pub mod store;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::object_store::ObjectStoreUrl;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use sluice_engine::Sink;
+use sluice_engine::{Sink, Source};
 
 pub use partition::{PartitionLevel, Partitioning};
 pub use store::LakeLocation;
 
 use crate::error::{ConnectorError, Result};
-use crate::registry::{Connector, TableSpec};
+use crate::file_table::{FileListing, FileTable};
+use crate::registry::{Capabilities, Connector, Shard, TableSpec};
 
 /// Typed `lake` options.
 #[derive(Debug, Clone)]
@@ -90,12 +105,42 @@ impl LakeConfig {
     }
 }
 
-/// The `lake` connector (sink only).
+/// The `lake` connector: a sink, and a bounded source of what it committed.
 pub struct LakeConnector;
 
 impl Connector for LakeConnector {
     fn name(&self) -> &'static str {
         "lake"
+    }
+
+    fn capabilities(&self, _table: &TableSpec) -> Capabilities {
+        Capabilities { bounded: true, ..Default::default() }
+    }
+
+    fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {
+        let cfg = LakeConfig::from_table(table)?;
+        Ok(Box::new(source::LakeSource::open(&table.name, cfg.location, table.schema.clone(), shard)?))
+    }
+
+    /// DataFusion's Parquet scan over the committed files, pruned by partition.
+    fn batch_table(&self, table: &TableSpec) -> Result<Option<Arc<dyn TableProvider>>> {
+        let cfg = LakeConfig::from_table(table)?;
+        if let LakeLocation::Local(root) = &cfg.location {
+            if !root.is_dir() {
+                return Err(ConnectorError::Option {
+                    connector: "lake".into(),
+                    key: "path".into(),
+                    reason: format!("'{}' does not exist: nothing has been written to this lake yet", root.display()),
+                });
+            }
+        }
+        let (store, prefix) = cfg.location.open()?;
+        // One URL per lake, under which the query's runtime finds its store.
+        let id = sluice_engine::stable_hash::fnv1a(cfg.location.to_string().as_bytes());
+        let url = ObjectStoreUrl::parse(format!("sluice-lake-{id:016x}://lake"))
+            .map_err(|e| ConnectorError::External { connector: "lake".into(), message: e.to_string() })?;
+        let listing = FileListing::Store { url, store, prefix };
+        Ok(Some(Arc::new(FileTable::new(table.schema.clone(), Arc::new(ParquetFormat::default()), listing))))
     }
 
     fn validate(&self, table: &TableSpec) -> Result<()> {
