@@ -219,6 +219,12 @@ impl Lowering<'_> {
     }
 
     pub(crate) fn lower(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<Chain> {
+        // DataFusion pushes a LIMIT into the node below it (a filter's or a
+        // projection's fetch) and drops the limit node: refuse it there too,
+        // rather than run the query without its LIMIT.
+        if plan.fetch().is_some() {
+            return unsupported("GlobalLimitExec");
+        }
         if let Some(feed) = plan.downcast_ref::<FeedExec>() {
             return self.lower_feed(feed);
         }
