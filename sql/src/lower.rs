@@ -3,13 +3,14 @@
 //! The plan is walked from its leaves (each a [`FeedExec`] scanning a stream
 //! table) up: consecutive stateless nodes (projection, filter, unnest) stay one
 //! DataFusion plan run per batch by a [`StatelessOperator`]; a windowed
-//! `AggregateExec` becomes a [`WindowAggregate`] or [`SessionAggregate`], a plain
-//! one an [`UpdatingAggregate`]; a `HashJoinExec` becomes a join of two flows
-//! (see [`crate::lower_join`]); a `ROW_NUMBER()` window function bounded by a
-//! filter above it becomes a Window Top-N (see [`crate::lower_rank`]). Along
-//! the way it tracks which column carries each row's event time (joins need it
-//! to bound their state) and whether rows are a changelog (then every stateless
-//! step passes the change-kind column through).
+//! `AggregateExec` becomes a [`WindowAggregate`] or [`SessionAggregate`] (with
+//! GROUPING SETS, ROLLUP or CUBE, behind a [`GroupingSetExpand`] that repeats
+//! each row per set), a plain one an [`UpdatingAggregate`]; a `HashJoinExec`
+//! becomes a join of two flows (see [`crate::lower_join`]); a `ROW_NUMBER()`
+//! window function bounded by a filter above it becomes a Window Top-N (see
+//! [`crate::lower_rank`]). Along the way it tracks which column carries each
+//! row's event time (joins need it to bound their state) and whether rows are a
+//! changelog (then every stateless step passes the change-kind column through).
 //! Anything that would need the whole input (sorts, limits) is rejected with a
 //! message saying so.
 
@@ -21,16 +22,19 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::projection::ProjectionExpr;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::logical_expr::Aggregate;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
+use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, PhysicalExpr, ReplaceChildrenOptions};
 use sluice_engine::changelog::{is_changelog, op_first_schema, with_op_field, OpFirst, OP_COLUMN};
 use sluice_engine::feed::{FeedExec, FeedHandle};
 use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::window_aggregate::AggregateSpec;
-use sluice_engine::operators::{EventTime, SessionAggregate, StatelessOperator, UpdatingAggregate, WindowAggregate};
+use sluice_engine::operators::{
+    EventTime, GroupingSetExpand, SessionAggregate, StatelessOperator, UpdatingAggregate, WindowAggregate,
+};
 use sluice_engine::{ExchangeKey, Operator};
 
 use crate::error::{plan_err, Result};
@@ -293,26 +297,49 @@ impl Lowering<'_> {
     }
 
     fn lower_aggregate(&self, plan: &Arc<dyn ExecutionPlan>, agg: &AggregateExec) -> Result<Chain> {
-        if !matches!(agg.mode(), AggregateMode::Single | AggregateMode::SinglePartitioned) {
-            return plan_err(format!("internal: unexpected aggregation mode {:?}", agg.mode()));
-        }
+        let agg = match agg.mode() {
+            AggregateMode::Single | AggregateMode::SinglePartitioned => agg,
+            // DataFusion plans GROUPING SETS in two phases even in one
+            // partition; here the pair is one aggregation, of the partial
+            // phase's grouping sets and aggregates, with the final one's output.
+            AggregateMode::Final | AggregateMode::FinalPartitioned => match partial_grouping_sets(agg) {
+                Some(partial) => partial,
+                None => return plan_err(format!("internal: unexpected aggregation mode {:?}", agg.mode())),
+            },
+            other => return plan_err(format!("internal: unexpected aggregation mode {other:?}")),
+        };
         let group = agg.group_expr();
-        if !group.is_single() {
-            return plan_err("GROUPING SETS, ROLLUP and CUBE are not supported on streams");
-        }
-        let group_exprs = group.expr().to_vec();
+        let mut group_exprs = group.expr().to_vec();
         let position = |col: &str| group_exprs.iter().position(|(_, n)| n == col);
         let window = match (position("window_start"), position("window_end")) {
             (Some(s), Some(e)) => Some((s, e)),
             (None, None) => None,
             _ => return plan_err("a windowed GROUP BY must include both window_start and window_end"),
         };
+        if !group.is_single() {
+            check_grouping_sets(group, window)?;
+        }
         let mut chain = self.lower(agg.input())?;
         let Some((window_start, window_end)) = window else {
             return self.lower_updating_aggregate(plan, agg, chain);
         };
         if chain.changelog {
             return plan_err("a windowed aggregation over updating results (a GROUP BY or outer join without time bounds) is not supported");
+        }
+        let mut input_schema = agg.input().schema();
+        if !group.is_single() {
+            // Rows repeated per grouping set, before the exchange; the aggregate
+            // groups by the repeated keys and the set's `__grouping_id`.
+            self.close_segment(&mut chain);
+            let expand = GroupingSetExpand::try_new(group.clone(), &chain.schema)?;
+            input_schema = expand.output_schema();
+            let first = chain.schema.fields().len();
+            let names = group_exprs.iter().map(|(_, n)| n.clone()).chain([Aggregate::INTERNAL_GROUPING_ID.to_string()]);
+            group_exprs = names
+                .enumerate()
+                .map(|(i, name)| (Arc::new(Column::new(&name, first + i)) as Arc<dyn PhysicalExpr>, name))
+                .collect();
+            chain.operators.push(Box::new(expand));
         }
         // A new stage, behind an exchange on the keys other than the window bounds.
         let key = group_exprs
@@ -329,13 +356,16 @@ impl Lowering<'_> {
             aggregates: agg.aggr_expr().to_vec(),
             filters: agg.filter_expr().to_vec(),
             output_schema: plan.schema(),
-            input_schema: Some(agg.input().schema()),
+            input_schema: Some(input_schema),
         };
         let metrics = Arc::clone(&self.metrics);
         let session = match chain.aggregates {
             0 => self.windows.innermost_session()?,
             _ => None,
         };
+        if session.is_some() && !group.is_single() {
+            return plan_err("GROUPING SETS, ROLLUP and CUBE are not supported with SESSION windows (only TUMBLE, HOP, CUMULATE)");
+        }
         let op: Box<dyn Operator> = match session {
             Some(session) => {
                 check_session_keys(session, &spec)?;
@@ -380,6 +410,36 @@ impl Lowering<'_> {
         chain.schema = output_schema;
         Ok(chain)
     }
+}
+
+/// The partial phase of a two-phase aggregation of grouping sets under `agg`.
+fn partial_grouping_sets(agg: &AggregateExec) -> Option<&AggregateExec> {
+    let mut input = agg.input();
+    while matches!(input.name(), "CoalesceBatchesExec" | "CooperativeExec" | "RepartitionExec" | "CoalescePartitionsExec") {
+        input = input.children().into_iter().next()?;
+    }
+    let partial = input.downcast_ref::<AggregateExec>()?;
+    let grouping_sets = matches!(partial.mode(), AggregateMode::Partial) && !partial.group_expr().is_single();
+    grouping_sets.then_some(partial)
+}
+
+/// GROUPING SETS, ROLLUP and CUBE are supported in window aggregations, with
+/// the window bounds in every set (as in Flink: `GROUP BY window_start,
+/// window_end, GROUPING SETS (...)`).
+fn check_grouping_sets(group: &PhysicalGroupBy, window: Option<(usize, usize)>) -> Result<()> {
+    let Some((start, end)) = window else {
+        return plan_err(
+            "GROUPING SETS, ROLLUP and CUBE are supported on streams only in window aggregations: \
+             GROUP BY window_start, window_end, GROUPING SETS (...) | ROLLUP (...) | CUBE (...)",
+        );
+    };
+    if group.groups().iter().any(|set| set[start] || set[end]) {
+        return plan_err(
+            "every grouping set of a window aggregation must keep window_start and window_end: \
+             write GROUP BY window_start, window_end, GROUPING SETS (...) | ROLLUP (...) | CUBE (...)",
+        );
+    }
+    Ok(())
 }
 
 /// A session aggregate keeps sessions per GROUP BY key. With `PARTITION BY`,

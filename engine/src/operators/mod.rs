@@ -1,6 +1,7 @@
 //! The operators a pipeline is made of.
 
 pub mod alert_status;
+pub mod grouping_sets;
 pub mod join;
 pub mod session_aggregate;
 pub mod stateless;
@@ -14,6 +15,7 @@ mod window_groups;
 pub mod window_rank;
 
 pub use alert_status::{AlertChanges, AlertSpec};
+pub use grouping_sets::GroupingSetExpand;
 pub use session_aggregate::SessionAggregate;
 pub use stateless::StatelessOperator;
 pub use watermark_assigner::WatermarkAssigner;
