@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use sluice_connectors::output_format::{OutputFormat, ResultWriter};
 use sluice_engine::{EngineError, JobHandle};
-use sluice_sql::{QueryOutput, Session, SluiceStatement, StatementOutput};
+use sluice_sql::{QueryOutput, RunningInsert, Session, SluiceStatement, StatementOutput};
 
 use crate::interrupt::Interrupts;
 
@@ -190,6 +190,7 @@ async fn print_output(output: StatementOutput, format: OutputFormat, out: &mut i
             Ok(Report::completed(format!("{} row(s)", printer.rows())))
         }
         StatementOutput::Query(query) => stream_query(query, format, out, interrupts).await,
+        StatementOutput::InsertSet(inserts) => run_insert_set(inserts, interrupts).await,
         StatementOutput::Insert { target, mut job, warnings } => {
             warn(&warnings);
             status(format_args!("Inserting into '{target}' (Ctrl-C to stop)"));
@@ -215,6 +216,63 @@ async fn print_output(output: StatementOutput, format: OutputFormat, out: &mut i
             Ok(Report { summary: Some(summary), ending })
         }
     }
+}
+
+/// Waits for the INSERTs of a statement set to end. Ctrl-C stops them all
+/// (gracefully); when one fails, the others are stopped and its error is the
+/// statement's.
+async fn run_insert_set(mut inserts: Vec<RunningInsert>, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+    for insert in &inserts {
+        warn(&insert.warnings);
+    }
+    let targets: Vec<String> = inserts.iter().map(|i| format!("'{}'", i.target)).collect();
+    status(format_args!("Inserting into {} (Ctrl-C to stop)", targets.join(", ")));
+    let mut ended = vec![false; inserts.len()];
+    let mut failure = None;
+    let interrupted = loop {
+        let waits: Vec<_> = inserts
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !ended[*i])
+            .map(|(i, insert)| Box::pin(async move { (i, insert.job.wait().await) }))
+            .collect();
+        if waits.is_empty() {
+            break false;
+        }
+        tokio::select! {
+            biased;
+            _ = interrupts.next() => break true,
+            ((i, result), _, _) = futures::future::select_all(waits) => {
+                ended[i] = true;
+                match result {
+                    Ok(()) | Err(EngineError::Cancelled) => {}
+                    Err(e) => {
+                        failure = Some(e);
+                        break false;
+                    }
+                }
+            }
+        }
+    };
+    let mut how = "";
+    for (insert, _) in inserts.iter_mut().zip(&ended).filter(|(_, ended)| !**ended) {
+        how = match stop_or_cancel(&mut insert.job, interrupts).await {
+            Some(_) => " (stopped)",
+            None => " (cancelled: the sinks may not have made them all durable)",
+        };
+    }
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let written: Vec<String> = inserts
+        .iter()
+        .map(|i| {
+            let m = i.job.metrics();
+            format!("{} row(s) to '{}'{}", m.rows_out, i.target, late_note(m.late_rows))
+        })
+        .collect();
+    let ending = if interrupted { Ending::Interrupted } else { Ending::Completed };
+    Ok(Report { summary: Some(format!("written: {}{how}", written.join(", "))), ending })
 }
 
 /// Stops `job` gracefully; a second interrupt during a slow stop cancels it

@@ -27,10 +27,11 @@ pub mod show_create;
 pub mod sql_function;
 pub mod statement;
 pub mod type_check;
+mod statement_set;
 pub mod window_tvf;
 
 pub use catalog::{Catalog, TableDef, ViewDef};
 pub use error::{Result, SqlError};
 pub use options::QueryOptions;
-pub use session::{default_parallelism, QueryOutput, Session, StatementOutput};
+pub use session::{default_parallelism, QueryOutput, RunningInsert, Session, StatementOutput};
 pub use statement::{parse_statements, SluiceStatement};

@@ -56,6 +56,15 @@ pub enum StatementOutput {
     Query(QueryOutput),
     /// A running `INSERT INTO` job, with what the user should know as it starts.
     Insert { target: String, job: JobHandle, warnings: Vec<String> },
+    /// The running INSERTs of a statement set, in order.
+    InsertSet(Vec<RunningInsert>),
+}
+
+/// One running INSERT of a statement set.
+pub struct RunningInsert {
+    pub target: String,
+    pub job: JobHandle,
+    pub warnings: Vec<String>,
 }
 
 /// A pipeline about to run, or the result of a query that reads no stream.
@@ -199,7 +208,42 @@ impl Session {
                 self.create_native_function(&normalize_name(&name), or_replace, &language, path)
             }
             SluiceStatement::Sql(statement) => self.execute_sql(*statement).await,
+            SluiceStatement::StatementSet(inserts) => self.run_statement_set(inserts).await,
         }
+    }
+
+    /// Starts every INSERT of a statement set; if one cannot start, those
+    /// started are cancelled and its error returned. Each keeps checkpoints of
+    /// its own (see [`crate::statement_set`]).
+    async fn run_statement_set(&mut self, inserts: Vec<Statement>) -> Result<StatementOutput> {
+        let name = self.options.pipeline_name.clone();
+        let mut running: Vec<RunningInsert> = Vec::with_capacity(inserts.len());
+        for insert in inserts {
+            let target = match &insert {
+                Statement::Insert(i) => match &i.table {
+                    TableObject::TableName(n) => normalize_name(n),
+                    _ => String::new(),
+                },
+                _ => String::new(),
+            };
+            if let Some(name) = &name {
+                self.options.pipeline_name = Some(crate::statement_set::member_name(name, &target));
+            }
+            let started = self.execute_sql(insert).await;
+            self.options.pipeline_name = name.clone();
+            match started {
+                Ok(StatementOutput::Insert { target, job, warnings }) => running.push(RunningInsert { target, job, warnings }),
+                Ok(_) => {
+                    cancel_all(&mut running);
+                    return plan_err(format!("INSERT INTO {target} in a statement set did not start a job"));
+                }
+                Err(e) => {
+                    cancel_all(&mut running);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(StatementOutput::InsertSet(running))
     }
 
     /// Parses and runs every statement of `sql`, returning the last output.
@@ -863,4 +907,11 @@ fn with_metadata_columns(
         *field = sluice_connectors::metadata::with_metadata_key(field.clone(), &key);
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Cancels the INSERTs of a statement set started so far.
+fn cancel_all(running: &mut [RunningInsert]) {
+    for insert in running {
+        insert.job.cancel();
+    }
 }

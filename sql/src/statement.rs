@@ -26,6 +26,9 @@ pub enum SluiceStatement {
     CreateNativeFunction { name: ObjectName, or_replace: bool, language: String, path: String },
     /// Anything sqlparser parses: queries, INSERT, CREATE VIEW, DROP, SHOW, DESCRIBE, EXPLAIN.
     Sql(Box<Statement>),
+    /// `EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END`: INSERTs run
+    /// as one job (see [`crate::statement_set`]).
+    StatementSet(Vec<Statement>),
 }
 
 /// Parses every `;`-separated statement of `sql`.
@@ -65,6 +68,11 @@ fn check_depth(statement: &mut SluiceStatement) -> Result<(), ParserError> {
         SluiceStatement::CreateTable(t) => {
             if let Some(w) = &mut t.watermark {
                 let _ = w.expr.visit(&mut cutter);
+            }
+        }
+        SluiceStatement::StatementSet(set) => {
+            for s in set {
+                let _ = s.visit(&mut cutter);
             }
         }
         SluiceStatement::ShowMetrics | SluiceStatement::CreateNativeFunction { .. } => {}
@@ -141,6 +149,9 @@ fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
     }
     if let Some(native) = parse_native_function(parser)? {
         return Ok(native);
+    }
+    if let Some(set) = crate::statement_set::parse_statement_set(parser)? {
+        return Ok(SluiceStatement::StatementSet(set));
     }
     let [a, b] = parser.peek_tokens::<2>();
     if let (Token::Word(a), Token::Word(b)) = (&a, &b) {

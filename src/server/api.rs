@@ -328,7 +328,7 @@ fn changes_catalog(statement: &SluiceStatement) -> bool {
             **s,
             S::CreateView(_) | S::Drop { .. } | S::CreateFunction(_) | S::DropFunction(_) | S::Set(_)
         ),
-        SluiceStatement::ShowMetrics => false,
+        SluiceStatement::ShowMetrics | SluiceStatement::StatementSet(_) => false,
     }
 }
 
@@ -355,6 +355,9 @@ pub async fn run_statement(
     if matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
     {
         return Err(bad("continuous queries go to POST /api/v1/queries".into()));
+    }
+    if matches!(&statement, SluiceStatement::StatementSet(_)) {
+        return Err(bad("statement sets are not taken over REST yet: submit each INSERT INTO to POST /api/v1/queries".into()));
     }
     let _guard = state.catalog_writes.lock().await;
     // Under the guard, so concurrent SETs each start from the other's result.
