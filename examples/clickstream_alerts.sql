@@ -1,6 +1,7 @@
 -- The clickstream job: cart-abandonment alerts and abandonment-rate alerts (as
--- they come, and as FIRING/RESOLVED changes) to Kafka, a purchase funnel to the lake. Sluice's flagship example; tests/alerts.rs
--- runs it against a real broker and checks every record it writes.
+-- they come, and as FIRING/RESOLVED changes) to Kafka, a purchase funnel to the
+-- lake. Sluice's flagship example; tests/alerts.rs runs it against a real
+-- broker and checks every record it writes.
 --
 --   sluice run examples/clickstream_alerts.sql
 --
@@ -9,14 +10,14 @@
 --    "category": "books", "ts": "2026-11-29 10:00:00.000"}
 -- event_type is page_view, add_to_cart or checkout.
 --
--- Each INSERT is a query of its own and runs until the topic's end as it is
--- when the query starts ('scan.bounded.mode' = 'latest-offset'), then the next
--- one starts: a backfill. To keep them running as new clicks come, remove that
--- option and submit each INSERT to `sluice serve` (or run each in its own
--- `sluice run`). With checkpoints on, a query that is stopped or killed
--- resumes where its last checkpoint was, and its alerts stay exactly once.
+-- The four INSERTs at the end run as one job (a statement set). Reading ends
+-- at the topic's end as it is when the job starts ('scan.bounded.mode' =
+-- 'latest-offset'): a backfill. Remove that option to keep the job running as
+-- clicks come. With checkpoints on, a job that is stopped or killed resumes
+-- where its last checkpoint was, and its alerts stay exactly once.
 
 SET 'execution.checkpointing.interval' = '2 s';
+SET 'pipeline.name' = 'clickstream';
 
 CREATE TABLE clicks (
   user_id BIGINT,
@@ -58,13 +59,6 @@ CREATE TABLE cart_alerts (
 ) WITH (connector = 'kafka', topic = 'cart_alerts', 'bootstrap.servers' = 'localhost:9092', format = 'json',
         'key.field' = 'alert_id');
 
-SET 'pipeline.name' = 'cart-abandoned';
-INSERT INTO cart_alerts
-SELECT md5(concat(CAST(user_id AS VARCHAR), '|', CAST(session_start AS VARCHAR))) AS alert_id,
-       user_id, items, round(cart_value, 2) AS cart_value, session_start, session_end
-FROM sessions
-WHERE adds > 0 AND checkouts = 0;
-
 -- 2. Abandonment rate: sessions that ended in each hour (sliding every 10
 --    minutes), cascaded over the session results; one alert per window in
 --    which 3 or more carts were abandoned.
@@ -82,9 +76,16 @@ CREATE TABLE rate_alerts (
   carts BIGINT
 ) WITH (connector = 'kafka', topic = 'rate_alerts', 'bootstrap.servers' = 'localhost:9092', format = 'json');
 
-SET 'pipeline.name' = 'abandonment-rate';
-INSERT INTO rate_alerts
-SELECT window_start, window_end, abandoned, carts FROM abandonment WHERE abandoned >= 3;
+-- 3. The funnel: page views, add-to-carts and checkouts per 10 minutes and
+--    category, into the lake, one Hive partition per category.
+CREATE TABLE funnel (
+  window_start TIMESTAMP(3),
+  window_end TIMESTAMP(3),
+  category VARCHAR,
+  page_views BIGINT,
+  add_to_carts BIGINT,
+  checkouts BIGINT
+) WITH (connector = 'lake', path = '.sluice/lake/funnel', 'partition.by' = 'category');
 
 -- 4. Alert hygiene: the same rate as an alert that says FIRING when the
 --    abandoned carts first reach 3 in a window, nothing while they stay there
@@ -99,31 +100,31 @@ CREATE TABLE rate_alert_changes (
   status VARCHAR
 ) WITH (connector = 'kafka', topic = 'rate_alert_changes', 'bootstrap.servers' = 'localhost:9092', format = 'json');
 
-SET 'pipeline.name' = 'abandonment-rate-status';
-INSERT INTO rate_alert_changes
-SELECT window_start, window_end, abandoned, status
-FROM (
-  SELECT window_start, window_end, abandoned,
-         ALERT_STATUS(abandoned >= 3, window_end, INTERVAL '1' HOUR) OVER (ORDER BY window_end) AS status
-  FROM abandonment)
-WHERE status IS NOT NULL;
+-- The job: cart alerts, rate alerts, their FIRING/RESOLVED changes, the funnel.
+-- Each INSERT keeps its checkpoints under clickstream-<its table>.
+EXECUTE STATEMENT SET BEGIN
+  INSERT INTO cart_alerts
+  SELECT md5(concat(CAST(user_id AS VARCHAR), '|', CAST(session_start AS VARCHAR))) AS alert_id,
+         user_id, items, round(cart_value, 2) AS cart_value, session_start, session_end
+  FROM sessions
+  WHERE adds > 0 AND checkouts = 0;
 
--- 3. The funnel: page views, add-to-carts and checkouts per 10 minutes and
---    category, into the lake, one Hive partition per category.
-CREATE TABLE funnel (
-  window_start TIMESTAMP(3),
-  window_end TIMESTAMP(3),
-  category VARCHAR,
-  page_views BIGINT,
-  add_to_carts BIGINT,
-  checkouts BIGINT
-) WITH (connector = 'lake', path = '.sluice/lake/funnel', 'partition.by' = 'category');
+  INSERT INTO rate_alerts
+  SELECT window_start, window_end, abandoned, carts FROM abandonment WHERE abandoned >= 3;
 
-SET 'pipeline.name' = 'funnel';
-INSERT INTO funnel
-SELECT window_start, window_end, category,
-       count(*) FILTER (WHERE event_type = 'page_view') AS page_views,
-       count(*) FILTER (WHERE event_type = 'add_to_cart') AS add_to_carts,
-       count(*) FILTER (WHERE event_type = 'checkout') AS checkouts
-FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' MINUTE))
-GROUP BY window_start, window_end, category;
+  INSERT INTO rate_alert_changes
+  SELECT window_start, window_end, abandoned, status
+  FROM (
+    SELECT window_start, window_end, abandoned,
+           ALERT_STATUS(abandoned >= 3, window_end, INTERVAL '1' HOUR) OVER (ORDER BY window_end) AS status
+    FROM abandonment)
+  WHERE status IS NOT NULL;
+
+  INSERT INTO funnel
+  SELECT window_start, window_end, category,
+         count(*) FILTER (WHERE event_type = 'page_view') AS page_views,
+         count(*) FILTER (WHERE event_type = 'add_to_cart') AS add_to_carts,
+         count(*) FILTER (WHERE event_type = 'checkout') AS checkouts
+  FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' MINUTE))
+  GROUP BY window_start, window_end, category;
+END;

@@ -3,9 +3,9 @@
 //! produced by confluent-kafka a little out of order, gives exactly the cart
 //! alerts, abandonment-rate alerts and funnel rows that this test computes on
 //! its own from the same clicks. The alerts are read back by a plain
-//! confluent-kafka consumer, the funnel by pyarrow. A second test kills the
-//! cart-alert query with SIGKILL in the middle and restarts it: each alert
-//! still comes once.
+//! confluent-kafka consumer, the funnel by pyarrow. A second test reads the
+//! topic without an end, kills the job with SIGKILL in the middle and
+//! starts it again: every alert, change and funnel row still comes once.
 
 mod common;
 
@@ -290,6 +290,15 @@ fn rate_alert_rows(values: &[Value]) -> Vec<String> {
     rows
 }
 
+fn rate_change_rows(values: &[Value]) -> Vec<String> {
+    let mut rows: Vec<String> = values
+        .iter()
+        .map(|v| format!("{}|{}|{}|{}", normalized_time(&v["window_start"]), normalized_time(&v["window_end"]), v["abandoned"], v["status"].as_str().unwrap_or("?")))
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// The funnel lake as pyarrow reads it (the category from the Hive path).
 fn funnel_rows(lake: &Path) -> TestResult<Vec<String>> {
     let script = r#"
@@ -369,47 +378,41 @@ fn the_clickstream_job_gives_exactly_the_expected_alerts_and_funnel() -> TestRes
     assert_eq!(rate_alert_rows(&consume(&broker, "rate_alerts", 5)?), rates, "abandonment-rate alerts");
     let changes = expected_rate_changes(&sessions);
     assert!(changes.iter().any(|c| c.ends_with("RESOLVED")), "the seed resolves the alert at least once: {changes:?}");
-    let mut got: Vec<String> = consume(&broker, "rate_alert_changes", 5)?
-        .iter()
-        .map(|v| format!("{}|{}|{}|{}", normalized_time(&v["window_start"]), normalized_time(&v["window_end"]), v["abandoned"], v["status"].as_str().unwrap_or("?")))
-        .collect();
-    got.sort();
-    assert_eq!(got, changes, "FIRING/RESOLVED changes of the rate alert");
+    assert_eq!(rate_change_rows(&consume(&broker, "rate_alert_changes", 5)?), changes, "FIRING/RESOLVED changes of the rate alert");
     assert_eq!(funnel_rows(&lake)?, expected_funnel(&clicks), "the funnel");
     Ok(())
 }
 
-/// The cart-alert query alone, read without an end: killed with SIGKILL
-/// after a few checkpoints while clicks keep coming, then run again; a
-/// click far ahead closes every session. Each alert comes once.
+/// The whole job reading the topic without an end: killed with SIGKILL after
+/// some alerts are out while clicks keep coming, then started again; clicks
+/// far ahead close every session and window. Every alert, every change of
+/// the rate alert and every funnel row comes once.
 #[test]
-fn cart_alerts_stay_exactly_once_across_a_sigkill() -> TestResult {
+fn the_job_stays_exactly_once_across_a_sigkill() -> TestResult {
     let broker = broker_with_topics()?;
     let clicks = clicks(40, 11);
     let records: Vec<Value> = clicks.iter().map(record).collect();
     let (first, rest) = records.split_at(records.len() / 2);
     let dir = tempfile::tempdir()?;
-    let example = example_for(&broker, &dir.path().join("lake"));
-    // The tables, the sessions and the first INSERT; no end to the topic.
-    let cut = example.find("-- 2. Abandonment rate").ok_or("the example's second part")?;
-    let script = dir.path().join("cart_alerts.sql");
-    std::fs::write(&script, example[..cut].replace(", 'scan.bounded.mode' = 'latest-offset'", ""))?;
-    let checkpoints = dir.path().join(".sluice/checkpoints/cart-abandoned");
+    let lake = dir.path().join("lake/funnel");
+    let script = dir.path().join("job.sql");
+    std::fs::write(&script, example_for(&broker, &lake).replace(", 'scan.bounded.mode' = 'latest-offset'", ""))?;
+    let checkpoints = dir.path().join(".sluice/checkpoints/clickstream-cart_alerts");
 
     broker.produce_records("clicks", first)?;
     let mut child = run(&script, dir.path())?;
     // Killed once some alerts are out and a checkpoint has completed since.
-    let mut before_kill = Vec::new();
+    let mut cart_alerts = Vec::new();
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while before_kill.is_empty() && Instant::now() < deadline {
+    while cart_alerts.is_empty() && Instant::now() < deadline {
         seen = wait_for_checkpoints(&mut child, &checkpoints, seen, 1)?;
-        before_kill = cart_alert_rows(&consume(&broker, "cart_alerts", 5)?)?;
+        cart_alerts = consume(&broker, "cart_alerts", 5)?;
     }
+    assert!(!cart_alerts.is_empty(), "the killed run had written alerts");
     wait_for_checkpoints(&mut child, &checkpoints, seen, 1)?;
     child.kill()?;
     child.wait()?;
-    before_kill.extend(cart_alert_rows(&consume(&broker, "cart_alerts", 5)?)?);
 
     broker.produce_records("clicks", rest)?;
     // A click far ahead on each partition moves event time past every session.
@@ -423,19 +426,23 @@ fn cart_alerts_stay_exactly_once_across_a_sigkill() -> TestResult {
         .collect();
     broker.produce_records("clicks", &far_ahead)?;
     let mut child = run(&script, dir.path())?;
-    let expected = expected_cart_alerts(&sessions(&clicks));
-    let mut rows = before_kill.clone();
+    let sessions = sessions(&clicks);
+    let expected = expected_cart_alerts(&sessions);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while rows.len() < expected.len() && Instant::now() < deadline {
-        rows.extend(cart_alert_rows(&consume(&broker, "cart_alerts", 5)?)?);
+    while cart_alerts.len() < expected.len() && Instant::now() < deadline {
+        cart_alerts.extend(consume(&broker, "cart_alerts", 5)?);
     }
+    // The other sinks commit at the same checkpoints: one more, and all is out.
+    let latest = common::runs::latest_checkpoint(&checkpoints);
+    wait_for_checkpoints(&mut child, &checkpoints, latest, 2)?;
     Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
     let status = child.wait()?;
     let stderr = stderr_of(&mut child)?;
-    assert!(status.success() && stderr.contains("resuming 'cart-abandoned' from checkpoint"), "{status}: {stderr}");
-    rows.extend(cart_alert_rows(&consume(&broker, "cart_alerts", 5)?)?);
-    rows.sort();
-    assert!(!before_kill.is_empty(), "the killed run had written alerts");
-    assert_eq!(rows, expected, "each alert once, across the kill");
+    assert!(status.success() && stderr.contains("resuming 'clickstream-cart_alerts' from checkpoint"), "{status}: {stderr}");
+    cart_alerts.extend(consume(&broker, "cart_alerts", 5)?);
+    assert_eq!(cart_alert_rows(&cart_alerts)?, expected, "each cart alert once, across the kill");
+    assert_eq!(rate_alert_rows(&consume(&broker, "rate_alerts", 5)?), expected_rate_alerts(&sessions), "rate alerts");
+    assert_eq!(rate_change_rows(&consume(&broker, "rate_alert_changes", 5)?), expected_rate_changes(&sessions), "rate alert changes");
+    assert_eq!(funnel_rows(&lake)?, expected_funnel(&clicks), "the funnel");
     Ok(())
 }
