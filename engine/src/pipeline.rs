@@ -1,11 +1,13 @@
 //! A compiled continuous query: a tree of flows between split sources and one sink.
 //!
 //! A pipeline runs in P lanes. A [`Flow`] is a chain of stages over an input:
-//! either the P shards of one source, or a join of two flows. Each lane runs its
-//! own copy of every operator. Stages are separated by exchanges that
-//! hash-partition rows by the next stateful operator's key, so each lane owns a
-//! disjoint set of keys; a join's two inputs are both partitioned by the join
-//! key. After the last stage every lane feeds the one sink.
+//! the P shards of one source, a join of two flows, or a `UNION ALL` of several.
+//! Each lane runs its own copy of every operator. Stages are separated by
+//! exchanges that hash-partition rows by the next stateful operator's key, so
+//! each lane owns a disjoint set of keys; a join's two inputs are both
+//! partitioned by the join key, while a union's lane reads the same lane of
+//! every input (it keeps no state). After the last stage every lane feeds the
+//! one sink.
 
 use std::sync::Arc;
 
@@ -34,6 +36,8 @@ pub enum FlowInput {
     Sources(Vec<Box<dyn Source>>),
     /// Two flows joined by a two-input operator (one per lane).
     Join(Box<JoinInput>),
+    /// Several flows whose rows one operator per lane passes on together.
+    Union(Box<UnionInput>),
 }
 
 /// Two flows partitioned by their join keys into one two-input operator per lane
@@ -43,6 +47,16 @@ pub struct JoinInput {
     pub right: Flow,
     pub left_key: ExchangeKey,
     pub right_key: ExchangeKey,
+    pub lanes: Vec<Box<dyn Operator>>,
+}
+
+/// Several flows (at least two) read by one operator per lane, a `UNION ALL`:
+/// lane `i` of the union reads lane `i` of every input, so every input runs in
+/// as many lanes as the union. The operator hears which input a batch came from
+/// (`on_batch_from`, inputs numbered in order); the runtime merges the inputs'
+/// watermarks and aligns their barriers, as for a join.
+pub struct UnionInput {
+    pub inputs: Vec<Flow>,
     pub lanes: Vec<Box<dyn Operator>>,
 }
 
@@ -77,12 +91,32 @@ pub struct Pipeline {
     pub checkpoints: Option<crate::checkpoint::CheckpointConfig>,
 }
 
+impl FlowInput {
+    /// The flows this input reads, in the order the runtime numbers their steps.
+    fn flows(&self) -> Vec<&Flow> {
+        match self {
+            FlowInput::Sources(_) => Vec::new(),
+            FlowInput::Join(join) => vec![&join.left, &join.right],
+            FlowInput::Union(union) => union.inputs.iter().collect(),
+        }
+    }
+
+    /// One lane's operator that reads those flows.
+    fn operator(&self) -> Option<&dyn Operator> {
+        match self {
+            FlowInput::Sources(_) => None,
+            FlowInput::Join(join) => join.lanes.first().map(|op| op.as_ref()),
+            FlowInput::Union(union) => union.lanes.first().map(|op| op.as_ref()),
+        }
+    }
+}
+
 impl Flow {
     /// Whether any source of the flow has positions to commit.
     pub fn commits_positions(&self) -> bool {
         match &self.input {
             FlowInput::Sources(sources) => sources.iter().any(|s| s.commits_positions()),
-            FlowInput::Join(join) => join.left.commits_positions() || join.right.commits_positions(),
+            input => input.flows().iter().any(|f| f.commits_positions()),
         }
     }
 
@@ -91,6 +125,7 @@ impl Flow {
         match &self.input {
             FlowInput::Sources(s) => s.len(),
             FlowInput::Join(j) => j.lanes.len(),
+            FlowInput::Union(u) => u.lanes.len(),
         }
     }
 
@@ -119,10 +154,16 @@ impl Flow {
                     }
                     flow.describe_into(depth + 2, lines);
                 }
-                if let Some(op) = join.lanes.first() {
-                    lines.push(format!("{indent}{}", op.describe()));
+            }
+            FlowInput::Union(union) => {
+                for (i, flow) in union.inputs.iter().enumerate() {
+                    lines.push(format!("{indent}  input {}:", i + 1));
+                    flow.describe_into(depth + 2, lines);
                 }
             }
+        }
+        if let Some(op) = self.input.operator() {
+            lines.push(format!("{indent}{}", op.describe()));
         }
         // Stages are listed from the input up, after it.
         let mut after = Vec::new();
@@ -141,11 +182,10 @@ impl Flow {
 impl Flow {
     /// The descriptions of the operators (one lane's) whose state nothing bounds.
     fn unbounded_into(&self, found: &mut Vec<String>) {
-        if let FlowInput::Join(join) = &self.input {
-            join.left.unbounded_into(found);
-            join.right.unbounded_into(found);
-            found.extend(join.lanes.first().filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
+        for flow in self.input.flows() {
+            flow.unbounded_into(found);
         }
+        found.extend(self.input.operator().filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
         for stage in &self.stages {
             let ops = stage.lanes.first().into_iter().flatten();
             found.extend(ops.filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
@@ -158,20 +198,20 @@ impl Flow {
     pub fn reads_whole_input(&self) -> bool {
         match &self.input {
             FlowInput::Sources(sources) => sources.iter().all(|s| s.reads_whole_input()),
-            FlowInput::Join(join) => join.left.reads_whole_input() && join.right.reads_whole_input(),
+            input => input.flows().iter().all(|f| f.reads_whole_input()),
         }
     }
 
-    /// The sources and operators in the order the runtime numbers them.
+    /// The sources and operators in the order the runtime numbers them: a
+    /// join's or union's inputs first, in order, then its operator.
     fn steps_into(&self, steps: &mut Vec<String>) {
-        match &self.input {
-            FlowInput::Sources(sources) => steps.extend(sources.first().map(|s| format!("source: {}", s.identity()))),
-            FlowInput::Join(join) => {
-                join.left.steps_into(steps);
-                join.right.steps_into(steps);
-                steps.extend(join.lanes.first().map(|op| op.describe()));
-            }
+        if let FlowInput::Sources(sources) = &self.input {
+            steps.extend(sources.first().map(|s| format!("source: {}", s.identity())));
         }
+        for flow in self.input.flows() {
+            flow.steps_into(steps);
+        }
+        steps.extend(self.input.operator().map(|op| op.describe()));
         for stage in &self.stages {
             steps.extend(stage.lanes.first().into_iter().flatten().map(|op| op.describe()));
         }
@@ -180,16 +220,13 @@ impl Flow {
     /// What keeps the flow from being checkpointed: sources that cannot
     /// resume and operators whose state cannot be stored (one lane's).
     fn checkpoint_blockers_into(&self, found: &mut Vec<String>) {
-        match &self.input {
-            FlowInput::Sources(sources) => {
-                found.extend(sources.first().filter(|s| !s.resumable()).map(|s| format!("source {}", s.describe())));
-            }
-            FlowInput::Join(join) => {
-                join.left.checkpoint_blockers_into(found);
-                join.right.checkpoint_blockers_into(found);
-                found.extend(join.lanes.first().filter(|op| !op.checkpointable()).map(|op| op.describe()));
-            }
+        if let FlowInput::Sources(sources) = &self.input {
+            found.extend(sources.first().filter(|s| !s.resumable()).map(|s| format!("source {}", s.describe())));
         }
+        for flow in self.input.flows() {
+            flow.checkpoint_blockers_into(found);
+        }
+        found.extend(self.input.operator().filter(|op| !op.checkpointable()).map(|op| op.describe()));
         for stage in &self.stages {
             let ops = stage.lanes.first().into_iter().flatten();
             found.extend(ops.filter(|op| !op.checkpointable()).map(|op| op.describe()));

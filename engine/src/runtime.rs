@@ -33,7 +33,7 @@ use crate::inbox::{edges, grouped_edges, Inbox, InboxEvent};
 use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
-use crate::pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline};
+use crate::pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, UnionInput};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
 
@@ -362,6 +362,7 @@ impl Builder {
                     .collect()
             }
             FlowInput::Join(join) => self.join(*join),
+            FlowInput::Union(union) => self.union(*union),
         };
         for stage in flow.stages {
             if let Some(key) = stage.exchange {
@@ -413,6 +414,36 @@ impl Builder {
         let right = self.flow(right);
         let p = lanes.len();
         let inboxes = self.exchange(vec![(left, left_key), (right, right_key)], p);
+        let id = self.next_operator;
+        self.next_operator += 1;
+        inboxes
+            .into_iter()
+            .zip(lanes)
+            .enumerate()
+            .map(|(lane, (inbox, op))| self.operator(op, inbox, lane, p, id))
+            .collect()
+    }
+
+    /// Lane `i` of every input feeds lane `i` of the union, one edge each, so
+    /// the union's inbox merges their watermarks and aligns their barriers.
+    fn union(&mut self, union: UnionInput) -> Vec<Inbox> {
+        let UnionInput { inputs, lanes } = union;
+        let heads: Vec<Vec<Inbox>> = inputs.into_iter().map(|flow| self.flow(flow)).collect();
+        let p = lanes.len();
+        let mut senders: Vec<std::vec::IntoIter<mpsc::Sender<Message>>> = Vec::with_capacity(p);
+        let mut inboxes = Vec::with_capacity(p);
+        for _ in 0..p {
+            let (txs, inbox) = grouped_edges(vec![1; heads.len()], edge_capacity(heads.len()));
+            senders.push(txs.into_iter());
+            inboxes.push(inbox);
+        }
+        for input in heads {
+            for (inbox, lane) in input.into_iter().zip(senders.iter_mut()) {
+                if let Some(tx) = lane.next() {
+                    self.tasks.spawn(run_forward(inbox, Outbox { tx }));
+                }
+            }
+        }
         let id = self.next_operator;
         self.next_operator += 1;
         inboxes
@@ -893,7 +924,7 @@ async fn run_exchange(mut inbox: Inbox, partitioner: Arc<KeyPartitioner>, outs: 
     Err(EngineError::Cancelled)
 }
 
-/// Hands a lane's results to the shared sink channel.
+/// Hands a lane's results on to one edge of the next step (the sink's, a union's).
 async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
     while let Some(msg) = inbox.next().await {
         let end = matches!(msg, Message::EndOfStream);

@@ -21,6 +21,7 @@ pub mod options;
 mod lower_alert;
 mod lower_join;
 mod lower_rank;
+mod lower_union;
 pub mod planner;
 pub mod session;
 pub mod show_create;

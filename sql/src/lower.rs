@@ -6,7 +6,8 @@
 //! `AggregateExec` becomes a [`WindowAggregate`] or [`SessionAggregate`] (with
 //! GROUPING SETS, ROLLUP or CUBE, behind a [`GroupingSetExpand`] that repeats
 //! each row per set), a plain one an [`UpdatingAggregate`]; a `HashJoinExec`
-//! becomes a join of two flows (see [`crate::lower_join`]); a `ROW_NUMBER()`
+//! becomes a join of two flows (see [`crate::lower_join`]), a `UnionExec` (`UNION
+//! ALL`) a flow over one flow per branch (see [`crate::lower_union`]); a `ROW_NUMBER()`
 //! window function bounded by a filter above it becomes a Window Top-N (see
 //! [`crate::lower_rank`]). Along the way it tracks which column carries each
 //! row's event time (joins need it to bound their state) and whether rows are a
@@ -68,6 +69,7 @@ pub enum LoweredInput {
     /// A stream table.
     Table(String),
     Join(Box<LoweredJoin>),
+    Union(Box<LoweredUnion>),
 }
 
 pub struct LoweredJoin {
@@ -75,6 +77,12 @@ pub struct LoweredJoin {
     pub right: LoweredFlow,
     pub left_key: ExchangeKey,
     pub right_key: ExchangeKey,
+    pub operator: Box<dyn Operator>,
+}
+
+/// The branches of a `UNION ALL` and the step that passes their rows on.
+pub struct LoweredUnion {
+    pub inputs: Vec<LoweredFlow>,
     pub operator: Box<dyn Operator>,
 }
 
@@ -110,7 +118,7 @@ pub(crate) struct Chain {
     operators: Vec<Box<dyn Operator>>,
     segment: Option<Segment>,
     /// Aggregations below this point.
-    aggregates: usize,
+    pub(crate) aggregates: usize,
     /// The column holding each row's event time, if still known.
     pub(crate) time: Option<EventTime>,
     /// Whether rows carry a change kind (last column).
@@ -167,6 +175,7 @@ pub fn lower(
     metrics: Arc<JobMetrics>,
     ttl: Option<Duration>,
 ) -> Result<LoweredQuery> {
+    let plan = &crate::lower_union::single_phase_aggregates(plan)?;
     let rank_limits = crate::lower_rank::rank_limits(plan);
     let cx = Lowering { windows, tables, task_ctx, metrics, ttl, rank_limits };
     let mut chain = cx.lower(plan)?;
@@ -240,6 +249,14 @@ impl Lowering<'_> {
         }
         if matches!(plan.name(), "WindowAggExec" | "BoundedWindowAggExec") {
             return self.lower_window_rank(plan);
+        }
+        if matches!(plan.name(), "UnionExec" | "InterleaveExec") {
+            return self.lower_union(plan);
+        }
+        if crate::lower_union::PARTITION_MOVES.contains(&plan.name()) {
+            if let [child] = plan.children().as_slice() {
+                return self.lower(child);
+            }
         }
         let name = plan.name();
         if STATELESS.contains(&name) {
@@ -526,7 +543,6 @@ fn unsupported<T>(node: &str) -> Result<T> {
             "a join of streams needs an equality between the two sides (ON a.k = b.k)"
         }
         "SortMergeJoinExec" | "SymmetricHashJoinExec" => "this join is not supported on streams",
-        "UnionExec" | "InterleaveExec" => "UNION is not supported on streams yet",
         _ => return plan_err(format!("{node} is not supported in a continuous query")),
     };
     plan_err(why)

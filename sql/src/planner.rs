@@ -151,9 +151,10 @@ pub async fn plan_logical(catalog: &Catalog, query: &Query) -> Result<(LogicalPl
     Ok((plan, windows, ctx))
 }
 
-/// Refuses `UNION` of streams with a reason, before DataFusion's plan for it
-/// (an aggregation split in two phases) reaches the lowering. Table-less
-/// queries are answered as batch queries and keep it.
+/// Refuses `UNION` (without ALL) of streams with a reason, before DataFusion's
+/// plan for it (an aggregation split in two phases) reaches the lowering.
+/// `UNION ALL` is lowered as a union of flows. Table-less queries are answered
+/// as batch queries and keep both.
 fn refuse_union(plan: &LogicalPlan) -> Result<()> {
     let reads_table = plan.exists(|n| Ok(matches!(n, LogicalPlan::TableScan(_))))?;
     if !reads_table {
@@ -164,12 +165,10 @@ fn refuse_union(plan: &LogicalPlan) -> Result<()> {
     })?;
     if distinct {
         return plan_err(
-            "UNION is not supported on streams: removing duplicate rows would mean remembering every row forever. \
-             UNION ALL (keeping duplicates) is planned but not supported yet either",
+            "UNION (without ALL) is not supported on streams: removing duplicate rows would mean remembering \
+             every row forever. Write UNION ALL to keep duplicates, or GROUP BY the columns over the UNION ALL \
+             (an updating aggregate) to remove them",
         );
-    }
-    if plan.exists(|n| Ok(matches!(n, LogicalPlan::Union(_))))? {
-        return plan_err("UNION ALL of streams is not supported yet (it is planned)");
     }
     Ok(())
 }

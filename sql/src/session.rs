@@ -19,7 +19,7 @@ use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
 use sluice_connectors::{find_connector, registry, Connector, Shard};
-use sluice_engine::{Flow, FlowInput, Job, JobHandle, JobOptions, JoinInput, Pipeline, Sink, Stage};
+use sluice_engine::{Flow, FlowInput, Job, JobHandle, JobOptions, JoinInput, Pipeline, Sink, Stage, UnionInput};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
@@ -704,6 +704,25 @@ impl Session {
                     }
                 }
                 FlowInput::Sources(sources)
+            }
+            Some(LoweredInput::Union(_)) => {
+                // Per branch, its lanes; per lane, the union's step.
+                let mut branches: Vec<Vec<LoweredFlow>> = Vec::new();
+                let mut ops = Vec::with_capacity(count);
+                for input in inputs {
+                    let LoweredInput::Union(union) = input else { return plan_err("internal: lanes differ in shape") };
+                    let union = *union;
+                    branches.resize_with(union.inputs.len(), Vec::new);
+                    for (branch, flow) in branches.iter_mut().zip(union.inputs) {
+                        branch.push(flow);
+                    }
+                    ops.push(union.operator);
+                }
+                let inputs = branches
+                    .into_iter()
+                    .map(|lanes| self.flow(catalog, planned, lanes, alignment, query_id))
+                    .collect::<Result<Vec<_>>>()?;
+                FlowInput::Union(Box::new(UnionInput { inputs, lanes: ops }))
             }
             _ => {
                 let (mut left, mut right, mut left_key, mut right_key, mut ops) =

@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArgOperator, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
     Statement, TableAlias, TableFactor, TableVersion, VisitMut, VisitorMut, BinaryOperator, JoinConstraint,
-    JoinOperator, SetExpr,
+    JoinOperator, SetExpr, visit_relations,
 };
 use sqlparser::parser::Parser;
 
@@ -253,9 +253,24 @@ impl Rewriter<'_> {
     /// Refuses a window TVF over an unbounded table without a WATERMARK, as Flink
     /// does: nothing would ever close its windows, so the query would run without
     /// emitting. Over a bounded table the windows close when its input ends. A
-    /// view is checked where its own tables are read.
+    /// view's event time comes from the tables it reads (a `UNION ALL` view's
+    /// watermark is the least of its branches'), so each of them must have one.
     fn require_watermark(&self, kind: &str, table: &ObjectName, ts: &Ident) -> Result<()> {
         let name = normalize_name(table);
+        if self.catalog.view(&name).is_some() {
+            let mut tables = Vec::new();
+            self.view_tables(&name, 0, &mut tables);
+            let unwatermarked = tables.iter().filter_map(|t| self.catalog.table(t)).find(|def| def.watermark.is_none() && !def.capabilities.bounded);
+            return match unwatermarked {
+                Some(def) => plan_err(format!(
+                    "{kind} over view '{name}': it reads table '{}', which has no WATERMARK, so its windows would \
+                     never close; declare one in that table's CREATE TABLE: WATERMARK FOR <time column> AS \
+                     <time column> - INTERVAL '5' SECOND",
+                    def.name
+                )),
+                None => Ok(()),
+            };
+        }
         match self.catalog.table(&name) {
             Some(def) if def.watermark.is_none() && !def.capabilities.bounded => plan_err(format!(
                 "{kind} over table '{name}': it has no WATERMARK, so its windows would never close; \
@@ -263,6 +278,20 @@ impl Rewriter<'_> {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The tables view `name` reads, through the views it reads (window TVFs
+    /// inside it check their own tables when it is inlined).
+    fn view_tables(&self, name: &str, depth: usize, out: &mut Vec<String>) {
+        let Some(view) = self.catalog.view(name).filter(|_| depth <= MAX_VIEW_DEPTH) else { return };
+        let _ = visit_relations(&view.query, |relation| {
+            let relation = normalize_name(relation);
+            match self.catalog.view(&relation) {
+                Some(_) => self.view_tables(&relation, depth + 1, out),
+                None => out.push(relation),
+            }
+            ControlFlow::<()>::Continue(())
+        });
     }
 
     /// The `PARTITION BY` columns as DataFusion names them, checked against the

@@ -5,6 +5,7 @@ pub mod grouping_sets;
 pub mod join;
 pub mod session_aggregate;
 pub mod stateless;
+pub mod union;
 mod state_table;
 #[cfg(test)]
 mod checkpoint_testing;
@@ -18,6 +19,7 @@ pub use alert_status::{AlertChanges, AlertSpec};
 pub use grouping_sets::GroupingSetExpand;
 pub use session_aggregate::SessionAggregate;
 pub use stateless::StatelessOperator;
+pub use union::UnionAll;
 pub use watermark_assigner::WatermarkAssigner;
 pub use window_aggregate::WindowAggregate;
 pub use window_rank::{RankSpec, WindowRank};
