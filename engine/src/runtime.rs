@@ -138,30 +138,39 @@ struct Participant {
 
 impl Participant {
     /// Stores this step's state for checkpoint `id` in the background and
-    /// reports it once written.
-    fn store_part(&mut self, id: u64, tables: Vec<(usize, StatePart)>, alignment_nanos: u64) {
+    /// reports it once written. At most one write is under way per step: the
+    /// step waits for its previous write first, so a slow store holds the step
+    /// back instead of piling up copies of its state.
+    async fn store_part(&mut self, id: u64, tables: Vec<(usize, StatePart)>, alignment_nanos: u64) {
         let Some(store) = self.store.clone() else { return };
+        if let Some(previous) = self.writing.take() {
+            let _ = previous.await;
+        }
         let mut by_table: std::collections::BTreeMap<usize, Vec<StatePart>> = Default::default();
         for (table, part) in tables {
             by_table.entry(table).or_default().push(part);
         }
-        let (owner, lane, acks, before) = (self.owner, self.lane, self.acks.clone(), self.writing.take());
-        self.writing = Some(tokio::spawn(async move {
-            if let Some(before) = before {
-                let _ = before.await;
-            }
+        let (owner, lane, acks) = (self.owner, self.lane, self.acks.clone());
+        let write = async move {
             let mut parts: Vec<PartRef> = Vec::new();
             for (table, rows) in by_table {
-                match store.write_part(id, owner, lane, table, &rows).await {
-                    Ok(part) => parts.push(part),
-                    Err(e) => {
-                        let _ = acks.send(Ack::Failed { checkpoint: id, error: e });
-                        return;
-                    }
-                }
+                parts.push(store.write_part(id, owner, lane, table, &rows).await?);
                 crate::checkpoint::crash_point(crate::checkpoint::CrashPoint::Snapshot, id);
             }
-            let _ = acks.send(Ack::Part { checkpoint: id, owner, lane, parts, alignment_nanos });
+            Ok::<_, crate::checkpoint::StoreError>(parts)
+        };
+        let writer = tokio::spawn(write);
+        self.writing = Some(tokio::spawn(async move {
+            // A write that panicked fails the checkpoint like one that erred.
+            let ack = match writer.await {
+                Ok(Ok(parts)) => Ack::Part { checkpoint: id, owner, lane, parts, alignment_nanos },
+                Ok(Err(error)) => Ack::Failed { checkpoint: id, error },
+                Err(e) => Ack::Failed {
+                    checkpoint: id,
+                    error: crate::checkpoint::StoreError::Io { location: format!("{owner:?} lane {lane}"), message: format!("the write failed: {e}") },
+                },
+            };
+            let _ = acks.send(ack);
         }));
     }
 
@@ -608,7 +617,7 @@ impl SourceLane {
         source.on_barrier(id).await?;
         if self.participant.store.is_some() {
             let parts = source.position()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
-            self.participant.store_part(id, parts, 0);
+            self.participant.store_part(id, parts, 0).await;
         }
         Ok(())
     }
@@ -871,7 +880,7 @@ async fn operate(
                 if participant.store.is_some() {
                     let alignment = inbox.alignment_time() - aligned;
                     aligned = inbox.alignment_time();
-                    participant.store_part(barrier.id, op.snapshot()?, alignment.as_nanos() as u64);
+                    participant.store_part(barrier.id, op.snapshot()?, alignment.as_nanos() as u64).await;
                 }
                 out.out.send(Message::Barrier(barrier)).await?;
                 continue;
@@ -960,7 +969,7 @@ impl SinkTask {
         match self.checkpoints_on() {
             true => {
                 let state = self.sink.snapshot()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
-                self.participant.store_part(id, state, 0);
+                self.participant.store_part(id, state, 0).await;
                 Ok(())
             }
             false => {

@@ -65,17 +65,18 @@ impl Lowering<'_> {
                  give it the rows of a windowed aggregation"
             ));
         }
-        if chain.time.map(|t| t.column) != at_column {
+        let Some(time) = chain.time.filter(|t| Some(t.column) == at_column) else {
             return plan_err(format!(
                 "{USAGE}: `{at}` is not the event time of the rows it reads; order by the column that carries it \
                  (window_end of a windowed aggregation, or the table's WATERMARK column)"
             ));
-        }
+        };
         let spec = AlertSpec {
             input_schema: Arc::clone(&chain.schema),
             partition_by: expr.partition_by().to_vec(),
             firing: Arc::clone(firing),
             at: Arc::clone(at),
+            at_offset: time.offset,
             repeat_after,
             output_schema: plan.schema(),
         };

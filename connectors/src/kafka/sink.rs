@@ -358,7 +358,9 @@ fn producer(cfg: &KafkaConfig, mode: ProducerMode) -> Result<FutureProducer> {
             client.set("transactional.id", id);
         }
     }
-    if client.get("message.timeout.ms").is_none() {
+    // A transactional producer's message timeout may not exceed its
+    // transaction timeout: librdkafka then takes the latter.
+    if client.get("message.timeout.ms").is_none() && client.get("transactional.id").is_none() {
         client.set("message.timeout.ms", "60000");
     }
     client.create().map_err(kafka_error)

@@ -64,7 +64,10 @@ pub fn last_produced(
         .set("group.id", format!("sluice-sink-recovery-{query}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Whatever the table's properties say: records of an aborted
+        // transaction were not produced, and must be produced again.
+        .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = config.create().map_err(kafka)?;
     let mut wanted: BTreeMap<i32, (BTreeSet<String>, i64)> = BTreeMap::new();
     for staged in restored {

@@ -78,10 +78,14 @@ impl CheckpointStore {
     /// Writes one table of a step's state in one lane.
     pub async fn write_part(&self, id: u64, owner: Owner, lane: usize, table: usize, parts: &[StatePart]) -> Result<PartRef, StoreError> {
         let keyed = parts.iter().any(|p| p.key_groups.is_some());
+        // A name no other write uses: a write of a run that failed may land
+        // after a new run reused the checkpoint's id, and must not replace
+        // the new run's part (the metadata names the files it stands for).
+        let unique = unique_suffix();
         let file = match owner {
-            Owner::Source(n) => format!("source-{n}-lane-{lane}-{table}.arrow"),
-            Owner::Operator(n) => format!("operator-{n}-lane-{lane}-{table}.arrow"),
-            Owner::Sink => format!("sink-lane-{lane}-{table}.arrow"),
+            Owner::Source(n) => format!("source-{n}-lane-{lane}-{table}-{unique}.arrow"),
+            Owner::Operator(n) => format!("operator-{n}-lane-{lane}-{table}-{unique}.arrow"),
+            Owner::Sink => format!("sink-lane-{lane}-{table}-{unique}.arrow"),
         };
         let mut buffer = Vec::new();
         let mut rows = 0;
@@ -234,4 +238,12 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// A suffix no other part file gets: the process, the time, and a counter.
+fn unique_suffix() -> String {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{nanos:x}-{n:x}", std::process::id())
 }

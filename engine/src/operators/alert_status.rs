@@ -175,8 +175,8 @@ impl WindowUDFImpl for AlertStatusFunction {
 pub fn check_argument_types(types: &[DataType]) -> datafusion::error::Result<()> {
     let usage = "ALERT_STATUS(firing BOOLEAN, at TIMESTAMP [, repeat_after INTERVAL]) OVER (PARTITION BY key ORDER BY at)";
     match types {
-        [DataType::Boolean | DataType::Null, DataType::Timestamp(_, _)] => Ok(()),
-        [DataType::Boolean | DataType::Null, DataType::Timestamp(_, _), DataType::Interval(_)] => Ok(()),
+        [DataType::Boolean, DataType::Timestamp(_, _)] => Ok(()),
+        [DataType::Boolean, DataType::Timestamp(_, _), DataType::Interval(_)] => Ok(()),
         _ => {
             let given: Vec<String> = types.iter().map(|t| t.to_string()).collect();
             plan_err!("{usage}: called with ({})", given.join(", "))
@@ -202,6 +202,10 @@ impl PartitionEvaluator for AlertStatusEvaluator {
         let mut state = AlertState::default();
         let statuses: StringArray = (0..num_rows)
             .map(|i| {
+                // A row without a time says nothing and changes nothing.
+                if at.is_null(i) {
+                    return None;
+                }
                 let fires = firing.is_valid(i).then(|| firing.value(i));
                 state.next(fires, at.value(i), self.repeat_after).map(AlertStatus::as_str)
             })
@@ -219,6 +223,9 @@ pub struct AlertSpec {
     pub firing: Arc<dyn PhysicalExpr>,
     /// The rows' event time (the ORDER BY).
     pub at: Arc<dyn PhysicalExpr>,
+    /// What to add to `at` for the row's event time as the watermark counts
+    /// it (-1 ns for `window_end`: a window's rows belong just before its end).
+    pub at_offset: i64,
     /// Nanoseconds.
     pub repeat_after: Option<i64>,
     /// The input columns, then the status.
@@ -289,7 +296,10 @@ impl AlertChanges {
         let all = concat_batches(&self.spec.input_schema, &self.waiting)?;
         self.waiting.clear();
         let times = self.times(&all)?;
-        let due: BooleanArray = times.iter().map(|at| Some(at.is_some_and(|at| at <= t))).collect();
+        // A row's turn comes once no row before it can still come: when the
+        // watermark is past its time.
+        let offset = self.spec.at_offset;
+        let due: BooleanArray = times.iter().map(|at| Some(at.is_some_and(|at| at.saturating_add(offset) < t))).collect();
         let later = filter_record_batch(&all, &not(&due)?)?;
         if later.num_rows() > 0 {
             self.waiting.push(later);
@@ -421,19 +431,27 @@ impl Operator for AlertChanges {
         )
     }
 
-    async fn on_batch(&mut self, batch: RecordBatch, _out: &mut Emitter) -> Result<()> {
-        let batch = match self.watermark {
-            None => batch,
-            Some(w) => {
-                let times = self.times(&batch)?;
-                let on_time: BooleanArray = times.iter().map(|at| Some(at.is_some_and(|at| at > w))).collect();
-                let late = on_time.false_count();
-                if late > 0 {
-                    self.metrics.add_late_rows(late);
-                }
-                filter_record_batch(&batch, &on_time)?
-            }
-        };
+    async fn on_batch(&mut self, batch: RecordBatch, out: &mut Emitter) -> Result<()> {
+        let times = self.times(&batch)?;
+        // Rows without a time pass at once, saying nothing (as in a batch).
+        if times.null_count() > 0 {
+            let timeless: BooleanArray = times.iter().map(|at| Some(at.is_none())).collect();
+            let passing = filter_record_batch(&batch, &timeless)?;
+            let mut columns = passing.columns().to_vec();
+            columns.push(Arc::new(StringArray::new_null(passing.num_rows())));
+            out.emit(RecordBatch::try_new(Arc::clone(&self.spec.output_schema), columns)?);
+        }
+        // Late: the watermark has passed the row's time.
+        let (watermark, offset) = (self.watermark, self.spec.at_offset);
+        let on_time: BooleanArray = times
+            .iter()
+            .map(|at| Some(at.is_some_and(|at| watermark.is_none_or(|w| at.saturating_add(offset) >= w))))
+            .collect();
+        let late = times.len() - times.null_count() - on_time.true_count();
+        if late > 0 {
+            self.metrics.add_late_rows(late);
+        }
+        let batch = filter_record_batch(&batch, &on_time)?;
         if batch.num_rows() > 0 {
             self.waiting.push(batch);
         }
@@ -530,6 +548,7 @@ mod tests {
                 partition_by: if keyed { vec![col("k", &input).expect("k")] } else { Vec::new() },
                 firing,
                 at: col("ts", &input).expect("ts"),
+                at_offset: 0,
                 repeat_after,
                 output_schema: Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
                 input_schema: input,
