@@ -14,7 +14,8 @@
 //! nanoseconds), then each aggregate's state columns. Table
 //! [`WATERMARK_TABLE`] holds the lane's watermark.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -50,10 +51,10 @@ pub struct SessionAggregate {
     key_indices: Vec<usize>,
     converter: RowConverter,
     keys: HashMap<Box<[u8]>, KeySessions>,
-    /// Each key with open sessions, by the end of its earliest session: the
-    /// watermark closes sessions by walking this from the front, touching only
-    /// the keys whose sessions it closes, not every key.
-    ends: BTreeSet<(i64, Box<[u8]>)>,
+    /// No open session ends before this (a lower bound, exact after each
+    /// watermark that closed sessions): a watermark up to it closes nothing,
+    /// and the keys are not walked.
+    earliest_end: i64,
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
     state: StateReporter,
@@ -73,20 +74,6 @@ impl KeySessions {
     /// start, so the first ends first).
     fn first_end(&self) -> Option<i64> {
         self.sessions.first().map(|s| s.end)
-    }
-}
-
-/// Re-files `key` in `ends` after its earliest session's end went from
-/// `before` to `after`.
-fn refile(ends: &mut BTreeSet<(i64, Box<[u8]>)>, key: &[u8], before: Option<i64>, after: Option<i64>) {
-    if before == after {
-        return;
-    }
-    if let Some(b) = before {
-        ends.remove(&(b, Box::from(key)));
-    }
-    if let Some(a) = after {
-        ends.insert((a, Box::from(key)));
     }
 }
 
@@ -125,7 +112,7 @@ impl SessionAggregate {
             key_indices,
             converter,
             keys: HashMap::new(),
-            ends: BTreeSet::new(),
+            earliest_end: i64::MAX,
             watermark: None,
             state: metrics.state_reporter(),
             metrics,
@@ -239,15 +226,14 @@ impl SessionAggregate {
             let accumulators = merged_accumulators(self.spec.new_accumulators()?, states, i, &widths)?;
             let session = Session { start: starts.value(i), end: ends.value(i), accumulators };
             let key: Box<[u8]> = key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into());
-            let state = self.keys.entry(key.clone()).or_insert_with(|| KeySessions {
+            self.earliest_end = self.earliest_end.min(session.end);
+            let state = self.keys.entry(key).or_insert_with(|| KeySessions {
                 key: key_rows.as_ref().map(|r| r.row(i).owned()),
                 sessions: Vec::new(),
             });
-            let first_end = state.first_end();
             let pos = state.sessions.partition_point(|s| s.start < session.start);
             state.sessions.insert(pos, session);
             self.open_sessions += 1;
-            refile(&mut self.ends, &key, first_end, state.first_end());
         }
         Ok(())
     }
@@ -330,11 +316,15 @@ impl Operator for SessionAggregate {
         for (key, rows) in by_key {
             let first_row = rows[0].1 as usize;
             let new_sessions = self.sessions_of(&ev, rows)?;
-            let state = self.keys.entry(key.clone()).or_insert_with(|| KeySessions {
-                key: key_rows.as_ref().map(|r| r.row(first_row).owned()),
-                sessions: Vec::new(),
-            });
-            let (first_end, count) = (state.first_end(), state.sessions.len());
+            let mut entry = match self.keys.entry(key) {
+                Entry::Occupied(o) => o,
+                Entry::Vacant(v) => v.insert_entry(KeySessions {
+                    key: key_rows.as_ref().map(|r| r.row(first_row).owned()),
+                    sessions: Vec::new(),
+                }),
+            };
+            let state = entry.get_mut();
+            let count = state.sessions.len();
             for (mut session, rows) in new_sessions {
                 let mut kept = Vec::with_capacity(state.sessions.len() + 1);
                 let mut merged = false;
@@ -357,9 +347,11 @@ impl Operator for SessionAggregate {
                 state.sessions = kept;
             }
             self.open_sessions = self.open_sessions + state.sessions.len() - count;
-            refile(&mut self.ends, &key, first_end, state.first_end());
+            if let Some(end) = state.first_end() {
+                self.earliest_end = self.earliest_end.min(end);
+            }
             if state.sessions.is_empty() {
-                self.keys.remove(&key);
+                entry.remove();
             }
         }
         if late > 0 {
@@ -373,27 +365,26 @@ impl Operator for SessionAggregate {
         let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
         let mut closed: Vec<(Option<OwnedRow>, Session)> = Vec::new();
-        while let Some((end, key)) = self.ends.first().cloned() {
-            if end >= t {
-                break;
-            }
-            self.ends.pop_first();
-            let Some(state) = self.keys.get_mut(&key) else { continue };
-            let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end < t));
-            for s in std::mem::replace(&mut state.sessions, open) {
-                self.open_sessions -= 1;
-                closed.push((state.key.clone(), s));
-            }
-            match state.first_end() {
-                Some(next) => {
-                    self.ends.insert((next, key));
+        // Sessions close once the watermark passes their end; below the
+        // earliest end none does, and no key needs a visit.
+        if t > self.earliest_end {
+            let mut earliest_end = i64::MAX;
+            let mut open_sessions = self.open_sessions;
+            self.keys.retain(|_, state| {
+                let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end < t));
+                for s in std::mem::replace(&mut state.sessions, open) {
+                    open_sessions -= 1;
+                    closed.push((state.key.clone(), s));
                 }
-                None => {
-                    self.keys.remove(&key);
+                if let Some(end) = state.first_end() {
+                    earliest_end = earliest_end.min(end);
                 }
-            }
+                !state.sessions.is_empty()
+            });
+            self.open_sessions = open_sessions;
+            self.earliest_end = earliest_end;
         }
-        let earliest_open_end = self.ends.first().map_or(i64::MAX, |(end, _)| *end);
+        let earliest_open_end = self.earliest_end;
         self.report_state();
         if !closed.is_empty() {
             closed.sort_by_key(|(_, s)| (s.end, s.start));
