@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime};
 use serde_json::{json, Value};
 
-use common::broker::{kafka_client, start_broker, Broker};
+use common::broker::{consume_until_idle, start_broker, Broker};
 use common::runs::{stderr_of, wait_for_checkpoints};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -162,9 +162,9 @@ fn expected_cart_alerts(sessions: &[Session]) -> Vec<String> {
     rows
 }
 
-/// `start|end|abandoned|carts` of each hour-long window, sliding by 10
-/// minutes, that holds the ends of 3 or more abandoned sessions.
-fn expected_rate_alerts(sessions: &[Session]) -> Vec<String> {
+/// Per hour-long window sliding by 10 minutes (by start) that holds some
+/// session's end: its abandoned sessions, and its sessions with a cart.
+fn hop_windows(sessions: &[Session]) -> BTreeMap<i64, (usize, usize)> {
     let mut windows: BTreeMap<i64, (usize, usize)> = BTreeMap::new();
     for s in sessions {
         let last_start = s.end.div_euclid(10 * MINUTE) * 10 * MINUTE;
@@ -175,6 +175,12 @@ fn expected_rate_alerts(sessions: &[Session]) -> Vec<String> {
         }
     }
     windows
+}
+
+/// `start|end|abandoned|carts` of each hop window (see [`hop_windows`]) that
+/// holds the ends of 3 or more abandoned sessions.
+fn expected_rate_alerts(sessions: &[Session]) -> Vec<String> {
+    hop_windows(sessions)
         .into_iter()
         .filter(|(_, (abandoned, _))| *abandoned >= 3)
         .map(|(start, (abandoned, carts))| format!("{}|{}|{abandoned}|{carts}", time_text(start), time_text(start + 60 * MINUTE)))
@@ -186,15 +192,8 @@ fn expected_rate_alerts(sessions: &[Session]) -> Vec<String> {
 /// after an hour of firing, RESOLVED at the first window back under 3; windows
 /// in end order (only windows holding some session's end exist).
 fn expected_rate_changes(sessions: &[Session]) -> Vec<String> {
-    let mut windows: BTreeMap<i64, usize> = BTreeMap::new();
-    for s in sessions {
-        let last_start = s.end.div_euclid(10 * MINUTE) * 10 * MINUTE;
-        for start in (0..6).map(|k| last_start - k * 10 * MINUTE) {
-            *windows.entry(start).or_default() += usize::from(s.abandoned());
-        }
-    }
     let (mut firing_since, mut rows) = (None::<i64>, Vec::new());
-    for (start, abandoned) in windows {
+    for (start, (abandoned, _)) in hop_windows(sessions) {
         let end = start + 60 * MINUTE;
         let status = match (abandoned >= 3, firing_since) {
             (true, None) => Some("FIRING"),
@@ -237,13 +236,8 @@ fn normalized_time(v: &Value) -> String {
 /// The values of the records a plain consumer (confluent-kafka) reads from
 /// `topic` after its group's last read, until nothing comes for `idle` s.
 fn consume(broker: &Broker, topic: &str, idle: u32) -> TestResult<Vec<Value>> {
-    let out = Command::new("python3").arg(kafka_client()).args(["consume", &broker.addr, topic, "1000000", &idle.to_string()]).output()?;
-    if !out.status.success() {
-        return Err(format!("consume: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
     let mut values = Vec::new();
-    for line in String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()) {
-        let record: Value = serde_json::from_str(line)?;
+    for record in consume_until_idle(&broker.addr, topic, 1_000_000, idle)? {
         let value: Value = serde_json::from_str(record["value"].as_str().ok_or("a record without a value")?)?;
         // The record key is the alert's id where the sink is keyed by it.
         if let Some(id) = value.get("alert_id") {

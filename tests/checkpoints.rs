@@ -300,15 +300,9 @@ fn a_changed_query_is_refused_with_what_changed() -> TestResult {
 /// from `topic` as consumer group `test-reader`: those after the group's last
 /// read, until nothing came for `idle` seconds. Fails on a record that does
 /// not carry the sink's identity headers.
-fn kafka_rows(addr: &str, topic: &str, idle: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py");
-    let out = Command::new("python3").args([client, "consume", addr, topic, "1000000", &idle.to_string()]).output()?;
-    if !out.status.success() {
-        return Err(format!("consume: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
+fn kafka_rows(broker: &common::broker::Broker, topic: &str, idle: u32) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
-    for line in String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()) {
-        let record: Value = serde_json::from_str(line)?;
+    for record in common::broker::consume_until_idle(&broker.addr, topic, 1_000_000, idle)? {
         for header in ["sluice.query", "sluice.run", "sluice.checkpoint", "sluice.seq"] {
             assert!(record["headers"][header].is_string(), "no {header} header: {record}");
         }
@@ -351,11 +345,11 @@ fn crash_into_kafka(name: &str, more_options: &str) -> TestResult {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut rows = Vec::new();
     while rows.len() < expected.len() && Instant::now() < deadline {
-        rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
+        rows.extend(kafka_rows(&broker, "totals", 8)?);
     }
     stop_resumed(run, name)?;
     // Whatever the stop produced after the last read.
-    rows.extend(kafka_rows(&broker.addr, "totals", 8)?);
+    rows.extend(kafka_rows(&broker, "totals", 8)?);
     assert_each_once(rows, &expected, "the topic");
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice_sql::{QueryOutput, Session, StatementOutput};
 
-use common::broker::{spawn_broker, start_broker, Broker};
+use common::broker::{consume_until_idle, spawn_broker, start_broker, Broker};
 use common::{free_port, wait_listening, KillOnDrop};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -57,26 +57,6 @@ impl Broker {
 /// Reads `count` records of `topic` with the foreign client.
 fn consume(addr: &str, topic: &str, count: usize) -> Result<Vec<Value>, String> {
     consume_until_idle(addr, topic, count, 60)
-}
-
-/// Reads up to `count` records of `topic`, stopping after `idle_secs` seconds
-/// without one.
-fn consume_until_idle(addr: &str, topic: &str, count: usize, idle_secs: u32) -> Result<Vec<Value>, String> {
-    let out = Command::new("python3")
-        .args([
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_client.py"),
-            "consume",
-            addr,
-            topic,
-            &count.to_string(),
-            &idle_secs.to_string(),
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!("consuming failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).map_err(|e| e.to_string())).collect()
 }
 
 /// The rows (as text) of a running query's results until at least `count`

@@ -423,14 +423,7 @@ impl Builder {
         let right = self.flow(right);
         let p = lanes.len();
         let inboxes = self.exchange(vec![(left, left_key), (right, right_key)], p);
-        let id = self.next_operator;
-        self.next_operator += 1;
-        inboxes
-            .into_iter()
-            .zip(lanes)
-            .enumerate()
-            .map(|(lane, (inbox, op))| self.operator(op, inbox, lane, p, id))
-            .collect()
+        self.step_over(inboxes, lanes)
     }
 
     /// Lane `i` of every input feeds lane `i` of the union, one edge each, so
@@ -453,6 +446,12 @@ impl Builder {
                 }
             }
         }
+        self.step_over(inboxes, lanes)
+    }
+
+    /// One step (one identity) of `lanes` operators, lane `i` reading inbox `i`.
+    fn step_over(&mut self, inboxes: Vec<Inbox>, lanes: Vec<Box<dyn Operator>>) -> Vec<Inbox> {
+        let p = lanes.len();
         let id = self.next_operator;
         self.next_operator += 1;
         inboxes

@@ -87,3 +87,19 @@ impl Broker {
         Ok(())
     }
 }
+
+/// Reads up to `count` records of `topic` at `addr` with the foreign client
+/// (confluent-kafka, consumer group `test-reader`, from the group's last
+/// read), stopping after `idle_secs` seconds without one: JSON objects with
+/// key, value, partition, offset and headers.
+pub fn consume_until_idle(addr: &str, topic: &str, count: usize, idle_secs: u32) -> Result<Vec<Value>, String> {
+    let out = Command::new("python3")
+        .arg(kafka_client())
+        .args(["consume", addr, topic, &count.to_string(), &idle_secs.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("consuming failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).map_err(|e| e.to_string())).collect()
+}

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, UInt64Array};
-use datafusion::arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, not, take_record_batch, SortColumn};
+use datafusion::arrow::compute::{concat_batches, filter, filter_record_batch, lexsort_to_indices, not, take, take_record_batch, SortColumn};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, IntervalMonthDayNano, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -304,24 +304,28 @@ impl AlertChanges {
         if later.num_rows() > 0 {
             self.waiting.push(later);
         }
+        let due_times = filter(&times, &due)?;
         let due = filter_record_batch(&all, &due)?;
         if due.num_rows() == 0 {
             return Ok(None);
         }
         // By time, then arrival.
-        let times: ArrayRef = Arc::new(self.times(&due)?);
         let arrival: ArrayRef = Arc::new(UInt64Array::from_iter_values(0..due.num_rows() as u64));
         let order = lexsort_to_indices(
-            &[SortColumn { values: times, options: None }, SortColumn { values: arrival, options: None }],
+            &[SortColumn { values: Arc::clone(&due_times), options: None }, SortColumn { values: arrival, options: None }],
             None,
         )?;
         let due = take_record_batch(&due, &order)?;
+        let times = take(&due_times, &order, None)?;
+        let times = times
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| EngineError::Internal("event times are not Int64".into()))?;
         let firing = self.evaluate(&self.spec.firing, &due)?;
         let firing = firing
             .as_any()
             .downcast_ref::<BooleanArray>()
             .ok_or_else(|| EngineError::Plan(format!("{ALERT_STATUS}: firing must be BOOLEAN")))?;
-        let times = self.times(&due)?;
         let state_keys = self.state_keys.iter().map(|e| self.evaluate(e, &due)).collect::<Result<Vec<_>>>()?;
         let keys = self.converter.convert_columns(&state_keys)?;
         let mut statuses = Vec::with_capacity(due.num_rows());
