@@ -8,7 +8,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::message::{Barrier, Message, Watermark};
+use crate::message::{Barrier, BarrierKind, Message, Watermark};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct InputState {
@@ -153,6 +153,11 @@ pub struct Inbox {
     pending: std::collections::VecDeque<InboxEvent>,
     /// Time spent aligning barriers so far, in nanoseconds.
     alignment_nanos: u64,
+    /// A stop barrier went on: the lanes' ends that follow it only close the
+    /// stream. Were an ended lane to stop holding time back, the others' time
+    /// would close windows after the stop's snapshot, and a resumed run would
+    /// emit them again.
+    stopped: bool,
 }
 
 /// One bounded channel per lane: the senders, and the inbox reading them all.
@@ -193,6 +198,7 @@ impl Inbox {
             input_mergers,
             pending: Default::default(),
             alignment_nanos: 0,
+            stopped: false,
         }
     }
 
@@ -245,6 +251,7 @@ impl Inbox {
         if let Some(since) = self.aligning_since.take() {
             self.alignment_nanos += since.elapsed().as_nanos() as u64;
         }
+        self.stopped |= barrier.kind == BarrierKind::Stop;
         self.pending.push_back(InboxEvent::Barrier(barrier));
     }
 
@@ -326,6 +333,9 @@ impl Inbox {
                         // Every input sent its final (maximal) watermark before ending.
                         self.pending.clear();
                         return Some(InboxEvent::End);
+                    }
+                    if self.stopped {
+                        continue;
                     }
                     self.input_progress(i, None);
                     let group = self.group_of(i);
@@ -429,6 +439,26 @@ mod tests {
             }
         }
         assert_eq!(got, Some(barrier(1)));
+    }
+
+    #[tokio::test]
+    async fn lanes_ending_after_a_stop_move_time_no_further() {
+        let (txs, mut inbox) = edges(2, 8);
+        txs[0].send(Message::Watermark(Watermark::EventTime(10))).await.unwrap();
+        txs[1].send(Message::Watermark(Watermark::EventTime(20))).await.unwrap();
+        let stop = Barrier { id: 1, kind: BarrierKind::Stop };
+        for tx in &txs {
+            tx.send(Message::Barrier(stop)).await.unwrap();
+        }
+        txs[0].send(Message::EndOfStream).await.unwrap();
+        let mut events = Vec::new();
+        while !matches!(events.last(), Some(InboxEvent::Barrier(_))) {
+            events.push(inbox.next_event().await.unwrap());
+        }
+        txs[1].send(Message::EndOfStream).await.unwrap();
+        let after = inbox.next_event().await;
+        assert!(matches!(after, Some(InboxEvent::End)), "lane 1's time (20) is not let through after the stop: {after:?}");
+        assert!(matches!(events.as_slice(), [InboxEvent::Watermark(Watermark::EventTime(10)), InboxEvent::Barrier(_)]));
     }
 
     #[test]
