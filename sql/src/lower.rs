@@ -388,7 +388,11 @@ impl Lowering<'_> {
                 check_session_keys(session, &spec)?;
                 Box::new(SessionAggregate::try_new(spec, session.gap, metrics)?)
             }
-            None => Box::new(WindowAggregate::try_new(spec, metrics)?),
+            None => match (chain.aggregates, self.windows.sliced_hop()) {
+                // The aggregation directly over the HOP: its rows carry slices.
+                (0, Some(hop)) => Box::new(WindowAggregate::sliced(spec, hop.slide, hop.size, metrics)?),
+                _ => Box::new(WindowAggregate::try_new(spec, metrics)?),
+            },
         };
         chain.operators.push(op);
         chain.aggregates += 1;

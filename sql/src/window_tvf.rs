@@ -4,7 +4,12 @@
 //! more columns, `window_start` and `window_end`:
 //! - TUMBLE: `date_bin(size, ts)` and that plus `size`;
 //! - HOP (size a multiple of slide, as in Flink): one row per window the event falls
-//!   in, by unnesting the series of window starts;
+//!   in, by unnesting the series of window starts. When every window TVF of the
+//!   query is a HOP of one slide and size, each read directly by a plain
+//!   windowed GROUP BY (window bounds used only as keys and in what is computed
+//!   from them after the aggregation), a row's window bounds are instead those
+//!   of its slice, the tumbling window of one slide, and the aggregate merges
+//!   slices into windows (recorded in [`WindowTvf::hop`]);
 //! - CUMULATE (size a multiple of step, as in Flink): windows that all start where
 //!   the tumbling window of `size` starts and end one step apart; a row falls in
 //!   every one that ends after it, one row each, by unnesting the series of ends;
@@ -46,6 +51,16 @@ pub struct WindowTvf {
     pub depth: usize,
     /// A SESSION window; `None` for TUMBLE, HOP and CUMULATE.
     pub session: Option<SessionWindow>,
+    /// A HOP whose rows carry the bounds of their slice, for the aggregate
+    /// over it to merge into windows.
+    pub hop: Option<HopSlices>,
+}
+
+/// A hopping window planned as slices: in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HopSlices {
+    pub slide: i64,
+    pub size: i64,
 }
 
 /// What the session aggregate needs of a SESSION window TVF.
@@ -85,13 +100,40 @@ impl WindowTvfs {
     pub fn has_session(&self) -> bool {
         self.windows.iter().any(|w| w.session.is_some())
     }
+
+    /// The HOP whose slices the first aggregation over a source merges, if
+    /// HOPs were planned so: only when every window TVF of the query is such a
+    /// HOP, all of one slide and size, so that the first windowed aggregation
+    /// over any source is one over sliced rows.
+    pub fn sliced_hop(&self) -> Option<HopSlices> {
+        let first = self.windows.first()?.hop?;
+        self.windows.iter().all(|w| w.hop == Some(first)).then_some(first)
+    }
 }
 
 /// Rewrites `query` in place: views inlined, window TVFs expanded.
 pub fn rewrite_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs> {
+    let original = query.clone();
     let mut found = WindowTvfs::default();
-    rewrite(query, catalog, &mut found, 0, false)?;
+    rewrite(query, catalog, &mut found, 0, Mode::Streaming { slices: true })?;
+    if found.sliced_hop().is_none() && found.windows.iter().any(|w| w.hop.is_some()) {
+        // Slices are merged by the first aggregation over a source, which is
+        // then known to read a sliced HOP only if every window TVF is one
+        // (with the same slide and size): otherwise rows are copied.
+        *query = original;
+        found = WindowTvfs::default();
+        rewrite(query, catalog, &mut found, 0, Mode::Streaming { slices: false })?;
+    }
     Ok(found)
+}
+
+/// What a query is rewritten for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A continuous query; `slices`: a HOP may be planned as slices.
+    Streaming { slices: bool },
+    /// A batch query.
+    Batch,
 }
 
 /// [`rewrite_query`] for a batch query: SESSION windows become real session
@@ -99,15 +141,17 @@ pub fn rewrite_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs>
 /// without a WATERMARK are not refused (a batch query needs none).
 pub fn rewrite_batch_query(query: &mut Query, catalog: &Catalog) -> Result<WindowTvfs> {
     let mut found = WindowTvfs::default();
-    rewrite(query, catalog, &mut found, 0, true)?;
+    rewrite(query, catalog, &mut found, 0, Mode::Batch)?;
     Ok(found)
 }
 
-fn rewrite(query: &mut Query, catalog: &Catalog, found: &mut WindowTvfs, depth: usize, batch: bool) -> Result<()> {
+fn rewrite(query: &mut Query, catalog: &Catalog, found: &mut WindowTvfs, depth: usize, mode: Mode) -> Result<()> {
     if depth > MAX_VIEW_DEPTH {
         return plan_err("views nested too deeply (is a view referencing itself?)");
     }
-    let mut rewriter = Rewriter { catalog, found, depth, batch, group_keys: Vec::new() };
+    let batch = mode == Mode::Batch;
+    let slices = mode == Mode::Streaming { slices: true };
+    let mut rewriter = Rewriter { catalog, found, depth, batch, slices, mode, group_keys: Vec::new(), sliceable: Vec::new() };
     match query.visit(&mut rewriter) {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
@@ -120,6 +164,12 @@ struct Rewriter<'a> {
     depth: usize,
     /// Rewriting for a batch query.
     batch: bool,
+    /// A HOP may be planned as slices.
+    slices: bool,
+    mode: Mode,
+    /// Per query being visited, outermost first: whether it is a plain
+    /// windowed GROUP BY directly over a HOP (see [`hop_sliceable`]).
+    sliceable: Vec<bool>,
     /// Per query being visited, outermost first: its GROUP BY keys other than
     /// the window bounds, the keys a SESSION in its FROM is kept per in batch
     /// mode when it has no PARTITION BY.
@@ -131,6 +181,7 @@ impl VisitorMut for Rewriter<'_> {
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<SqlError> {
         self.group_keys.push(group_keys(query));
+        self.sliceable.push(hop_sliceable(query));
         match self.temporal_joins(query) {
             Ok(()) => ControlFlow::Continue(()),
             Err(e) => ControlFlow::Break(e),
@@ -139,6 +190,7 @@ impl VisitorMut for Rewriter<'_> {
 
     fn post_visit_query(&mut self, _query: &mut Query) -> ControlFlow<SqlError> {
         self.group_keys.pop();
+        self.sliceable.pop();
         ControlFlow::Continue(())
     }
 
@@ -208,7 +260,7 @@ impl Rewriter<'_> {
             TableFactor::Table { name, alias, args: None, .. } => {
                 let Some(view) = self.catalog.view(&normalize_name(name)) else { return Ok(None) };
                 let mut subquery = view.query.clone();
-                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.batch)?;
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.mode)?;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(name));
                 Ok(Some(derived(subquery, alias)))
             }
@@ -234,15 +286,25 @@ impl Rewriter<'_> {
                 if !self.batch {
                     self.require_watermark(&kind, &table, &time_col)?;
                 }
-                let (mut sql, gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                let sliced = kind == "HOP" && self.slices && self.sliceable.last().copied().unwrap_or(false);
+                let (mut sql, gap, hop) = match sliced {
+                    true => {
+                        let (sql, hop) = self.hop_slices_sql(&table, &time_col, &args[2..])?;
+                        (sql, None, Some(hop))
+                    }
+                    false => {
+                        let (sql, gap) = self.window_sql(&kind, &table, &time_col, &args[2..])?;
+                        (sql, gap, None)
+                    }
+                };
                 let partition_by = self.partition_columns(&table, partition_by)?;
                 if let (Some(gap), true) = (gap, self.batch) {
                     sql = self.batch_session_sql(&table, &time_col, gap, &partition_by);
                 }
                 let session = gap.map(|gap| SessionWindow { gap, partition_by });
-                self.found.windows.push(WindowTvf { depth: self.depth, session });
+                self.found.windows.push(WindowTvf { depth: self.depth, session, hop });
                 let mut subquery = parse_query(&sql)?;
-                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.batch)?;
+                rewrite(&mut subquery, self.catalog, self.found, self.depth + 1, self.mode)?;
                 let alias = alias.clone().unwrap_or_else(|| alias_of(&table));
                 Ok(Some(derived(subquery, alias)))
             }
@@ -333,6 +395,21 @@ impl Rewriter<'_> {
              (SELECT *, CASE WHEN {ts} <= lag({ts}) OVER ({per_key} ORDER BY {ts}) + {gap} THEN 0 ELSE 1 END \
              AS __sluice_starts_session FROM {table}))"
         )
+    }
+
+    /// A HOP as slices: each row with the bounds of the one slice (tumbling
+    /// window of one slide) it falls in.
+    fn hop_slices_sql(&self, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<(String, HopSlices)> {
+        let [slide, size] = rest else { return plan_err("HOP(TABLE t, DESCRIPTOR(ts), slide, size) takes 4 arguments") };
+        let slide_ns = interval_nanos(slide, "HOP slide")?;
+        let size_ns = interval_nanos(size, "HOP size")?;
+        if size_ns % slide_ns != 0 {
+            return plan_err(format!("HOP size ({size}) must be a whole multiple of its slide ({slide})"));
+        }
+        let slide = interval_sql(slide_ns);
+        let start = format!("date_bin({slide}, {ts}, TIMESTAMP '1970-01-01 00:00:00')");
+        let sql = format!("SELECT *, {start} AS window_start, {start} + {slide} AS window_end FROM {table}");
+        Ok((sql, HopSlices { slide: slide_ns, size: size_ns }))
     }
 
     /// The SQL of the derived table that replaces a window TVF, and a session's gap.
@@ -448,6 +525,63 @@ fn group_keys(query: &Query) -> Vec<Expr> {
         })
         .filter(|e| !matches!(e, Expr::Identifier(id) if ["window_start", "window_end"].contains(&id.value.to_ascii_lowercase().as_str())))
         .collect()
+}
+
+/// Whether `query` is a windowed aggregation that can merge a HOP's slices:
+/// a SELECT whose FROM is just a HOP, grouped by plain columns among which
+/// `window_start` and `window_end`, where the window bounds appear neither in
+/// the WHERE clause (evaluated per row, on slice bounds) nor inside a function
+/// call of the select list or HAVING (an aggregate's argument would see slice
+/// bounds; other functions are refused too, being told apart only by name).
+fn hop_sliceable(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else { return false };
+    let [from] = select.from.as_slice() else { return false };
+    let over_hop = matches!(&from.relation, TableFactor::TableFunction { expr: Expr::Function(f), .. }
+        if f.name.to_string().eq_ignore_ascii_case("HOP"));
+    if !over_hop || !from.joins.is_empty() {
+        return false;
+    }
+    let GroupByExpr::Expressions(keys, modifiers) = &select.group_by else { return false };
+    let names: Option<Vec<String>> = keys
+        .iter()
+        .map(|k| match k {
+            Expr::Identifier(id) => Some(id.value.to_ascii_lowercase()),
+            Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.to_ascii_lowercase()),
+            _ => None,
+        })
+        .collect();
+    let Some(names) = names else { return false };
+    if !modifiers.is_empty() || !names.iter().any(|n| n == "window_start") || !names.iter().any(|n| n == "window_end") {
+        return false;
+    }
+    if select.selection.as_ref().is_some_and(mentions_window_bounds) {
+        return false;
+    }
+    let mut computed = select.projection.iter().filter_map(|item| match item {
+        sqlparser::ast::SelectItem::UnnamedExpr(e) | sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. } => Some(e),
+        _ => None,
+    });
+    !computed.any(window_bounds_in_a_call) && !select.having.as_ref().is_some_and(window_bounds_in_a_call)
+}
+
+/// Whether `expr` names `window_start` or `window_end`.
+fn mentions_window_bounds(expr: &Expr) -> bool {
+    let is_bound = |id: &Ident| ["window_start", "window_end"].contains(&id.value.to_ascii_lowercase().as_str());
+    sqlparser::ast::visit_expressions(expr, |e| match e {
+        Expr::Identifier(id) if is_bound(id) => ControlFlow::Break(()),
+        Expr::CompoundIdentifier(parts) if parts.last().is_some_and(is_bound) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
+}
+
+/// Whether a function call inside `expr` takes the window bounds.
+fn window_bounds_in_a_call(expr: &Expr) -> bool {
+    sqlparser::ast::visit_expressions(expr, |e| match e {
+        Expr::Function(_) if mentions_window_bounds(e) => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 fn descriptor_column(kind: &str, arg: Option<&Expr>) -> Result<Ident> {

@@ -2,6 +2,7 @@
 
 pub mod alert_status;
 pub mod grouping_sets;
+mod hop_slices;
 pub mod join;
 pub mod session_aggregate;
 pub mod stateless;

@@ -23,7 +23,7 @@ use datafusion::arrow::compute::{cast, concat};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
-use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::Accumulator;
 
 use crate::checkpoint::StatePart;
 use crate::error::{EngineError, Result};
@@ -140,9 +140,13 @@ pub(crate) fn accumulator_widths(fresh: &mut [Box<dyn Accumulator>]) -> Result<V
     fresh.iter_mut().map(|a| Ok(a.state()?.len())).collect()
 }
 
-/// Like [`accumulator_widths`], for groups accumulators.
-pub(crate) fn groups_accumulator_widths(fresh: &mut [Box<dyn GroupsAccumulator>]) -> Result<Vec<usize>> {
-    fresh.iter_mut().map(|a| Ok(a.state(EmitTo::All)?.len())).collect()
+/// How many state columns the groups accumulators of `aggregates` write: as
+/// their state fields say (a fresh groups accumulator cannot tell: one adapted
+/// from a plain accumulator writes no columns while it has no groups).
+pub(crate) fn groups_accumulator_widths(
+    aggregates: &[Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>],
+) -> Result<Vec<usize>> {
+    aggregates.iter().map(|a| Ok(a.state_fields()?.len())).collect()
 }
 
 /// Names of the state columns of accumulators with `widths` columns each.

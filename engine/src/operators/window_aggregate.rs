@@ -1,7 +1,9 @@
 //! Tumbling and hopping window aggregation.
 //!
-//! Rows arrive with `window_start`/`window_end` already assigned (a hopping window
-//! repeats a row once per window it falls in). State is one group table and one
+//! Rows arrive with `window_start`/`window_end` already assigned (a hopping
+//! window either repeats a row once per window it falls in, or, when planned as
+//! slices, assigns it the one slice it falls in: see [`super::hop_slices`]).
+//! State is one group table and one
 //! set of DataFusion `GroupsAccumulator`s per open window; only accumulator state
 //! is kept, never rows. A window is emitted, and its state freed, once the
 //! watermark reaches its end. Rows for an already emitted window are late: they
@@ -24,6 +26,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
+use super::hop_slices::HopSlices;
 use super::state_table::{
     as_type, concat_tables, corrupt, groups_accumulator_widths, key_groups, keyed_with_watermark, split_keyed_with_watermark,
     state_column_names, table,
@@ -51,13 +54,15 @@ pub struct WindowAggregate {
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
     state: StateReporter,
+    /// Rows come in slices of a hopping window, which `windows` then holds.
+    hop: Option<HopSlices>,
 }
 
-/// The groups of one open window.
-struct WindowGroups {
-    index: HashMap<Box<[u8]>, usize>,
-    keys: Rows,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+/// The groups of one open window (or slice).
+pub(crate) struct WindowGroups {
+    pub(crate) index: HashMap<Box<[u8]>, usize>,
+    pub(crate) keys: Rows,
+    pub(crate) accumulators: Vec<Box<dyn GroupsAccumulator>>,
 }
 
 impl WindowGroups {
@@ -87,11 +92,20 @@ impl WindowAggregate {
             .collect();
         let converter = RowConverter::new(input_types)?;
         let state = metrics.state_reporter();
-        Ok(WindowAggregate { spec, converter, windows: BTreeMap::new(), watermark: None, metrics, state })
+        Ok(WindowAggregate { spec, converter, windows: BTreeMap::new(), watermark: None, metrics, state, hop: None })
+    }
+
+    /// A hopping window aggregation over rows assigned to slices of `slide`
+    /// (their `window_start`/`window_end` are the slice's), emitting windows
+    /// of `size`; both in nanoseconds.
+    pub fn sliced(spec: AggregateSpec, slide: i64, size: i64, metrics: Arc<JobMetrics>) -> Result<Self> {
+        let hop = HopSlices::try_new(&spec, slide, size)?;
+        Ok(WindowAggregate { hop: Some(hop), ..Self::try_new(spec, metrics)? })
     }
 
     fn report_state(&mut self) {
-        let bytes = self.windows.values().map(WindowGroups::size).sum();
+        let frozen = self.hop.as_ref().map_or(0, HopSlices::size_in_bytes);
+        let bytes = self.windows.values().map(WindowGroups::size).sum::<usize>() + frozen;
         self.state.set(bytes);
     }
 
@@ -106,7 +120,7 @@ impl WindowAggregate {
     /// Every group of every open window as one table (see the module docs);
     /// `None` when no window is open.
     fn snapshot_groups(&mut self) -> Result<Option<StatePart>> {
-        let widths = groups_accumulator_widths(&mut self.spec.new_groups_accumulators()?)?;
+        let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         let state_names = state_column_names(&widths);
         let group_names: Vec<String> =
             self.spec.output_schema.fields().iter().take(self.spec.group_exprs.len()).map(|f| f.name().clone()).collect();
@@ -133,6 +147,9 @@ impl WindowAggregate {
             columns.extend(state_names.iter().cloned().zip(states));
             tables.push(table(columns, n)?);
         }
+        if let Some(hop) = &self.hop {
+            tables.extend(hop.snapshot_tables(&self.spec)?);
+        }
         let Some(batch) = concat_tables(&tables)? else { return Ok(None) };
         let keys: Vec<ArrayRef> = self.spec.key_indices().iter().map(|i| Arc::clone(batch.column(*i))).collect();
         let groups = key_groups(&keys, batch.num_rows())?;
@@ -142,7 +159,7 @@ impl WindowAggregate {
     /// Merges a table written by [`Self::snapshot_groups`] into the open windows.
     fn restore_groups(&mut self, batch: &RecordBatch) -> Result<()> {
         let width = self.spec.group_exprs.len();
-        let widths = groups_accumulator_widths(&mut self.spec.new_groups_accumulators()?)?;
+        let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         if batch.num_columns() != width + widths.iter().sum::<usize>() {
             return Err(corrupt("the window aggregate's groups table has other columns"));
         }
@@ -205,8 +222,9 @@ impl Operator for WindowAggregate {
     }
 
     fn describe(&self) -> String {
+        let hop = self.hop.as_ref().map(|h| format!("; {}", h.describe())).unwrap_or_default();
         format!(
-            "window aggregate: {}; state bounded by watermark (a window is freed when the watermark passes window_end)",
+            "window aggregate: {}{hop}; state bounded by watermark (a window is freed when the watermark passes window_end)",
             self.spec.describe()
         )
     }
@@ -225,9 +243,19 @@ impl Operator for WindowAggregate {
                 continue;
             }
             let window = (ends.value(i), starts.value(i));
-            if self.watermark.is_some_and(|w| window.0 <= w) {
-                late += 1;
-                continue;
+            match &self.hop {
+                Some(hop) => {
+                    let (fired, dropped) = hop.late(window, self.watermark);
+                    late += fired;
+                    if dropped {
+                        continue;
+                    }
+                }
+                None if self.watermark.is_some_and(|w| window.0 <= w) => {
+                    late += 1;
+                    continue;
+                }
+                None => {}
             }
             if !self.windows.contains_key(&window) {
                 let groups = self.new_window()?;
@@ -260,7 +288,15 @@ impl Operator for WindowAggregate {
 
     async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
         let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
+        let before = self.watermark;
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+        if let Some(hop) = &mut self.hop {
+            for batch in hop.fire(&mut self.windows, &self.spec, &self.converter, before, t)? {
+                out.emit(batch);
+            }
+            self.report_state();
+            return Ok(Some(wm));
+        }
         while let Some(entry) = self.windows.first_entry() {
             if entry.key().0 > t {
                 break;
@@ -300,7 +336,7 @@ impl Operator for WindowAggregate {
 mod tests {
     use super::*;
     use crate::operators::checkpoint_testing::{
-        aggregate_spec, check_resumes, exchange_key, input_steps, Lanes, PARALLELISMS,
+        aggregate_spec, check_resumes, exchange_key, input_steps, uninterrupted, Lanes, Step, PARALLELISMS, SEC,
     };
 
     fn window_aggregate(keyed: bool) -> impl Fn(&Arc<JobMetrics>) -> Box<dyn Operator> {
@@ -345,6 +381,70 @@ mod tests {
         assert_eq!(groups.batch.schema().field(0).name(), "k");
         let watermark = parts.iter().find(|(t, _)| *t == WATERMARK_TABLE).map(|(_, p)| p).expect("a watermark");
         assert!(watermark.key_groups.is_none());
+        Ok(())
+    }
+
+    /// Each row of the steps' batches (in 10 s slices) copied into each of the
+    /// three 30 s windows every 10 s it falls in, as the SQL rewrite of HOP
+    /// without slices does.
+    fn copied_into_windows(steps: &[Step]) -> Vec<Step> {
+        use datafusion::arrow::array::{AsArray, TimestampNanosecondArray};
+        use datafusion::arrow::datatypes::TimestampNanosecondType;
+        steps
+            .iter()
+            .map(|step| match step {
+                Step::Batch(batch) => {
+                    let n = batch.num_rows() as u32;
+                    let idx = UInt32Array::from((0..3 * n).map(|i| i % n).collect::<Vec<_>>());
+                    let mut columns: Vec<ArrayRef> =
+                        batch.columns().iter().map(|c| take(c.as_ref(), &idx, None).expect("take")).collect();
+                    let starts = columns[4].as_primitive::<TimestampNanosecondType>().clone();
+                    let starts: Vec<i64> =
+                        (0..3 * n as usize).map(|i| starts.value(i) - (i / n as usize) as i64 * 10 * SEC).collect();
+                    columns[4] = Arc::new(TimestampNanosecondArray::from(starts.clone()));
+                    columns[5] = Arc::new(TimestampNanosecondArray::from(starts.iter().map(|s| s + 30 * SEC).collect::<Vec<_>>()));
+                    Step::Batch(RecordBatch::try_new(batch.schema(), columns).expect("copied rows"))
+                }
+                other => other.clone(),
+            })
+            .collect()
+    }
+
+    fn hop_spec(keyed: bool) -> AggregateSpec {
+        let bounds = [("window_start", "window_start"), ("window_end", "window_end")];
+        let group: Vec<(&str, &str)> = if keyed { [("k", "k")].into_iter().chain(bounds).collect() } else { bounds.to_vec() };
+        // approx_median has no groups accumulator of its own (it is adapted).
+        let aggregates = [
+            ("sum", "v", false),
+            ("count", "v", false),
+            ("max", "v", false),
+            ("avg", "x", false),
+            ("count", "v", true),
+            ("approx_median", "x", false),
+        ];
+        aggregate_spec(&group, &aggregates, false)
+    }
+
+    #[tokio::test]
+    async fn hopping_windows_merged_from_slices_give_the_rows_of_copied_rows() -> Result<()> {
+        for keyed in [true, false] {
+            let spec = hop_spec(keyed);
+            let sliced = {
+                let spec = spec.clone();
+                move |m: &Arc<JobMetrics>| -> Box<dyn Operator> {
+                    Box::new(WindowAggregate::sliced(spec.clone(), 10 * SEC, 30 * SEC, Arc::clone(m)).expect("an aggregate"))
+                }
+            };
+            let copied = move |m: &Arc<JobMetrics>| -> Box<dyn Operator> {
+                Box::new(WindowAggregate::try_new(spec.clone(), Arc::clone(m)).expect("an aggregate"))
+            };
+            let key = if keyed { exchange_key(&["k"]) } else { Vec::new() };
+            let steps = input_steps(keyed);
+            let expected = uninterrupted(&copied, &[key.clone()], &copied_into_windows(&steps)).await?;
+            let got = check_resumes(&sliced, &key, &steps, PARALLELISMS).await?;
+            assert_eq!(got, expected, "keyed: {keyed}");
+            assert!(expected.late_rows > 0 && expected.rows.len() > 5, "{expected:?}");
+        }
         Ok(())
     }
 }
