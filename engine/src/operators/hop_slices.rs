@@ -174,11 +174,14 @@ impl HopSlices {
                 let ids: Vec<usize> = match (&part.keys, &mut keys) {
                     (Some(rows), Some(merged)) => rows
                         .iter()
-                        .map(|row| {
-                            *index.entry(row.as_ref().into()).or_insert_with(|| {
+                        .map(|row| match index.get(row.as_ref()) {
+                            Some(g) => *g,
+                            None => {
                                 merged.push(row);
-                                merged.num_rows() - 1
-                            })
+                                let g = merged.num_rows() - 1;
+                                index.insert(row.as_ref().into(), g);
+                                g
+                            }
                         })
                         .collect(),
                     _ => vec![0; part.groups],
