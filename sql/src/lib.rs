@@ -30,6 +30,7 @@ pub mod statement;
 pub mod type_check;
 mod statement_set;
 pub mod window_tvf;
+mod window_time;
 
 pub use catalog::{Catalog, TableDef, ViewDef};
 pub use error::{Result, SqlError};

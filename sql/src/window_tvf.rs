@@ -180,6 +180,7 @@ impl VisitorMut for Rewriter<'_> {
     type Break = SqlError;
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<SqlError> {
+        crate::window_time::window_time_from_end(query);
         self.group_keys.push(group_keys(query));
         self.sliceable.push(hop_sliceable(query));
         match self.temporal_joins(query) {
