@@ -96,6 +96,15 @@ impl Session {
     }
 }
 
+/// Adds the rows `ids` of the batch to `accumulators`.
+fn accumulate(ev: &EvaluatedBatch, ids: Vec<u32>, accumulators: &mut [Box<dyn Accumulator>]) -> Result<()> {
+    let idx = UInt32Array::from(ids);
+    for (a, acc) in accumulators.iter_mut().enumerate() {
+        acc.update_batch(&ev.filtered_agg_rows(a, Some(&idx))?)?;
+    }
+    Ok(())
+}
+
 impl SessionAggregate {
     /// `gap_nanos`: the inactivity that ends a session. In `spec`, `window_start`
     /// evaluates to the row's event time.
@@ -140,7 +149,9 @@ impl SessionAggregate {
 
     /// Builds the sessions that one key's rows of a batch form among themselves,
     /// each with its number of rows.
-    fn sessions_of(&self, ev: &EvaluatedBatch, mut rows: Vec<(i64, u32)>) -> Result<Vec<(Session, usize)>> {
+    /// One key's rows of a batch as runs of rows within a gap of each other:
+    /// (start, end, row indices).
+    fn runs_of(&self, mut rows: Vec<(i64, u32)>) -> Vec<(i64, i64, Vec<u32>)> {
         rows.sort_unstable();
         let mut runs: Vec<(i64, i64, Vec<u32>)> = Vec::new();
         for (ts, i) in rows {
@@ -153,18 +164,9 @@ impl SessionAggregate {
                 _ => runs.push((ts, end, vec![i])),
             }
         }
-        runs.into_iter()
-            .map(|(start, end, ids)| {
-                let count = ids.len();
-                let idx = UInt32Array::from(ids);
-                let mut accumulators = self.spec.new_accumulators()?;
-                for (a, acc) in accumulators.iter_mut().enumerate() {
-                    acc.update_batch(&ev.filtered_agg_rows(a, Some(&idx))?)?;
-                }
-                Ok((Session { start, end, accumulators }, count))
-            })
-            .collect()
+        runs
     }
+
 
     /// Every open session as one table (see the module docs); `None` when none
     /// is open.
@@ -315,7 +317,7 @@ impl Operator for SessionAggregate {
 
         for (key, rows) in by_key {
             let first_row = rows[0].1 as usize;
-            let new_sessions = self.sessions_of(&ev, rows)?;
+            let runs = self.runs_of(rows);
             let mut entry = match self.keys.entry(key) {
                 Entry::Occupied(o) => o,
                 Entry::Vacant(v) => v.insert_entry(KeySessions {
@@ -325,26 +327,38 @@ impl Operator for SessionAggregate {
             };
             let state = entry.get_mut();
             let count = state.sessions.len();
-            for (mut session, rows) in new_sessions {
-                let mut kept = Vec::with_capacity(state.sessions.len() + 1);
-                let mut merged = false;
-                for existing in state.sessions.drain(..) {
-                    if existing.start <= session.end && existing.end >= session.start {
-                        session.merge(existing)?;
-                        merged = true;
-                    } else {
-                        kept.push(existing);
+            for (start, end, ids) in runs {
+                let overlaps = |s: &Session| s.start <= end && s.end >= start;
+                let mut overlapping = state.sessions.iter().enumerate().filter(|(_, s)| overlaps(s)).map(|(i, _)| i);
+                match (overlapping.next(), overlapping.next()) {
+                    // The common case, a session going on: it takes the rows
+                    // itself (the run overlaps no other session, so neither
+                    // does the session grown by it, which keeps its place).
+                    (Some(i), None) => {
+                        let session = &mut state.sessions[i];
+                        session.start = session.start.min(start);
+                        session.end = session.end.max(end);
+                        let accumulators = &mut state.sessions[i].accumulators;
+                        accumulate(&ev, ids, accumulators)?;
+                    }
+                    // Open sessions all end at or after the watermark, so a run that
+                    // overlaps none and ends before it closed in the past: late.
+                    (None, _) if self.watermark.is_some_and(|w| end < w) => late += ids.len(),
+                    _ => {
+                        let mut session = Session { start, end, accumulators: self.spec.new_accumulators()? };
+                        accumulate(&ev, ids, &mut session.accumulators)?;
+                        let mut kept = Vec::with_capacity(state.sessions.len() + 1);
+                        for existing in state.sessions.drain(..) {
+                            match overlaps(&existing) {
+                                true => session.merge(existing)?,
+                                false => kept.push(existing),
+                            }
+                        }
+                        let pos = kept.partition_point(|s| s.start < session.start);
+                        kept.insert(pos, session);
+                        state.sessions = kept;
                     }
                 }
-                // Open sessions all end at or after the watermark, so a session that
-                // merged with none and ends before it closed in the past: late.
-                if !merged && self.watermark.is_some_and(|w| session.end < w) {
-                    late += rows;
-                } else {
-                    let pos = kept.partition_point(|s| s.start < session.start);
-                    kept.insert(pos, session);
-                }
-                state.sessions = kept;
             }
             self.open_sessions = self.open_sessions + state.sessions.len() - count;
             if let Some(end) = state.first_end() {
@@ -457,6 +471,28 @@ mod tests {
         let make = session_aggregate(false);
         let outcome = check_resumes(&make, &[], &input_steps(false), PARALLELISMS).await?;
         assert!(!outcome.rows.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_row_between_sessions_merges_them_and_one_after_a_session_extends_it() -> Result<()> {
+        use crate::operators::checkpoint_testing::{input_rows, uninterrupted, Step};
+        let make = session_aggregate(false);
+        // Gap 3 s: sessions [0, 3) and [20, 23), then [10, 13) apart from both;
+        // rows at 3, 6 and 9 s, one run ([3, 12)), bridge [0, 3) and [10, 13),
+        // merging the three into [0, 13); the row at 18 s runs into [20, 23)
+        // alone, which grows to [18, 23).
+        let rows = |secs: &[i64]| Step::Batch(input_rows(&secs.iter().map(|s| (None, *s, *s)).collect::<Vec<_>>()));
+        let steps = [rows(&[0, 20]), rows(&[10]), rows(&[9, 3, 6]), rows(&[18]), Step::Watermark(i64::MAX)];
+        let outcome = uninterrupted(&make, &[Vec::new()], &steps).await?;
+        let sessions: Vec<String> = outcome.rows.iter().map(|r| r.split('|').take(3).collect::<Vec<_>>().join("|")).collect();
+        assert_eq!(
+            sessions,
+            vec!["1970-01-01T00:00:00|1970-01-01T00:00:13|28", "1970-01-01T00:00:18|1970-01-01T00:00:23|38"],
+            "{:?}",
+            outcome.rows
+        );
+        assert_eq!(outcome.late_rows, 0);
         Ok(())
     }
 }
