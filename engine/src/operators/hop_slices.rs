@@ -21,7 +21,9 @@
 //! Every DataFusion aggregate can merge states (that is how DataFusion
 //! combines partial aggregates), so every aggregate can be sliced.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, TimestampNanosecondArray};

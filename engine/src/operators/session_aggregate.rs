@@ -14,8 +14,8 @@
 //! nanoseconds), then each aggregate's state columns. Table
 //! [`WATERMARK_TABLE`] holds the lane's watermark.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use datafusion::common::hash_map::Entry;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;

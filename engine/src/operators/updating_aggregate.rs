@@ -16,7 +16,7 @@
 //! state must keep what later retractions need; for those that keep only a
 //! summary (MIN/MAX, DISTINCT) the operator is not checkpointable.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -15,7 +15,9 @@
 //! aggregate's state columns. Table [`WATERMARK_TABLE`] holds the lane's
 //! watermark.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;

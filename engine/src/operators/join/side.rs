@@ -7,7 +7,9 @@
 //! row's event time, its expiry (NULL: none), how many matches it found, and
 //! when it was stored (wall-clock epoch milliseconds, for the TTL).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,7 +100,13 @@ impl SideState {
         self.next_id += 1;
         for i in 0..n {
             if rows.keyed[i] {
-                self.index.entry(rows.keys.row(i).as_ref().into()).or_default().push((id, i as u32));
+                let key = rows.keys.row(i);
+                match self.index.get_mut(key.as_ref()) {
+                    Some(refs) => refs.push((id, i as u32)),
+                    None => {
+                        self.index.insert(key.as_ref().into(), vec![(id, i as u32)]);
+                    }
+                }
                 self.index_entries += 1;
             }
             *self.times.entry(rows.times[i]).or_default() += 1;

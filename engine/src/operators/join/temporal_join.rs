@@ -14,7 +14,9 @@
 //! for the watermark, keyed by their join key: the stream's columns and the
 //! row's time. [`LANE_TABLE`] holds the lane's watermarks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
