@@ -442,7 +442,7 @@ mod tests {
             };
             let key = if keyed { exchange_key(&["k"]) } else { Vec::new() };
             let steps = input_steps(keyed);
-            let expected = uninterrupted(&copied, &[key.clone()], &copied_into_windows(&steps)).await?;
+            let expected = uninterrupted(&copied, std::slice::from_ref(&key), &copied_into_windows(&steps)).await?;
             let got = check_resumes(&sliced, &key, &steps, PARALLELISMS).await?;
             assert_eq!(got, expected, "keyed: {keyed}");
             assert!(expected.late_rows > 0 && expected.rows.len() > 5, "{expected:?}");
