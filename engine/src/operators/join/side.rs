@@ -109,11 +109,18 @@ impl SideState {
                 }
                 self.index_entries += 1;
             }
-            *self.times.entry(rows.times[i]).or_default() += 1;
+        }
+        // Rows mostly come in time order, many at the same instant: one map
+        // update per run of equal times (and expiries), not per row.
+        for run in rows.times.chunk_by(|a, b| a == b) {
+            *self.times.entry(run[0]).or_default() += run.len();
         }
         if let Some(expiries) = &rows.expiries {
-            for (i, e) in expiries.iter().enumerate() {
-                self.by_expiry.entry(*e).or_default().push((id, i as u32));
+            let mut i = 0;
+            for run in expiries.chunk_by(|a, b| a == b) {
+                let refs = self.by_expiry.entry(run[0]).or_default();
+                refs.extend((i..i + run.len()).map(|r| (id, r as u32)));
+                i += run.len();
             }
         }
         let bytes = rows.columns.iter().map(|c| c.get_array_memory_size()).sum::<usize>() + rows.keys.size() + n * 24;
