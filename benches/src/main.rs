@@ -22,8 +22,14 @@
 //! a fresh process of its own, which reports its peak resident set (`VmHWM`). A
 //! query that is left running must not grow with the batches it has seen, so the
 //! peaks should be about the same.
+//!
+//! `--write-json FILE --events N` writes the same events as JSON lines, and
+//! `--json FILE` times three windowed queries over such a file in Sluice
+//! streaming (one lane), Sluice batch mode and DataFusion batch, JSON decoding
+//! included (see `json_vs_batch`; `benches/windows_vs_duckdb.py` adds DuckDB).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,7 +43,9 @@ use sluice_connectors::{Connector, ConnectorError, Shard, TableSpec};
 use sluice_engine::Source;
 use sluice_sql::{Session, StatementOutput};
 
-const QUERIES: [(&str, &str); 7] = [
+mod json_vs_batch;
+
+const QUERIES: [(&str, &str); 9] = [
     (
         "tumble 1 min, count+sum by event_type",
         "SELECT window_start, event_type, count(*), sum(price) \
@@ -62,6 +70,8 @@ const QUERIES: [(&str, &str); 7] = [
          FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND)) \
          GROUP BY window_start, window_end, user_id",
     ),
+    ("hop 1 min / 5 min, count by event_type", json_vs_batch::HOP_COUNT_SQL),
+    ("session 30 min gap, count+sum by user_id", json_vs_batch::SESSION_COUNT_SUM_SQL),
     (
         "interval join: page_view then checkout by user within 30 s",
         "SELECT v.user_id, v.page, c.item_id FROM \
@@ -140,7 +150,10 @@ impl Source for Replay {
     }
 }
 
-fn pregenerate(events: u64, users: u64) -> anyhow::Result<Vec<RecordBatch>> {
+/// The clickstream generator of every run: `events` events of `users` users,
+/// 5,000 items, 10 ms of event time apart and up to 500 ms out of order (the
+/// tables declare a watermark 1 s behind, so no event is late).
+fn generator(events: u64, users: u64) -> anyhow::Result<ClickstreamGenerator> {
     let options = BTreeMap::from([
         ("rows".to_string(), events.to_string()),
         ("users".to_string(), users.to_string()),
@@ -149,7 +162,11 @@ fn pregenerate(events: u64, users: u64) -> anyhow::Result<Vec<RecordBatch>> {
         ("disorder.ms".to_string(), "500".to_string()),
     ]);
     let spec = TableSpec::new("clicks", clickstream_schema(), "generator", options);
-    let mut generator = ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL);
+    Ok(ClickstreamGenerator::new(GeneratorConfig::from_table(&spec)?, Shard::ALL))
+}
+
+fn pregenerate(events: u64, users: u64) -> anyhow::Result<Vec<RecordBatch>> {
+    let mut generator = generator(events, users)?;
     // The columns as the DDL below declares them (VARCHAR is Utf8View), cast up front.
     let declared = Arc::new(Schema::new(
         clickstream_schema()
@@ -280,6 +297,8 @@ struct Args {
     only: Option<String>,
     rss: Option<Vec<u64>>,
     rss_child: Option<u64>,
+    write_json: Option<PathBuf>,
+    json: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -291,6 +310,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut only = None;
     let mut rss = None;
     let mut rss_child = None;
+    let mut write_json = None;
+    let mut json = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().with_context(|| format!("{arg} needs a value"))?;
@@ -303,16 +324,27 @@ fn parse_args() -> anyhow::Result<Args> {
             "--only" => only = Some(value),
             "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
             "--rss-child" => rss_child = Some(value.parse()?),
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --repeat N, --rss BATCHES,BATCHES)"),
+            "--write-json" => write_json = Some(PathBuf::from(value)),
+            "--json" => json = Some(PathBuf::from(value)),
+            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --repeat N, --rss BATCHES,BATCHES, --write-json FILE, --json FILE)"),
         }
     }
     lanes.dedup();
-    Ok(Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child })
+    Ok(Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json })
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child } = parse_args()?;
+    let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json } = parse_args()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(path) = write_json {
+        let started = Instant::now();
+        json_vs_batch::write_json(&path, events, users)?;
+        eprintln!("wrote {events} events ({users} users) to {} in {:.1}s", path.display(), started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    if let Some(path) = json {
+        return json_vs_batch::json_table(&runtime, &path, repeat, only.as_deref());
+    }
     if let Some(batches) = rss_child {
         let rows = runtime.block_on(run_rss_query(batches))?;
         println!("{rows} {}", peak_rss_kib()?);
