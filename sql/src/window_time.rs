@@ -12,11 +12,10 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    visit_expressions_mut, BinaryOperator, Expr, GroupByExpr, Ident, Interval, Query, SelectItem, SetExpr, TableFactor,
-    Value,
+    visit_expressions_mut, BinaryOperator, Expr, GroupByExpr, Ident, Interval, Query, SelectItem, SetExpr, Value,
 };
 
-const WINDOW_TVFS: [&str; 4] = ["TUMBLE", "HOP", "CUMULATE", "SESSION"];
+use crate::window_tvf::window_tvf_kind;
 
 /// Rewrites `window_time` in `query` if it reads a window TVF directly.
 pub(crate) fn window_time_from_end(query: &mut Query) {
@@ -25,7 +24,7 @@ pub(crate) fn window_time_from_end(query: &mut Query) {
         .from
         .iter()
         .flat_map(|from| std::iter::once(&from.relation).chain(from.joins.iter().map(|j| &j.relation)))
-        .any(is_window_tvf);
+        .any(|factor| window_tvf_kind(factor).is_some());
     if !reads_tvf {
         return;
     }
@@ -45,11 +44,6 @@ pub(crate) fn window_time_from_end(query: &mut Query) {
     for e in [select.selection.as_mut(), select.having.as_mut()].into_iter().flatten() {
         replace_in(e);
     }
-}
-
-fn is_window_tvf(factor: &TableFactor) -> bool {
-    matches!(factor, TableFactor::TableFunction { expr: Expr::Function(f), .. }
-        if WINDOW_TVFS.iter().any(|k| f.name.to_string().eq_ignore_ascii_case(k)))
 }
 
 /// For `window_time` or `t.window_time`: the qualifier (empty when none).

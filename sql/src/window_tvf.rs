@@ -267,7 +267,7 @@ impl Rewriter<'_> {
             }
             TableFactor::TableFunction { expr: Expr::Function(f), alias } => {
                 let kind = f.name.to_string().to_ascii_uppercase();
-                if !matches!(kind.as_str(), "TUMBLE" | "HOP" | "CUMULATE" | "SESSION") {
+                if !WINDOW_TVFS.contains(&kind.as_str()) {
                     return plan_err(format!(
                         "unknown table function {}: expected TUMBLE, HOP, CUMULATE or SESSION",
                         f.name
@@ -398,18 +398,12 @@ impl Rewriter<'_> {
         )
     }
 
-    /// A HOP as slices: each row with the bounds of the one slice (tumbling
-    /// window of one slide) it falls in.
-    fn hop_slices_sql(&self, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<(String, HopSlices)> {
+    /// A HOP as slices: each row with the bounds of the one slice it falls
+    /// in, the tumbling window of one slide.
+    fn hop_slices_sql(&mut self, table: &ObjectName, ts: &Ident, rest: &[Expr]) -> Result<(String, HopSlices)> {
         let [slide, size] = rest else { return plan_err("HOP(TABLE t, DESCRIPTOR(ts), slide, size) takes 4 arguments") };
-        let slide_ns = interval_nanos(slide, "HOP slide")?;
-        let size_ns = interval_nanos(size, "HOP size")?;
-        if size_ns % slide_ns != 0 {
-            return plan_err(format!("HOP size ({size}) must be a whole multiple of its slide ({slide})"));
-        }
-        let slide = interval_sql(slide_ns);
-        let start = format!("date_bin({slide}, {ts}, TIMESTAMP '1970-01-01 00:00:00')");
-        let sql = format!("SELECT *, {start} AS window_start, {start} + {slide} AS window_end FROM {table}");
+        let (slide_ns, size_ns) = hop_nanos(slide, size)?;
+        let (sql, _) = self.window_sql("TUMBLE", table, ts, std::slice::from_ref(slide))?;
         Ok((sql, HopSlices { slide: slide_ns, size: size_ns }))
     }
 
@@ -426,11 +420,7 @@ impl Rewriter<'_> {
                 Ok((sql, None))
             }
             ("HOP", [slide, size]) => {
-                let slide_ns = interval_nanos(slide, "HOP slide")?;
-                let size_ns = interval_nanos(size, "HOP size")?;
-                if size_ns % slide_ns != 0 {
-                    return plan_err(format!("HOP size ({size}) must be a whole multiple of its slide ({slide})"));
-                }
+                let (slide_ns, size_ns) = hop_nanos(slide, size)?;
                 let (slide, size, back) =
                     (interval_sql(slide_ns), interval_sql(size_ns), interval_sql(size_ns - slide_ns));
                 let last = format!("date_bin({slide}, {ts}, {origin})");
@@ -528,6 +518,26 @@ fn group_keys(query: &Query) -> Vec<Expr> {
         .collect()
 }
 
+/// The window TVFs there are, by name.
+const WINDOW_TVFS: [&str; 4] = ["TUMBLE", "HOP", "CUMULATE", "SESSION"];
+
+/// `TUMBLE`, `HOP`, `CUMULATE` or `SESSION` if `factor` is that window TVF.
+pub(crate) fn window_tvf_kind(factor: &TableFactor) -> Option<String> {
+    let TableFactor::TableFunction { expr: Expr::Function(f), .. } = factor else { return None };
+    let kind = f.name.to_string().to_ascii_uppercase();
+    WINDOW_TVFS.contains(&kind.as_str()).then_some(kind)
+}
+
+/// A HOP's slide and size in nanoseconds, the size a whole multiple of the slide.
+fn hop_nanos(slide: &Expr, size: &Expr) -> Result<(i64, i64)> {
+    let slide_ns = interval_nanos(slide, "HOP slide")?;
+    let size_ns = interval_nanos(size, "HOP size")?;
+    if size_ns % slide_ns != 0 {
+        return plan_err(format!("HOP size ({size}) must be a whole multiple of its slide ({slide})"));
+    }
+    Ok((slide_ns, size_ns))
+}
+
 /// Whether `query` is a windowed aggregation that can merge a HOP's slices:
 /// a SELECT whose FROM is just a HOP, grouped by plain columns among which
 /// `window_start` and `window_end`, where the window bounds appear neither in
@@ -537,9 +547,7 @@ fn group_keys(query: &Query) -> Vec<Expr> {
 fn hop_sliceable(query: &Query) -> bool {
     let SetExpr::Select(select) = query.body.as_ref() else { return false };
     let [from] = select.from.as_slice() else { return false };
-    let over_hop = matches!(&from.relation, TableFactor::TableFunction { expr: Expr::Function(f), .. }
-        if f.name.to_string().eq_ignore_ascii_case("HOP"));
-    if !over_hop || !from.joins.is_empty() {
+    if window_tvf_kind(&from.relation).as_deref() != Some("HOP") || !from.joins.is_empty() {
         return false;
     }
     let GroupByExpr::Expressions(keys, modifiers) = &select.group_by else { return false };

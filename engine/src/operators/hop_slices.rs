@@ -22,10 +22,9 @@
 //! combines partial aggregates), so every aggregate can be sliced.
 
 use std::collections::BTreeMap;
-
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
+use datafusion::common::HashMap;
 use datafusion::arrow::array::{Array, ArrayRef, TimestampNanosecondArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -34,7 +33,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
 
 use super::state_table::{groups_accumulator_widths, state_column_names, table};
-use super::window_aggregate::WindowGroups;
+use super::window_aggregate::{group_of, WindowGroups};
 use super::window_groups::AggregateSpec;
 use crate::error::{EngineError, Result};
 
@@ -174,23 +173,13 @@ impl HopSlices {
         for parts in self.frozen.range((end - self.size + 1, i64::MIN)..=(end, i64::MAX)).map(|(_, p)| p) {
             for part in parts {
                 let ids: Vec<usize> = match (&part.keys, &mut keys) {
-                    (Some(rows), Some(merged)) => rows
-                        .iter()
-                        .map(|row| match index.get(row.as_ref()) {
-                            Some(g) => *g,
-                            None => {
-                                merged.push(row);
-                                let g = merged.num_rows() - 1;
-                                index.insert(row.as_ref().into(), g);
-                                g
-                            }
-                        })
-                        .collect(),
+                    (Some(rows), Some(merged)) => rows.iter().map(|row| group_of(&mut index, merged, row)).collect(),
+                    // Keyless: the window's one group, once a slice has it.
                     _ => vec![0; part.groups],
                 };
                 total = match &keys {
                     Some(merged) => merged.num_rows(),
-                    None => usize::from(part.groups > 0).max(total),
+                    None => total.max(part.groups),
                 };
                 let mut column = 0;
                 for (acc, width) in accumulators.iter_mut().zip(&self.widths) {

@@ -14,8 +14,6 @@
 //! nanoseconds), then each aggregate's state columns. Table
 //! [`WATERMARK_TABLE`] holds the lane's watermark.
 
-use datafusion::common::hash_map::Entry;
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +21,8 @@ use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::row::SortField;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter};
-use datafusion::common::ScalarValue;
+use datafusion::common::hash_map::Entry;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{
@@ -147,8 +146,6 @@ impl SessionAggregate {
         self.state.set(accumulators + self.keys.len() * 64 + self.open_sessions * 32);
     }
 
-    /// Builds the sessions that one key's rows of a batch form among themselves,
-    /// each with its number of rows.
     /// One key's rows of a batch as runs of rows within a gap of each other:
     /// (start, end, row indices).
     fn runs_of(&self, mut rows: Vec<(i64, u32)>) -> Vec<(i64, i64, Vec<u32>)> {
@@ -166,7 +163,6 @@ impl SessionAggregate {
         }
         runs
     }
-
 
     /// Every open session as one table (see the module docs); `None` when none
     /// is open.
@@ -338,8 +334,7 @@ impl Operator for SessionAggregate {
                         let session = &mut state.sessions[i];
                         session.start = session.start.min(start);
                         session.end = session.end.max(end);
-                        let accumulators = &mut state.sessions[i].accumulators;
-                        accumulate(&ev, ids, accumulators)?;
+                        accumulate(&ev, ids, &mut session.accumulators)?;
                     }
                     // Open sessions all end at or after the watermark, so a run that
                     // overlaps none and ends before it closed in the past: late.

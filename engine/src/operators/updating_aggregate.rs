@@ -16,7 +16,6 @@
 //! state must keep what later retractions need; for those that keep only a
 //! summary (MIN/MAX, DISTINCT) the operator is not checkpointable.
 
-use datafusion::common::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
-use datafusion::common::ScalarValue;
+use datafusion::common::{HashMap, ScalarValue};
 use datafusion::logical_expr::Accumulator;
 
 use super::state_table::{

@@ -16,11 +16,10 @@
 //! watermark.
 
 use std::collections::BTreeMap;
-
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::common::HashMap;
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::row::SortField;
@@ -73,14 +72,19 @@ impl WindowGroups {
     }
 
     fn group_of(&mut self, row: datafusion::arrow::row::Row<'_>) -> usize {
-        if let Some(g) = self.index.get(row.as_ref()) {
-            return *g;
-        }
-        let g = self.index.len();
-        self.index.insert(row.as_ref().into(), g);
-        self.keys.push(row);
-        g
+        group_of(&mut self.index, &mut self.keys, row)
     }
+}
+
+/// The group of `row` among the groups `keys` indexed by `index`, added if new.
+pub(crate) fn group_of(index: &mut HashMap<Box<[u8]>, usize>, keys: &mut Rows, row: datafusion::arrow::row::Row<'_>) -> usize {
+    if let Some(g) = index.get(row.as_ref()) {
+        return *g;
+    }
+    let g = index.len();
+    index.insert(row.as_ref().into(), g);
+    keys.push(row);
+    g
 }
 
 impl WindowAggregate {

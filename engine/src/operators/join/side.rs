@@ -8,11 +8,10 @@
 //! when it was stored (wall-clock epoch milliseconds, for the TTL).
 
 use std::collections::BTreeMap;
-
-use datafusion::common::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::common::HashMap;
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;

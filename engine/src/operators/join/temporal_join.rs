@@ -15,11 +15,10 @@
 //! row's time. [`LANE_TABLE`] holds the lane's watermarks.
 
 use std::collections::BTreeMap;
-
-use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::common::HashMap;
 use datafusion::arrow::array::{new_null_array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{filter_record_batch, interleave, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
