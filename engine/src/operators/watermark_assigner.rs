@@ -47,6 +47,26 @@ pub struct WatermarkAssigner {
     /// Splits' highest times from a checkpoint, taken when the lane learns it
     /// reads them.
     restored_splits: HashMap<String, i64>,
+    /// The column the expression rises with, if it is that column plus or
+    /// minus a constant (see [`rising_column`]).
+    rising_with: Option<usize>,
+}
+
+/// The column a watermark expression rises with, when the expression is a
+/// timestamp column itself or that column plus or minus a constant (`ts -
+/// INTERVAL '5' SECOND`, the usual form): the batch's highest watermark is then
+/// the expression at the column's highest row.
+fn rising_column(expr: &Arc<dyn PhysicalExpr>) -> Option<usize> {
+    use datafusion::logical_expr::Operator as Op;
+    use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
+    if let Some(column) = expr.downcast_ref::<Column>() {
+        return Some(column.index());
+    }
+    let binary = expr.downcast_ref::<BinaryExpr>()?;
+    if !matches!(binary.op(), Op::Plus | Op::Minus) || binary.right().downcast_ref::<Literal>().is_none() {
+        return None;
+    }
+    binary.left().downcast_ref::<Column>().map(|c| c.index())
 }
 
 /// The checkpoint table of the lane's watermark and idleness.
@@ -64,13 +84,14 @@ impl WatermarkAssigner {
     /// `expr` is evaluated against the source schema and must yield a timestamp.
     pub fn new(expr: Arc<dyn PhysicalExpr>, expr_sql: impl Into<String>) -> Self {
         WatermarkAssigner {
-            expr,
             expr_sql: expr_sql.into(),
             current: None,
             idle: false,
             splits: HashMap::new(),
             alignment: None,
             restored_splits: HashMap::new(),
+            rising_with: rising_column(&expr),
+            expr,
         }
     }
 
@@ -123,9 +144,7 @@ impl WatermarkAssigner {
             // Ahead of the slowest source by more than the drift, the source
             // waits before reading on (see `source_gate`).
         }
-        let values = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let nanos = as_epoch_nanos(&values)?;
-        let mut max = datafusion::arrow::compute::max(&nanos);
+        let mut max = self.batch_max(&batch)?;
         if let Some(split) = split {
             max = self.split_candidate(split, max);
         }
@@ -143,6 +162,25 @@ impl WatermarkAssigner {
         Ok(())
     }
 
+
+    /// The highest value of the watermark expression over the batch. When the
+    /// expression rises with one column, it is evaluated at that column's
+    /// highest row only.
+    fn batch_max(&self, batch: &RecordBatch) -> Result<Option<i64>> {
+        let batch = match self.rising_with {
+            Some(column) => {
+                let times = as_epoch_nanos(batch.column(column))?;
+                let highest = times.iter().enumerate().filter_map(|(i, t)| Some((t?, i))).max();
+                match highest {
+                    Some((_, row)) => batch.slice(row, 1),
+                    None => return Ok(None),
+                }
+            }
+            None => batch.clone(),
+        };
+        let values = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        Ok(datafusion::arrow::compute::max(&as_epoch_nanos(&values)?))
+    }
 
     fn advance(&mut self, candidate: i64) -> Option<Watermark> {
         if self.current.is_none_or(|c| candidate > c) {
@@ -316,6 +354,45 @@ mod tests {
         let schema = Schema::new(vec![Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false)]);
         let ts = TimestampNanosecondArray::from(secs.iter().map(|s| s * SEC).collect::<Vec<_>>());
         RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts)]).expect("a batch")
+    }
+
+    /// `ts - INTERVAL '5' SECOND`, and the same through a cast that is not a
+    /// constant offset (evaluated on every row).
+    fn delayed_by_five_seconds() -> Result<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)> {
+        use datafusion::common::ScalarValue;
+        use datafusion::logical_expr::Operator as Op;
+        use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Literal};
+        let ts: Arc<dyn PhysicalExpr> = Arc::new(Column::new("ts", 0));
+        let five = || Arc::new(Literal::new(ScalarValue::new_interval_mdn(0, 0, 5 * SEC)));
+        let rising = Arc::new(BinaryExpr::new(Arc::clone(&ts), Op::Minus, five()));
+        let cast = Arc::new(CastExpr::new(ts, DataType::Timestamp(TimeUnit::Millisecond, None), None));
+        Ok((rising, Arc::new(BinaryExpr::new(cast, Op::Minus, five()))))
+    }
+
+    #[tokio::test]
+    async fn a_constant_offset_is_applied_at_the_batchs_latest_row() -> Result<()> {
+        let (rising, other) = delayed_by_five_seconds()?;
+        assert_eq!(rising_column(&rising), Some(0));
+        assert_eq!(rising_column(&other), None);
+        let mut marks = Vec::new();
+        for expr in [rising, other] {
+            let mut op = WatermarkAssigner::new(expr, "ts - INTERVAL '5' SECOND");
+            let mut out = Emitter::default();
+            for secs in [&[30, 90, 60][..], &[70, 20]] {
+                op.on_batch(batch(secs), &mut out).await?;
+            }
+            let found: Vec<_> = out
+                .drain()
+                .into_iter()
+                .filter_map(|m| match m {
+                    Message::Watermark(Watermark::EventTime(t)) => Some(t / SEC),
+                    _ => None,
+                })
+                .collect();
+            marks.push(found);
+        }
+        assert_eq!(marks, vec![vec![85], vec![85]]);
+        Ok(())
     }
 
     /// Source lanes reading the splits `assignment` gives each.

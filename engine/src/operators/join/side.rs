@@ -17,6 +17,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{Row, Rows};
+use smallvec::SmallVec;
 
 use super::keys::JoinKeys;
 use crate::checkpoint::StatePart;
@@ -28,6 +29,14 @@ pub type BatchId = u64;
 
 /// One stored row: its batch and its position there.
 pub type RowRef = (BatchId, u32);
+
+/// A join key in the row format, inline when short (most keys: one or two
+/// numbers), so indexing a row allocates nothing.
+type IndexKey = SmallVec<[u8; 24]>;
+
+/// The rows of one key, inline when there is one (most keys of a join that
+/// rarely matches, such as Nexmark q7's prices).
+type KeyRows = SmallVec<[RowRef; 1]>;
 
 struct StoredBatch {
     columns: Vec<ArrayRef>,
@@ -48,7 +57,7 @@ struct StoredBatch {
 pub struct SideState {
     batches: BTreeMap<BatchId, StoredBatch>,
     next_id: BatchId,
-    index: HashMap<Box<[u8]>, Vec<RowRef>>,
+    index: HashMap<IndexKey, KeyRows>,
     /// Entries in `index`, dead ones included (they are swept lazily).
     index_entries: usize,
     /// Rows by the time after which they can no longer match.
@@ -103,7 +112,7 @@ impl SideState {
                 match self.index.get_mut(key.as_ref()) {
                     Some(refs) => refs.push((id, i as u32)),
                     None => {
-                        self.index.insert(key.as_ref().into(), vec![(id, i as u32)]);
+                        self.index.insert(IndexKey::from_slice(key.as_ref()), smallvec::smallvec![(id, i as u32)]);
                     }
                 }
                 self.index_entries += 1;
@@ -207,6 +216,9 @@ impl SideState {
     /// returns the unmatched ones.
     fn retire(&mut self, rows: Vec<RowRef>) -> Vec<RowRef> {
         let mut unmatched = Vec::new();
+        // Rows retire mostly in time order, many at one instant: the count of
+        // live rows per time is updated once per run of equal times.
+        let mut run: Option<(i64, usize)> = None;
         for (id, row) in rows {
             let Some(b) = self.batches.get_mut(&id) else { continue };
             let r = row as usize;
@@ -216,17 +228,33 @@ impl SideState {
             b.alive[r] = false;
             b.alive_count -= 1;
             self.alive -= 1;
-            if let Some(count) = self.times.get_mut(&b.times[r]) {
-                *count -= 1;
-                if *count == 0 {
-                    self.times.remove(&b.times[r]);
-                }
-            }
+            let time = b.times[r];
             if b.matches[r] == 0 {
                 unmatched.push((id, row));
             }
+            match &mut run {
+                Some((t, n)) if *t == time => *n += 1,
+                _ => {
+                    if let Some((t, n)) = run.replace((time, 1)) {
+                        self.forget_times(t, n);
+                    }
+                }
+            }
+        }
+        if let Some((time, n)) = run {
+            self.forget_times(time, n);
         }
         unmatched
+    }
+
+    /// Counts `n` live rows at `time` fewer.
+    fn forget_times(&mut self, time: i64, n: usize) {
+        if let Some(count) = self.times.get_mut(&time) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.times.remove(&time);
+            }
+        }
     }
 
     /// Frees batches with no live row left, and rebuilds the key index once most
@@ -247,7 +275,7 @@ impl SideState {
             for (id, b) in &self.batches {
                 for r in 0..b.alive.len() {
                     if b.alive[r] && b.keyed[r] {
-                        self.index.entry(b.keys.row(r).as_ref().into()).or_default().push((*id, r as u32));
+                        self.index.entry(IndexKey::from_slice(b.keys.row(r).as_ref())).or_default().push((*id, r as u32));
                         self.index_entries += 1;
                     }
                 }
