@@ -65,6 +65,8 @@ pub struct FileSource {
     resume: BTreeMap<String, FilePosition>,
     /// The position at the last barrier, for the checkpoint.
     at_barrier: Option<RecordBatch>,
+    /// The buffer text records are read into, kept between batches.
+    block: RecordBlock,
 }
 
 /// The file being read.
@@ -94,10 +96,33 @@ fn key(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// One JSON line or CSV record, and the line it starts on (from 1).
-struct Record {
+/// Where one JSON line or CSV record lies in a [`RecordBlock`], and the line
+/// it starts on (from 1).
+struct RecordSpan {
     line: u64,
-    text: Vec<u8>,
+    start: usize,
+    /// Just past the record's line end.
+    end: usize,
+}
+
+/// A batch's records, back to back in one buffer, each ended by one `\n`: the
+/// decoder takes them in one call, and the buffer is reused batch after batch
+/// (no allocation per record).
+#[derive(Default)]
+struct RecordBlock {
+    bytes: Vec<u8>,
+    records: Vec<RecordSpan>,
+}
+
+impl RecordBlock {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+
+    fn text(&self, record: &RecordSpan) -> &[u8] {
+        &self.bytes[record.start..record.end]
+    }
 }
 
 /// The records of a JSON lines or CSV file; blank lines and a CSV header are skipped.
@@ -114,39 +139,41 @@ struct TextRecords {
 }
 
 impl TextRecords {
-    fn next_record(&mut self) -> Result<Option<Record>> {
+    /// Appends the next record to `block`; `false` at the end of the file.
+    fn next_record(&mut self, block: &mut RecordBlock) -> Result<bool> {
         loop {
             let first = self.line + 1;
-            let mut text = Vec::new();
+            let start = block.bytes.len();
             let mut in_quotes = false;
             loop {
-                let n = self.input.read_until(b'\n', &mut text).map_err(|e| io_error(&self.path, e))?;
+                let n = self.input.read_until(b'\n', &mut block.bytes).map_err(|e| io_error(&self.path, e))?;
                 if n == 0 {
                     break;
                 }
                 self.line += 1;
                 self.offset += n as u64;
                 if self.csv {
-                    let quotes = text[text.len() - n..].iter().filter(|b| **b == b'"').count();
+                    let quotes = block.bytes[block.bytes.len() - n..].iter().filter(|b| **b == b'"').count();
                     in_quotes ^= quotes % 2 == 1;
                 }
                 if !in_quotes {
                     break;
                 }
             }
-            if text.is_empty() {
-                return Ok(None);
+            if block.bytes.len() == start {
+                return Ok(false);
             }
-            while text.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                text.pop();
+            while block.bytes.len() > start && matches!(block.bytes.last(), Some(b'\n' | b'\r')) {
+                block.bytes.pop();
             }
-            if text.iter().all(u8::is_ascii_whitespace) {
+            let blank = block.bytes[start..].iter().all(u8::is_ascii_whitespace);
+            if blank || std::mem::take(&mut self.skip_header) {
+                block.bytes.truncate(start);
                 continue;
             }
-            if std::mem::take(&mut self.skip_header) {
-                continue;
-            }
-            return Ok(Some(Record { line: first, text }));
+            block.bytes.push(b'\n');
+            block.records.push(RecordSpan { line: first, start, end: block.bytes.len() });
+            return Ok(true);
         }
     }
 }
@@ -177,6 +204,7 @@ impl FileSource {
             finished: Vec::new(),
             resume: BTreeMap::new(),
             at_barrier: None,
+            block: RecordBlock::default(),
         })
     }
 
@@ -218,9 +246,10 @@ impl FileSource {
         }
     }
 
-    /// `records` as one batch, or the first error.
-    fn decode(&self, records: &[&Record]) -> std::result::Result<RecordBatch, String> {
-        let size = records.len().max(1);
+    /// `text`, holding `records` records each ended by a line end, as one
+    /// batch, or the first error.
+    fn decode(&self, text: &[u8], records: usize) -> std::result::Result<RecordBatch, String> {
+        let size = records.max(1);
         let schema = self.partitions.file_schema();
         let batches = match self.cfg.format {
             FileFormat::Json => {
@@ -228,7 +257,7 @@ impl FileSource {
                     .with_batch_size(size)
                     .build_decoder()
                     .map_err(|e| e.to_string())?;
-                feed(&mut decoder, records)
+                feed(&mut decoder, text)
             }
             FileFormat::Csv | FileFormat::Parquet => {
                 let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(schema))
@@ -236,20 +265,22 @@ impl FileSource {
                     .with_delimiter(self.cfg.csv_delimiter)
                     .with_batch_size(size)
                     .build_decoder();
-                feed(&mut decoder, records)
+                feed(&mut decoder, text)
             }
         };
         let batches = batches.map_err(|e| e.to_string())?;
         arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())
     }
 
-    /// The good rows of `records`, in order, each bad record handled as
-    /// `bad_data` says (with `fail`, the rows after it are not returned).
-    fn salvage(&mut self, path: &Path, records: &[Record]) -> sluice_engine::Result<RecordBatch> {
+    /// The good rows of the block's records, in order, each bad record
+    /// handled as `bad_data` says (with `fail`, the rows after it are not
+    /// returned).
+    fn salvage(&mut self, path: &Path, block: &RecordBlock) -> sluice_engine::Result<RecordBatch> {
         let mut good = Vec::new();
         let mut dead = Vec::new();
-        for record in records {
-            let error = match self.decode(&[record]) {
+        for record in &block.records {
+            let text = block.text(record);
+            let error = match self.decode(text, 1) {
                 Ok(batch) => {
                     good.push(batch);
                     continue;
@@ -276,7 +307,7 @@ impl FileSource {
                         "file": path.display().to_string(),
                         "line": record.line,
                         "error": error,
-                        "record": String::from_utf8_lossy(&record.text),
+                        "record": String::from_utf8_lossy(text.strip_suffix(b"\n").unwrap_or(text)),
                     });
                     dead.extend_from_slice(letter.to_string().as_bytes());
                     dead.push(b'\n');
@@ -307,22 +338,20 @@ impl FileSource {
     /// The next batch of the current text file, `None` at its end.
     fn next_text_batch(&mut self) -> sluice_engine::Result<Option<RecordBatch>> {
         let Some(Reader::Text(text)) = &mut self.current else { return Ok(None) };
-        let mut records = Vec::with_capacity(self.cfg.batch_size.min(4096));
-        while records.len() < self.cfg.batch_size.max(1) {
-            match text.next_record()? {
-                Some(r) => records.push(r),
-                None => break,
-            }
-        }
-        if records.is_empty() {
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        while block.records.len() < self.cfg.batch_size.max(1) && text.next_record(&mut block)? {}
+        if block.records.is_empty() {
+            self.block = block;
             return Ok(None);
         }
         let path = text.path.clone();
-        let all: Vec<&Record> = records.iter().collect();
-        match self.decode(&all) {
+        let batch = match self.decode(&block.bytes, block.records.len()) {
             Ok(batch) => Ok(Some(batch)),
-            Err(_) => self.salvage(&path, &records).map(Some),
-        }
+            Err(_) => self.salvage(&path, &block).map(Some),
+        };
+        self.block = block;
+        batch
     }
 }
 
@@ -359,20 +388,16 @@ impl PushDecoder for arrow_csv::reader::Decoder {
     }
 }
 
-/// Every record, each ended by a line end, through `decoder`.
-fn feed(decoder: &mut dyn PushDecoder, records: &[&Record]) -> Result<Vec<RecordBatch>, ArrowError> {
+/// Records, each ended by a line end, through `decoder`.
+fn feed(decoder: &mut dyn PushDecoder, mut rest: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
     let mut batches = Vec::new();
-    for record in records {
-        for mut rest in [record.text.as_slice(), &b"\n"[..]] {
-            while !rest.is_empty() {
-                let used = decoder.decode(rest)?;
-                if used == 0 {
-                    // The batch is full: a line held several JSON values.
-                    batches.extend(decoder.flush()?);
-                }
-                rest = &rest[used..];
-            }
+    while !rest.is_empty() {
+        let used = decoder.decode(rest)?;
+        if used == 0 {
+            // The batch is full: a line held several JSON values.
+            batches.extend(decoder.flush()?);
         }
+        rest = &rest[used..];
     }
     batches.extend(decoder.flush()?);
     Ok(batches)

@@ -17,11 +17,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use std::ops::Range;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::filter;
 use datafusion::arrow::row::SortField;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter};
-use datafusion::common::hash_map::Entry;
+use datafusion::common::hash_map::EntryRef;
 use datafusion::common::{HashMap, ScalarValue};
 use datafusion::logical_expr::Accumulator;
 
@@ -49,7 +52,7 @@ pub struct SessionAggregate {
     /// Group expressions other than the window bounds.
     key_indices: Vec<usize>,
     converter: RowConverter,
-    keys: HashMap<Box<[u8]>, KeySessions>,
+    keys: HashMap<Vec<u8>, KeySessions>,
     /// No open session ends before this (a lower bound, exact after each
     /// watermark that closed sessions): a watermark up to it closes nothing,
     /// and the keys are not walked.
@@ -95,13 +98,36 @@ impl Session {
     }
 }
 
-/// Adds the rows `ids` of the batch to `accumulators`.
-fn accumulate(ev: &EvaluatedBatch, ids: Vec<u32>, accumulators: &mut [Box<dyn Accumulator>]) -> Result<()> {
-    let idx = UInt32Array::from(ids);
-    for (a, acc) in accumulators.iter_mut().enumerate() {
-        acc.update_batch(&ev.filtered_agg_rows(a, Some(&idx))?)?;
+/// A batch's aggregate inputs with its rows put in order of key, then time,
+/// so that the rows one session takes are one slice: each run of rows costs
+/// a slice per column instead of a copy (most runs are a row or two).
+struct OrderedInputs {
+    /// Per aggregate: its input columns and FILTER mask, reordered.
+    aggregates: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
+}
+
+impl OrderedInputs {
+    fn new(ev: &EvaluatedBatch, order: Vec<u32>) -> Result<Self> {
+        let idx = UInt32Array::from(order);
+        let aggregates = (0..ev.agg_inputs.len()).map(|a| ev.agg_rows(a, Some(&idx))).collect::<Result<_>>()?;
+        Ok(OrderedInputs { aggregates })
     }
-    Ok(())
+
+    /// Adds the ordered rows `rows` to `accumulators`.
+    fn accumulate(&self, rows: Range<usize>, accumulators: &mut [Box<dyn Accumulator>]) -> Result<()> {
+        for ((values, mask), acc) in self.aggregates.iter().zip(accumulators.iter_mut()) {
+            let values: Vec<ArrayRef> = values.iter().map(|v| v.slice(rows.start, rows.len())).collect();
+            match mask {
+                None => acc.update_batch(&values)?,
+                Some(mask) => {
+                    let mask = mask.slice(rows.start, rows.len());
+                    let kept = values.iter().map(|v| Ok(filter(v.as_ref(), &mask)?)).collect::<Result<Vec<_>>>()?;
+                    acc.update_batch(&kept)?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SessionAggregate {
@@ -146,22 +172,21 @@ impl SessionAggregate {
         self.state.set(accumulators + self.keys.len() * 64 + self.open_sessions * 32);
     }
 
-    /// One key's rows of a batch as runs of rows within a gap of each other:
-    /// (start, end, row indices).
-    fn runs_of(&self, mut rows: Vec<(i64, u32)>) -> Vec<(i64, i64, Vec<u32>)> {
-        rows.sort_unstable();
-        let mut runs: Vec<(i64, i64, Vec<u32>)> = Vec::new();
-        for (ts, i) in rows {
+    /// One key's rows, ordered by time and starting at `first` in the batch's
+    /// order, as runs of rows within a gap of each other: (start, end, the
+    /// run's rows in that order).
+    fn runs_of(&self, times: &[i64], first: usize, runs: &mut Vec<(i64, i64, Range<usize>)>) {
+        runs.clear();
+        for (i, &ts) in times.iter().enumerate() {
             let end = ts.saturating_add(self.gap);
             match runs.last_mut() {
                 Some(run) if ts <= run.1 => {
                     run.1 = run.1.max(end);
-                    run.2.push(i);
+                    run.2.end = first + i + 1;
                 }
-                _ => runs.push((ts, end, vec![i])),
+                _ => runs.push((ts, end, first + i..first + i + 1)),
             }
         }
-        runs
     }
 
     /// Every open session as one table (see the module docs); `None` when none
@@ -223,7 +248,7 @@ impl SessionAggregate {
             }
             let accumulators = merged_accumulators(self.spec.new_accumulators()?, states, i, &widths)?;
             let session = Session { start: starts.value(i), end: ends.value(i), accumulators };
-            let key: Box<[u8]> = key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into());
+            let key: Vec<u8> = key_rows.as_ref().map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
             self.earliest_end = self.earliest_end.min(session.end);
             let state = self.keys.entry(key).or_insert_with(|| KeySessions {
                 key: key_rows.as_ref().map(|r| r.row(i).owned()),
@@ -298,32 +323,73 @@ impl Operator for SessionAggregate {
         let key_arrays: Vec<ArrayRef> = self.key_indices.iter().map(|i| Arc::clone(&ev.groups[*i])).collect();
         // Without keys (one global session stream) every row has the empty key.
         let key_rows = if key_arrays.is_empty() { None } else { Some(self.converter.convert_columns(&key_arrays)?) };
-        let key_of = |i: usize| -> Box<[u8]> { key_rows.as_ref().map_or_else(Box::default, |r| r.row(i).as_ref().into()) };
+        let key_of = |i: usize| -> &[u8] { key_rows.as_ref().map_or(&[], |r| r.row(i).data()) };
         let ts = as_epoch_nanos(&ev.groups[self.spec.window_start])?;
 
-        let mut by_key: HashMap<Box<[u8]>, Vec<(i64, u32)>> = HashMap::new();
+        // The batch's keys, numbered in order of first appearance, and each
+        // row's key number (rows without a time are late).
+        let mut numbers: HashMap<&[u8], u32> = HashMap::new();
+        let mut key_number: Vec<u32> = Vec::with_capacity(ev.num_rows);
+        let mut key_rows_count: Vec<usize> = Vec::new();
+        let mut key_first_row: Vec<usize> = Vec::new();
         let mut late = 0;
         for i in 0..ev.num_rows {
             if ts.is_null(i) {
                 late += 1;
+                key_number.push(u32::MAX);
                 continue;
             }
-            by_key.entry(key_of(i)).or_default().push((ts.value(i), i as u32));
+            let next = key_rows_count.len() as u32;
+            let number = *numbers.entry(key_of(i)).or_insert(next);
+            if number == next {
+                key_rows_count.push(0);
+                key_first_row.push(i);
+            }
+            key_rows_count[number as usize] += 1;
+            key_number.push(number);
         }
+        drop(numbers);
+        // Rows in order of key (counting sort), then time within a key.
+        let mut key_offset: Vec<usize> = Vec::with_capacity(key_rows_count.len() + 1);
+        let mut total = 0;
+        for count in &key_rows_count {
+            key_offset.push(total);
+            total += count;
+        }
+        key_offset.push(total);
+        let mut order = vec![0u32; total];
+        let mut fill = key_offset.clone();
+        for (i, number) in key_number.iter().enumerate() {
+            if *number != u32::MAX {
+                order[fill[*number as usize]] = i as u32;
+                fill[*number as usize] += 1;
+            }
+        }
+        let ts_values = ts.values();
+        for k in 0..key_rows_count.len() {
+            let rows = &mut order[key_offset[k]..key_offset[k + 1]];
+            if !rows.is_sorted_by_key(|r| ts_values[*r as usize]) {
+                rows.sort_by_key(|r| ts_values[*r as usize]);
+            }
+        }
+        let times: Vec<i64> = order.iter().map(|r| ts_values[*r as usize]).collect();
+        let inputs = OrderedInputs::new(&ev, order)?;
 
-        for (key, rows) in by_key {
-            let first_row = rows[0].1 as usize;
-            let runs = self.runs_of(rows);
-            let mut entry = match self.keys.entry(key) {
-                Entry::Occupied(o) => o,
-                Entry::Vacant(v) => v.insert_entry(KeySessions {
+        let mut runs = Vec::new();
+        for (k, &first_row) in key_first_row.iter().enumerate() {
+            let (from, to) = (key_offset[k], key_offset[k + 1]);
+            self.runs_of(&times[from..to], from, &mut runs);
+            let key = key_of(first_row);
+            let mut entry = match self.keys.entry_ref(key) {
+                EntryRef::Occupied(o) => o,
+                EntryRef::Vacant(v) => v.insert_entry(KeySessions {
                     key: key_rows.as_ref().map(|r| r.row(first_row).owned()),
                     sessions: Vec::new(),
                 }),
             };
             let state = entry.get_mut();
             let count = state.sessions.len();
-            for (start, end, ids) in runs {
+            for (start, end, ids) in runs.drain(..) {
                 let overlaps = |s: &Session| s.start <= end && s.end >= start;
                 let mut overlapping = state.sessions.iter().enumerate().filter(|(_, s)| overlaps(s)).map(|(i, _)| i);
                 match (overlapping.next(), overlapping.next()) {
@@ -334,14 +400,14 @@ impl Operator for SessionAggregate {
                         let session = &mut state.sessions[i];
                         session.start = session.start.min(start);
                         session.end = session.end.max(end);
-                        accumulate(&ev, ids, &mut session.accumulators)?;
+                        inputs.accumulate(ids, &mut session.accumulators)?;
                     }
                     // Open sessions all end at or after the watermark, so a run that
                     // overlaps none and ends before it closed in the past: late.
                     (None, _) if self.watermark.is_some_and(|w| end < w) => late += ids.len(),
                     _ => {
                         let mut session = Session { start, end, accumulators: self.spec.new_accumulators()? };
-                        accumulate(&ev, ids, &mut session.accumulators)?;
+                        inputs.accumulate(ids, &mut session.accumulators)?;
                         let mut kept = Vec::with_capacity(state.sessions.len() + 1);
                         for existing in state.sessions.drain(..) {
                             match overlaps(&existing) {
