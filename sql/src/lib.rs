@@ -15,6 +15,7 @@ pub mod create_table;
 pub mod dialect;
 pub mod error;
 pub mod interval;
+mod fixed_intervals;
 mod join_bounds;
 pub mod lower;
 pub mod options;

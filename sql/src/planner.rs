@@ -57,12 +57,13 @@ impl PlannedQuery {
 pub fn planning_context() -> SessionContext {
     let config = SessionConfig::new().with_target_partitions(1).with_batch_size(8192);
     let base = SessionContext::new_with_config(config).state();
-    let rules = base
+    let mut rules: Vec<_> = base
         .optimizers()
         .iter()
         .filter(|r| !DISABLED_RULES.contains(&r.name()))
         .cloned()
         .collect();
+    rules.push(Arc::new(crate::fixed_intervals::FixedIntervalsAsDurations));
     let mut state = SessionStateBuilder::new_from_existing(base).with_optimizer_rules(rules).build();
     if let Err(e) = sluice_udf::register_functions(&mut state) {
         tracing::error!("registering Sluice's functions failed: {e}");
