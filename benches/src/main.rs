@@ -17,11 +17,12 @@
 //! reports the median of each side and the range of the pairs' ratios (this
 //! machine's run-to-run noise is larger than the cost measured).
 //!
-//! `--rss 2000,125000` measures memory instead: a windowed query over the
-//! `generator` connector with 64-row batches runs over each number of batches, in
-//! a fresh process of its own, which reports its peak resident set (`VmHWM`). A
-//! query that is left running must not grow with the batches it has seen, so the
-//! peaks should be about the same.
+//! `--rss 2000,125000` measures memory instead: windowed queries (tumbling,
+//! sliced hopping, session; `--only` picks) over the `generator` connector with
+//! 64-row batches run over each number of batches, each in a fresh process of
+//! its own, which reports its peak resident set (`VmHWM`). A query that is left
+//! running must not grow with the batches it has seen, so the peaks should be
+//! about the same.
 //!
 //! `--write-json FILE --events N` writes the same events as JSON lines, and
 //! `--json FILE` times three windowed queries over such a file in Sluice
@@ -228,15 +229,34 @@ async fn run_once(batches: &Arc<Vec<RecordBatch>>, sql: &str, lanes: usize, chec
 /// costs dominate.
 const RSS_BATCH_ROWS: u64 = 64;
 
-/// The memory benchmark's query: a stateless projection (the window columns)
-/// feeding a tumbling-window aggregate, whose state is bounded by the watermark.
-const RSS_QUERY: &str = "SELECT window_start, event_type, count(*), sum(price) \
-     FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
-     GROUP BY window_start, window_end, event_type";
+/// The memory benchmark's queries, each a stateless projection (the window
+/// columns) feeding a window aggregate whose state the watermark bounds: a
+/// tumbling window, hopping windows merged from slices, and sessions per user.
+const RSS_QUERIES: [(&str, &str); 3] = [
+    (
+        "tumble 1 min",
+        "SELECT window_start, event_type, count(*), sum(price) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    ),
+    (
+        "hop 1 min / 5 min (sliced)",
+        "SELECT window_start, event_type, count(*), sum(price) \
+         FROM TABLE(HOP(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)) \
+         GROUP BY window_start, window_end, event_type",
+    ),
+    (
+        "session 30 s by user",
+        "SELECT user_id, window_start, count(*), max(price) \
+         FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND)) \
+         GROUP BY window_start, window_end, user_id",
+    ),
+];
 
-/// Runs [`RSS_QUERY`] over `batches` generated batches in this process; returns
-/// the result rows.
-async fn run_rss_query(batches: u64) -> anyhow::Result<u64> {
+/// Runs the `query`th of [`RSS_QUERIES`] over `batches` generated batches in
+/// this process; returns the result rows.
+async fn run_rss_query(batches: u64, query: usize) -> anyhow::Result<u64> {
+    let (_, sql) = RSS_QUERIES.get(query).with_context(|| format!("no memory benchmark query {query}"))?;
     let mut session = Session::default();
     let rows = batches * RSS_BATCH_ROWS;
     session
@@ -246,7 +266,7 @@ async fn run_rss_query(batches: u64) -> anyhow::Result<u64> {
              WITH (connector = 'generator', rows = '{rows}', 'batch.size' = '{RSS_BATCH_ROWS}')"
         ))
         .await?;
-    let mut outputs = session.execute_script(RSS_QUERY).await?;
+    let mut outputs = session.execute_script(sql).await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { bail!("not a continuous query") };
     let mut result_rows = 0u64;
     while let Some(b) = q.results.recv().await {
@@ -267,22 +287,32 @@ fn peak_rss_kib() -> anyhow::Result<u64> {
 /// Runs the memory benchmark for each number of batches, each in a child
 /// process (this binary with `--rss-child N`), so that one peak does not hide
 /// another.
-fn rss_table(sizes: &[u64]) -> anyhow::Result<()> {
-    println!("| batches of {RSS_BATCH_ROWS} rows | events | seconds | result rows | peak RSS (MiB) |");
-    println!("|---|---|---|---|---|");
+fn rss_table(sizes: &[u64], only: Option<&str>) -> anyhow::Result<()> {
+    println!("| query | batches of {RSS_BATCH_ROWS} rows | events | seconds | result rows | peak RSS (MiB) |");
+    println!("|---|---|---|---|---|---|");
     let exe = std::env::current_exe()?;
-    for &batches in sizes {
-        let started = Instant::now();
-        let output = std::process::Command::new(&exe).args(["--rss-child", &batches.to_string()]).output()?;
-        if !output.status.success() {
-            bail!("the run over {batches} batches failed: {}", String::from_utf8_lossy(&output.stderr));
+    let queries = RSS_QUERIES.iter().enumerate().filter(|(_, (name, _))| only.is_none_or(|o| name.contains(o)));
+    for (query, (name, _)) in queries {
+        for &batches in sizes {
+            rss_row(&exe, name, query, batches)?;
         }
-        let stdout = String::from_utf8(output.stdout)?;
-        let (rows, kib) = stdout.trim().split_once(' ').with_context(|| format!("unexpected child output '{stdout}'"))?;
-        let mib = kib.parse::<f64>()? / 1024.0;
-        let secs = started.elapsed().as_secs_f64();
-        println!("| {batches} | {} | {secs:.1} | {rows} | {mib:.1} |", batches * RSS_BATCH_ROWS);
     }
+    Ok(())
+}
+
+/// One run of the memory benchmark, in a child process.
+fn rss_row(exe: &std::path::Path, name: &str, query: usize, batches: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let child = format!("{batches},{query}");
+    let output = std::process::Command::new(exe).args(["--rss-child", &child]).output()?;
+    if !output.status.success() {
+        bail!("the run over {batches} batches failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let (rows, kib) = stdout.trim().split_once(' ').with_context(|| format!("unexpected child output '{stdout}'"))?;
+    let mib = kib.parse::<f64>()? / 1024.0;
+    let secs = started.elapsed().as_secs_f64();
+    println!("| {name} | {batches} | {} | {secs:.1} | {rows} | {mib:.1} |", batches * RSS_BATCH_ROWS);
     Ok(())
 }
 
@@ -296,7 +326,8 @@ struct Args {
     lanes: Vec<usize>,
     only: Option<String>,
     rss: Option<Vec<u64>>,
-    rss_child: Option<u64>,
+    /// `BATCHES,QUERY`: run one memory benchmark query in this process.
+    rss_child: Option<(u64, usize)>,
     write_json: Option<PathBuf>,
     json: Option<PathBuf>,
 }
@@ -323,7 +354,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--only" => only = Some(value),
             "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
-            "--rss-child" => rss_child = Some(value.parse()?),
+            "--rss-child" => {
+                let (batches, query) = value.split_once(',').context("--rss-child takes BATCHES,QUERY")?;
+                rss_child = Some((batches.parse()?, query.parse()?));
+            }
             "--write-json" => write_json = Some(PathBuf::from(value)),
             "--json" => json = Some(PathBuf::from(value)),
             other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --repeat N, --rss BATCHES,BATCHES, --write-json FILE, --json FILE)"),
@@ -345,13 +379,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = json {
         return json_vs_batch::json_table(&runtime, &path, repeat, only.as_deref());
     }
-    if let Some(batches) = rss_child {
-        let rows = runtime.block_on(run_rss_query(batches))?;
+    if let Some((batches, query)) = rss_child {
+        let rows = runtime.block_on(run_rss_query(batches, query))?;
         println!("{rows} {}", peak_rss_kib()?);
         return Ok(());
     }
     if let Some(sizes) = rss {
-        return rss_table(&sizes);
+        return rss_table(&sizes, only.as_deref());
     }
     let generated = Instant::now();
     let batches = Arc::new(pregenerate(events, users)?);
