@@ -22,12 +22,29 @@ pub struct TableSpec {
     pub primary_key: Vec<String>,
     /// The column its WATERMARK is declared for.
     pub time_column: Option<String>,
+    /// The columns the query reads (`None`: all). A source may leave the
+    /// others NULL instead of decoding them; nullable ones only.
+    pub read_columns: Option<Vec<String>>,
 }
 
 impl TableSpec {
     /// A table of `connector` with these columns and options (no key, no event time).
     pub fn new(name: impl Into<String>, schema: SchemaRef, connector: impl Into<String>, options: BTreeMap<String, String>) -> Self {
-        TableSpec { name: name.into(), schema, connector: connector.into(), options, primary_key: Vec::new(), time_column: None }
+        TableSpec {
+            name: name.into(),
+            schema,
+            connector: connector.into(),
+            options,
+            primary_key: Vec::new(),
+            time_column: None,
+            read_columns: None,
+        }
+    }
+
+    /// The table as read by a query that reads only `columns` (`None`: all).
+    pub fn reading(mut self, columns: Option<Vec<String>>) -> Self {
+        self.read_columns = columns;
+        self
     }
 
     pub fn options(&self) -> Options {

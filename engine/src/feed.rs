@@ -109,6 +109,11 @@ impl FeedExec {
         &self.label
     }
 
+    /// The input columns the feed passes on (`None`: all).
+    pub fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+
     /// A new feed like this one, with a queue of its own (for another lane).
     pub fn fresh(&self) -> Result<FeedExec> {
         FeedExec::try_new(self.label.clone(), Arc::clone(&self.input_schema), self.projection.clone())

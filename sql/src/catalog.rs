@@ -46,6 +46,7 @@ impl TableDef {
             options: self.options.clone(),
             primary_key: self.primary_key.clone(),
             time_column: self.watermark.as_ref().map(|w| w.column.clone()),
+            read_columns: None,
         }
     }
 }

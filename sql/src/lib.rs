@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod catalog;
 mod checkpoints;
+mod columns_read;
 pub mod create_table;
 pub mod dialect;
 pub mod error;

@@ -24,6 +24,7 @@ use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
 
+use crate::columns_read::columns_read;
 use crate::catalog::{normalize_name, Catalog, FunctionBody, FunctionDef, TableDef, ViewDef, WatermarkDef};
 use crate::create_table::CreateTable;
 use crate::error::{plan_err, Result, SqlError};
@@ -690,12 +691,14 @@ impl Session {
                     .table(&name)
                     .ok_or_else(|| SqlError::Catalog(format!("table '{name}' does not exist")))?;
                 let connector = self.connector(&table.connector)?;
+                let watermark = table.watermark.as_ref().map(|wm| watermark_expr(&planned.ctx, table, &wm.expr)).transpose()?;
+                let spec = table.spec().reading(columns_read(&planned.plan, table, watermark.as_ref()));
                 let sources = (0..count)
-                    .map(|index| Ok(connector.source(&table.spec(), Shard { index, count }, query_id)?))
+                    .map(|index| Ok(connector.source(&spec, Shard { index, count }, query_id)?))
                     .collect::<Result<Vec<_>>>()?;
-                if let (Some(wm), Some(first)) = (&table.watermark, stages.first_mut()) {
+                if let (Some(wm), Some(expr), Some(first)) = (&table.watermark, &watermark, stages.first_mut()) {
                     for ops in &mut first.lanes {
-                        let expr = watermark_expr(&planned.ctx, table, &wm.expr)?;
+                        let expr = Arc::clone(expr);
                         let mut assigner = WatermarkAssigner::new(expr, format!("{} AS {}", wm.column, wm.expr));
                         if let Some(group) = alignment {
                             assigner = assigner.aligned(group);

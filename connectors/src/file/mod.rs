@@ -136,7 +136,8 @@ impl Connector for FileConnector {
 
     fn source(&self, table: &TableSpec, shard: Shard, _query_id: &str) -> Result<Box<dyn Source>> {
         let cfg = FileConfig::from_table(table)?;
-        Ok(Box::new(source::FileSource::open(cfg, table.schema.clone(), shard)?))
+        let source = source::FileSource::open(cfg, table.schema.clone(), shard)?;
+        Ok(Box::new(source.reading(table.read_columns.as_deref())))
     }
 
     fn sink(&self, table: &TableSpec) -> Result<Box<dyn Sink>> {

@@ -12,6 +12,11 @@
 //! far it got (bytes for JSON and CSV, rows for Parquet; see `position`), and a
 //! restored source skips finished files and seeks into the one it was reading.
 //!
+//! A JSON source told which columns its query reads decodes only those (and
+//! the NOT NULL ones); the others come out NULL, as in DataFusion's and
+//! Flink's scans with projection pushdown. A value that would not decode in a
+//! column the query does not read is then not a bad record.
+//!
 //! A declared column that a directory below the table's root names
 //! (`day=2024-01-01/`) is a Hive partition column: it is read from each file's
 //! path, not from the file (see `crate::hive`).
@@ -23,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatchReader;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -67,6 +72,9 @@ pub struct FileSource {
     at_barrier: Option<RecordBatch>,
     /// The buffer text records are read into, kept between batches.
     block: RecordBlock,
+    /// The columns JSON records are decoded into when the query reads fewer
+    /// than the file's (see [`FileSource::reading`]).
+    decoded: Option<SchemaRef>,
 }
 
 /// The file being read.
@@ -205,7 +213,41 @@ impl FileSource {
             resume: BTreeMap::new(),
             at_barrier: None,
             block: RecordBlock::default(),
+            decoded: None,
         })
+    }
+
+    /// A JSON source for a query that reads only `columns` (`None`: all)
+    /// decodes only those and the NOT NULL ones; the others are NULL.
+    pub fn reading(mut self, columns: Option<&[String]>) -> Self {
+        let (Some(columns), FileFormat::Json) = (columns, &self.cfg.format) else { return self };
+        let file_schema = self.partitions.file_schema();
+        let kept: Vec<FieldRef> = file_schema
+            .fields()
+            .iter()
+            .filter(|f| !f.is_nullable() || columns.iter().any(|c| c == f.name()))
+            .cloned()
+            .collect();
+        if kept.len() < file_schema.fields().len() {
+            self.decoded = Some(Arc::new(Schema::new(kept)));
+        }
+        self
+    }
+
+    /// A batch decoded into the read columns, with the unread ones added as NULL.
+    fn widened(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
+        let Some(decoded) = &self.decoded else { return Ok(batch) };
+        let schema = self.partitions.file_schema();
+        let rows = batch.num_rows();
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| match decoded.index_of(f.name()) {
+                Ok(i) => Arc::clone(batch.column(i)),
+                Err(_) => arrow::array::new_null_array(f.data_type(), rows),
+            })
+            .collect();
+        RecordBatch::try_new(Arc::clone(schema), columns)
     }
 
     /// A reader of `path`, from where a restored position says (if any).
@@ -253,6 +295,7 @@ impl FileSource {
         let schema = self.partitions.file_schema();
         let batches = match self.cfg.format {
             FileFormat::Json => {
+                let schema = self.decoded.as_ref().unwrap_or(schema);
                 let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema))
                     .with_batch_size(size)
                     .build_decoder()
@@ -269,7 +312,9 @@ impl FileSource {
             }
         };
         let batches = batches.map_err(|e| e.to_string())?;
-        arrow::compute::concat_batches(schema, &batches).map_err(|e| e.to_string())
+        let decoded = self.decoded.as_ref().unwrap_or(schema);
+        let batch = arrow::compute::concat_batches(decoded, &batches).map_err(|e| e.to_string())?;
+        self.widened(batch).map_err(|e| e.to_string())
     }
 
     /// The good rows of the block's records, in order, each bad record
