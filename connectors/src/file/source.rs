@@ -75,6 +75,12 @@ pub struct FileSource {
     /// The columns JSON records are decoded into when the query reads fewer
     /// than the file's (see [`FileSource::reading`]).
     decoded: Option<SchemaRef>,
+    /// Per column of the file, a NULL column of a batch's rows if the query
+    /// does not read it: made once and sliced for every batch (making them
+    /// anew cost more in page faults than decoding the columns did).
+    unread: Vec<Option<arrow::array::ArrayRef>>,
+    /// The decoder of text batches, kept between them.
+    batch_decoder: Option<Box<dyn PushDecoder>>,
 }
 
 /// The file being read.
@@ -214,6 +220,8 @@ impl FileSource {
             at_barrier: None,
             block: RecordBlock::default(),
             decoded: None,
+            unread: Vec::new(),
+            batch_decoder: None,
         })
     }
 
@@ -229,6 +237,12 @@ impl FileSource {
             .cloned()
             .collect();
         if kept.len() < file_schema.fields().len() {
+            let rows = self.cfg.batch_size.max(1);
+            self.unread = file_schema
+                .fields()
+                .iter()
+                .map(|f| (!kept.contains(f)).then(|| arrow::array::new_null_array(f.data_type(), rows)))
+                .collect();
             self.decoded = Some(Arc::new(Schema::new(kept)));
         }
         self
@@ -236,17 +250,22 @@ impl FileSource {
 
     /// A batch decoded into the read columns, with the unread ones added as NULL.
     fn widened(&self, batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
-        let Some(decoded) = &self.decoded else { return Ok(batch) };
+        if self.decoded.is_none() {
+            return Ok(batch);
+        }
         let schema = self.partitions.file_schema();
         let rows = batch.num_rows();
+        let mut read = batch.columns().iter();
         let columns = schema
             .fields()
             .iter()
-            .map(|f| match decoded.index_of(f.name()) {
-                Ok(i) => Arc::clone(batch.column(i)),
-                Err(_) => arrow::array::new_null_array(f.data_type(), rows),
+            .zip(&self.unread)
+            .map(|(f, unread)| match unread {
+                None => read.next().cloned().ok_or_else(|| ArrowError::SchemaError(format!("column {} was not decoded", f.name()))),
+                Some(nulls) if nulls.len() >= rows => Ok(nulls.slice(0, rows)),
+                Some(_) => Ok(arrow::array::new_null_array(f.data_type(), rows)),
             })
-            .collect();
+            .collect::<Result<Vec<_>, ArrowError>>()?;
         RecordBatch::try_new(Arc::clone(schema), columns)
     }
 
@@ -288,31 +307,38 @@ impl FileSource {
         }
     }
 
-    /// `text`, holding `records` records each ended by a line end, as one
-    /// batch, or the first error.
-    fn decode(&self, text: &[u8], records: usize) -> std::result::Result<RecordBatch, String> {
-        let size = records.max(1);
+    /// A decoder of the file's format into the decoded columns, `size` records
+    /// a batch.
+    fn decoder(&self, size: usize) -> std::result::Result<Box<dyn PushDecoder>, String> {
         let schema = self.partitions.file_schema();
-        let batches = match self.cfg.format {
-            FileFormat::Json => {
-                let schema = self.decoded.as_ref().unwrap_or(schema);
-                let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema))
+        Ok(match self.cfg.format {
+            FileFormat::Json => Box::new(
+                arrow_json::ReaderBuilder::new(Arc::clone(self.decoded.as_ref().unwrap_or(schema)))
                     .with_batch_size(size)
                     .build_decoder()
-                    .map_err(|e| e.to_string())?;
-                feed(&mut decoder, text)
-            }
-            FileFormat::Csv | FileFormat::Parquet => {
-                let mut decoder = arrow_csv::ReaderBuilder::new(Arc::clone(schema))
+                    .map_err(|e| e.to_string())?,
+            ),
+            FileFormat::Csv | FileFormat::Parquet => Box::new(
+                arrow_csv::ReaderBuilder::new(Arc::clone(schema))
                     .with_header(false)
                     .with_delimiter(self.cfg.csv_delimiter)
                     .with_batch_size(size)
-                    .build_decoder();
-                feed(&mut decoder, text)
-            }
-        };
-        let batches = batches.map_err(|e| e.to_string())?;
-        let decoded = self.decoded.as_ref().unwrap_or(schema);
+                    .build_decoder(),
+            ),
+        })
+    }
+
+    /// `text`, holding `records` records each ended by a line end, as one
+    /// batch, or the first error.
+    fn decode(&self, text: &[u8], records: usize) -> std::result::Result<RecordBatch, String> {
+        self.decode_with(&mut *self.decoder(records.max(1))?, text)
+    }
+
+    /// Like [`FileSource::decode`], through `decoder`, which is left empty
+    /// when it succeeds (and can decode the next batch).
+    fn decode_with(&self, decoder: &mut dyn PushDecoder, text: &[u8]) -> std::result::Result<RecordBatch, String> {
+        let batches = feed(decoder, text).map_err(|e| e.to_string())?;
+        let decoded = self.decoded.as_ref().unwrap_or(self.partitions.file_schema());
         let batch = arrow::compute::concat_batches(decoded, &batches).map_err(|e| e.to_string())?;
         self.widened(batch).map_err(|e| e.to_string())
     }
@@ -391,8 +417,18 @@ impl FileSource {
             return Ok(None);
         }
         let path = text.path.clone();
-        let batch = match self.decode(&block.bytes, block.records.len()) {
-            Ok(batch) => Ok(Some(batch)),
+        // One decoder for the batches of the source, so that its buffers
+        // keep the size they grew to (built per batch, its tape grew anew from
+        // an estimate each time); one that failed is dropped.
+        let mut decoder = match self.batch_decoder.take() {
+            Some(decoder) => decoder,
+            None => self.decoder(self.cfg.batch_size.max(1)).map_err(|e| io_error(&path, e))?,
+        };
+        let batch = match self.decode_with(&mut *decoder, &block.bytes) {
+            Ok(batch) => {
+                self.batch_decoder = Some(decoder);
+                Ok(Some(batch))
+            }
             Err(_) => self.salvage(&path, &block).map(Some),
         };
         self.block = block;
@@ -409,7 +445,7 @@ impl FileSource {
 }
 
 /// The push decoders of arrow's JSON and CSV readers.
-trait PushDecoder {
+trait PushDecoder: Send {
     /// Decodes from `bytes`, returning how many it used (0 when the batch is full).
     fn decode(&mut self, bytes: &[u8]) -> Result<usize, ArrowError>;
     fn flush(&mut self) -> Result<Option<RecordBatch>, ArrowError>;
