@@ -12,7 +12,7 @@
 //! far it got (bytes for JSON and CSV, rows for Parquet; see `position`), and a
 //! restored source skips finished files and seeks into the one it was reading.
 //!
-//! A JSON source told which columns its query reads decodes only those (and
+//! A JSON or CSV source told which columns its query reads decodes only those (and
 //! the NOT NULL ones); the others come out NULL, as in DataFusion's and
 //! Flink's scans with projection pushdown. A value that would not decode in a
 //! column the query does not read is then not a bad record.
@@ -72,7 +72,7 @@ pub struct FileSource {
     at_barrier: Option<RecordBatch>,
     /// The buffer text records are read into, kept between batches.
     block: RecordBlock,
-    /// The columns JSON records are decoded into when the query reads fewer
+    /// The columns text records are decoded into when the query reads fewer
     /// than the file's (see [`FileSource::reading`]).
     decoded: Option<SchemaRef>,
     /// Per column of the file, a NULL column of a batch's rows if the query
@@ -225,10 +225,10 @@ impl FileSource {
         })
     }
 
-    /// A JSON source for a query that reads only `columns` (`None`: all)
-    /// decodes only those and the NOT NULL ones; the others are NULL.
+    /// A JSON or CSV source for a query that reads only `columns` (`None`:
+    /// all) decodes only those and the NOT NULL ones; the others are NULL.
     pub fn reading(mut self, columns: Option<&[String]>) -> Self {
-        let (Some(columns), FileFormat::Json) = (columns, &self.cfg.format) else { return self };
+        let (Some(columns), FileFormat::Json | FileFormat::Csv) = (columns, &self.cfg.format) else { return self };
         let file_schema = self.partitions.file_schema();
         let kept: Vec<FieldRef> = file_schema
             .fields()
@@ -320,13 +320,17 @@ impl FileSource {
                     .build_decoder()
                     .map_err(|e| e.to_string())?,
             ),
-            FileFormat::Csv | FileFormat::Parquet => Box::new(
-                arrow_csv::ReaderBuilder::new(Arc::clone(schema))
+            FileFormat::Csv | FileFormat::Parquet => {
+                let mut builder = arrow_csv::ReaderBuilder::new(Arc::clone(schema))
                     .with_header(false)
                     .with_delimiter(self.cfg.csv_delimiter)
-                    .with_batch_size(size)
-                    .build_decoder(),
-            ),
+                    .with_batch_size(size);
+                if self.decoded.is_some() {
+                    let read = self.unread.iter().enumerate().filter(|(_, u)| u.is_none()).map(|(i, _)| i).collect();
+                    builder = builder.with_projection(read);
+                }
+                Box::new(builder.build_decoder())
+            }
         })
     }
 

@@ -218,36 +218,40 @@ async fn a_directory_is_read_recursively_and_nothing_to_read_is_an_error() -> Te
     Ok(())
 }
 
-/// A JSON table read by a query that needs only some columns: the file has a
-/// nullable `score` that is text where a number is declared, which makes every
-/// record bad for a query that reads it, and none for one that does not.
+/// A JSON or CSV table read by a query that needs only some columns: the file
+/// has a nullable `score` that is text where a number is declared, which makes
+/// every record bad for a query that reads it, and none for one that does not.
 #[tokio::test]
-async fn a_json_source_decodes_only_the_columns_its_query_reads() -> TestResult {
+async fn a_text_source_decodes_only_the_columns_its_query_reads() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("t.json");
-    std::fs::write(&path, "{\"id\": 1, \"name\": \"a\", \"score\": \"high\"}\n{\"id\": 2, \"name\": \"b\", \"score\": \"low\"}\n")?;
+    let json = dir.path().join("t.json");
+    std::fs::write(&json, "{\"id\": 1, \"name\": \"a\", \"score\": \"high\"}\n{\"id\": 2, \"name\": \"b\", \"score\": \"low\"}\n")?;
+    let csv = dir.path().join("t.csv");
+    std::fs::write(&csv, "id,name,score\n1,a,high\n2,b,low\n")?;
     let schema = Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
         Field::new("name", DataType::Utf8, true),
         Field::new("score", DataType::Int64, true),
     ]));
-    let options = BTreeMap::from([
-        ("path".to_string(), path.display().to_string()),
-        ("format".to_string(), "json".to_string()),
-        ("bad_data".to_string(), "drop".to_string()),
-    ]);
-    let spec = TableSpec::new("t", Arc::clone(&schema), "file", options);
-    let read_by = |columns: Option<Vec<String>>| -> TestResult<Box<dyn Source>> {
-        Ok(FileConnector.source(&spec.clone().reading(columns), Shard::ALL, "q")?)
-    };
-    // `id` is NOT NULL, so it is decoded even where the query does not name it.
-    let mut narrow = read_by(Some(vec!["name".to_string()]))?;
-    let batches = read(&mut *narrow, usize::MAX).await?;
-    assert_eq!(batches.first().map(|b| b.schema()), Some(Arc::clone(&schema)), "the table's schema");
-    assert_eq!(rows(&batches)?, vec!["| 1  | a    |       |", "| 2  | b    |       |"]);
-    assert_eq!(narrow.bad_records(), 0);
-    let mut whole = read_by(None)?;
-    assert_eq!(rows(&read(&mut *whole, usize::MAX).await?)?, Vec::<String>::new());
-    assert_eq!(whole.bad_records(), 2);
+    for (path, format) in [(&json, "json"), (&csv, "csv")] {
+        let options = BTreeMap::from([
+            ("path".to_string(), path.display().to_string()),
+            ("format".to_string(), format.to_string()),
+            ("bad_data".to_string(), "drop".to_string()),
+        ]);
+        let spec = TableSpec::new("t", Arc::clone(&schema), "file", options);
+        let read_by = |columns: Option<Vec<String>>| -> TestResult<Box<dyn Source>> {
+            Ok(FileConnector.source(&spec.clone().reading(columns), Shard::ALL, "q")?)
+        };
+        // `id` is NOT NULL, so it is decoded even where the query does not name it.
+        let mut narrow = read_by(Some(vec!["name".to_string()]))?;
+        let batches = read(&mut *narrow, usize::MAX).await?;
+        assert_eq!(batches.first().map(|b| b.schema()), Some(Arc::clone(&schema)), "{format}: the table's schema");
+        assert_eq!(rows(&batches)?, vec!["| 1  | a    |       |", "| 2  | b    |       |"], "{format}");
+        assert_eq!(narrow.bad_records(), 0, "{format}");
+        let mut whole = read_by(None)?;
+        assert_eq!(rows(&read(&mut *whole, usize::MAX).await?)?, Vec::<String>::new(), "{format}");
+        assert_eq!(whole.bad_records(), 2, "{format}");
+    }
     Ok(())
 }
