@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use std::ops::Range;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
-use datafusion::arrow::compute::filter;
 use datafusion::arrow::row::SortField;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter};
@@ -32,7 +31,7 @@ use super::state_table::{
     accumulator_widths, as_type, corrupt, int64_column, key_groups, keyed_with_watermark, merged_accumulators,
     split_keyed_with_watermark, state_column_names, states_are_kept, table, take_accumulator_states,
 };
-use super::window_groups::{AggregateSpec, EvaluatedBatch};
+use super::window_groups::{filtered, AggregateSpec, EvaluatedBatch};
 use crate::checkpoint::StatePart;
 use crate::error::Result;
 use crate::message::Watermark;
@@ -117,14 +116,8 @@ impl OrderedInputs {
     fn accumulate(&self, rows: Range<usize>, accumulators: &mut [Box<dyn Accumulator>]) -> Result<()> {
         for ((values, mask), acc) in self.aggregates.iter().zip(accumulators.iter_mut()) {
             let values: Vec<ArrayRef> = values.iter().map(|v| v.slice(rows.start, rows.len())).collect();
-            match mask {
-                None => acc.update_batch(&values)?,
-                Some(mask) => {
-                    let mask = mask.slice(rows.start, rows.len());
-                    let kept = values.iter().map(|v| Ok(filter(v.as_ref(), &mask)?)).collect::<Result<Vec<_>>>()?;
-                    acc.update_batch(&kept)?;
-                }
-            }
+            let mask = mask.as_ref().map(|m| m.slice(rows.start, rows.len()));
+            acc.update_batch(&filtered(values, mask.as_ref())?)?;
         }
         Ok(())
     }

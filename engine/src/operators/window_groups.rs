@@ -138,9 +138,15 @@ impl EvaluatedBatch {
     /// Like [`Self::agg_rows`], with the FILTER already applied (for plain accumulators).
     pub(crate) fn filtered_agg_rows(&self, agg: usize, rows: Option<&UInt32Array>) -> Result<Vec<ArrayRef>> {
         let (values, mask) = self.agg_rows(agg, rows)?;
-        match mask {
-            None => Ok(values),
-            Some(m) => values.iter().map(|v| Ok(filter(v.as_ref(), &m)?)).collect(),
-        }
+        filtered(values, mask.as_ref())
+    }
+}
+
+/// An aggregate's input columns with its FILTER mask applied, as a plain
+/// `Accumulator` takes them (a `GroupsAccumulator` takes the mask itself).
+pub(crate) fn filtered(values: Vec<ArrayRef>, mask: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+    match mask {
+        None => Ok(values),
+        Some(m) => values.iter().map(|v| Ok(filter(v.as_ref(), m)?)).collect(),
     }
 }
