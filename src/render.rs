@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use sluice_connectors::output_format::{OutputFormat, ResultWriter};
 use sluice_engine::{EngineError, JobHandle};
-use sluice_sql::{QueryOutput, RunningInsert, Session, SluiceStatement, StatementOutput};
+use sluice_sql::{QueryOutput, Session, SluiceStatement, StatementOutput};
 
 use crate::interrupt::Interrupts;
 
@@ -190,89 +190,45 @@ async fn print_output(output: StatementOutput, format: OutputFormat, out: &mut i
             Ok(Report::completed(format!("{} row(s)", printer.rows())))
         }
         StatementOutput::Query(query) => stream_query(query, format, out, interrupts).await,
-        StatementOutput::InsertSet(inserts) => run_insert_set(inserts, interrupts).await,
-        StatementOutput::Insert { target, mut job, warnings } => {
-            warn(&warnings);
-            status(format_args!("Inserting into '{target}' (Ctrl-C to stop)"));
-            let finished = tokio::select! {
-                biased;
-                _ = interrupts.next() => None,
-                r = job.wait() => Some(r),
-            };
-            let (result, how) = match finished {
-                Some(r) => (r, ""),
-                None => match stop_or_cancel(&mut job, interrupts).await {
-                    Some(r) => (r, " (stopped)"),
-                    None => (Ok(()), " (cancelled: the sink may not have made them all durable)"),
-                },
-            };
-            match result {
-                Ok(()) | Err(EngineError::Cancelled) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let m = job.metrics();
-            let ending = if how.is_empty() { Ending::Completed } else { Ending::Interrupted };
-            let summary = format!("{} row(s) written to '{target}'{how}{}", m.rows_out, late_note(m.late_rows));
-            Ok(Report { summary: Some(summary), ending })
-        }
+        StatementOutput::InsertSet { targets, job, warnings } => run_insert(targets, job, warnings, interrupts).await,
+        StatementOutput::Insert { target, job, warnings } => run_insert(vec![target], job, warnings, interrupts).await,
     }
 }
 
-/// Waits for the INSERTs of a statement set to end. Ctrl-C stops them all
-/// (gracefully); when one fails, the others are stopped and its error is the
-/// statement's.
-async fn run_insert_set(mut inserts: Vec<RunningInsert>, interrupts: &mut Interrupts) -> Result<Report, Halt> {
-    for insert in &inserts {
-        warn(&insert.warnings);
+/// Waits for an INSERT, or a statement set's INSERTs (one job), to end.
+/// Ctrl-C stops it gracefully; a second one cancels it.
+async fn run_insert(targets: Vec<String>, mut job: JobHandle, warnings: Vec<String>, interrupts: &mut Interrupts) -> Result<Report, Halt> {
+    warn(&warnings);
+    let quoted: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    status(format_args!("Inserting into {} (Ctrl-C to stop)", quoted.join(", ")));
+    let finished = tokio::select! {
+        biased;
+        _ = interrupts.next() => None,
+        r = job.wait() => Some(r),
+    };
+    let (result, how) = match finished {
+        Some(r) => (r, ""),
+        None => match stop_or_cancel(&mut job, interrupts).await {
+            Some(r) => (r, " (stopped)"),
+            None => (Ok(()), " (cancelled: the sinks may not have made them all durable)"),
+        },
+    };
+    match result {
+        Ok(()) | Err(EngineError::Cancelled) => {}
+        Err(e) => return Err(e.into()),
     }
-    let targets: Vec<String> = inserts.iter().map(|i| format!("'{}'", i.target)).collect();
-    status(format_args!("Inserting into {} (Ctrl-C to stop)", targets.join(", ")));
-    let mut ended = vec![false; inserts.len()];
-    let mut failure = None;
-    let interrupted = loop {
-        let waits: Vec<_> = inserts
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| !ended[*i])
-            .map(|(i, insert)| Box::pin(async move { (i, insert.job.wait().await) }))
-            .collect();
-        if waits.is_empty() {
-            break false;
-        }
-        tokio::select! {
-            biased;
-            _ = interrupts.next() => break true,
-            ((i, result), _, _) = futures::future::select_all(waits) => {
-                ended[i] = true;
-                match result {
-                    Ok(()) | Err(EngineError::Cancelled) => {}
-                    Err(e) => {
-                        failure = Some(e);
-                        break false;
-                    }
-                }
-            }
+    let m = job.metrics();
+    let ending = if how.is_empty() { Ending::Completed } else { Ending::Interrupted };
+    let summary = match targets.as_slice() {
+        [target] => format!("{} row(s) written to '{target}'{how}{}", m.rows_out, late_note(m.late_rows)),
+        _ => {
+            let rows = job.metrics_handle().rows_per_sink();
+            let written: Vec<String> =
+                targets.iter().enumerate().map(|(i, t)| format!("{} row(s) to '{t}'", rows.get(i).copied().unwrap_or(0))).collect();
+            format!("written: {}{how}{}", written.join(", "), late_note(m.late_rows))
         }
     };
-    let mut how = "";
-    for (insert, _) in inserts.iter_mut().zip(&ended).filter(|(_, ended)| !**ended) {
-        how = match stop_or_cancel(&mut insert.job, interrupts).await {
-            Some(_) => " (stopped)",
-            None => " (cancelled: the sinks may not have made them all durable)",
-        };
-    }
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    let written: Vec<String> = inserts
-        .iter()
-        .map(|i| {
-            let m = i.job.metrics();
-            format!("{} row(s) to '{}'{}", m.rows_out, i.target, late_note(m.late_rows))
-        })
-        .collect();
-    let ending = if interrupted { Ending::Interrupted } else { Ending::Completed };
-    Ok(Report { summary: Some(format!("written: {}{how}", written.join(", "))), ending })
+    Ok(Report { summary: Some(summary), ending })
 }
 
 /// Stops `job` gracefully; a second interrupt during a slow stop cancels it

@@ -35,10 +35,8 @@ async fn rows(session: &mut Session, sql: &str) -> Result<Vec<String>, Box<dyn s
                 tokio::time::timeout(Duration::from_secs(60), job.wait()).await??;
                 Vec::new()
             }
-            StatementOutput::InsertSet(mut inserts) => {
-                for insert in &mut inserts {
-                    tokio::time::timeout(Duration::from_secs(60), insert.job.wait()).await??;
-                }
+            StatementOutput::InsertSet { mut job, .. } => {
+                tokio::time::timeout(Duration::from_secs(60), job.wait()).await??;
                 Vec::new()
             }
             StatementOutput::Message(_) => Vec::new(),

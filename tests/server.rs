@@ -727,3 +727,38 @@ async fn after_kill_9_a_query_resumes_from_its_checkpoint_and_its_output_stays_e
     assert!(wrong.is_empty(), "windows with other than 60 events (lost or doubled rows): {wrong:?}");
     Ok(())
 }
+
+/// A statement set goes to `POST /api/v1/queries` as one query: its INSERTs
+/// read their table once and each writes its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_set_runs_as_one_query() -> TestResult {
+    let state = tempfile::tempdir()?;
+    let out = tempfile::tempdir()?;
+    let server = start(state.path())?;
+    let (b, c) = (server.base.clone(), Client::new());
+    let tables = [
+        "CREATE TABLE few (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'generator', rows = '500')".to_string(),
+        format!("CREATE TABLE every_click (user_id BIGINT, event_type VARCHAR) WITH (connector = 'file', path = '{}', format = 'json')", out.path().join("all.json").display()),
+        format!("CREATE TABLE checkouts (user_id BIGINT) WITH (connector = 'file', path = '{}', format = 'json')", out.path().join("checkouts.json").display()),
+    ];
+    for sql in tables {
+        let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": sql }))).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let set = "EXECUTE STATEMENT SET BEGIN INSERT INTO every_click SELECT user_id, event_type FROM few; \
+               INSERT INTO checkouts SELECT user_id FROM few WHERE event_type = 'checkout'; END;";
+    let (status, body) = call(&c, Some(ADMIN), "POST", &format!("{b}/api/v1/statements"), Some(json!({ "sql": set }))).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("/api/v1/queries"), "{body}");
+    let id = submit(&c, &b, json!({ "sql": set })).await?;
+    wait_for_state(&c, &b, &id, "STOPPED").await?;
+    let (_, metrics) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/{id}/metrics"), None).await?;
+    assert_eq!(metrics["rows_in"], 500, "the table is read once: {metrics}");
+    let lines = |name: &str| std::fs::read_to_string(out.path().join(name)).unwrap_or_default().lines().count();
+    let checkouts = std::fs::read_to_string(out.path().join("all.json"))?.lines().filter(|l| l.contains("\"checkout\"")).count();
+    assert_eq!(lines("all.json"), 500);
+    assert!(checkouts > 0);
+    assert_eq!(lines("checkouts.json"), checkouts);
+    assert_eq!(metrics["rows_out"], 500 + checkouts as u64, "{metrics}");
+    Ok(())
+}

@@ -72,16 +72,12 @@ impl sqllogictest::AsyncDB for SluiceDb {
                     .map_err(|e| err(&e))?;
                 Ok(DBOutput::StatementComplete(job.metrics().rows_out))
             }
-            StatementOutput::InsertSet(mut inserts) => {
-                let mut rows = 0;
-                for insert in &mut inserts {
-                    tokio::time::timeout(QUERY_TIMEOUT, insert.job.wait())
-                        .await
-                        .map_err(|_| SltError("INSERT did not finish: is its input unbounded?".into()))?
-                        .map_err(|e| err(&e))?;
-                    rows += insert.job.metrics().rows_out;
-                }
-                Ok(DBOutput::StatementComplete(rows))
+            StatementOutput::InsertSet { mut job, .. } => {
+                tokio::time::timeout(QUERY_TIMEOUT, job.wait())
+                    .await
+                    .map_err(|_| SltError("the statement set did not finish: is its input unbounded?".into()))?
+                    .map_err(|e| err(&e))?;
+                Ok(DBOutput::StatementComplete(job.metrics().rows_out))
             }
         }
     }

@@ -1,7 +1,11 @@
 //! `EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END`, as a user runs
-//! it with `sluice run`: the INSERTs run together and end together, a stop
-//! stops them all with what each reports written in its file, a statement
-//! that cannot start starts none, and each keeps checkpoints of its own.
+//! it with `sluice run`: the INSERTs run together and end together, reading
+//! their table once; a stop stops them all with what each reports written in
+//! its file; a statement that cannot start starts none; and a set crashed
+//! after checkpoints resumes from its one checkpoint with each lake holding
+//! the rows of an uninterrupted run (read by pyarrow).
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -109,20 +113,94 @@ fn a_set_whose_insert_cannot_start_starts_none() -> TestResult {
     Ok(())
 }
 
-/// Under `pipeline.name`, each INSERT's checkpoints go under the name and its
-/// target, so each resumes from its own.
+/// A set into two lakes, checkpointed under `both` in `dir`.
+fn lake_set(dir: &Path) -> String {
+    format!(
+        "SET 'execution.checkpointing.interval' = '200 ms'; SET 'pipeline.name' = 'both'; \
+         SET 'state.checkpoints.dir' = '{checkpoints}'; SET 'parallelism' = '2'; \
+         CREATE TABLE clicks (user_id BIGINT, event_type VARCHAR, price DOUBLE, ts TIMESTAMP(3), \
+           WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'generator', rows = '6000', rate = '3000'); \
+         CREATE TABLE all_clicks (user_id BIGINT, event_type VARCHAR, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{all}'); \
+         CREATE TABLE checkouts (user_id BIGINT, price DOUBLE, ts TIMESTAMP(3)) WITH (connector = 'lake', path = '{checkouts}'); \
+         EXECUTE STATEMENT SET BEGIN \
+           INSERT INTO all_clicks SELECT user_id, event_type, ts FROM clicks; \
+           INSERT INTO checkouts SELECT user_id, price, ts FROM clicks WHERE event_type = 'checkout'; \
+         END; SHOW METRICS;",
+        checkpoints = dir.join("checkpoints").display(),
+        all = dir.join("all").display(),
+        checkouts = dir.join("checkouts").display(),
+    )
+}
+
+/// Every row of the lake at `path` as pyarrow reads it, sorted.
+fn lake_rows(path: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let script = r#"
+import sys, pyarrow.dataset as ds
+t = ds.dataset(sys.argv[1], format='parquet').to_table()
+print("\n".join(sorted("|".join(str(v) for v in r.values()) for r in t.to_pylist())))
+"#;
+    let out = Command::new("python3").args(["-c", script, &path.display().to_string()]).output()?;
+    if !out.status.success() {
+        return Err(format!("pyarrow: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?.lines().filter(|l| !l.is_empty()).map(String::from).collect())
+}
+
 #[test]
-fn each_insert_of_a_set_keeps_and_resumes_its_own_checkpoints() -> TestResult {
+fn a_crashed_set_resumes_from_its_one_checkpoint_and_each_lake_holds_an_uninterrupted_runs_rows() -> TestResult {
+    // The same set, uninterrupted: what each lake must hold.
+    let reference = tempfile::tempdir()?;
+    let out = run(&lake_set(reference.path()), reference.path())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let rows_in = metrics.lines().find(|l| l.contains("rows_in")).unwrap_or_default();
+    assert!(rows_in.contains("6000") && !rows_in.contains("12000"), "the two INSERTs read the table once: {metrics}");
+    let expected_all = lake_rows(&reference.path().join("all"))?;
+    let expected_checkouts = lake_rows(&reference.path().join("checkouts"))?;
+    assert_eq!(expected_all.len(), 6000);
+    assert!(!expected_checkouts.is_empty());
+
+    // Crashed between a checkpoint's completion and the sinks' commit, then
+    // run again to the end.
+    let dir = tempfile::tempdir()?;
+    let crashed = Command::new(SLUICE).args(["run", "-c", &lake_set(dir.path())]).current_dir(dir.path()).env("SLUICE_CRASH_AT", "before-commit:4").output()?;
+    let stderr = String::from_utf8_lossy(&crashed.stderr);
+    assert!(!crashed.status.success() && stderr.contains("SLUICE_CRASH_AT: crashing at"), "{stderr}");
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(kept, vec!["both".to_string()], "one checkpoint for the set");
+    assert!(common::runs::latest_checkpoint(&dir.path().join("checkpoints/both")) >= 4);
+    let resumed = run(&lake_set(dir.path()), dir.path())?;
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming 'both' from checkpoint"), "{stderr}");
+    assert_same_rows(lake_rows(&dir.path().join("all"))?, &expected_all, "all_clicks");
+    assert_same_rows(lake_rows(&dir.path().join("checkouts"))?, &expected_checkouts, "checkouts");
+    Ok(())
+}
+
+/// Asserts that sorted `rows` are `expected`, saying how many differ.
+fn assert_same_rows(rows: Vec<String>, expected: &[String], lake: &str) {
+    if rows != expected {
+        let missing = expected.iter().filter(|r| !rows.contains(r)).count();
+        let extra = rows.len() as i64 - (expected.len() as i64 - missing as i64);
+        panic!("{lake}: {} rows, expected {}: {missing} missing, {extra} extra or repeated", rows.len(), expected.len());
+    }
+}
+
+#[test]
+fn explain_shows_one_read_of_a_table_for_the_whole_set() -> TestResult {
     let dir = tempfile::tempdir()?;
     let sql = format!(
-        "SET 'execution.checkpointing.interval' = '200 ms'; SET 'pipeline.name' = 'both'; {} {SET}",
-        tables(dir.path(), "rows = '3000'")
+        "{} EXPLAIN STATEMENT SET BEGIN INSERT INTO all_clicks SELECT user_id, event_type FROM clicks; \
+           INSERT INTO checkouts SELECT user_id, price FROM clicks WHERE event_type = 'checkout'; END;",
+        tables(dir.path(), "rows = '10'")
     );
-    let first = run(&sql, dir.path())?;
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    for name in ["both-all_clicks", "both-checkouts"] {
-        let kept = dir.path().join(".sluice/checkpoints").join(name);
-        assert!(std::fs::read_dir(&kept).map(|d| d.count()).unwrap_or(0) > 0, "no checkpoints under {}", kept.display());
-    }
+    let out = run(&sql, dir.path())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("source: generator").count(), 2, "{stdout}");
+    assert!(stdout.contains("read once for every statement that reads it") && stdout.contains("the same read as above"), "{stdout}");
+    assert_eq!(stdout.matches("sink: ").count(), 2, "{stdout}");
     Ok(())
 }

@@ -30,7 +30,7 @@ pub mod time;
 pub use error::{EngineError, Result};
 pub use message::{Barrier, BarrierKind, Message, Watermark};
 pub use operator::{Emitter, Operator, StateBound};
-pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, Stage, UnionInput};
+pub use pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Output, Pipeline, SharedSource, Stage, UnionInput};
 pub use runtime::{Job, JobHandle, PipelineFactory, RestartPolicy};
 pub use sink::Sink;
 pub use source::{Source, SourceEvent, SourceLag, SplitTag};

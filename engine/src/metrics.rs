@@ -19,6 +19,8 @@ pub struct JobMetrics {
     sources: std::sync::Mutex<Vec<SourceProgress>>,
     rows_in: AtomicU64,
     rows_out: AtomicU64,
+    /// Per sink (a statement set has several), the rows it received.
+    sink_rows: std::sync::Mutex<Vec<u64>>,
     late_rows: AtomicU64,
     /// Bytes held by stateful operators (accumulators, group keys), all lanes.
     state_bytes: AtomicI64,
@@ -96,6 +98,22 @@ impl JobMetrics {
     pub fn add_rows_out(&self, n: usize) {
         self.rows_out.fetch_add(n as u64, Ordering::Relaxed);
         metrics::counter!("sluice_rows_out_total", self.labels()).increment(n as u64);
+    }
+
+    /// Counts rows into sink `sink` (and into [`MetricsSnapshot::rows_out`]).
+    pub fn add_sink_rows(&self, sink: usize, n: usize) {
+        if let Ok(mut rows) = self.sink_rows.lock() {
+            if rows.len() <= sink {
+                rows.resize(sink + 1, 0);
+            }
+            rows[sink] += n as u64;
+        }
+        self.add_rows_out(n);
+    }
+
+    /// Per sink, in the order of the pipeline's outputs, the rows it received.
+    pub fn rows_per_sink(&self) -> Vec<u64> {
+        self.sink_rows.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Counts rows dropped because their window had already been emitted.

@@ -1,4 +1,5 @@
-//! A compiled continuous query: a tree of flows between split sources and one sink.
+//! A compiled continuous query: a tree of flows between split sources and a
+//! sink, or several such trees run as one job (a statement set).
 //!
 //! A pipeline runs in P lanes. A [`Flow`] is a chain of stages over an input:
 //! the P shards of one source, a join of two flows, or a `UNION ALL` of several.
@@ -7,7 +8,12 @@
 //! each lane owns a disjoint set of keys; a join's two inputs are both
 //! partitioned by the join key, while a union's lane reads the same lane of
 //! every input (it keeps no state). After the last stage every lane feeds the
-//! one sink.
+//! flow's sink.
+//!
+//! A statement set's INSERTs are one pipeline with one [`Output`] each. A table
+//! several of them read is one [`SharedSource`]: read once, each lane's rows
+//! go to every flow that reads it ([`FlowInput::Shared`]), as Flink reuses a
+//! source between the statements of a set.
 
 use std::sync::Arc;
 
@@ -38,6 +44,23 @@ pub enum FlowInput {
     Join(Box<JoinInput>),
     /// Several flows whose rows one operator per lane passes on together.
     Union(Box<UnionInput>),
+    /// The lanes of [`Pipeline::shared_sources`]`[source]`, which other flows
+    /// read too.
+    Shared { source: usize, lanes: usize },
+}
+
+/// A source read by several flows of a pipeline: one shard per lane, whose
+/// rows each of those flows receives.
+pub struct SharedSource {
+    pub lanes: Vec<Box<dyn Source>>,
+}
+
+/// One flow and the sink its rows go to.
+pub struct Output {
+    pub flow: Flow,
+    pub sink: Box<dyn Sink>,
+    /// Schema of the batches the sink receives.
+    pub schema: SchemaRef,
 }
 
 /// Two flows partitioned by their join keys into one two-input operator per lane
@@ -77,13 +100,14 @@ pub struct JobOptions {
     pub checkpoint_interval: Option<std::time::Duration>,
 }
 
-/// Everything needed to run one continuous query. Built by the planner, run by
+/// Everything needed to run one continuous query, or the queries of a
+/// statement set together. Built by the planner, run by
 /// [`crate::runtime::Job::start`].
 pub struct Pipeline {
-    pub flow: Flow,
-    pub sink: Box<dyn Sink>,
-    /// Schema of the batches the sink receives.
-    pub output_schema: SchemaRef,
+    /// At least one; several for a statement set (in its order).
+    pub outputs: Vec<Output>,
+    /// The sources several flows read ([`FlowInput::Shared`]).
+    pub shared_sources: Vec<SharedSource>,
     /// Counters shared with operators that report into them (late rows).
     pub metrics: Arc<JobMetrics>,
     pub options: JobOptions,
@@ -95,7 +119,7 @@ impl FlowInput {
     /// The flows this input reads, in the order the runtime numbers their steps.
     fn flows(&self) -> Vec<&Flow> {
         match self {
-            FlowInput::Sources(_) => Vec::new(),
+            FlowInput::Sources(_) | FlowInput::Shared { .. } => Vec::new(),
             FlowInput::Join(join) => vec![&join.left, &join.right],
             FlowInput::Union(union) => union.inputs.iter().collect(),
         }
@@ -104,32 +128,60 @@ impl FlowInput {
     /// One lane's operator that reads those flows.
     fn operator(&self) -> Option<&dyn Operator> {
         match self {
-            FlowInput::Sources(_) => None,
+            FlowInput::Sources(_) | FlowInput::Shared { .. } => None,
             FlowInput::Join(join) => join.lanes.first().map(|op| op.as_ref()),
             FlowInput::Union(union) => union.lanes.first().map(|op| op.as_ref()),
         }
     }
 }
 
-impl Flow {
-    /// Whether any source of the flow has positions to commit.
-    pub fn commits_positions(&self) -> bool {
-        match &self.input {
-            FlowInput::Sources(sources) => sources.iter().any(|s| s.commits_positions()),
-            input => input.flows().iter().any(|f| f.commits_positions()),
-        }
+/// A walk over a pipeline's flows in the order the runtime numbers their
+/// steps; a shared source counts once, where it is first read.
+struct Walk<'a> {
+    shared: &'a [SharedSource],
+    seen: Vec<bool>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(shared: &'a [SharedSource]) -> Self {
+        Walk { shared, seen: vec![false; shared.len()] }
     }
 
+    /// The lanes of the flow's sources, if it reads them directly; a shared
+    /// source's only where it is first read.
+    fn sources(&mut self, flow: &'a Flow) -> Option<&'a [Box<dyn Source>]> {
+        match &flow.input {
+            FlowInput::Sources(sources) => Some(sources),
+            FlowInput::Shared { source, .. } => {
+                let first = !std::mem::replace(self.seen.get_mut(*source)?, true);
+                first.then(|| self.shared.get(*source).map(|s| s.lanes.as_slice())).flatten()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Flow {
     /// The number of lanes the flow runs in.
     pub fn lanes(&self) -> usize {
         match &self.input {
             FlowInput::Sources(s) => s.len(),
             FlowInput::Join(j) => j.lanes.len(),
             FlowInput::Union(u) => u.lanes.len(),
+            FlowInput::Shared { lanes, .. } => *lanes,
         }
     }
 
-    fn describe_into(&self, depth: usize, lines: &mut Vec<String>) {
+    /// Whether any source of the flow satisfies `test` (shared ones included).
+    fn any_source(&self, shared: &[SharedSource], test: &dyn Fn(&dyn Source) -> bool) -> bool {
+        match &self.input {
+            FlowInput::Sources(sources) => sources.iter().any(|s| test(s.as_ref())),
+            FlowInput::Shared { source, .. } => shared.get(*source).is_some_and(|s| s.lanes.iter().any(|s| test(s.as_ref()))),
+            input => input.flows().iter().any(|f| f.any_source(shared, test)),
+        }
+    }
+
+    fn describe_into<'a>(&'a self, depth: usize, walk: &mut Walk<'a>, lines: &mut Vec<String>) {
         let indent = "  ".repeat(depth);
         let p = self.lanes();
         let exchange_line = |key: &ExchangeKey| {
@@ -140,10 +192,18 @@ impl Flow {
                 (_, false) => Some(format!("exchange: hash by [{}] across {p} lanes", keys.join(", "))),
             }
         };
+        let lanes = format!("{p} lane{}", if p == 1 { "" } else { "s" });
         match &self.input {
             FlowInput::Sources(sources) => {
                 if let Some(s) = sources.first() {
-                    lines.push(format!("{indent}source: {} ({p} lane{})", s.describe(), if p == 1 { "" } else { "s" }));
+                    lines.push(format!("{indent}source: {} ({lanes})", s.describe()));
+                }
+            }
+            FlowInput::Shared { source, .. } => {
+                let first = walk.sources(self).is_some();
+                if let Some(s) = walk.shared.get(*source).and_then(|s| s.lanes.first()) {
+                    let read = if first { "read once for every statement that reads it" } else { "the same read as above" };
+                    lines.push(format!("{indent}source: {} ({lanes}, {read})", s.describe()));
                 }
             }
             FlowInput::Join(join) => {
@@ -152,13 +212,13 @@ impl Flow {
                     if let Some(line) = exchange_line(key) {
                         lines.push(format!("{indent}    {line}"));
                     }
-                    flow.describe_into(depth + 2, lines);
+                    flow.describe_into(depth + 2, walk, lines);
                 }
             }
             FlowInput::Union(union) => {
                 for (i, flow) in union.inputs.iter().enumerate() {
                     lines.push(format!("{indent}  input {}:", i + 1));
-                    flow.describe_into(depth + 2, lines);
+                    flow.describe_into(depth + 2, walk, lines);
                 }
             }
         }
@@ -177,39 +237,32 @@ impl Flow {
         }
         lines.extend(after);
     }
-}
 
-impl Flow {
-    /// The descriptions of the operators (one lane's) whose state nothing bounds.
-    fn unbounded_into(&self, found: &mut Vec<String>) {
-        for flow in self.input.flows() {
-            flow.unbounded_into(found);
-        }
-        found.extend(self.input.operator().filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
-        for stage in &self.stages {
-            let ops = stage.lanes.first().into_iter().flatten();
-            found.extend(ops.filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()));
-        }
+    /// One lane's operators, in the order the runtime numbers them.
+    fn operators(&self) -> Vec<&dyn Operator> {
+        let mut ops = Vec::new();
+        self.operators_into(&mut ops);
+        ops
     }
-}
 
-impl Flow {
-    /// Whether every source reads its whole input from the beginning.
-    pub fn reads_whole_input(&self) -> bool {
-        match &self.input {
-            FlowInput::Sources(sources) => sources.iter().all(|s| s.reads_whole_input()),
-            input => input.flows().iter().all(|f| f.reads_whole_input()),
+    fn operators_into<'a>(&'a self, ops: &mut Vec<&'a dyn Operator>) {
+        for flow in self.input.flows() {
+            flow.operators_into(ops);
+        }
+        ops.extend(self.input.operator());
+        for stage in &self.stages {
+            ops.extend(stage.lanes.first().into_iter().flatten().map(|op| op.as_ref()));
         }
     }
 
     /// The sources and operators in the order the runtime numbers them: a
     /// join's or union's inputs first, in order, then its operator.
-    fn steps_into(&self, steps: &mut Vec<String>) {
-        if let FlowInput::Sources(sources) = &self.input {
+    fn steps_into<'a>(&'a self, walk: &mut Walk<'a>, steps: &mut Vec<String>) {
+        if let Some(sources) = walk.sources(self) {
             steps.extend(sources.first().map(|s| format!("source: {}", s.identity())));
         }
         for flow in self.input.flows() {
-            flow.steps_into(steps);
+            flow.steps_into(walk, steps);
         }
         steps.extend(self.input.operator().map(|op| op.describe()));
         for stage in &self.stages {
@@ -219,12 +272,12 @@ impl Flow {
 
     /// What keeps the flow from being checkpointed: sources that cannot
     /// resume and operators whose state cannot be stored (one lane's).
-    fn checkpoint_blockers_into(&self, found: &mut Vec<String>) {
-        if let FlowInput::Sources(sources) = &self.input {
+    fn checkpoint_blockers_into<'a>(&'a self, walk: &mut Walk<'a>, found: &mut Vec<String>) {
+        if let Some(sources) = walk.sources(self) {
             found.extend(sources.first().filter(|s| !s.resumable()).map(|s| format!("source {}", s.describe())));
         }
         for flow in self.input.flows() {
-            flow.checkpoint_blockers_into(found);
+            flow.checkpoint_blockers_into(walk, found);
         }
         found.extend(self.input.operator().filter(|op| !op.checkpointable()).map(|op| op.describe()));
         for stage in &self.stages {
@@ -235,13 +288,47 @@ impl Flow {
 }
 
 impl Pipeline {
+    /// A pipeline of one flow into one sink.
+    pub fn new(flow: Flow, sink: Box<dyn Sink>, output_schema: SchemaRef, metrics: Arc<JobMetrics>, options: JobOptions) -> Self {
+        Pipeline {
+            outputs: vec![Output { flow, sink, schema: output_schema }],
+            shared_sources: Vec::new(),
+            metrics,
+            options,
+            checkpoints: None,
+        }
+    }
+
+    /// The schema of the first output's rows (a query's only one).
+    pub fn output_schema(&self) -> Option<SchemaRef> {
+        self.outputs.first().map(|o| Arc::clone(&o.schema))
+    }
+
+    /// The number of lanes the pipeline runs in.
+    pub fn lanes(&self) -> usize {
+        self.outputs.iter().map(|o| o.flow.lanes()).max().unwrap_or(1)
+    }
+
+    /// Whether any source has positions to commit (a Kafka consumer group).
+    pub fn commits_positions(&self) -> bool {
+        self.outputs.iter().any(|o| o.flow.any_source(&self.shared_sources, &|s| s.commits_positions()))
+    }
+
+    /// Whether every source `flow` reads reads its whole input from the beginning.
+    pub fn reads_whole_input(&self, flow: &Flow) -> bool {
+        !flow.any_source(&self.shared_sources, &|s| !s.reads_whole_input())
+    }
+
     /// The steps that cannot take part in checkpoints, as EXPLAIN describes
     /// them; a query with checkpoints on is refused while any remain.
     pub fn checkpoint_blockers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        self.flow.checkpoint_blockers_into(&mut found);
-        if !self.sink.exactly_once() && !self.sink.durable_at_barriers() {
-            found.push(format!("sink {} (it writes its output only at the end)", self.sink.describe()));
+        let mut walk = Walk::new(&self.shared_sources);
+        for output in &self.outputs {
+            output.flow.checkpoint_blockers_into(&mut walk, &mut found);
+            if !output.sink.exactly_once() && !output.sink.durable_at_barriers() {
+                found.push(format!("sink {} (it writes its output only at the end)", output.sink.describe()));
+            }
         }
         found
     }
@@ -250,8 +337,11 @@ impl Pipeline {
     /// what depends on the parallelism (lanes, exchanges).
     pub fn plan_steps(&self) -> Vec<String> {
         let mut steps = Vec::new();
-        self.flow.steps_into(&mut steps);
-        steps.push(format!("sink: {}", self.sink.identity()));
+        let mut walk = Walk::new(&self.shared_sources);
+        for output in &self.outputs {
+            output.flow.steps_into(&mut walk, &mut steps);
+            steps.push(format!("sink: {}", output.sink.identity()));
+        }
         steps
     }
 
@@ -263,16 +353,19 @@ impl Pipeline {
 
     /// The operators whose state nothing bounds, as EXPLAIN describes them.
     pub fn unbounded_operators(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        self.flow.unbounded_into(&mut found);
-        found
+        let ops = self.outputs.iter().flat_map(|o| o.flow.operators());
+        ops.filter(|op| op.state_bound() == StateBound::Unbounded).map(|op| op.describe()).collect()
     }
 
-    /// One line per step, inputs first, for EXPLAIN.
+    /// One line per step, inputs first, for EXPLAIN; a statement set's
+    /// outputs one after the other.
     pub fn describe(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        self.flow.describe_into(0, &mut lines);
-        lines.push(format!("sink: {}", self.sink.describe()));
+        let mut walk = Walk::new(&self.shared_sources);
+        for output in &self.outputs {
+            output.flow.describe_into(0, &mut walk, &mut lines);
+            lines.push(format!("sink: {}", output.sink.describe()));
+        }
         lines
     }
 }

@@ -33,7 +33,7 @@ use crate::inbox::{edges, grouped_edges, Inbox, InboxEvent};
 use crate::message::{Barrier, BarrierKind, Message, Watermark};
 use crate::metrics::{JobMetrics, MetricsSnapshot, SourceProgress};
 use crate::operator::{Emitter, Operator};
-use crate::pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Pipeline, UnionInput};
+use crate::pipeline::{ExchangeKey, Flow, FlowInput, JobOptions, JoinInput, Output, Pipeline, UnionInput};
 use crate::sink::Sink;
 use crate::source::{Source, SourceEvent};
 
@@ -234,12 +234,14 @@ fn edge_capacity(inputs: usize) -> usize {
 impl Job {
     /// Spawns every step of every lane of `pipeline` on the current tokio runtime.
     pub fn start(pipeline: Pipeline) -> JobHandle {
-        let Pipeline { flow, mut sink, metrics, options, checkpoints, .. } = pipeline;
-        sink.set_whole_input(flow.reads_whole_input());
-        let interval = options
+        let interval = pipeline
+            .options
             .checkpoint_interval
-            .or_else(|| flow.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));
-        let parallelism = flow.lanes();
+            .or_else(|| pipeline.commits_positions().then_some(DEFAULT_COMMIT_INTERVAL));
+        let parallelism = pipeline.lanes();
+        let whole_inputs: Vec<bool> = pipeline.outputs.iter().map(|o| pipeline.reads_whole_input(&o.flow)).collect();
+        let readers = shared_readers(&pipeline);
+        let Pipeline { outputs, shared_sources, metrics, options, checkpoints } = pipeline;
         let tasks = Tasks { set: JoinSet::new(), failed: CancellationToken::new() };
         let (control, control_rx) = mpsc::unbounded_channel();
         let (acks, acks_rx) = mpsc::unbounded_channel();
@@ -256,28 +258,38 @@ impl Job {
             participants: Vec::new(),
             next_source: 0,
             next_operator: 0,
+            shared: shared_sources.into_iter().zip(readers).map(|(s, readers)| SharedRead::Unread { lanes: s.lanes, readers }).collect(),
         };
-        let heads = builder.flow(flow);
-        let (txs, sink_inbox) = edges(heads.len(), edge_capacity(heads.len()));
-        for (inbox, tx) in heads.into_iter().zip(txs) {
-            builder.tasks.spawn(run_forward(inbox, Outbox { tx }));
+        let sinks = outputs.len();
+        let mut commits = Vec::with_capacity(sinks);
+        for (index, (output, whole_input)) in outputs.into_iter().zip(whole_inputs).enumerate() {
+            let Output { flow, mut sink, .. } = output;
+            sink.set_whole_input(whole_input);
+            let heads = builder.flow(flow);
+            let (txs, sink_inbox) = edges(heads.len(), edge_capacity(heads.len()));
+            for (inbox, tx) in heads.into_iter().zip(txs) {
+                builder.tasks.spawn(run_forward(inbox, Outbox { tx }));
+            }
+            let (commits_tx, commits_rx) = mpsc::unbounded_channel();
+            commits.push(commits_tx);
+            let owner = Owner::Sink(index);
+            let participant = builder.participant(owner, 0);
+            let sink_state = match &restored {
+                Some(r) => r.for_lane(owner, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
+                None => Ok(None),
+            };
+            let sink_task = SinkTask { sink, index, metrics: Arc::clone(&metrics), participant, commits: commits_rx, committed: 0 };
+            builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
         }
-        let (commits_tx, commits) = mpsc::unbounded_channel();
-        let participant = builder.participant(Owner::Sink, 0);
-        let sink_state = match &restored {
-            Some(r) => r.for_lane(Owner::Sink, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
-            None => Ok(None),
-        };
-        let sink_task = SinkTask { sink, metrics: Arc::clone(&metrics), participant, commits, committed: 0 };
-        builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
         let last_stored = checkpoints.as_ref().map_or(0, |c| c.last_id);
-        let collector = Collector::new(checkpoints, builder.participants.clone(), parallelism);
+        let collector = Collector::new(checkpoints, builder.participants.clone(), sinks, parallelism);
         if let Some(r) = &restored {
             metrics.checkpoint_restored(r.checkpoint);
         }
         let coordinator = Coordinator {
             sources: builder.sources,
-            sink: commits_tx,
+            sinks: commits,
+            sinks_running: sinks,
             interval,
             last_id: restored.as_ref().map_or(0, |r| r.checkpoint).max(last_stored),
             collector,
@@ -286,6 +298,37 @@ impl Job {
         builder.tasks.spawn(coordinator.run(control_rx, acks_rx));
         JobHandle { tasks: builder.tasks.set, metrics, control, restart: None, stopping: false, restarting: None }
     }
+}
+
+/// Per shared source, how many flows read it.
+fn shared_readers(pipeline: &Pipeline) -> Vec<usize> {
+    fn count(flow: &Flow, readers: &mut [usize]) {
+        match &flow.input {
+            FlowInput::Shared { source, .. } => {
+                if let Some(n) = readers.get_mut(*source) {
+                    *n += 1;
+                }
+            }
+            FlowInput::Join(join) => {
+                count(&join.left, readers);
+                count(&join.right, readers);
+            }
+            FlowInput::Union(union) => union.inputs.iter().for_each(|f| count(f, readers)),
+            FlowInput::Sources(_) => {}
+        }
+    }
+    let mut readers = vec![0; pipeline.shared_sources.len()];
+    for output in &pipeline.outputs {
+        count(&output.flow, &mut readers);
+    }
+    readers
+}
+
+/// A shared source, started where the first flow that reads it is built.
+enum SharedRead {
+    Unread { lanes: Vec<Box<dyn Source>>, readers: usize },
+    /// Per reader not yet built, the inboxes of its lanes.
+    Started(std::vec::IntoIter<Vec<Inbox>>),
 }
 
 /// Spawns the tasks of a flow tree, returning the inboxes its lanes end in.
@@ -304,12 +347,13 @@ struct Builder {
     participants: Vec<(Owner, usize)>,
     next_source: usize,
     next_operator: usize,
+    shared: Vec<SharedRead>,
 }
 
 impl Builder {
     /// A step's place in checkpoints; only the sink takes part when they are off.
     fn participant(&mut self, owner: Owner, lane: usize) -> Participant {
-        if self.store.is_some() || owner == Owner::Sink {
+        if self.store.is_some() || matches!(owner, Owner::Sink(_)) {
             self.participants.push((owner, lane));
         }
         Participant { owner, lane, acks: self.acks.clone(), store: self.store.clone(), writing: None }
@@ -340,36 +384,8 @@ impl Builder {
             None => Vec::new(),
         };
         let mut heads = match flow.input {
-            FlowInput::Sources(sources) => {
-                let id = self.next_source;
-                self.next_source += 1;
-                let lanes = sources.len();
-                sources
-                    .into_iter()
-                    .enumerate()
-                    .map(|(lane, source)| {
-                        let (out, inbox) = channel();
-                        let slot = self.sources.len();
-                        let (commands_tx, commands) = mpsc::unbounded_channel();
-                        self.sources.push(commands_tx);
-                        let owner = Owner::Source(id);
-                        let positions = self.restored_state(owner, lane, lanes);
-                        let participant = self.participant(owner, lane);
-                        let source_lane = SourceLane {
-                            slot,
-                            out,
-                            metrics: Arc::clone(&self.metrics),
-                            commands,
-                            control: self.control.clone(),
-                            rows_read: 0,
-                            participant,
-                            gate: gates.get(lane).cloned().flatten(),
-                        };
-                        self.tasks.spawn(source_lane.run(source, positions));
-                        inbox
-                    })
-                    .collect()
-            }
+            FlowInput::Sources(sources) => self.sources(sources, &gates),
+            FlowInput::Shared { source, .. } => self.shared(source, &gates),
             FlowInput::Join(join) => self.join(*join),
             FlowInput::Union(union) => self.union(*union),
         };
@@ -392,6 +408,70 @@ impl Builder {
                 .collect();
         }
         heads
+    }
+
+    /// Spawns one lane per source shard; returns their inboxes.
+    fn sources(&mut self, sources: Vec<Box<dyn Source>>, gates: &[Option<AlignmentGate>]) -> Vec<Inbox> {
+        let id = self.next_source;
+        self.next_source += 1;
+        let lanes = sources.len();
+        sources
+            .into_iter()
+            .enumerate()
+            .map(|(lane, source)| {
+                let (out, inbox) = channel();
+                let slot = self.sources.len();
+                let (commands_tx, commands) = mpsc::unbounded_channel();
+                self.sources.push(commands_tx);
+                let owner = Owner::Source(id);
+                let positions = self.restored_state(owner, lane, lanes);
+                let participant = self.participant(owner, lane);
+                let source_lane = SourceLane {
+                    slot,
+                    out,
+                    metrics: Arc::clone(&self.metrics),
+                    commands,
+                    control: self.control.clone(),
+                    rows_read: 0,
+                    participant,
+                    gate: gates.get(lane).cloned().flatten(),
+                };
+                self.tasks.spawn(source_lane.run(source, positions));
+                inbox
+            })
+            .collect()
+    }
+
+    /// The lanes of shared source `index` for the next flow that reads it.
+    /// The first reader starts it (with its watermark alignment), and a tee
+    /// per lane hands every message to each reader.
+    fn shared(&mut self, index: usize, gates: &[Option<AlignmentGate>]) -> Vec<Inbox> {
+        let unread = match self.shared.get_mut(index) {
+            Some(read @ SharedRead::Unread { .. }) => std::mem::replace(read, SharedRead::Started(Vec::new().into_iter())),
+            _ => SharedRead::Started(Vec::new().into_iter()),
+        };
+        if let SharedRead::Unread { lanes, readers } = unread {
+            let heads = self.sources(lanes, gates);
+            let mut per_reader: Vec<Vec<Inbox>> = (0..readers).map(|_| Vec::with_capacity(heads.len())).collect();
+            for inbox in heads {
+                if readers == 1 {
+                    per_reader[0].push(inbox);
+                    continue;
+                }
+                let mut outs = Vec::with_capacity(readers);
+                for lanes in &mut per_reader {
+                    let (out, next) = channel();
+                    outs.push(out);
+                    lanes.push(next);
+                }
+                self.tasks.spawn(run_tee(inbox, outs));
+            }
+            self.shared[index] = SharedRead::Started(per_reader.into_iter());
+        }
+        match self.shared.get_mut(index) {
+            Some(SharedRead::Started(readers)) => readers.next().unwrap_or_default(),
+            _ => Vec::new(),
+        }
     }
 
     /// Repartitions each input's lanes by its key into `p` lanes whose inboxes
@@ -716,8 +796,10 @@ async fn read_aligned(gate: Option<&AlignmentGate>, source: &mut dyn Source) -> 
 /// the sources and the sink when checkpoints complete.
 struct Coordinator {
     sources: Vec<mpsc::UnboundedSender<SourceCommand>>,
-    /// Where completed checkpoints go for the sink to commit.
-    sink: mpsc::UnboundedSender<u64>,
+    /// Per sink, where completed checkpoints go for it to commit.
+    sinks: Vec<mpsc::UnboundedSender<u64>>,
+    /// The sinks that have not finished.
+    sinks_running: usize,
     interval: Option<Duration>,
     last_id: u64,
     collector: Collector,
@@ -757,9 +839,12 @@ impl Coordinator {
                 },
                 ack = acks.recv() => {
                     let Some(ack) = ack else { return Ok(()) };
-                    // The sink is the last step to end: once it has, every
-                    // checkpoint that could complete has.
-                    let sink_done = matches!(ack, Ack::Finished { owner: Owner::Sink, .. });
+                    // The sinks are the last steps to end: once they have,
+                    // every checkpoint that could complete has.
+                    if matches!(ack, Ack::Finished { owner: Owner::Sink(_), .. }) {
+                        self.sinks_running = self.sinks_running.saturating_sub(1);
+                    }
+                    let sinks_done = self.sinks_running == 0;
                     let reports = match self.collector.ack(ack).await {
                         Ok(reports) => reports,
                         Err(e) => {
@@ -779,9 +864,11 @@ impl Coordinator {
                         for source in &self.sources {
                             let _ = source.send(SourceCommand::Complete(id));
                         }
-                        let _ = self.sink.send(id);
+                        for sink in &self.sinks {
+                            let _ = sink.send(id);
+                        }
                     }
-                    if sink_done {
+                    if sinks_done {
                         return Ok(());
                     }
                 }
@@ -932,6 +1019,29 @@ async fn run_exchange(mut inbox: Inbox, partitioner: Arc<KeyPartitioner>, outs: 
     Err(EngineError::Cancelled)
 }
 
+/// Hands each message of a shared source's lane to every flow that reads it
+/// (a batch keeps the split it came from, for the readers' first steps).
+async fn run_tee(mut inbox: Inbox, outs: Vec<Outbox>) -> Result<()> {
+    while let Some(event) = inbox.next_event().await {
+        let msg = match event {
+            InboxEvent::Batch { batch, .. } => Message::Batch(batch),
+            InboxEvent::SplitBatch { tag, batch } => Message::SplitBatch(tag, batch),
+            InboxEvent::Watermark(wm) => Message::Watermark(wm),
+            InboxEvent::Barrier(b) => Message::Barrier(b),
+            InboxEvent::InputEnded(_) | InboxEvent::InputWatermark(..) => continue,
+            InboxEvent::End => Message::EndOfStream,
+        };
+        let end = matches!(msg, Message::EndOfStream);
+        for out in &outs {
+            out.send(msg.clone()).await?;
+        }
+        if end {
+            return Ok(());
+        }
+    }
+    Err(EngineError::Cancelled)
+}
+
 /// Hands a lane's results on to one edge of the next step (the sink's, a union's).
 async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
     while let Some(msg) = inbox.next().await {
@@ -949,6 +1059,8 @@ async fn run_forward(mut inbox: Inbox, out: Outbox) -> Result<()> {
 /// with checkpoints on); commits what checkpoints completed.
 struct SinkTask {
     sink: Box<dyn Sink>,
+    /// Which of the pipeline's outputs it writes.
+    index: usize,
     metrics: Arc<JobMetrics>,
     participant: Participant,
     /// Completed checkpoints, in order.
@@ -1020,7 +1132,7 @@ impl SinkTask {
             };
             match msg {
                 Message::Batch(b) | Message::SplitBatch(_, b) => {
-                    self.metrics.add_rows_out(b.num_rows());
+                    self.metrics.add_sink_rows(self.index, b.num_rows());
                     self.sink.write_batch(b).await?;
                 }
                 Message::Watermark(wm) => {

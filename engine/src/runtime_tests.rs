@@ -11,7 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use super::*;
 use crate::metrics::JobMetrics;
-use crate::pipeline::{Flow, FlowInput, JobOptions, Pipeline, Stage};
+use crate::pipeline::{Flow, FlowInput, JobOptions, Output, Pipeline, SharedSource, Stage};
 use crate::operator::StateBound;
 
 fn schema() -> SchemaRef {
@@ -134,14 +134,13 @@ fn start(lanes: usize, limit: Option<u64>, commits: bool, options: JobOptions, s
         .map(|log| Box::new(CountingSource { returned: 0, limit, log: Arc::clone(log), commits }) as Box<dyn Source>)
         .collect();
     let sink: Arc<Mutex<SinkLog>> = Arc::default();
-    let pipeline = Pipeline {
-        flow: Flow { input: FlowInput::Sources(sources), stages },
-        sink: Box::new(RecordingSink(Arc::clone(&sink))),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
+    let pipeline = Pipeline::new(
+        Flow { input: FlowInput::Sources(sources), stages },
+        Box::new(RecordingSink(Arc::clone(&sink))),
+        schema(),
+        JobMetrics::new(),
         options,
-        checkpoints: None,
-    };
+    );
     Harness { sources: logs, sink, job: Job::start(pipeline) }
 }
 
@@ -241,17 +240,16 @@ async fn a_query_over_its_memory_limit_fails_with_a_clear_error() -> Result<()> 
     let metrics = JobMetrics::new();
     let stage = Stage { exchange: None, lanes: vec![vec![Box::new(Hoarder { held: Vec::new(), state: metrics.state_reporter() })]] };
     let logs = Arc::new(Mutex::new(SourceLog::default()));
-    let pipeline = Pipeline {
-        flow: Flow {
+    let pipeline = Pipeline::new(
+        Flow {
             input: FlowInput::Sources(vec![Box::new(CountingSource { returned: 0, limit: None, log: logs, commits: false })]),
             stages: vec![stage],
         },
-        sink: Box::new(RecordingSink(Arc::default())),
-        output_schema: schema(),
+        Box::new(RecordingSink(Arc::default())),
+        schema(),
         metrics,
-        options: JobOptions { memory_limit: Some(4096), ..Default::default() },
-        checkpoints: None,
-    };
+        JobOptions { memory_limit: Some(4096), ..Default::default() },
+    );
     let mut job = Job::start(pipeline);
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query fails").unwrap_err();
     assert!(matches!(err, EngineError::MemoryLimit { limit: 4096, .. }), "{err}");
@@ -285,8 +283,8 @@ impl Source for FailingSource {
 async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() -> Result<()> {
     let sink: Arc<Mutex<SinkLog>> = Arc::default();
     let log = Arc::new(Mutex::new(SourceLog::default()));
-    let pipeline = Pipeline {
-        flow: Flow {
+    let pipeline = Pipeline::new(
+        Flow {
             input: FlowInput::Sources(vec![
                 Box::new(FailingSource { rows: 3 }),
                 // Another lane that would run for ever: the failure stops it.
@@ -294,12 +292,11 @@ async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() 
             ]),
             stages: Vec::new(),
         },
-        sink: Box::new(RecordingSink(Arc::clone(&sink))),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
-        options: JobOptions::default(),
-        checkpoints: None,
-    };
+        Box::new(RecordingSink(Arc::clone(&sink))),
+        schema(),
+        JobMetrics::new(),
+        JobOptions::default(),
+    );
     let mut job = Job::start(pipeline);
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
     assert!(err.to_string().contains("bad record at line 4"), "{err}");
@@ -313,17 +310,16 @@ async fn a_failing_source_stops_the_query_after_what_it_read_reached_the_sink() 
 async fn a_sink_durable_only_at_its_end_lets_sources_commit_only_then() -> Result<()> {
     let sink: Arc<Mutex<SinkLog>> = Arc::default();
     let log = Arc::new(Mutex::new(SourceLog::default()));
-    let pipeline = Pipeline {
-        flow: Flow {
+    let pipeline = Pipeline::new(
+        Flow {
             input: FlowInput::Sources(vec![Box::new(CountingSource { returned: 0, limit: None, log: Arc::clone(&log), commits: true })]),
             stages: Vec::new(),
         },
-        sink: Box::new(AtTheEndSink(RecordingSink(Arc::clone(&sink)))),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
-        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(10)), ..Default::default() },
-        checkpoints: None,
-    };
+        Box::new(AtTheEndSink(RecordingSink(Arc::clone(&sink)))),
+        schema(),
+        JobMetrics::new(),
+        JobOptions { checkpoint_interval: Some(Duration::from_millis(10)), ..Default::default() },
+    );
     let mut job = Job::start(pipeline);
     let seen = Arc::clone(&sink);
     until("a periodic barrier at the sink", || !seen.lock().unwrap().barriers.is_empty()).await;
@@ -485,18 +481,16 @@ impl Sink for StagingSink {
 }
 
 fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: &Arc<Mutex<Visible>>) -> Pipeline {
-    let pipeline = |checkpoints| Pipeline {
-        flow: Flow {
+    let mut p = Pipeline::new(
+        Flow {
             input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
             stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
         },
-        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
-        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
-        checkpoints,
-    };
-    let mut p = pipeline(None);
+        Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        schema(),
+        JobMetrics::new(),
+        JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
+    );
     let config = crate::checkpoint::CheckpointConfig {
         store: store.clone(),
         pipeline: "test".into(),
@@ -561,14 +555,13 @@ impl Flaky {
         } else {
             Box::new(CountingSource { returned: 0, limit: Some(3), log: Arc::default(), commits: false })
         };
-        Pipeline {
-            flow: Flow { input: FlowInput::Sources(vec![source]), stages: Vec::new() },
-            sink: Box::new(RecordingSink(Arc::clone(&self.sink))),
-            output_schema: schema(),
+        Pipeline::new(
+            Flow { input: FlowInput::Sources(vec![source]), stages: Vec::new() },
+            Box::new(RecordingSink(Arc::clone(&self.sink))),
+            schema(),
             metrics,
-            options: JobOptions::default(),
-            checkpoints: None,
-        }
+            JobOptions::default(),
+        )
     }
 }
 
@@ -645,7 +638,7 @@ async fn a_checkpoint_that_takes_too_long_is_given_up_and_the_next_completes() -
     let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
     let visible: Arc<Mutex<Visible>> = Arc::default();
     let mut pipeline = checkpointed(i64::MAX, &store, None, &visible);
-    pipeline.sink = Box::new(StallingSink {
+    pipeline.outputs[0].sink = Box::new(StallingSink {
         inner: StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(&visible) },
         stall: Some(Duration::from_millis(400)),
     });
@@ -666,14 +659,13 @@ async fn a_checkpoint_that_takes_too_long_is_given_up_and_the_next_completes() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_source_alone_still_ends_its_sink_as_a_stop_not_as_the_end_of_its_input() -> Result<()> {
     let sink: Arc<Mutex<SinkLog>> = Arc::default();
-    let pipeline = Pipeline {
-        flow: Flow { input: FlowInput::Sources(vec![Box::new(FailingSource { rows: 3 })]), stages: Vec::new() },
-        sink: Box::new(RecordingSink(Arc::clone(&sink))),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
-        options: JobOptions::default(),
-        checkpoints: None,
-    };
+    let pipeline = Pipeline::new(
+        Flow { input: FlowInput::Sources(vec![Box::new(FailingSource { rows: 3 })]), stages: Vec::new() },
+        Box::new(RecordingSink(Arc::clone(&sink))),
+        schema(),
+        JobMetrics::new(),
+        JobOptions::default(),
+    );
     let mut job = Job::start(pipeline);
     let err = tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the query ends").unwrap_err();
     assert!(err.to_string().contains("bad record at line 4"), "{err}");
@@ -714,20 +706,19 @@ fn checkpointed_union(limits: [i64; 2], store: &crate::checkpoint::CheckpointSto
         stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
     };
     let union = crate::operators::UnionAll::try_new(schema(), &[schema(), schema()])?;
-    let mut p = Pipeline {
-        flow: Flow {
+    let mut p = Pipeline::new(
+        Flow {
             input: FlowInput::Union(Box::new(crate::pipeline::UnionInput {
                 inputs: limits.into_iter().map(branch).collect(),
                 lanes: vec![Box::new(union)],
             })),
             stages: Vec::new(),
         },
-        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
-        output_schema: schema(),
-        metrics: JobMetrics::new(),
-        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
-        checkpoints: None,
-    };
+        Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        schema(),
+        JobMetrics::new(),
+        JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
+    );
     p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
         store: store.clone(),
         pipeline: "union".into(),
@@ -771,5 +762,106 @@ async fn a_union_cancelled_after_checkpoints_resumes_each_branch_with_its_own_st
     let mut expected: Vec<i64> = limits.iter().flat_map(|l| (1..=*l).map(|n| n * (n + 1) / 2)).collect();
     expected.sort_unstable();
     assert_eq!(rows, expected, "each branch's running sums, each once");
+    Ok(())
+}
+
+/// A statement set's pipeline: two outputs over one shared source, each
+/// keeping a running sum into a staging sink.
+fn checkpointed_set(limit: i64, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: [&Arc<Mutex<Visible>>; 2]) -> Pipeline {
+    let output = |visible: &Arc<Mutex<Visible>>| Output {
+        flow: Flow {
+            input: FlowInput::Shared { source: 0, lanes: 1 },
+            stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
+        },
+        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        schema: schema(),
+    };
+    let mut p = Pipeline {
+        outputs: visible.into_iter().map(output).collect(),
+        shared_sources: vec![SharedSource { lanes: vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })] }],
+        metrics: JobMetrics::new(),
+        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
+        checkpoints: None,
+    };
+    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
+        store: store.clone(),
+        pipeline: "set".into(),
+        fingerprint: p.fingerprint(),
+        plan: p.plan_steps(),
+        restored,
+        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
+        last_id: 0,
+    });
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_source_is_read_once_and_every_output_gets_each_row() -> Result<()> {
+    let logs: Vec<Arc<Mutex<SourceLog>>> = (0..2).map(|_| Arc::default()).collect();
+    let sources = logs
+        .iter()
+        .map(|log| Box::new(CountingSource { returned: 0, limit: Some(40), log: Arc::clone(log), commits: false }) as Box<dyn Source>)
+        .collect();
+    let sinks: Vec<Arc<Mutex<SinkLog>>> = (0..3).map(|_| Arc::default()).collect();
+    let shared = |stages| Flow { input: FlowInput::Shared { source: 0, lanes: 2 }, stages };
+    let lanes = |n: usize| (0..n).map(|_| vec![Box::new(RunningSum { sum: 0 }) as Box<dyn Operator>]).collect();
+    let flows = [
+        shared(Vec::new()),
+        shared(vec![Stage { exchange: None, lanes: lanes(2) }]),
+        // A flow with a source of its own, next to the shared one.
+        Flow { input: FlowInput::Sources((0..2).map(|_| Box::new(CountingSource { returned: 0, limit: Some(5), log: Arc::default(), commits: false }) as Box<dyn Source>).collect()), stages: Vec::new() },
+    ];
+    let metrics = JobMetrics::new();
+    let pipeline = Pipeline {
+        outputs: flows.into_iter().zip(&sinks).map(|(flow, log)| Output { flow, sink: Box::new(RecordingSink(Arc::clone(log))), schema: schema() }).collect(),
+        shared_sources: vec![SharedSource { lanes: sources }],
+        metrics: Arc::clone(&metrics),
+        options: JobOptions::default(),
+        checkpoints: None,
+    };
+    let steps = pipeline.plan_steps();
+    assert_eq!(steps.iter().filter(|s| s.starts_with("source:")).count(), 2, "the shared source is one step: {steps:?}");
+    let described = pipeline.describe().join("\n");
+    assert!(described.contains("read once for every statement") && described.contains("the same read as above"), "{described}");
+    let mut job = Job::start(pipeline);
+    tokio::time::timeout(Duration::from_secs(20), job.wait()).await.expect("the set ends")?;
+    for log in &logs {
+        assert_eq!(log.lock().unwrap().barriers, vec![(FINAL_CHECKPOINT, 40)], "each lane read its 40 rows once");
+    }
+    assert_eq!(metrics.snapshot().rows_in, 2 * 40 + 2 * 5, "each source row is read once");
+    assert_eq!(metrics.rows_per_sink(), vec![80, 80, 10]);
+    for sink in &sinks {
+        assert!(sink.lock().unwrap().finished);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_cancelled_after_checkpoints_resumes_every_output_with_nothing_lost_or_doubled() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("set"), "set");
+    let limit = 300;
+    let visible: [Arc<Mutex<Visible>>; 2] = Default::default();
+    let mut restored = None;
+    for _ in 0..2 {
+        let mut job = Job::start(checkpointed_set(limit, &store, restored.clone(), [&visible[0], &visible[1]]));
+        let metrics = job.metrics_handle();
+        let after = metrics.checkpoints().completed + 3;
+        until("three checkpoints", || metrics.checkpoints().completed >= after).await;
+        job.cancel();
+        let _ = job.wait().await;
+        let latest = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("a checkpoint");
+        assert!(latest.parts.iter().any(|p| p.owner == Owner::Sink(1)), "the second sink's part is in the checkpoint");
+        restored = Some(Arc::new(RestoredState::load(&store, &latest).await.map_err(|e| EngineError::Internal(e.to_string()))?));
+    }
+    let mut job = Job::start(checkpointed_set(limit, &store, restored, [&visible[0], &visible[1]]));
+    job.wait().await?;
+    let expected: Vec<i64> = (1..=limit).map(|n| n * (n + 1) / 2).collect();
+    for (i, visible) in visible.iter().enumerate() {
+        let mut rows = visible.lock().unwrap().rows.clone();
+        rows.sort_unstable();
+        assert_eq!(rows, expected, "output {i}: running sums of 1..={limit}, each once");
+    }
     Ok(())
 }

@@ -99,14 +99,8 @@ pub fn batch_pipeline(planned: &PlannedQuery, sink: Box<dyn Sink>, metrics: Arc<
         task_ctx: planned.ctx.task_ctx(),
         stream: None,
     };
-    Pipeline {
-        flow: Flow { input: FlowInput::Sources(vec![Box::new(source)]), stages: Vec::new() },
-        sink,
-        output_schema: planned.schema(),
-        metrics,
-        options: JobOptions::default(),
-        checkpoints: None,
-    }
+    let flow = Flow { input: FlowInput::Sources(vec![Box::new(source)]), stages: Vec::new() };
+    Pipeline::new(flow, sink, planned.schema(), metrics, JobOptions::default())
 }
 
 /// What EXPLAIN shows of a batch query: DataFusion's physical plan.

@@ -31,11 +31,12 @@ pub mod sql_function;
 pub mod statement;
 pub mod type_check;
 mod statement_set;
+mod table_reads;
 pub mod window_tvf;
 mod window_time;
 
 pub use catalog::{Catalog, TableDef, ViewDef};
 pub use error::{Result, SqlError};
 pub use options::QueryOptions;
-pub use session::{default_parallelism, QueryOutput, RunningInsert, Session, StatementOutput};
+pub use session::{default_parallelism, QueryOutput, Session, StatementOutput};
 pub use statement::{parse_statements, SluiceStatement};

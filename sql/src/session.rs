@@ -18,8 +18,8 @@ use sluice_engine::metrics::JobMetrics;
 use sluice_engine::operators::WatermarkAssigner;
 use sluice_engine::sink::ChannelSink;
 use sluice_engine::time::format_nanos;
-use sluice_connectors::{find_connector, registry, Connector, Shard};
-use sluice_engine::{Flow, FlowInput, Job, JobHandle, JobOptions, JoinInput, Pipeline, Sink, Stage, UnionInput};
+use sluice_connectors::{find_connector, registry, Connector};
+use sluice_engine::{Flow, FlowInput, Job, JobHandle, JobOptions, JoinInput, Output, Pipeline, Sink, Stage, UnionInput};
 use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{CreateView, ObjectType, Query, Set, Statement, TableObject};
 use tokio::sync::mpsc;
@@ -32,6 +32,7 @@ use crate::lower::{lower, reads_stream, LoweredFlow, LoweredInput, LoweredStage,
 use crate::planner::{plan_logical, plan_query, planning_context, watermark_expr, PlannedQuery};
 use crate::options::{QueryOptions, RuntimeMode};
 use crate::statement::{parse_statements, SluiceStatement};
+use crate::table_reads::TableReads;
 
 /// Result batches buffered between a query and its front end.
 const RESULT_BUFFER: usize = 16;
@@ -57,15 +58,16 @@ pub enum StatementOutput {
     Query(QueryOutput),
     /// A running `INSERT INTO` job, with what the user should know as it starts.
     Insert { target: String, job: JobHandle, warnings: Vec<String> },
-    /// The running INSERTs of a statement set, in order.
-    InsertSet(Vec<RunningInsert>),
+    /// A running statement set: one job whose outputs are its INSERTs, into
+    /// `targets` in order (see [`sluice_engine::metrics::JobMetrics::rows_per_sink`]).
+    InsertSet { targets: Vec<String>, job: JobHandle, warnings: Vec<String> },
 }
 
-/// One running INSERT of a statement set.
-pub struct RunningInsert {
-    pub target: String,
-    pub job: JobHandle,
-    pub warnings: Vec<String>,
+/// One statement planned as an output of a pipeline, or as a batch query (it
+/// reads no stream).
+pub(crate) enum PlannedOutput {
+    Stream(Output),
+    Batch(PlannedQuery),
 }
 
 /// A pipeline about to run, or the result of a query that reads no stream.
@@ -185,7 +187,7 @@ impl Session {
         Ok(parse_statements(sql)?)
     }
 
-    fn catalog(&self) -> Result<Catalog> {
+    pub(crate) fn catalog(&self) -> Result<Catalog> {
         self.catalog
             .read()
             .map(|c| c.clone())
@@ -210,41 +212,22 @@ impl Session {
             }
             SluiceStatement::Sql(statement) => self.execute_sql(*statement).await,
             SluiceStatement::StatementSet(inserts) => self.run_statement_set(inserts).await,
+            SluiceStatement::ExplainStatementSet(inserts) => {
+                let set = self.compile_set(&inserts).await?;
+                let rows = set.pipeline.describe().into_iter().enumerate().map(|(i, l)| [i.to_string(), l]).collect();
+                string_rows(&["step", "operator"], rows)
+            }
         }
     }
 
-    /// Starts every INSERT of a statement set; if one cannot start, those
-    /// started are cancelled and its error returned. Each keeps checkpoints of
-    /// its own (see [`crate::statement_set`]).
+    /// Starts a statement set as one job (see [`crate::statement_set`]).
     async fn run_statement_set(&mut self, inserts: Vec<Statement>) -> Result<StatementOutput> {
-        let name = self.options.pipeline_name.clone();
-        let mut running: Vec<RunningInsert> = Vec::with_capacity(inserts.len());
-        for insert in inserts {
-            let target = match &insert {
-                Statement::Insert(i) => match &i.table {
-                    TableObject::TableName(n) => normalize_name(n),
-                    _ => String::new(),
-                },
-                _ => String::new(),
-            };
-            if let Some(name) = &name {
-                self.options.pipeline_name = Some(crate::statement_set::member_name(name, &target));
-            }
-            let started = self.execute_sql(insert).await;
-            self.options.pipeline_name = name.clone();
-            match started {
-                Ok(StatementOutput::Insert { target, job, warnings }) => running.push(RunningInsert { target, job, warnings }),
-                Ok(_) => {
-                    cancel_all(&mut running);
-                    return plan_err(format!("INSERT INTO {target} in a statement set did not start a job"));
-                }
-                Err(e) => {
-                    cancel_all(&mut running);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(StatementOutput::InsertSet(running))
+        let crate::statement_set::CompiledSet { mut pipeline, targets, id } = self.compile_set(&inserts).await?;
+        self.last_metrics = Some(Arc::clone(&pipeline.metrics));
+        let mut warnings = self.prepare_checkpoints(&mut pipeline, &id).await?;
+        warnings.extend(start_warnings(&pipeline));
+        let job = self.start(pipeline, Restartable::Set(inserts));
+        Ok(StatementOutput::InsertSet { targets, job, warnings })
     }
 
     /// Parses and runs every statement of `sql`, returning the last output.
@@ -594,27 +577,53 @@ impl Session {
                     .ok_or_else(|| SqlError::Catalog(format!("INSERT INTO {name}: no such table")))?,
             ),
         };
-        if self.options.runtime_mode == RuntimeMode::Batch {
-            let query_id = query_id(target_table, query);
-            let planned = crate::batch::plan_batch(&catalog, &self.connectors, query, target_table, &self.options, &query_id).await?;
-            let sink = match target_table {
-                None => results,
-                Some(t) => self.connector(&t.connector)?.sink_for_query(&t.spec(), &query_id)?,
-            };
-            let metrics = match &self.reuse_metrics {
-                Some(m) => Arc::clone(m),
-                None => JobMetrics::with_label(self.metrics_label.clone()),
-            };
-            return Ok(Compiled::Pipeline(crate::batch::batch_pipeline(&planned, sink, metrics), query_id));
-        }
-        let planned = plan_query(&catalog, query, target_table).await?;
-        if !reads_stream(&planned.plan) {
-            return Ok(Compiled::Batch(planned));
-        }
-        let metrics = match &self.reuse_metrics {
+        let query_id = query_id(target_table, query);
+        let metrics = self.new_metrics();
+        let mut reads = TableReads::Own { query_id: query_id.clone() };
+        let output = match self.plan_output(&catalog, query, target_table, results, &metrics, &mut reads, &query_id).await? {
+            PlannedOutput::Batch(planned) => return Ok(Compiled::Batch(planned)),
+            PlannedOutput::Stream(output) => output,
+        };
+        let options = JobOptions { memory_limit: self.options.memory_limit, ..Default::default() };
+        let pipeline = Pipeline { outputs: vec![output], shared_sources: Vec::new(), metrics, options, checkpoints: None };
+        Ok(Compiled::Pipeline(pipeline, query_id))
+    }
+
+    /// Counters for the next pipeline (a restarted one keeps its own).
+    pub(crate) fn new_metrics(&self) -> Arc<JobMetrics> {
+        match &self.reuse_metrics {
             Some(m) => Arc::clone(m),
             None => JobMetrics::with_label(self.metrics_label.clone()),
-        };
+        }
+    }
+
+    /// Plans `query` (into `target_table`, else into `results`) as one output
+    /// of a pipeline, its tables read as `reads` says; a query that reads no
+    /// stream is planned as a batch query. `query_id` is the statement's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn plan_output(
+        &self,
+        catalog: &Catalog,
+        query: &Query,
+        target_table: Option<&TableDef>,
+        results: Box<dyn Sink>,
+        metrics: &Arc<JobMetrics>,
+        reads: &mut TableReads,
+        query_id: &str,
+    ) -> Result<PlannedOutput> {
+        if self.options.runtime_mode == RuntimeMode::Batch {
+            let planned = crate::batch::plan_batch(catalog, &self.connectors, query, target_table, &self.options, query_id).await?;
+            let sink = match target_table {
+                None => results,
+                Some(t) => self.connector(&t.connector)?.sink_for_query(&t.spec(), query_id)?,
+            };
+            let pipeline = crate::batch::batch_pipeline(&planned, sink, Arc::clone(metrics));
+            return pipeline.outputs.into_iter().next().map(PlannedOutput::Stream).ok_or_else(|| SqlError::Plan("internal: a batch query without output".into()));
+        }
+        let planned = plan_query(catalog, query, target_table).await?;
+        if !reads_stream(&planned.plan) {
+            return Ok(PlannedOutput::Batch(planned));
+        }
         let tables: HashMap<String, TableInfo> = catalog
             .tables()
             .map(|t| {
@@ -629,14 +638,13 @@ impl Session {
         let mut lanes = Vec::with_capacity(self.options.parallelism);
         for _ in 0..self.options.parallelism {
             let task_ctx = planned.ctx.task_ctx();
-            lanes.push(lower(&planned.plan, &planned.windows, &tables, task_ctx, Arc::clone(&metrics), self.options.state_ttl)?);
+            lanes.push(lower(&planned.plan, &planned.windows, &tables, task_ctx, Arc::clone(metrics), self.options.state_ttl)?);
         }
         let Some(first) = lanes.first() else { return plan_err("internal: no lanes") };
         let (output_schema, changelog) = (Arc::clone(&first.output_schema), first.changelog);
         let flows = lanes.into_iter().map(|l| l.flow).collect();
         let alignment = self.options.max_drift.map(|d| AlignmentGroup::new(d.as_nanos().min(i64::MAX as u128) as i64));
-        let query_id = query_id(target_table, query);
-        let flow = self.flow(&catalog, &planned, flows, alignment.as_ref(), &query_id)?;
+        let flow = self.flow(catalog, &planned, flows, alignment.as_ref(), reads)?;
         let sink = match target_table {
             None => results,
             Some(t) => {
@@ -645,11 +653,10 @@ impl Session {
                     // The sink writes what it gets: the change kind, then the row.
                     spec.schema = Arc::clone(&output_schema);
                 }
-                self.connector(&t.connector)?.sink_for_query(&spec, &query_id)?
+                self.connector(&t.connector)?.sink_for_query(&spec, query_id)?
             }
         };
-        let options = JobOptions { memory_limit: self.options.memory_limit, ..Default::default() };
-        Ok(Compiled::Pipeline(Pipeline { flow, sink, output_schema, metrics, options, checkpoints: None }, query_id))
+        Ok(PlannedOutput::Stream(Output { flow, sink, schema: output_schema }))
     }
 
     /// Zips the lanes of a lowered query (each lowered on its own) into one flow,
@@ -660,7 +667,7 @@ impl Session {
         planned: &PlannedQuery,
         lanes: Vec<LoweredFlow>,
         alignment: Option<&Arc<AlignmentGroup>>,
-        query_id: &str,
+        reads: &mut TableReads,
     ) -> Result<Flow> {
         let count = lanes.len();
         let mut inputs = Vec::with_capacity(count);
@@ -693,9 +700,7 @@ impl Session {
                 let connector = self.connector(&table.connector)?;
                 let watermark = table.watermark.as_ref().map(|wm| watermark_expr(&planned.ctx, table, &wm.expr)).transpose()?;
                 let spec = table.spec().reading(columns_read(&planned.plan, table, watermark.as_ref()));
-                let sources = (0..count)
-                    .map(|index| Ok(connector.source(&spec, Shard { index, count }, query_id)?))
-                    .collect::<Result<Vec<_>>>()?;
+                let input = reads.read(connector, spec, count)?;
                 if let (Some(wm), Some(expr), Some(first)) = (&table.watermark, &watermark, stages.first_mut()) {
                     for ops in &mut first.lanes {
                         let expr = Arc::clone(expr);
@@ -706,7 +711,7 @@ impl Session {
                         ops.insert(0, Box::new(assigner));
                     }
                 }
-                FlowInput::Sources(sources)
+                input
             }
             Some(LoweredInput::Union(_)) => {
                 // Per branch, its lanes; per lane, the union's step.
@@ -723,7 +728,7 @@ impl Session {
                 }
                 let inputs = branches
                     .into_iter()
-                    .map(|lanes| self.flow(catalog, planned, lanes, alignment, query_id))
+                    .map(|lanes| self.flow(catalog, planned, lanes, alignment, reads))
                     .collect::<Result<Vec<_>>>()?;
                 FlowInput::Union(Box::new(UnionInput { inputs, lanes: ops }))
             }
@@ -740,8 +745,8 @@ impl Session {
                     ops.push(join.operator);
                 }
                 FlowInput::Join(Box::new(JoinInput {
-                    left: self.flow(catalog, planned, left, alignment, query_id)?,
-                    right: self.flow(catalog, planned, right, alignment, query_id)?,
+                    left: self.flow(catalog, planned, left, alignment, reads)?,
+                    right: self.flow(catalog, planned, right, alignment, reads)?,
                     left_key,
                     right_key,
                     lanes: ops,
@@ -761,11 +766,11 @@ impl Session {
                 Ok(StatementOutput::Rows { schema, batches })
             }
             Compiled::Pipeline(mut pipeline, query_id) => {
-                let schema = pipeline.output_schema.clone();
+                let schema = pipeline.output_schema().unwrap_or_else(|| Arc::new(Schema::empty()));
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
                 let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
                 warnings.extend(start_warnings(&pipeline));
-                let job = self.start(pipeline, query, None, Some(results_tx));
+                let job = self.start(pipeline, Restartable::Query { query: Box::new(query.clone()), target: None, results: Some(results_tx) });
                 Ok(StatementOutput::Query(QueryOutput { schema, results, job, warnings }))
             }
         }
@@ -778,7 +783,7 @@ impl Session {
                 self.last_metrics = Some(Arc::clone(&pipeline.metrics));
                 let mut warnings = self.prepare_checkpoints(&mut pipeline, &query_id).await?;
                 warnings.extend(start_warnings(&pipeline));
-                let job = self.start(pipeline, query, Some(target), None);
+                let job = self.start(pipeline, Restartable::Query { query: Box::new(query.clone()), target: Some(target.to_string()), results: None });
                 Ok(StatementOutput::Insert { target: target.to_string(), job, warnings })
             }
         }
@@ -788,7 +793,7 @@ impl Session {
 impl Session {
     /// Starts a pipeline, to be restarted after a failure as the query's
     /// restart strategy says (re-planned from the catalog as it is then).
-    fn start(&self, pipeline: Pipeline, query: &Query, target: Option<&str>, results: Option<mpsc::Sender<RecordBatch>>) -> JobHandle {
+    fn start(&self, pipeline: Pipeline, statement: Restartable) -> JobHandle {
         let job = Job::start(pipeline);
         let Some(policy) = self.options.restart else { return job };
         let session = Session {
@@ -801,18 +806,23 @@ impl Session {
             default_pipeline_name: self.default_pipeline_name.clone(),
             reuse_metrics: None,
         };
-        let restarter = Restarter { session, query: query.clone(), target: target.map(String::from), results };
-        job.restart_with(Box::new(restarter), policy)
+        job.restart_with(Box::new(Restarter { session, statement }), policy)
     }
+}
+
+/// What a restarted pipeline runs.
+enum Restartable {
+    /// A query, into `target` or its results channel (which its reader keeps
+    /// reading across restarts).
+    Query { query: Box<Query>, target: Option<String>, results: Option<mpsc::Sender<RecordBatch>> },
+    /// A statement set's INSERTs.
+    Set(Vec<Statement>),
 }
 
 /// Plans a failed query again, from its latest checkpoint, to restart it.
 struct Restarter {
     session: Session,
-    query: Query,
-    target: Option<String>,
-    /// A SELECT's results channel, which its reader keeps reading across restarts.
-    results: Option<mpsc::Sender<RecordBatch>>,
+    statement: Restartable,
 }
 
 #[async_trait::async_trait]
@@ -820,26 +830,31 @@ impl sluice_engine::PipelineFactory for Restarter {
     async fn rebuild(&mut self, metrics: Arc<JobMetrics>) -> sluice_engine::Result<Pipeline> {
         let to_engine = |e: SqlError| sluice_engine::EngineError::Plan(format!("restarting the query: {e}"));
         self.session.reuse_metrics = Some(metrics);
-        let sink: Box<dyn Sink> = match &self.results {
-            Some(tx) => Box::new(ChannelSink::to(tx.clone())),
-            None => Box::new(ChannelSink::new(1).0),
-        };
-        let query = self.query.clone();
-        let target = self.target.clone();
-        match self.session.compile_with_sink(&query, target.as_deref(), sink).await.map_err(to_engine)? {
-            Compiled::Pipeline(mut pipeline, query_id) => {
-                self.session.prepare_checkpoints(&mut pipeline, &query_id).await.map_err(to_engine)?;
-                Ok(pipeline)
+        let (mut pipeline, id) = match &self.statement {
+            Restartable::Query { query, target, results } => {
+                let sink: Box<dyn Sink> = match results {
+                    Some(tx) => Box::new(ChannelSink::to(tx.clone())),
+                    None => Box::new(ChannelSink::new(1).0),
+                };
+                match self.session.compile_with_sink(query, target.as_deref(), sink).await.map_err(to_engine)? {
+                    Compiled::Pipeline(pipeline, id) => (pipeline, id),
+                    Compiled::Batch(_) => return Err(sluice_engine::EngineError::Plan("restarting the query: it no longer reads a stream".into())),
+                }
             }
-            Compiled::Batch(_) => Err(sluice_engine::EngineError::Plan("restarting the query: it no longer reads a stream".into())),
-        }
+            Restartable::Set(inserts) => {
+                let set = self.session.compile_set(inserts).await.map_err(to_engine)?;
+                (set.pipeline, set.id)
+            }
+        };
+        self.session.prepare_checkpoints(&mut pipeline, &id).await.map_err(to_engine)?;
+        Ok(pipeline)
     }
 }
 
 /// The id of the statement running `query` (into `target`): the same
 /// statement replayed gets the same id (sources keep their positions per
 /// query, sinks may name their output after it).
-fn query_id(target: Option<&crate::catalog::TableDef>, query: &Query) -> String {
+pub(crate) fn query_id(target: Option<&crate::catalog::TableDef>, query: &Query) -> String {
     let text = format!("{}\n{query}", target.map_or("", |t| t.name.as_str()));
     format!("{:016x}", sluice_engine::stable_hash::fnv1a(text.as_bytes()))
 }
@@ -931,9 +946,3 @@ fn with_metadata_columns(
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// Cancels the INSERTs of a statement set started so far.
-fn cancel_all(running: &mut [RunningInsert]) {
-    for insert in running {
-        insert.job.cancel();
-    }
-}

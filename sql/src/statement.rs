@@ -29,6 +29,8 @@ pub enum SluiceStatement {
     /// `EXECUTE STATEMENT SET BEGIN INSERT ...; INSERT ...; END`: INSERTs run
     /// as one job (see [`crate::statement_set`]).
     StatementSet(Vec<Statement>),
+    /// `EXPLAIN STATEMENT SET BEGIN ... END`: the plan of the set's pipeline.
+    ExplainStatementSet(Vec<Statement>),
 }
 
 /// Parses every `;`-separated statement of `sql`.
@@ -70,7 +72,7 @@ fn check_depth(statement: &mut SluiceStatement) -> Result<(), ParserError> {
                 let _ = w.expr.visit(&mut cutter);
             }
         }
-        SluiceStatement::StatementSet(set) => {
+        SluiceStatement::StatementSet(set) | SluiceStatement::ExplainStatementSet(set) => {
             for s in set {
                 let _ = s.visit(&mut cutter);
             }
@@ -152,6 +154,9 @@ fn parse_one(parser: &mut Parser) -> Result<SluiceStatement, ParserError> {
     }
     if let Some(set) = crate::statement_set::parse_statement_set(parser)? {
         return Ok(SluiceStatement::StatementSet(set));
+    }
+    if let Some(set) = crate::statement_set::parse_explained_statement_set(parser)? {
+        return Ok(SluiceStatement::ExplainStatementSet(set));
     }
     let [a, b] = parser.peek_tokens::<2>();
     if let (Token::Word(a), Token::Word(b)) = (&a, &b) {

@@ -328,7 +328,7 @@ fn changes_catalog(statement: &SluiceStatement) -> bool {
             **s,
             S::CreateView(_) | S::Drop { .. } | S::CreateFunction(_) | S::DropFunction(_) | S::Set(_)
         ),
-        SluiceStatement::ShowMetrics | SluiceStatement::StatementSet(_) => false,
+        SluiceStatement::ShowMetrics | SluiceStatement::StatementSet(_) | SluiceStatement::ExplainStatementSet(_) => false,
     }
 }
 
@@ -353,11 +353,9 @@ pub async fn run_statement(
     let is_set = matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Set(_)));
     require(role, if catalog_change { Role::Admin } else { Role::Viewer })?;
     if matches!(&statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
+        || matches!(&statement, SluiceStatement::StatementSet(_))
     {
-        return Err(bad("continuous queries go to POST /api/v1/queries".into()));
-    }
-    if matches!(&statement, SluiceStatement::StatementSet(_)) {
-        return Err(bad("statement sets are not taken over REST yet: submit each INSERT INTO to POST /api/v1/queries".into()));
+        return Err(bad("continuous queries (and statement sets) go to POST /api/v1/queries".into()));
     }
     let _guard = state.catalog_writes.lock().await;
     // Under the guard, so concurrent SETs each start from the other's result.

@@ -273,6 +273,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn is_query(statement: &SluiceStatement) -> bool {
     matches!(statement, SluiceStatement::Sql(s) if matches!(**s, sqlparser::ast::Statement::Query(_) | sqlparser::ast::Statement::Insert(_)))
+        || matches!(statement, SluiceStatement::StatementSet(_))
 }
 
 impl QueryManager {
@@ -328,7 +329,7 @@ impl QueryManager {
         let mut statements = session.parse(&sql).map_err(|e| QueryError::Sql(e.to_string()))?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(s), true) => s,
-            _ => return Err(QueryError::Sql("submit exactly one SELECT or INSERT statement".into())),
+            _ => return Err(QueryError::Sql("submit exactly one SELECT, INSERT or statement set".into())),
         };
         if !is_query(&statement) {
             return Err(QueryError::Sql("a query is a SELECT or INSERT INTO; use /api/v1/statements for DDL".into()));
@@ -336,7 +337,9 @@ impl QueryManager {
         let output = session.execute(statement).await.map_err(|e| QueryError::Sql(e.to_string()))?;
         let (schema, results, job, warnings) = match output {
             StatementOutput::Query(q) => (q.schema, Some(q.results), q.job, q.warnings),
-            StatementOutput::Insert { job, warnings, .. } => (Arc::new(arrow::datatypes::Schema::empty()), None, job, warnings),
+            StatementOutput::Insert { job, warnings, .. } | StatementOutput::InsertSet { job, warnings, .. } => {
+                (Arc::new(arrow::datatypes::Schema::empty()), None, job, warnings)
+            }
             _ => return Err(QueryError::Sql("the statement did not start a query".into())),
         };
         let info = QueryInfo {

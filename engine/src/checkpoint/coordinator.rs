@@ -89,6 +89,12 @@ pub(crate) struct Collector {
     config: Option<CheckpointConfig>,
     parallelism: usize,
     running: BTreeSet<(Owner, usize)>,
+    /// The pipeline's sinks.
+    sinks: usize,
+    /// The sinks that reached the end of their input (their part of the
+    /// final checkpoint came): all they received is durable, so later
+    /// checkpoints of the others complete without them.
+    sinks_at_end: BTreeSet<usize>,
     pending: BTreeMap<u64, Pending>,
     /// The newest checkpoint completed: parts of it or older ones that come
     /// late are ignored.
@@ -100,9 +106,18 @@ pub(crate) struct Collector {
 impl Collector {
     /// Without a config only the sink takes part (its part says its output is
     /// durable), and nothing is stored.
-    pub fn new(config: Option<CheckpointConfig>, participants: impl IntoIterator<Item = (Owner, usize)>, parallelism: usize) -> Self {
+    pub fn new(config: Option<CheckpointConfig>, participants: impl IntoIterator<Item = (Owner, usize)>, sinks: usize, parallelism: usize) -> Self {
         let completed = config.as_ref().and_then(|c| c.restored.as_ref()).map_or(0, |r| r.checkpoint);
-        Collector { config, parallelism, running: participants.into_iter().collect(), pending: BTreeMap::new(), completed, aborted: BTreeSet::new() }
+        Collector {
+            config,
+            parallelism,
+            running: participants.into_iter().collect(),
+            sinks,
+            sinks_at_end: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            completed,
+            aborted: BTreeSet::new(),
+        }
     }
 
     pub fn config(&self) -> Option<&CheckpointConfig> {
@@ -141,6 +156,9 @@ impl Collector {
             Ack::Part { checkpoint, owner, lane, parts, alignment_nanos } => {
                 let kind = if checkpoint == crate::runtime::FINAL_CHECKPOINT { "final" } else { "periodic" };
                 self.begin(checkpoint, kind);
+                if let (Owner::Sink(n), crate::runtime::FINAL_CHECKPOINT) = (owner, checkpoint) {
+                    self.sinks_at_end.insert(n);
+                }
                 if let Some(p) = self.pending.get_mut(&checkpoint) {
                     p.acked.insert((owner, lane));
                     p.parts.extend(parts);
@@ -159,15 +177,21 @@ impl Collector {
         let done: Vec<u64> = self
             .pending
             .iter()
-            // The sink's part is always needed: a checkpoint the sink never
-            // reached (it ended first) does not complete.
-            .filter(|(_, p)| p.acked.contains(&(Owner::Sink, 0)) && self.running.iter().all(|step| p.acked.contains(step)))
+            // Each sink's part is needed: a checkpoint a sink never reached
+            // (it stopped first) does not complete, unless the sink reached
+            // the end of its input.
+            .filter(|(_, p)| {
+                (0..self.sinks).all(|n| self.sinks_at_end.contains(&n) || p.acked.contains(&(Owner::Sink(n), 0)))
+                    && self.running.iter().all(|step| p.acked.contains(step))
+            })
             .map(|(id, _)| *id)
             .collect();
         let mut reports = Vec::new();
         for id in done {
             let Some(p) = self.pending.remove(&id) else { continue };
             self.completed = self.completed.max(id);
+            // A checkpoint subsumes the older ones still pending.
+            self.pending.retain(|older, _| *older > id);
             let completed_ms = chrono::Utc::now().timestamp_millis();
             let mut bytes = 0;
             if let Some(config) = &self.config {

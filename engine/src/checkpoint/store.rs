@@ -85,7 +85,7 @@ impl CheckpointStore {
         let file = match owner {
             Owner::Source(n) => format!("source-{n}-lane-{lane}-{table}-{unique}.arrow"),
             Owner::Operator(n) => format!("operator-{n}-lane-{lane}-{table}-{unique}.arrow"),
-            Owner::Sink => format!("sink-lane-{lane}-{table}-{unique}.arrow"),
+            Owner::Sink(n) => format!("sink-{n}-lane-{lane}-{table}-{unique}.arrow"),
         };
         let mut buffer = Vec::new();
         let mut rows = 0;
