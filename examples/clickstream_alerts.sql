@@ -101,7 +101,8 @@ CREATE TABLE rate_alert_changes (
 ) WITH (connector = 'kafka', topic = 'rate_alert_changes', 'bootstrap.servers' = 'localhost:9092', format = 'json');
 
 -- The job: cart alerts, rate alerts, their FIRING/RESOLVED changes, the funnel.
--- Each INSERT keeps its checkpoints under clickstream-<its table>.
+-- One pipeline: the clicks topic is read once for all four INSERTs, and
+-- their checkpoints are one, under clickstream.
 EXECUTE STATEMENT SET BEGIN
   INSERT INTO cart_alerts
   SELECT md5(concat(CAST(user_id AS VARCHAR), '|', CAST(session_start AS VARCHAR))) AS alert_id,

@@ -391,7 +391,7 @@ fn the_job_stays_exactly_once_across_a_sigkill() -> TestResult {
     let lake = dir.path().join("lake/funnel");
     let script = dir.path().join("job.sql");
     std::fs::write(&script, example_for(&broker, &lake).replace(", 'scan.bounded.mode' = 'latest-offset'", ""))?;
-    let checkpoints = dir.path().join(".sluice/checkpoints/clickstream-cart_alerts");
+    let checkpoints = dir.path().join(".sluice/checkpoints/clickstream");
 
     broker.produce_records("clicks", first)?;
     let mut child = run(&script, dir.path())?;
@@ -432,7 +432,7 @@ fn the_job_stays_exactly_once_across_a_sigkill() -> TestResult {
     Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
     let status = child.wait()?;
     let stderr = stderr_of(&mut child)?;
-    assert!(status.success() && stderr.contains("resuming 'clickstream-cart_alerts' from checkpoint"), "{status}: {stderr}");
+    assert!(status.success() && stderr.contains("resuming 'clickstream' from checkpoint"), "{status}: {stderr}");
     cart_alerts.extend(consume(&broker, "cart_alerts", 5)?);
     assert_eq!(cart_alert_rows(&cart_alerts)?, expected, "each cart alert once, across the kill");
     assert_eq!(rate_alert_rows(&consume(&broker, "rate_alerts", 5)?), expected_rate_alerts(&sessions), "rate alerts");

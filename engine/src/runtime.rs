@@ -278,7 +278,7 @@ impl Job {
                 Some(r) => r.for_lane(owner, 0, 1).map(|parts| parts.into_iter().next().map(|(_, p)| p.batch)),
                 None => Ok(None),
             };
-            let sink_task = SinkTask { sink, index, metrics: Arc::clone(&metrics), participant, commits: commits_rx, committed: 0 };
+            let sink_task = SinkTask { sink, index, metrics: Arc::clone(&metrics), participant, commits: commits_rx, committed: 0, reported: None };
             builder.tasks.spawn(sink_task.run(sink_inbox, sink_state));
         }
         let last_stored = checkpoints.as_ref().map_or(0, |c| c.last_id);
@@ -300,33 +300,55 @@ impl Job {
     }
 }
 
-/// Per shared source, how many flows read it.
-fn shared_readers(pipeline: &Pipeline) -> Vec<usize> {
-    fn count(flow: &Flow, readers: &mut [usize]) {
+/// Who reads a shared source: how many flows, and per lane the watermark
+/// alignment gates of their first steps (the source waits on all of them).
+#[derive(Default)]
+struct SharedReaders {
+    count: usize,
+    gates: Vec<Vec<AlignmentGate>>,
+}
+
+/// Per shared source, who reads it.
+fn shared_readers(pipeline: &Pipeline) -> Vec<SharedReaders> {
+    fn visit(flow: &Flow, readers: &mut [SharedReaders]) {
         match &flow.input {
             FlowInput::Shared { source, .. } => {
-                if let Some(n) = readers.get_mut(*source) {
-                    *n += 1;
+                if let Some(r) = readers.get_mut(*source) {
+                    r.count += 1;
+                    for (lane, gate) in first_step_gates(flow).into_iter().enumerate() {
+                        if r.gates.len() <= lane {
+                            r.gates.resize_with(lane + 1, Vec::new);
+                        }
+                        r.gates[lane].extend(gate);
+                    }
                 }
             }
             FlowInput::Join(join) => {
-                count(&join.left, readers);
-                count(&join.right, readers);
+                visit(&join.left, readers);
+                visit(&join.right, readers);
             }
-            FlowInput::Union(union) => union.inputs.iter().for_each(|f| count(f, readers)),
+            FlowInput::Union(union) => union.inputs.iter().for_each(|f| visit(f, readers)),
             FlowInput::Sources(_) => {}
         }
     }
-    let mut readers = vec![0; pipeline.shared_sources.len()];
+    let mut readers: Vec<SharedReaders> = (0..pipeline.shared_sources.len()).map(|_| SharedReaders::default()).collect();
     for output in &pipeline.outputs {
-        count(&output.flow, &mut readers);
+        visit(&output.flow, &mut readers);
     }
     readers
 }
 
+/// Per lane, what a flow's source waits on before reading (watermark alignment).
+fn first_step_gates(flow: &Flow) -> Vec<Option<AlignmentGate>> {
+    match flow.stages.first() {
+        Some(stage) => stage.lanes.iter().map(|ops| ops.iter().find_map(|op| op.source_gate())).collect(),
+        None => Vec::new(),
+    }
+}
+
 /// A shared source, started where the first flow that reads it is built.
 enum SharedRead {
-    Unread { lanes: Vec<Box<dyn Source>>, readers: usize },
+    Unread { lanes: Vec<Box<dyn Source>>, readers: SharedReaders },
     /// Per reader not yet built, the inboxes of its lanes.
     Started(std::vec::IntoIter<Vec<Inbox>>),
 }
@@ -378,14 +400,10 @@ impl Builder {
     }
 
     fn flow(&mut self, flow: Flow) -> Vec<Inbox> {
-        // Per lane, what its source waits on before reading (watermark alignment).
-        let gates: Vec<Option<AlignmentGate>> = match flow.stages.first() {
-            Some(stage) => stage.lanes.iter().map(|ops| ops.iter().find_map(|op| op.source_gate())).collect(),
-            None => Vec::new(),
-        };
+        let gates: Vec<Vec<AlignmentGate>> = first_step_gates(&flow).into_iter().map(|g| g.into_iter().collect()).collect();
         let mut heads = match flow.input {
-            FlowInput::Sources(sources) => self.sources(sources, &gates),
-            FlowInput::Shared { source, .. } => self.shared(source, &gates),
+            FlowInput::Sources(sources) => self.sources(sources, gates),
+            FlowInput::Shared { source, .. } => self.shared(source),
             FlowInput::Join(join) => self.join(*join),
             FlowInput::Union(union) => self.union(*union),
         };
@@ -411,7 +429,7 @@ impl Builder {
     }
 
     /// Spawns one lane per source shard; returns their inboxes.
-    fn sources(&mut self, sources: Vec<Box<dyn Source>>, gates: &[Option<AlignmentGate>]) -> Vec<Inbox> {
+    fn sources(&mut self, sources: Vec<Box<dyn Source>>, gates: Vec<Vec<AlignmentGate>>) -> Vec<Inbox> {
         let id = self.next_source;
         self.next_source += 1;
         let lanes = sources.len();
@@ -434,7 +452,7 @@ impl Builder {
                     control: self.control.clone(),
                     rows_read: 0,
                     participant,
-                    gate: gates.get(lane).cloned().flatten(),
+                    gates: gates.get(lane).cloned().unwrap_or_default(),
                 };
                 self.tasks.spawn(source_lane.run(source, positions));
                 inbox
@@ -443,14 +461,15 @@ impl Builder {
     }
 
     /// The lanes of shared source `index` for the next flow that reads it.
-    /// The first reader starts it (with its watermark alignment), and a tee
-    /// per lane hands every message to each reader.
-    fn shared(&mut self, index: usize, gates: &[Option<AlignmentGate>]) -> Vec<Inbox> {
+    /// The first reader starts it (aligned as every reader's watermarks
+    /// ask), and a tee per lane hands every message to each reader.
+    fn shared(&mut self, index: usize) -> Vec<Inbox> {
         let unread = match self.shared.get_mut(index) {
             Some(read @ SharedRead::Unread { .. }) => std::mem::replace(read, SharedRead::Started(Vec::new().into_iter())),
             _ => SharedRead::Started(Vec::new().into_iter()),
         };
         if let SharedRead::Unread { lanes, readers } = unread {
+            let SharedReaders { count: readers, gates } = readers;
             let heads = self.sources(lanes, gates);
             let mut per_reader: Vec<Vec<Inbox>> = (0..readers).map(|_| Vec::with_capacity(heads.len())).collect();
             for inbox in heads {
@@ -679,7 +698,8 @@ struct SourceLane {
     rows_read: u64,
     participant: Participant,
     /// Watermark alignment: wait on it before each read.
-    gate: Option<AlignmentGate>,
+    /// What the source waits on before reading (watermark alignment).
+    gates: Vec<AlignmentGate>,
 }
 
 impl SourceLane {
@@ -736,7 +756,7 @@ impl SourceLane {
                     }
                     None => return Err(failure.unwrap_or(EngineError::Cancelled)),
                 },
-                event = read_aligned(self.gate.as_ref(), &mut *source), if failure.is_none() => match event {
+                event = read_aligned(&self.gates, &mut *source), if failure.is_none() => match event {
                     Ok(event) => event,
                     Err(EngineError::Cancelled) => return Err(EngineError::Cancelled),
                     Err(e) => {
@@ -785,8 +805,8 @@ impl SourceLane {
 }
 
 /// The source's next event, once it is not too far ahead of the others.
-async fn read_aligned(gate: Option<&AlignmentGate>, source: &mut dyn Source) -> Result<SourceEvent> {
-    if let Some(gate) = gate {
+async fn read_aligned(gates: &[AlignmentGate], source: &mut dyn Source) -> Result<SourceEvent> {
+    for gate in gates {
         gate.wait_aligned().await;
     }
     source.next_event().await
@@ -1067,6 +1087,8 @@ struct SinkTask {
     commits: mpsc::UnboundedReceiver<u64>,
     /// The newest checkpoint committed.
     committed: u64,
+    /// The last barrier it reported its part of.
+    reported: Option<u64>,
 }
 
 impl SinkTask {
@@ -1077,6 +1099,9 @@ impl SinkTask {
 
     /// Reports the sink's part of checkpoint `id`.
     async fn report(&mut self, id: u64) -> Result<()> {
+        if id != FINAL_CHECKPOINT {
+            self.reported = Some(id);
+        }
         match self.checkpoints_on() {
             true => {
                 let state = self.sink.snapshot()?.map(|b| (0, StatePart::lane(b))).into_iter().collect();
@@ -1096,6 +1121,19 @@ impl SinkTask {
         while self.committed < id {
             let Some(done) = self.commits.recv().await else { return Ok(false) };
             self.commit(done).await?;
+        }
+        Ok(true)
+    }
+
+    /// Commits the output of the end of the input once a checkpoint holding
+    /// it completes: the final one, or one of the other sinks' (of a
+    /// statement set) that came after this sink's last barrier, for which
+    /// its final part stood in. `false` if the coordinator went away first.
+    async fn commit_final(&mut self) -> Result<bool> {
+        while self.committed < FINAL_CHECKPOINT {
+            let Some(done) = self.commits.recv().await else { return Ok(false) };
+            let holds_final = done == FINAL_CHECKPOINT || self.reported.is_none_or(|last| done > last);
+            self.commit(if holds_final { FINAL_CHECKPOINT } else { done }).await?;
         }
         Ok(true)
     }
@@ -1171,7 +1209,7 @@ impl SinkTask {
         }
         if !stopped {
             self.report(FINAL_CHECKPOINT).await?;
-            self.commit_through(FINAL_CHECKPOINT).await?;
+            self.commit_final().await?;
         }
         self.participant.finished();
         Ok(())

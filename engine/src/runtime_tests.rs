@@ -865,3 +865,68 @@ async fn a_set_cancelled_after_checkpoints_resumes_every_output_with_nothing_los
     }
     Ok(())
 }
+
+/// A set of a short and a long INSERT, each from its own numbers into a
+/// staging sink through a running sum.
+fn short_and_long(store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: [&Arc<Mutex<Visible>>; 2]) -> Pipeline {
+    let output = |(limit, visible): (i64, &Arc<Mutex<Visible>>)| Output {
+        flow: Flow {
+            input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
+            stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
+        },
+        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        schema: schema(),
+    };
+    let mut p = Pipeline {
+        outputs: [20, 1500].into_iter().zip(visible).map(output).collect(),
+        shared_sources: Vec::new(),
+        metrics: JobMetrics::new(),
+        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
+        checkpoints: None,
+    };
+    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
+        store: store.clone(),
+        pipeline: "short-and-long".into(),
+        fingerprint: p.fingerprint(),
+        plan: p.plan_steps(),
+        restored,
+        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
+        last_id: 0,
+    });
+    p
+}
+
+/// One INSERT of a set reaches its end long before the other: its output is
+/// committed with the next checkpoint (its final part standing in for its
+/// part of it), checkpoints go on, a stop returns, and a restore from the
+/// stop's checkpoint finishes both with each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_short_insert_ended_goes_on_checkpointing_and_stops() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("set"), "set");
+    let visible: [Arc<Mutex<Visible>>; 2] = Default::default();
+    let mut job = Job::start(short_and_long(&store, None, [&visible[0], &visible[1]]));
+    let metrics = job.metrics_handle();
+    until("the short INSERT's rows committed", || visible[0].lock().unwrap().rows.len() == 20).await;
+    let after = metrics.checkpoints().completed + 2;
+    until("two more checkpoints", || metrics.checkpoints().completed >= after).await;
+    tokio::time::timeout(Duration::from_secs(20), job.stop()).await.expect("the stop returns")?;
+    let latest = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("the stop's checkpoint");
+    assert!(!latest.finished);
+    let short_sink: Vec<_> = latest.parts.iter().filter(|p| p.owner == Owner::Sink(0)).collect();
+    assert!(!short_sink.is_empty() && short_sink.iter().all(|p| p.rows > 0), "the short sink's final part is in {}: {:?}", latest.id, latest.parts);
+    let long_rows = visible[1].lock().unwrap().rows.len();
+    assert!(long_rows < 1500, "stopped before the long INSERT's end ({long_rows} rows)");
+
+    let restored = Arc::new(RestoredState::load(&store, &latest).await.map_err(|e| EngineError::Internal(e.to_string()))?);
+    let mut job = Job::start(short_and_long(&store, Some(restored), [&visible[0], &visible[1]]));
+    tokio::time::timeout(Duration::from_secs(30), job.wait()).await.expect("the set ends")?;
+    for (i, limit) in [20i64, 1500].into_iter().enumerate() {
+        let mut rows = visible[i].lock().unwrap().rows.clone();
+        rows.sort_unstable();
+        let expected: Vec<i64> = (1..=limit).map(|n| n * (n + 1) / 2).collect();
+        assert_eq!(rows, expected, "output {i}: running sums of 1..={limit}, each once");
+    }
+    Ok(())
+}

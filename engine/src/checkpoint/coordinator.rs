@@ -91,10 +91,11 @@ pub(crate) struct Collector {
     running: BTreeSet<(Owner, usize)>,
     /// The pipeline's sinks.
     sinks: usize,
-    /// The sinks that reached the end of their input (their part of the
-    /// final checkpoint came): all they received is durable, so later
-    /// checkpoints of the others complete without them.
-    sinks_at_end: BTreeSet<usize>,
+    /// The sinks that reached the end of their input, with their part of
+    /// the final checkpoint: it stands for their part of every later
+    /// checkpoint (their flow has ended, so they see no more barriers), and
+    /// a sink commits its final output once such a checkpoint completes.
+    sinks_at_end: BTreeMap<usize, Vec<PartRef>>,
     pending: BTreeMap<u64, Pending>,
     /// The newest checkpoint completed: parts of it or older ones that come
     /// late are ignored.
@@ -113,7 +114,7 @@ impl Collector {
             parallelism,
             running: participants.into_iter().collect(),
             sinks,
-            sinks_at_end: BTreeSet::new(),
+            sinks_at_end: BTreeMap::new(),
             pending: BTreeMap::new(),
             completed,
             aborted: BTreeSet::new(),
@@ -157,7 +158,7 @@ impl Collector {
                 let kind = if checkpoint == crate::runtime::FINAL_CHECKPOINT { "final" } else { "periodic" };
                 self.begin(checkpoint, kind);
                 if let (Owner::Sink(n), crate::runtime::FINAL_CHECKPOINT) = (owner, checkpoint) {
-                    self.sinks_at_end.insert(n);
+                    self.sinks_at_end.insert(n, parts.clone());
                 }
                 if let Some(p) = self.pending.get_mut(&checkpoint) {
                     p.acked.insert((owner, lane));
@@ -179,17 +180,29 @@ impl Collector {
             .iter()
             // Each sink's part is needed: a checkpoint a sink never reached
             // (it stopped first) does not complete, unless the sink reached
-            // the end of its input.
+            // the end of its input (its final part stands in).
             .filter(|(_, p)| {
-                (0..self.sinks).all(|n| self.sinks_at_end.contains(&n) || p.acked.contains(&(Owner::Sink(n), 0)))
-                    && self.running.iter().all(|step| p.acked.contains(step))
+                let acked = |step: &(Owner, usize)| match step {
+                    (Owner::Sink(n), _) => p.acked.contains(step) || self.sinks_at_end.contains_key(n),
+                    _ => p.acked.contains(step),
+                };
+                (0..self.sinks).all(|n| acked(&(Owner::Sink(n), 0))) && self.running.iter().all(acked)
             })
             .map(|(id, _)| *id)
             .collect();
         let mut reports = Vec::new();
         for id in done {
-            let Some(p) = self.pending.remove(&id) else { continue };
+            let Some(mut p) = self.pending.remove(&id) else { continue };
             self.completed = self.completed.max(id);
+            for (n, parts) in &self.sinks_at_end {
+                if !p.acked.contains(&(Owner::Sink(*n), 0)) {
+                    if let Some(config) = &self.config {
+                        for part in parts {
+                            p.parts.push(config.store.copy_part(crate::runtime::FINAL_CHECKPOINT, id, part).await?);
+                        }
+                    }
+                }
+            }
             // A checkpoint subsumes the older ones still pending.
             self.pending.retain(|older, _| *older > id);
             let completed_ms = chrono::Utc::now().timestamp_millis();

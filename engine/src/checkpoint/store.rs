@@ -116,6 +116,12 @@ impl CheckpointStore {
         Ok(PartRef { owner, lane, table, file, rows, bytes, keyed })
     }
 
+    /// The same part in checkpoint `to` as in checkpoint `from`.
+    pub async fn copy_part(&self, from: u64, to: u64, part: &PartRef) -> Result<PartRef, StoreError> {
+        self.store.copy(&self.path(from, &part.file), &self.path(to, &part.file)).await.map_err(|e| self.io(e))?;
+        Ok(part.clone())
+    }
+
     /// Reads a part back as one batch (`None` for an empty part).
     pub async fn read_part(&self, id: u64, part: &PartRef) -> Result<Option<StatePart>, StoreError> {
         let location = self.path(id, &part.file);
