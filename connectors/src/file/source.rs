@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{EngineError, Source, SourceLag};
 
+use super::flat_json::FlatJsonDecoder;
 use super::listing::{list_files, relative, root};
 use super::position::{position_batch, positions_from, FilePosition};
 use super::{io_error, BadData, FileConfig, FileFormat};
@@ -81,6 +82,8 @@ pub struct FileSource {
     unread: Vec<Option<arrow::array::ArrayRef>>,
     /// The decoder of text batches, kept between them.
     batch_decoder: Option<Box<dyn PushDecoder>>,
+    /// JSON's fast path into the decoded columns, if it can decode their types.
+    flat_json: Option<FlatJsonDecoder>,
 }
 
 /// The file being read.
@@ -222,7 +225,19 @@ impl FileSource {
             decoded: None,
             unread: Vec::new(),
             batch_decoder: None,
-        })
+            flat_json: None,
+        }
+        .with_flat_json())
+    }
+
+    /// Sets up JSON's fast path for the columns decoded.
+    fn with_flat_json(mut self) -> Self {
+        let decoded = Arc::clone(self.decoded.as_ref().unwrap_or(self.partitions.file_schema()));
+        self.flat_json = match self.cfg.format {
+            FileFormat::Json => FlatJsonDecoder::new(decoded),
+            FileFormat::Csv | FileFormat::Parquet => None,
+        };
+        self
     }
 
     /// A JSON or CSV source for a query that reads only `columns` (`None`:
@@ -245,7 +260,7 @@ impl FileSource {
                 .collect();
             self.decoded = Some(Arc::new(Schema::new(kept)));
         }
-        self
+        self.with_flat_json()
     }
 
     /// A batch decoded into the read columns, with the unread ones added as NULL.
@@ -423,6 +438,10 @@ impl FileSource {
             return Ok(None);
         }
         let path = text.path.clone();
+        if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode(&block.bytes, block.records.iter().map(|r| (r.start, r.end)))) {
+            self.block = block;
+            return Ok(Some(self.widened(batch).map_err(|e| io_error(&path, e))?));
+        }
         // One decoder for the batches of the source, so that its buffers
         // keep the size they grew to (built per batch, its tape grew anew from
         // an estimate each time); one that failed is dropped.

@@ -1,0 +1,445 @@
+//! A fast path for JSON lines whose records are flat objects.
+//!
+//! arrow-json first builds a tape of every value of every record, then reads
+//! the columns it wants off the tape. For a query that reads two of a
+//! record's seven fields that is most of a file source's time (the
+//! windows-vs-DuckDB benchmark). Here each record is scanned once: the keys
+//! the query reads are found, every other value is skipped without being
+//! parsed, and the values go straight into Arrow builders.
+//!
+//! The fast path decodes only what it decodes exactly as arrow-json does:
+//! strings, integers, floats, booleans, timestamps and nulls, each in the
+//! JSON form arrow-json reads for its column type. At anything else (an
+//! escaped key, a repeated key, a nested value or a string where a read
+//! column wants a number, a missing or null NOT NULL column, invalid JSON)
+//! it gives the batch up, and arrow-json decodes it, or reports its error, as
+//! before.
+
+use std::sync::Arc;
+
+use arrow::array::timezone::Tz;
+use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder};
+use arrow::compute::kernels::cast_utils::string_to_datetime;
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit,
+    UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use arrow::record_batch::RecordBatch;
+
+/// Decodes batches of flat JSON records into `schema`'s columns, or gives up.
+#[derive(Debug)]
+pub(crate) struct FlatJsonDecoder {
+    schema: SchemaRef,
+    /// Per column, its key as it appears between quotes.
+    keys: Vec<Vec<u8>>,
+    kinds: Vec<Kind>,
+}
+
+/// How a column's JSON values become Arrow values.
+#[derive(Debug, Clone)]
+enum Kind {
+    Utf8,
+    Boolean,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+    Float32,
+    Float64,
+    /// The column's type, its unit and its zone (UTC without one).
+    Timestamp(DataType, TimeUnit, Tz),
+}
+
+impl Kind {
+    fn of(data_type: &DataType) -> Option<Kind> {
+        Some(match data_type {
+            DataType::Utf8 => Kind::Utf8,
+            DataType::Boolean => Kind::Boolean,
+            DataType::Int8 => Kind::Int8,
+            DataType::Int16 => Kind::Int16,
+            DataType::Int32 => Kind::Int32,
+            DataType::Int64 => Kind::Int64,
+            DataType::UInt8 => Kind::UInt8,
+            DataType::UInt16 => Kind::UInt16,
+            DataType::UInt32 => Kind::UInt32,
+            DataType::UInt64 => Kind::UInt64,
+            DataType::Float32 => Kind::Float32,
+            DataType::Float64 => Kind::Float64,
+            // arrow-json reads zoneless timestamps as UTC.
+            DataType::Timestamp(unit, tz) => Kind::Timestamp(data_type.clone(), *unit, tz.as_deref().unwrap_or("+00:00").parse().ok()?),
+            _ => return None,
+        })
+    }
+}
+
+/// One value of a record, as it lies in the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Value {
+    /// The key is not in the record.
+    Missing,
+    Null,
+    True,
+    False,
+    /// A number's text.
+    Number(usize, usize),
+    /// A string's text between its quotes, and whether it holds escapes.
+    String(usize, usize, bool),
+}
+
+impl FlatJsonDecoder {
+    /// A decoder into `schema`, if every column has a type it decodes.
+    pub(crate) fn new(schema: SchemaRef) -> Option<Self> {
+        let kinds = schema.fields().iter().map(|f| Kind::of(f.data_type())).collect::<Option<Vec<_>>>()?;
+        let keys = schema.fields().iter().map(|f| f.name().as_bytes().to_vec()).collect();
+        Some(FlatJsonDecoder { schema, keys, kinds })
+    }
+
+    /// The records of `text` (the `(start, end)` of each, in order) as one
+    /// batch, or `None` where arrow-json has to decide.
+    pub(crate) fn decode(&self, text: &[u8], records: impl ExactSizeIterator<Item = (usize, usize)>) -> Option<RecordBatch> {
+        let text = simdutf8::basic::from_utf8(text).ok()?;
+        let rows = records.len();
+        let mut columns: Vec<Builder> = self.kinds.iter().map(|k| Builder::new(k, rows)).collect();
+        let mut values = vec![Value::Missing; self.keys.len()];
+        for (start, end) in records {
+            values.fill(Value::Missing);
+            scan_record(text.as_bytes(), start, end, &self.keys, &mut values)?;
+            for ((builder, value), field) in columns.iter_mut().zip(&values).zip(self.schema.fields()) {
+                if matches!(value, Value::Missing | Value::Null) && !field.is_nullable() {
+                    return None;
+                }
+                builder.append(text, *value)?;
+            }
+        }
+        let arrays = columns.into_iter().map(Builder::finish).collect::<Option<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(Arc::clone(&self.schema), arrays).ok()
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end && matches!(b[i], b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the quote that closes the string whose text starts at `i`,
+/// and whether the string holds escapes.
+fn string_end(b: &[u8], mut i: usize, end: usize) -> Option<(usize, bool)> {
+    let mut escaped = false;
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..end)?)?;
+        if b[j] == b'"' {
+            return Some((j, escaped));
+        }
+        escaped = true;
+        i = j + 2;
+    }
+}
+
+/// Just past the nested object or array that starts at `i` (strings inside
+/// it skipped whole).
+fn nested_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i < end {
+        match b[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            b'"' => i = string_end(b, i + 1, end)?.0,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Just past the bare word or number that starts at `i`.
+fn scalar_end(b: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
+        i += 1;
+    }
+    i
+}
+
+/// Scans the object in `b[start..end]`, setting `values[k]` to the value of
+/// `keys[k]`; `None` if it is not one flat-enough object.
+fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mut [Value]) -> Option<()> {
+    let mut i = skip_ws(b, start, end);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1, end);
+    if b.get(i) == Some(&b'}') {
+        return (skip_ws(b, i + 1, end) == end).then_some(());
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (key_end, escaped) = string_end(b, i + 1, end)?;
+        if escaped {
+            return None;
+        }
+        let key = &b[i + 1..key_end];
+        i = skip_ws(b, key_end + 1, end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1, end);
+        let slot = keys.iter().position(|k| k.as_slice() == key);
+        let value = match *b.get(i)? {
+            b'"' => {
+                let (close, escaped) = string_end(b, i + 1, end)?;
+                let value = Value::String(i + 1, close, escaped);
+                i = close + 1;
+                value
+            }
+            b'{' | b'[' if slot.is_none() => {
+                i = nested_end(b, i, end)?;
+                Value::Missing
+            }
+            b'{' | b'[' => return None,
+            _ => {
+                let word_end = scalar_end(b, i, end);
+                let value = match &b[i..word_end] {
+                    b"null" => Value::Null,
+                    b"true" => Value::True,
+                    b"false" => Value::False,
+                    number if is_json_number(number) => Value::Number(i, word_end),
+                    _ => return None,
+                };
+                i = word_end;
+                value
+            }
+        };
+        if let Some(k) = slot {
+            if values[k] != Value::Missing {
+                return None;
+            }
+            values[k] = value;
+        }
+        i = skip_ws(b, i, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1, end),
+            b'}' => return (skip_ws(b, i + 1, end) == end).then_some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+fn is_json_number(s: &[u8]) -> bool {
+    let digits = |s: &[u8], i: usize| i + s[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = usize::from(s.first() == Some(&b'-'));
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(s, i),
+        _ => return false,
+    }
+    if s.get(i) == Some(&b'.') {
+        let after = digits(s, i + 1);
+        if after == i + 1 {
+            return false;
+        }
+        i = after;
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let after = digits(s, i);
+        if after == i {
+            return false;
+        }
+        i = after;
+    }
+    i == s.len()
+}
+
+/// A plain integer's text (no fraction, no exponent).
+fn is_integer(s: &str) -> bool {
+    !s.bytes().any(|c| matches!(c, b'.' | b'e' | b'E'))
+}
+
+/// A column being built.
+enum Builder {
+    Utf8(StringBuilder),
+    Boolean(BooleanBuilder),
+    Int8(PrimitiveBuilder<Int8Type>),
+    Int16(PrimitiveBuilder<Int16Type>),
+    Int32(PrimitiveBuilder<Int32Type>),
+    Int64(PrimitiveBuilder<Int64Type>),
+    UInt8(PrimitiveBuilder<UInt8Type>),
+    UInt16(PrimitiveBuilder<UInt16Type>),
+    UInt32(PrimitiveBuilder<UInt32Type>),
+    UInt64(PrimitiveBuilder<UInt64Type>),
+    Float32(PrimitiveBuilder<Float32Type>),
+    Float64(PrimitiveBuilder<Float64Type>),
+    Timestamp(TimestampColumn),
+}
+
+/// A timestamp column, with the last string parsed (consecutive records
+/// often carry the same time).
+struct TimestampColumn {
+    values: PrimitiveBuilder<Int64Type>,
+    data_type: DataType,
+    unit: TimeUnit,
+    tz: Tz,
+    last: Option<(String, i64)>,
+}
+
+impl TimestampColumn {
+    /// As arrow-json's timestamp decoder: a string in the column's zone
+    /// (UTC without one), or a number of the column's unit.
+    fn append(&mut self, text: &str, value: Value) -> Option<()> {
+        let v = match value {
+            Value::Missing | Value::Null => {
+                self.values.append_null();
+                return Some(());
+            }
+            Value::String(a, b, false) => {
+                let s = &text[a..b];
+                match &self.last {
+                    Some((last, v)) if last == s => *v,
+                    _ => {
+                        let date = string_to_datetime(&self.tz, s).ok()?;
+                        let v = match self.unit {
+                            TimeUnit::Second => date.timestamp(),
+                            TimeUnit::Millisecond => date.timestamp_millis(),
+                            TimeUnit::Microsecond => date.timestamp_micros(),
+                            TimeUnit::Nanosecond => date.timestamp_nanos_opt()?,
+                        };
+                        self.last = Some((s.to_string(), v));
+                        v
+                    }
+                }
+            }
+            Value::Number(a, b) if is_integer(&text[a..b]) => text[a..b].parse().ok()?,
+            _ => return None,
+        };
+        self.values.append_value(v);
+        Some(())
+    }
+
+    /// The values as the column's timestamp type (the same buffers).
+    fn finish(mut self) -> Option<ArrayRef> {
+        arrow::compute::cast(&self.values.finish(), &self.data_type).ok()
+    }
+}
+
+/// Appends an integer column's value: a plain integer that fits, or null.
+fn append_integer<T>(builder: &mut PrimitiveBuilder<T>, text: &str, value: Value) -> Option<()>
+where
+    T: ArrowPrimitiveType,
+    T::Native: std::str::FromStr,
+{
+    match value {
+        Value::Missing | Value::Null => builder.append_null(),
+        Value::Number(a, b) if is_integer(&text[a..b]) => builder.append_value(text[a..b].parse().ok()?),
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Appends a float column's value: any JSON number (correctly rounded, as
+/// arrow-json's parser) that stays finite, or null.
+fn append_float<T>(builder: &mut PrimitiveBuilder<T>, text: &str, value: Value, finite: fn(&T::Native) -> bool) -> Option<()>
+where
+    T: ArrowPrimitiveType,
+    T::Native: std::str::FromStr,
+{
+    match value {
+        Value::Missing | Value::Null => builder.append_null(),
+        Value::Number(a, b) => builder.append_value(text[a..b].parse().ok().filter(finite)?),
+        _ => return None,
+    }
+    Some(())
+}
+
+impl Builder {
+    fn new(kind: &Kind, rows: usize) -> Self {
+        match kind {
+            Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(rows)),
+            Kind::Int8 => Builder::Int8(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Int16 => Builder::Int16(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Int32 => Builder::Int32(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Int64 => Builder::Int64(PrimitiveBuilder::with_capacity(rows)),
+            Kind::UInt8 => Builder::UInt8(PrimitiveBuilder::with_capacity(rows)),
+            Kind::UInt16 => Builder::UInt16(PrimitiveBuilder::with_capacity(rows)),
+            Kind::UInt32 => Builder::UInt32(PrimitiveBuilder::with_capacity(rows)),
+            Kind::UInt64 => Builder::UInt64(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Float32 => Builder::Float32(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Float64 => Builder::Float64(PrimitiveBuilder::with_capacity(rows)),
+            Kind::Timestamp(data_type, unit, tz) => Builder::Timestamp(TimestampColumn {
+                values: PrimitiveBuilder::with_capacity(rows),
+                data_type: data_type.clone(),
+                unit: *unit,
+                tz: *tz,
+                last: None,
+            }),
+        }
+    }
+
+    fn append(&mut self, text: &str, value: Value) -> Option<()> {
+        match self {
+            Builder::Utf8(b) => match value {
+                Value::Missing | Value::Null => b.append_null(),
+                Value::String(s, e, false) => b.append_value(&text[s..e]),
+                // The quotes are around the text: JSON's own unescaping.
+                Value::String(s, e, true) => b.append_value(serde_json::from_str::<String>(&text[s - 1..e + 1]).ok()?),
+                _ => return None,
+            },
+            Builder::Boolean(b) => match value {
+                Value::Missing | Value::Null => b.append_null(),
+                Value::True => b.append_value(true),
+                Value::False => b.append_value(false),
+                _ => return None,
+            },
+            Builder::Int8(b) => return append_integer(b, text, value),
+            Builder::Int16(b) => return append_integer(b, text, value),
+            Builder::Int32(b) => return append_integer(b, text, value),
+            Builder::Int64(b) => return append_integer(b, text, value),
+            Builder::UInt8(b) => return append_integer(b, text, value),
+            Builder::UInt16(b) => return append_integer(b, text, value),
+            Builder::UInt32(b) => return append_integer(b, text, value),
+            Builder::UInt64(b) => return append_integer(b, text, value),
+            Builder::Float32(b) => return append_float(b, text, value, |v| v.is_finite()),
+            Builder::Float64(b) => return append_float(b, text, value, |v| v.is_finite()),
+            Builder::Timestamp(t) => return t.append(text, value),
+        }
+        Some(())
+    }
+
+    fn finish(self) -> Option<ArrayRef> {
+        Some(match self {
+            Builder::Utf8(mut b) => Arc::new(b.finish()),
+            Builder::Boolean(mut b) => Arc::new(b.finish()),
+            Builder::Int8(mut b) => Arc::new(b.finish()),
+            Builder::Int16(mut b) => Arc::new(b.finish()),
+            Builder::Int32(mut b) => Arc::new(b.finish()),
+            Builder::Int64(mut b) => Arc::new(b.finish()),
+            Builder::UInt8(mut b) => Arc::new(b.finish()),
+            Builder::UInt16(mut b) => Arc::new(b.finish()),
+            Builder::UInt32(mut b) => Arc::new(b.finish()),
+            Builder::UInt64(mut b) => Arc::new(b.finish()),
+            Builder::Float32(mut b) => Arc::new(b.finish()),
+            Builder::Float64(mut b) => Arc::new(b.finish()),
+            Builder::Timestamp(t) => return t.finish(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "flat_json_tests.rs"]
+mod tests;

@@ -1,0 +1,145 @@
+//! The fast path against arrow-json: every batch it decodes, arrow-json
+//! decodes the same; what it gives up on is what arrow-json must decide.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+fn columns(nullable: bool) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("s", DataType::Utf8, nullable),
+        Field::new("i", DataType::Int64, true),
+        Field::new("small", DataType::Int16, true),
+        Field::new("u", DataType::UInt64, true),
+        Field::new("f", DataType::Float64, true),
+        Field::new("g", DataType::Float32, true),
+        Field::new("b", DataType::Boolean, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        Field::new("zoned", DataType::Timestamp(TimeUnit::Microsecond, Some("Europe/Amsterdam".into())), true),
+    ]))
+}
+
+/// `lines` as one block of records ended by `\n`, with their spans.
+fn block(lines: &[String]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let mut text = Vec::new();
+    let mut spans = Vec::new();
+    for line in lines {
+        let start = text.len();
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
+        spans.push((start, text.len()));
+    }
+    (text, spans)
+}
+
+fn arrow_json(schema: &SchemaRef, text: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(schema)).with_batch_size(1 << 16).build_decoder()?;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let used = decoder.decode(rest)?;
+        if used == 0 {
+            break;
+        }
+        rest = &rest[used..];
+    }
+    Ok(decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema))))
+}
+
+/// Decodes `lines` both ways; returns whether the fast path took them. Where
+/// it did, arrow-json must give the same batch.
+fn compare(schema: &SchemaRef, lines: &[String]) -> bool {
+    let (text, spans) = block(lines);
+    let decoder = FlatJsonDecoder::new(Arc::clone(schema)).expect("supported types");
+    let Some(fast) = decoder.decode(&text, spans.into_iter()) else { return false };
+    match arrow_json(schema, &text) {
+        Ok(expected) => assert_eq!(fast, expected, "{lines:?}"),
+        Err(e) => panic!("the fast path decoded what arrow-json refuses ({e}): {lines:?}"),
+    }
+    true
+}
+
+#[test]
+fn plain_records_are_decoded_as_arrow_json_does() {
+    let schema = columns(true);
+    let lines: Vec<String> = vec![
+        r#"{"s":"a","i":1,"small":-3,"u":18446744073709551615,"f":1.5,"g":0.1,"b":true,"ts":"2024-01-01T00:00:00","zoned":"2024-03-31T01:30:00"}"#.into(),
+        r#"{ "ts" : "2024-01-01 00:00:01.250" , "s" : "b c", "f": 2e3, "g": -1.25E-2, "b": false, "i": -0, "zoned": 1700000000000000 }"#.into(),
+        r#"{"s":null,"i":null,"ts":null,"extra":{"nested":[1,{"x":"}"}],"y":"]"},"list":[1,2,[3]],"str":"x\"y"}"#.into(),
+        r#"{}"#.into(),
+        r#"{"s":"tab\tnew\nline \u00e9 \ud83d\ude00 \\ \/","ts":"2024-06-30T23:59:59.999Z","zoned":"2024-06-30T23:59:59+02:00"}"#.into(),
+        r#"{"i":9223372036854775807,"small":32767,"f":-0.0,"g":3.4028235e38,"ts":1704067200000}"#.into(),
+        "  {\"s\":\"ütf-8 ✓\",\"i\":42}\r".into(),
+    ];
+    for line in &lines {
+        assert!(compare(&schema, std::slice::from_ref(line)), "the fast path takes {line}");
+    }
+    assert!(compare(&schema, &lines), "the fast path takes plain records");
+}
+
+#[test]
+fn what_arrow_json_must_decide_is_given_up() {
+    let schema = columns(true);
+    let not_taken = [
+        r#"{"i":"12"}"#,                  // a string for a number
+        r#"{"i":1.5}"#,                   // a fraction for an integer
+        r#"{"i":1e3}"#,                   // an exponent for an integer
+        r#"{"small":40000}"#,             // out of range
+        r#"{"s":5}"#,                     // a number for a string
+        r#"{"b":"true"}"#,                // a string for a boolean
+        r#"{"s":{"a":1}}"#,               // a nested value in a read column
+        r#"{"s":"a","s":"b"}"#,           // a repeated key
+        r#"{"s\u0041":"a"}"#,             // an escaped key
+        r#"{"f":1e400}"#,                 // not finite
+        r#"{"ts":"yesterday"}"#,          // not a time
+        r#"{"i":01}"#,                    // not a JSON number
+        r#"{"i":tru}"#,                   // not a JSON word
+        r#"{"s":"a"} {"s":"b"}"#,         // two records on a line
+        r#"[1,2]"#,                       // not an object
+        r#"{"s":"a""#,                    // cut short
+        r#"{"s":"a",}"#,                  // a trailing comma
+        r#"{"s":"\ud800"}"#,              // a lone surrogate
+    ];
+    for line in not_taken {
+        let lines = vec![r#"{"s":"fine"}"#.to_string(), line.to_string()];
+        assert!(!compare(&schema, &lines), "the fast path gives up on {line}");
+    }
+    let strict = columns(false);
+    assert!(!compare(&strict, &[r#"{"i":1}"#.to_string()]), "a missing NOT NULL column");
+    assert!(!compare(&strict, &[r#"{"s":null}"#.to_string()]), "a null NOT NULL column");
+    assert!(compare(&strict, &[r#"{"s":"here"}"#.to_string()]));
+    let nested = Arc::new(Schema::new(vec![Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Int64, true))), true)]));
+    assert!(FlatJsonDecoder::new(nested).is_none(), "a list column is arrow-json's");
+}
+
+/// Random records over a small alphabet of values, keys and spacing: every
+/// batch the fast path takes matches arrow-json, and it takes most.
+#[test]
+fn random_records_agree_with_arrow_json() {
+    let schema = columns(true);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let strings = [r#""a""#, r#""""#, r#""x\"y""#, r#""\u00fc""#, "null", "7"];
+    let ints = ["0", "-12", "9007199254740993", "null", "1.0", r#""3""#];
+    let floats = ["0.5", "-1e-7", "12", "null", "1E2", "true"];
+    let times = [r#""2024-01-01T00:00:00""#, r#""2024-01-01 12:00:00.5""#, "1704067200000", "null", r#""2024-13-01""#];
+    let mut taken = 0;
+    for _ in 0..400 {
+        let lines: Vec<String> = (0..rng.random_range(1..6))
+            .map(|_| {
+                let mut fields = Vec::new();
+                for (key, pool) in [("s", &strings[..]), ("i", &ints[..]), ("f", &floats[..]), ("ts", &times[..]), ("other", &strings[..])] {
+                    if rng.random_bool(0.8) {
+                        let value = pool[rng.random_range(0..pool.len())];
+                        let space = if rng.random_bool(0.2) { " " } else { "" };
+                        fields.push(format!("{space}\"{key}\"{space}:{space}{value}"));
+                    }
+                }
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        taken += usize::from(compare(&schema, &lines));
+    }
+    assert!(taken > 20, "the fast path took {taken} of 400 batches");
+}
