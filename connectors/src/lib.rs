@@ -11,6 +11,7 @@ pub mod conform;
 pub mod error;
 pub mod file;
 pub mod file_table;
+mod flat_json;
 pub mod generator;
 pub mod hive;
 pub mod ingest;

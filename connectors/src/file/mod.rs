@@ -25,7 +25,6 @@
 
 pub(crate) mod listing;
 pub(crate) mod position;
-mod flat_json;
 mod sink;
 mod source;
 #[cfg(test)]

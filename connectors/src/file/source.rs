@@ -35,11 +35,11 @@ use async_trait::async_trait;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_engine::{EngineError, Source, SourceLag};
 
-use super::flat_json::FlatJsonDecoder;
 use super::listing::{list_files, relative, root};
 use super::position::{position_batch, positions_from, FilePosition};
 use super::{io_error, BadData, FileConfig, FileFormat};
 use crate::conform::Conformer;
+use crate::flat_json::FlatJsonDecoder;
 use crate::error::Result;
 use crate::hive::PartitionColumns;
 use crate::registry::Shard;
@@ -438,7 +438,7 @@ impl FileSource {
             return Ok(None);
         }
         let path = text.path.clone();
-        if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode(&block.bytes, block.records.iter().map(|r| (r.start, r.end)))) {
+        if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode(block.records.iter().map(|r| block.text(r)))) {
             self.block = block;
             return Ok(Some(self.widened(batch).map_err(|e| io_error(&path, e))?));
         }

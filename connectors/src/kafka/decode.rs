@@ -8,16 +8,23 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 use super::KafkaFormat;
+use crate::flat_json::FlatJsonDecoder;
 
 /// Decodes values of one format into batches of one schema.
 pub struct RecordDecoder {
     schema: SchemaRef,
     format: KafkaFormat,
+    /// JSON's fast path, if it decodes the schema's types.
+    flat_json: Option<FlatJsonDecoder>,
 }
 
 impl RecordDecoder {
     pub fn new(schema: SchemaRef, format: KafkaFormat) -> Self {
-        RecordDecoder { schema, format }
+        let flat_json = match format {
+            KafkaFormat::Json | KafkaFormat::AvroConfluent => FlatJsonDecoder::new(Arc::clone(&schema)),
+            KafkaFormat::Csv | KafkaFormat::Raw => None,
+        };
+        RecordDecoder { schema, format, flat_json }
     }
 
     /// The schema values decode into.
@@ -30,6 +37,9 @@ impl RecordDecoder {
         match self.format {
             // Avro values reach the decoder already turned into JSON.
             KafkaFormat::Json | KafkaFormat::AvroConfluent => {
+                if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode(values.iter().copied())) {
+                    return Ok(batch);
+                }
                 let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.schema))
                     .with_batch_size(values.len().max(1))
                     .build_decoder()

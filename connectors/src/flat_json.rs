@@ -1,4 +1,5 @@
-//! A fast path for JSON lines whose records are flat objects.
+//! A fast path for JSON records that are flat objects (JSON lines files,
+//! Kafka values).
 //!
 //! arrow-json first builds a tape of every value of every record, then reads
 //! the columns it wants off the tape. For a query that reads two of a
@@ -98,16 +99,16 @@ impl FlatJsonDecoder {
         Some(FlatJsonDecoder { schema, keys, kinds })
     }
 
-    /// The records of `text` (the `(start, end)` of each, in order) as one
-    /// batch, or `None` where arrow-json has to decide.
-    pub(crate) fn decode(&self, text: &[u8], records: impl ExactSizeIterator<Item = (usize, usize)>) -> Option<RecordBatch> {
-        let text = simdutf8::basic::from_utf8(text).ok()?;
+    /// `records` (one JSON object each) as one batch, or `None` where
+    /// arrow-json has to decide.
+    pub(crate) fn decode<'a>(&self, records: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
         let rows = records.len();
         let mut columns: Vec<Builder> = self.kinds.iter().map(|k| Builder::new(k, rows)).collect();
         let mut values = vec![Value::Missing; self.keys.len()];
-        for (start, end) in records {
+        for record in records {
+            let text = simdutf8::basic::from_utf8(record).ok()?;
             values.fill(Value::Missing);
-            scan_record(text.as_bytes(), start, end, &self.keys, &mut values)?;
+            scan_record(record, 0, record.len(), &self.keys, &mut values)?;
             for ((builder, value), field) in columns.iter_mut().zip(&values).zip(self.schema.fields()) {
                 if matches!(value, Value::Missing | Value::Null) && !field.is_nullable() {
                     return None;
