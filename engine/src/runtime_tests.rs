@@ -415,6 +415,8 @@ impl Operator for RunningSum {
 #[derive(Default, Debug)]
 struct Visible {
     rows: Vec<i64>,
+    /// The newest checkpoint whose rows were made visible.
+    committed_through: u64,
 }
 
 /// Stages rows per barrier and makes them visible when their checkpoint
@@ -458,11 +460,14 @@ impl Sink for StagingSink {
     async fn begin_checkpoints(&mut self, restored: Option<RecordBatch>) -> Result<()> {
         use datafusion::arrow::array::AsArray;
         if let Some(batch) = restored {
+            let ids = batch.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
             let values = batch.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
-            // The restored checkpoint completed, but may not have been committed.
+            // The restored checkpoint completed, but may not have been
+            // committed: its rows staged after the last commit are not visible.
             let mut visible = self.visible.lock().unwrap();
-            for v in values.values().iter() {
-                if !visible.rows.contains(v) {
+            let through = visible.committed_through;
+            for (id, v) in ids.values().iter().zip(values.values().iter()) {
+                if *id as u64 > through {
                     visible.rows.push(*v);
                 }
             }
@@ -475,13 +480,29 @@ impl Sink for StagingSink {
     async fn commit(&mut self, checkpoint: u64) -> Result<()> {
         let (done, later): (Vec<_>, Vec<_>) = self.staged.drain(..).partition(|(id, _)| *id <= checkpoint);
         self.staged = later;
-        self.visible.lock().unwrap().rows.extend(done.into_iter().map(|(_, v)| v));
+        let mut visible = self.visible.lock().unwrap();
+        visible.rows.extend(done.into_iter().map(|(_, v)| v));
+        visible.committed_through = visible.committed_through.max(checkpoint);
         Ok(())
     }
 }
 
+/// `p` checkpointed under `name` into `store`, restored from `restored`.
+fn checkpointed_as(mut p: Pipeline, name: &str, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>) -> Pipeline {
+    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
+        store: store.clone(),
+        pipeline: name.into(),
+        fingerprint: p.fingerprint(),
+        plan: p.plan_steps(),
+        restored,
+        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
+        last_id: 0,
+    });
+    p
+}
+
 fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: &Arc<Mutex<Visible>>) -> Pipeline {
-    let mut p = Pipeline::new(
+    let p = Pipeline::new(
         Flow {
             input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
             stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
@@ -491,17 +512,7 @@ fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored
         JobMetrics::new(),
         JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
     );
-    let config = crate::checkpoint::CheckpointConfig {
-        store: store.clone(),
-        pipeline: "test".into(),
-        fingerprint: p.fingerprint(),
-        plan: p.plan_steps(),
-        restored,
-        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
-        last_id: 0,
-    };
-    p.checkpoints = Some(config);
-    p
+    checkpointed_as(p, "test", store, restored)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,7 +717,7 @@ fn checkpointed_union(limits: [i64; 2], store: &crate::checkpoint::CheckpointSto
         stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
     };
     let union = crate::operators::UnionAll::try_new(schema(), &[schema(), schema()])?;
-    let mut p = Pipeline::new(
+    let p = Pipeline::new(
         Flow {
             input: FlowInput::Union(Box::new(crate::pipeline::UnionInput {
                 inputs: limits.into_iter().map(branch).collect(),
@@ -719,16 +730,7 @@ fn checkpointed_union(limits: [i64; 2], store: &crate::checkpoint::CheckpointSto
         JobMetrics::new(),
         JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
     );
-    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
-        store: store.clone(),
-        pipeline: "union".into(),
-        fingerprint: p.fingerprint(),
-        plan: p.plan_steps(),
-        restored,
-        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
-        last_id: 0,
-    });
-    Ok(p)
+    Ok(checkpointed_as(p, "union", store, restored))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,23 +778,14 @@ fn checkpointed_set(limit: i64, store: &crate::checkpoint::CheckpointStore, rest
         sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
         schema: schema(),
     };
-    let mut p = Pipeline {
+    let p = Pipeline {
         outputs: visible.into_iter().map(output).collect(),
         shared_sources: vec![SharedSource { lanes: vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })] }],
         metrics: JobMetrics::new(),
         options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
         checkpoints: None,
     };
-    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
-        store: store.clone(),
-        pipeline: "set".into(),
-        fingerprint: p.fingerprint(),
-        plan: p.plan_steps(),
-        restored,
-        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
-        last_id: 0,
-    });
-    p
+    checkpointed_as(p, "set", store, restored)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -877,23 +870,14 @@ fn short_and_long(store: &crate::checkpoint::CheckpointStore, restored: Option<A
         sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
         schema: schema(),
     };
-    let mut p = Pipeline {
+    let p = Pipeline {
         outputs: [20, 1500].into_iter().zip(visible).map(output).collect(),
         shared_sources: Vec::new(),
         metrics: JobMetrics::new(),
         options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
         checkpoints: None,
     };
-    p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
-        store: store.clone(),
-        pipeline: "short-and-long".into(),
-        fingerprint: p.fingerprint(),
-        plan: p.plan_steps(),
-        restored,
-        timeout: crate::checkpoint::DEFAULT_TIMEOUT,
-        last_id: 0,
-    });
-    p
+    checkpointed_as(p, "short-and-long", store, restored)
 }
 
 /// One INSERT of a set reaches its end long before the other: its output is
