@@ -19,7 +19,7 @@
 use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
-use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder};
+use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder, StringViewBuilder};
 use arrow::compute::kernels::cast_utils::string_to_datetime;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit,
@@ -40,6 +40,7 @@ pub(crate) struct FlatJsonDecoder {
 #[derive(Debug, Clone)]
 enum Kind {
     Utf8,
+    Utf8View,
     Boolean,
     Int8,
     Int16,
@@ -59,6 +60,7 @@ impl Kind {
     fn of(data_type: &DataType) -> Option<Kind> {
         Some(match data_type {
             DataType::Utf8 => Kind::Utf8,
+            DataType::Utf8View => Kind::Utf8View,
             DataType::Boolean => Kind::Boolean,
             DataType::Int8 => Kind::Int8,
             DataType::Int16 => Kind::Int16,
@@ -272,9 +274,20 @@ fn is_integer(s: &str) -> bool {
     !s.bytes().any(|c| matches!(c, b'.' | b'e' | b'E'))
 }
 
+/// A string value's text, unescaped as JSON does; `None` for any other value.
+fn json_string(text: &str, value: Value) -> Option<std::borrow::Cow<'_, str>> {
+    match value {
+        Value::String(s, e, false) => Some(std::borrow::Cow::Borrowed(&text[s..e])),
+        // The quotes are around the text: JSON's own unescaping.
+        Value::String(s, e, true) => serde_json::from_str::<String>(&text[s - 1..e + 1]).ok().map(std::borrow::Cow::Owned),
+        _ => None,
+    }
+}
+
 /// A column being built.
 enum Builder {
     Utf8(StringBuilder),
+    Utf8View(StringViewBuilder),
     Boolean(BooleanBuilder),
     Int8(PrimitiveBuilder<Int8Type>),
     Int16(PrimitiveBuilder<Int16Type>),
@@ -371,6 +384,7 @@ impl Builder {
     fn new(kind: &Kind, rows: usize) -> Self {
         match kind {
             Kind::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            Kind::Utf8View => Builder::Utf8View(StringViewBuilder::with_capacity(rows)),
             Kind::Boolean => Builder::Boolean(BooleanBuilder::with_capacity(rows)),
             Kind::Int8 => Builder::Int8(PrimitiveBuilder::with_capacity(rows)),
             Kind::Int16 => Builder::Int16(PrimitiveBuilder::with_capacity(rows)),
@@ -396,10 +410,11 @@ impl Builder {
         match self {
             Builder::Utf8(b) => match value {
                 Value::Missing | Value::Null => b.append_null(),
-                Value::String(s, e, false) => b.append_value(&text[s..e]),
-                // The quotes are around the text: JSON's own unescaping.
-                Value::String(s, e, true) => b.append_value(serde_json::from_str::<String>(&text[s - 1..e + 1]).ok()?),
-                _ => return None,
+                value => b.append_value(json_string(text, value)?.as_ref()),
+            },
+            Builder::Utf8View(b) => match value {
+                Value::Missing | Value::Null => b.append_null(),
+                value => b.append_value(json_string(text, value)?.as_ref()),
             },
             Builder::Boolean(b) => match value {
                 Value::Missing | Value::Null => b.append_null(),
@@ -425,6 +440,7 @@ impl Builder {
     fn finish(self) -> Option<ArrayRef> {
         Some(match self {
             Builder::Utf8(mut b) => Arc::new(b.finish()),
+            Builder::Utf8View(mut b) => Arc::new(b.finish()),
             Builder::Boolean(mut b) => Arc::new(b.finish()),
             Builder::Int8(mut b) => Arc::new(b.finish()),
             Builder::Int16(mut b) => Arc::new(b.finish()),

@@ -11,6 +11,7 @@ use super::*;
 fn columns(nullable: bool) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("s", DataType::Utf8, nullable),
+        Field::new("v", DataType::Utf8View, true),
         Field::new("i", DataType::Int64, true),
         Field::new("small", DataType::Int16, true),
         Field::new("u", DataType::UInt64, true),
@@ -59,11 +60,11 @@ fn compare(schema: &SchemaRef, lines: &[String]) -> bool {
 fn plain_records_are_decoded_as_arrow_json_does() {
     let schema = columns(true);
     let lines: Vec<String> = vec![
-        r#"{"s":"a","i":1,"small":-3,"u":18446744073709551615,"f":1.5,"g":0.1,"b":true,"ts":"2024-01-01T00:00:00","zoned":"2024-03-31T01:30:00"}"#.into(),
+        r#"{"s":"a","v":"a string longer than twelve bytes","i":1,"small":-3,"u":18446744073709551615,"f":1.5,"g":0.1,"b":true,"ts":"2024-01-01T00:00:00","zoned":"2024-03-31T01:30:00"}"#.into(),
         r#"{ "ts" : "2024-01-01 00:00:01.250" , "s" : "b c", "f": 2e3, "g": -1.25E-2, "b": false, "i": -0, "zoned": 1700000000000000 }"#.into(),
         r#"{"s":null,"i":null,"ts":null,"extra":{"nested":[1,{"x":"}"}],"y":"]"},"list":[1,2,[3]],"str":"x\"y"}"#.into(),
         r#"{}"#.into(),
-        r#"{"s":"tab\tnew\nline \u00e9 \ud83d\ude00 \\ \/","ts":"2024-06-30T23:59:59.999Z","zoned":"2024-06-30T23:59:59+02:00"}"#.into(),
+        r#"{"s":"tab\tnew\nline \u00e9 \ud83d\ude00 \\ \/","v":"short \"q\"","ts":"2024-06-30T23:59:59.999Z","zoned":"2024-06-30T23:59:59+02:00"}"#.into(),
         r#"{"i":9223372036854775807,"small":32767,"f":-0.0,"g":3.4028235e38,"ts":1704067200000}"#.into(),
         "  {\"s\":\"ütf-8 ✓\",\"i\":42}\r".into(),
     ];
@@ -82,6 +83,7 @@ fn what_arrow_json_must_decide_is_given_up() {
         r#"{"i":1e3}"#,                   // an exponent for an integer
         r#"{"small":40000}"#,             // out of range
         r#"{"s":5}"#,                     // a number for a string
+        r#"{"v":true}"#,                  // a word for a string
         r#"{"b":"true"}"#,                // a string for a boolean
         r#"{"s":{"a":1}}"#,               // a nested value in a read column
         r#"{"s":"a","s":"b"}"#,           // a repeated key
@@ -123,7 +125,7 @@ fn random_records_agree_with_arrow_json() {
         let lines: Vec<String> = (0..rng.random_range(1..6))
             .map(|_| {
                 let mut fields = Vec::new();
-                for (key, pool) in [("s", &strings[..]), ("i", &ints[..]), ("f", &floats[..]), ("ts", &times[..]), ("other", &strings[..])] {
+                for (key, pool) in [("s", &strings[..]), ("v", &strings[..]), ("i", &ints[..]), ("f", &floats[..]), ("ts", &times[..]), ("other", &strings[..])] {
                     if rng.random_bool(0.8) {
                         let value = pool[rng.random_range(0..pool.len())];
                         let space = if rng.random_bool(0.2) { " " } else { "" };
