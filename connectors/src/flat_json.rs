@@ -21,6 +21,7 @@ use std::sync::Arc;
 use arrow::array::timezone::Tz;
 use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder, StringViewBuilder};
 use arrow::compute::kernels::cast_utils::string_to_datetime;
+use chrono::Timelike;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit,
     UInt16Type, UInt32Type, UInt64Type, UInt8Type,
@@ -133,6 +134,16 @@ fn skip_ws(b: &[u8], mut i: usize, end: usize) -> usize {
 /// The index of the quote that closes the string whose text starts at `i`,
 /// and whether the string holds escapes.
 fn string_end(b: &[u8], mut i: usize, end: usize) -> Option<(usize, bool)> {
+    // Most keys and values are short: look at their first bytes one by one
+    // before handing a long one to memchr.
+    let short = end.min(i + 24);
+    while i < short {
+        match b[i] {
+            b'"' => return Some((i, false)),
+            b'\\' => break,
+            _ => i += 1,
+        }
+    }
     let mut escaped = false;
     loop {
         let j = i + memchr::memchr2(b'"', b'\\', b.get(i..end)?)?;
@@ -198,7 +209,7 @@ fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mu
             return None;
         }
         i = skip_ws(b, i + 1, end);
-        let slot = keys.iter().position(|k| k.as_slice() == key);
+        let slot = keys.iter().position(|k| k.len() == key.len() && k.first() == key.first() && k.as_slice() == key);
         let value = match *b.get(i)? {
             b'"' => {
                 let (close, escaped) = string_end(b, i + 1, end)?;
@@ -309,7 +320,31 @@ struct TimestampColumn {
     data_type: DataType,
     unit: TimeUnit,
     tz: Tz,
+    /// The zone is UTC: plain times take [`plain_utc`].
+    utc: bool,
     last: Option<(String, i64)>,
+}
+
+/// A time in the plain form `YYYY-MM-DD[T ]HH:MM:SS[.fraction]` (no zone) as
+/// UTC, read directly; `None` for any other form (or an invalid date), which
+/// `string_to_datetime` then reads (it reads this form the same).
+fn plain_utc(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let number = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let nanos = match &b[19..] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => number(20, b.len())? * 10u32.pow(9 - digits.len() as u32),
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(number(11, 13)?, number(14, 16)?, number(17, 19)?, nanos)?;
+    // A leap second (`:60`) is left to `string_to_datetime`.
+    (time.second() < 60 && nanos < 1_000_000_000).then(|| date.and_time(time).and_utc())
 }
 
 impl TimestampColumn {
@@ -326,7 +361,10 @@ impl TimestampColumn {
                 match &self.last {
                     Some((last, v)) if last == s => *v,
                     _ => {
-                        let date = string_to_datetime(&self.tz, s).ok()?;
+                        let date = match self.utc.then(|| plain_utc(s)).flatten() {
+                            Some(date) => date,
+                            None => string_to_datetime(&self.tz, s).ok()?.with_timezone(&chrono::Utc),
+                        };
                         let v = match self.unit {
                             TimeUnit::Second => date.timestamp(),
                             TimeUnit::Millisecond => date.timestamp_millis(),
@@ -401,6 +439,7 @@ impl Builder {
                 data_type: data_type.clone(),
                 unit: *unit,
                 tz: *tz,
+                utc: matches!(data_type, DataType::Timestamp(_, None)) || matches!(data_type, DataType::Timestamp(_, Some(z)) if matches!(z.as_ref(), "+00:00" | "UTC")),
                 last: None,
             }),
         }

@@ -7,6 +7,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rand::{Rng, SeedableRng};
 
 use super::*;
+use arrow::array::timezone::Tz;
 
 fn columns(nullable: bool) -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -138,4 +139,26 @@ fn random_records_agree_with_arrow_json() {
         taken += usize::from(compare(&schema, &lines));
     }
     assert!(taken > 20, "the fast path took {taken} of 400 batches");
+}
+
+/// Plain times read directly are read as arrow's parser reads them.
+#[test]
+fn plain_times_are_read_as_arrow_reads_them() {
+    let utc: Tz = "+00:00".parse().expect("a zone");
+    let times = [
+        "2024-01-01T00:00:00", "2024-02-29 23:59:59", "1969-12-31T23:59:59.999999999", "2024-06-30T12:00:00.5",
+        "0001-01-01T00:00:00", "9999-12-31T23:59:59.123", "2023-02-29T00:00:00", "2024-01-01T24:00:00",
+        "2024-01-01T23:59:60", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.", "2024-01-01T00:00:00.1234567890",
+        "2024-1-01T00:00:00", "+2024-01-01T00:00:00", "2024-01-01T00:00",
+    ];
+    for time in times {
+        match plain_utc(time) {
+            Some(date) => assert_eq!(Some(date), string_to_datetime(&utc, time).ok().map(|d| d.with_timezone(&chrono::Utc)), "{time}"),
+            None => assert!(
+                !time.ends_with(|c: char| c.is_ascii_digit()) || time.len() < 19 || time.contains(['Z', '+']) || time.contains("-02-29T") || time.contains("T24") || time.contains(":60") || time.len() > 29,
+                "{time} is plain and valid, but was not read"
+            ),
+        }
+    }
+    assert!(plain_utc("2024-01-01T00:00:00").is_some() && plain_utc("2024-06-30 12:00:00.5").is_some());
 }
