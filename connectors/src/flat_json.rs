@@ -10,11 +10,12 @@
 //!
 //! The fast path decodes only what it decodes exactly as arrow-json does:
 //! strings, integers, floats, booleans, timestamps and nulls, each in the
-//! JSON form arrow-json reads for its column type. At anything else (an
-//! escaped key, a repeated key, a nested value or a string where a read
-//! column wants a number, a missing or null NOT NULL column, invalid JSON)
-//! it gives the batch up, and arrow-json decodes it, or reports its error, as
-//! before.
+//! JSON form arrow-json reads for its column type. Values the query does not
+//! read are skipped but still checked as arrow-json checks them (a nested one
+//! must be valid JSON). At anything else (an escaped key, a repeated key, an
+//! escape in a value not read, a nested value or a string where a read column
+//! wants a number, a missing or null NOT NULL column, invalid JSON) it gives
+//! the batch up, and arrow-json decodes it, or reports its error, as before.
 
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ fn string_end(b: &[u8], mut i: usize, end: usize) -> Option<(usize, bool)> {
 }
 
 /// Just past the nested object or array that starts at `i` (strings inside
-/// it skipped whole).
+/// it skipped whole); `None` as well if a string inside holds an escape.
 fn nested_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
     let mut depth = 0usize;
     while i < end {
@@ -168,7 +169,10 @@ fn nested_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
                     return Some(i + 1);
                 }
             }
-            b'"' => i = string_end(b, i + 1, end)?.0,
+            b'"' => match string_end(b, i + 1, end)? {
+                (close, false) => i = close,
+                (_, true) => return None,
+            },
             _ => {}
         }
         i += 1;
@@ -213,12 +217,21 @@ fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mu
         let value = match *b.get(i)? {
             b'"' => {
                 let (close, escaped) = string_end(b, i + 1, end)?;
+                // An escape in a value not read is not checked here:
+                // arrow-json checks it.
+                if escaped && slot.is_none() {
+                    return None;
+                }
                 let value = Value::String(i + 1, close, escaped);
                 i = close + 1;
                 value
             }
             b'{' | b'[' if slot.is_none() => {
-                i = nested_end(b, i, end)?;
+                // Skipped, but still valid JSON, as arrow-json requires (its
+                // escapes are left to arrow-json).
+                let nested = nested_end(b, i, end)?;
+                serde_json::from_slice::<serde::de::IgnoredAny>(&b[i..nested]).ok()?;
+                i = nested;
                 Value::Missing
             }
             b'{' | b'[' => return None,

@@ -63,7 +63,7 @@ fn plain_records_are_decoded_as_arrow_json_does() {
     let lines: Vec<String> = vec![
         r#"{"s":"a","v":"a string longer than twelve bytes","i":1,"small":-3,"u":18446744073709551615,"f":1.5,"g":0.1,"b":true,"ts":"2024-01-01T00:00:00","zoned":"2024-03-31T01:30:00"}"#.into(),
         r#"{ "ts" : "2024-01-01 00:00:01.250" , "s" : "b c", "f": 2e3, "g": -1.25E-2, "b": false, "i": -0, "zoned": 1700000000000000 }"#.into(),
-        r#"{"s":null,"i":null,"ts":null,"extra":{"nested":[1,{"x":"}"}],"y":"]"},"list":[1,2,[3]],"str":"x\"y"}"#.into(),
+        r#"{"s":null,"i":null,"ts":null,"extra":{"nested":[1,{"x":"}"}],"y":"]"},"list":[1,2,[3]],"str":"x y"}"#.into(),
         r#"{}"#.into(),
         r#"{"s":"tab\tnew\nline \u00e9 \ud83d\ude00 \\ \/","v":"short \"q\"","ts":"2024-06-30T23:59:59.999Z","zoned":"2024-06-30T23:59:59+02:00"}"#.into(),
         r#"{"i":9223372036854775807,"small":32767,"f":-0.0,"g":3.4028235e38,"ts":1704067200000}"#.into(),
@@ -98,6 +98,11 @@ fn what_arrow_json_must_decide_is_given_up() {
         r#"{"s":"a""#,                    // cut short
         r#"{"s":"a",}"#,                  // a trailing comma
         r#"{"s":"\ud800"}"#,              // a lone surrogate
+        r#"{"other":"\q"}"#,              // a bad escape in a value not read
+        r#"{"other":"\ud800"}"#,          // a lone surrogate in a value not read
+        r#"{"other":[1,,2]}"#,            // invalid JSON nested in a value not read
+        r#"{"other":{"a":1]}"#,           // mismatched brackets in a value not read
+        r#"{"other":{"a":"\ud800"}}"#,    // a lone surrogate nested in a value not read
     ];
     for line in not_taken {
         let lines = vec![r#"{"s":"fine"}"#.to_string(), line.to_string()];
