@@ -487,6 +487,45 @@ impl Sink for StagingSink {
     }
 }
 
+/// A checkpoint store under `prefix` in a temporary directory (kept while
+/// the directory is).
+fn temp_store(prefix: &str, name: &str) -> Result<(tempfile::TempDir, crate::checkpoint::CheckpointStore)> {
+    let dir = tempfile::tempdir()?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok((dir, crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from(prefix), name)))
+}
+
+/// The numbers 1..=`limit` through a running sum.
+fn summed_numbers(limit: i64) -> Flow {
+    Flow {
+        input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
+        stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
+    }
+}
+
+/// A staging sink whose committed rows go to `visible`.
+fn staging(visible: &Arc<Mutex<Visible>>) -> Box<dyn Sink> {
+    Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) })
+}
+
+/// Runs `pipeline` until three more checkpoints completed, then cancels it
+/// (no stop, nothing flushed); returns the latest checkpoint.
+async fn crash_after_three_checkpoints(pipeline: Pipeline, store: &crate::checkpoint::CheckpointStore) -> Result<crate::checkpoint::CheckpointMetadata> {
+    let mut job = Job::start(pipeline);
+    let metrics = job.metrics_handle();
+    let after = metrics.checkpoints().completed + 3;
+    until("three checkpoints", || metrics.checkpoints().completed >= after).await;
+    job.cancel();
+    let _ = job.wait().await;
+    store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.ok_or_else(|| EngineError::Internal("no checkpoint".into()))
+}
+
+/// A set's pipeline of `outputs` over `shared_sources`, with barriers every 15 ms.
+fn checkpointed_set_of(outputs: Vec<Output>, shared_sources: Vec<SharedSource>) -> Pipeline {
+    let options = JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() };
+    Pipeline { outputs, shared_sources, metrics: JobMetrics::new(), options, checkpoints: None }
+}
+
 /// `p` checkpointed under `name` into `store`, restored from `restored`.
 fn checkpointed_as(mut p: Pipeline, name: &str, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>) -> Pipeline {
     p.checkpoints = Some(crate::checkpoint::CheckpointConfig {
@@ -503,11 +542,8 @@ fn checkpointed_as(mut p: Pipeline, name: &str, store: &crate::checkpoint::Check
 
 fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: &Arc<Mutex<Visible>>) -> Pipeline {
     let p = Pipeline::new(
-        Flow {
-            input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
-            stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
-        },
-        Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        summed_numbers(limit),
+        staging(visible),
         schema(),
         JobMetrics::new(),
         JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
@@ -517,22 +553,14 @@ fn checkpointed(limit: i64, store: &crate::checkpoint::CheckpointStore, restored
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_cancelled_after_checkpoints_resumes_with_nothing_lost_or_doubled() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
+    let (_dir, store) = temp_store("q", "test")?;
     let limit = 400;
     let visible: Arc<Mutex<Visible>> = Arc::default();
 
     // Crash twice: cancel (no stop, nothing flushed) after a few checkpoints.
     let mut restored = None;
     for crash in 0..2 {
-        let mut job = Job::start(checkpointed(limit, &store, restored.clone(), &visible));
-        let metrics = job.metrics_handle();
-        let after = metrics.checkpoints().completed + 3;
-        until("three checkpoints", || metrics.checkpoints().completed >= after).await;
-        job.cancel();
-        let _ = job.wait().await;
-        let latest = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("a checkpoint");
+        let latest = crash_after_three_checkpoints(checkpointed(limit, &store, restored.clone(), &visible), &store).await?;
         assert!(!latest.finished, "crash {crash} came before the end");
         restored = Some(Arc::new(RestoredState::load(&store, &latest).await.map_err(|e| EngineError::Internal(e.to_string()))?));
     }
@@ -644,9 +672,7 @@ impl Sink for StallingSink {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_that_takes_too_long_is_given_up_and_the_next_completes() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
+    let (_dir, store) = temp_store("q", "test")?;
     let visible: Arc<Mutex<Visible>> = Arc::default();
     let mut pipeline = checkpointed(i64::MAX, &store, None, &visible);
     pipeline.outputs[0].sink = Box::new(StallingSink {
@@ -725,7 +751,7 @@ fn checkpointed_union(limits: [i64; 2], store: &crate::checkpoint::CheckpointSto
             })),
             stages: Vec::new(),
         },
-        Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        staging(visible),
         schema(),
         JobMetrics::new(),
         JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
@@ -735,9 +761,7 @@ fn checkpointed_union(limits: [i64; 2], store: &crate::checkpoint::CheckpointSto
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_union_cancelled_after_checkpoints_resumes_each_branch_with_its_own_state() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("q"), "test");
+    let (_dir, store) = temp_store("q", "test")?;
     // Branches of different lengths: state restored into the wrong branch
     // would give other sums.
     let limits = [300, 200];
@@ -775,16 +799,10 @@ fn checkpointed_set(limit: i64, store: &crate::checkpoint::CheckpointStore, rest
             input: FlowInput::Shared { source: 0, lanes: 1 },
             stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
         },
-        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        sink: staging(visible),
         schema: schema(),
     };
-    let p = Pipeline {
-        outputs: visible.into_iter().map(output).collect(),
-        shared_sources: vec![SharedSource { lanes: vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })] }],
-        metrics: JobMetrics::new(),
-        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
-        checkpoints: None,
-    };
+    let p = checkpointed_set_of(visible.into_iter().map(output).collect(), vec![SharedSource { lanes: vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })] }]);
     checkpointed_as(p, "set", store, restored)
 }
 
@@ -831,20 +849,12 @@ async fn a_shared_source_is_read_once_and_every_output_gets_each_row() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_cancelled_after_checkpoints_resumes_every_output_with_nothing_lost_or_doubled() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("set"), "set");
+    let (_dir, store) = temp_store("set", "set")?;
     let limit = 300;
     let visible: [Arc<Mutex<Visible>>; 2] = Default::default();
     let mut restored = None;
     for _ in 0..2 {
-        let mut job = Job::start(checkpointed_set(limit, &store, restored.clone(), [&visible[0], &visible[1]]));
-        let metrics = job.metrics_handle();
-        let after = metrics.checkpoints().completed + 3;
-        until("three checkpoints", || metrics.checkpoints().completed >= after).await;
-        job.cancel();
-        let _ = job.wait().await;
-        let latest = store.latest().await.map_err(|e| EngineError::Internal(e.to_string()))?.expect("a checkpoint");
+        let latest = crash_after_three_checkpoints(checkpointed_set(limit, &store, restored.clone(), [&visible[0], &visible[1]]), &store).await?;
         assert!(latest.parts.iter().any(|p| p.owner == Owner::Sink(1)), "the second sink's part is in the checkpoint");
         restored = Some(Arc::new(RestoredState::load(&store, &latest).await.map_err(|e| EngineError::Internal(e.to_string()))?));
     }
@@ -863,20 +873,11 @@ async fn a_set_cancelled_after_checkpoints_resumes_every_output_with_nothing_los
 /// staging sink through a running sum.
 fn short_and_long(store: &crate::checkpoint::CheckpointStore, restored: Option<Arc<RestoredState>>, visible: [&Arc<Mutex<Visible>>; 2]) -> Pipeline {
     let output = |(limit, visible): (i64, &Arc<Mutex<Visible>>)| Output {
-        flow: Flow {
-            input: FlowInput::Sources(vec![Box::new(ResumableSource { returned: 0, at_barrier: 0, limit })]),
-            stages: vec![Stage { exchange: None, lanes: vec![vec![Box::new(RunningSum { sum: 0 })]] }],
-        },
-        sink: Box::new(StagingSink { current: Vec::new(), staged: Vec::new(), visible: Arc::clone(visible) }),
+        flow: summed_numbers(limit),
+        sink: staging(visible),
         schema: schema(),
     };
-    let p = Pipeline {
-        outputs: [20, 1500].into_iter().zip(visible).map(output).collect(),
-        shared_sources: Vec::new(),
-        metrics: JobMetrics::new(),
-        options: JobOptions { checkpoint_interval: Some(Duration::from_millis(15)), ..Default::default() },
-        checkpoints: None,
-    };
+    let p = checkpointed_set_of([20, 1500].into_iter().zip(visible).map(output).collect(), Vec::new());
     checkpointed_as(p, "short-and-long", store, restored)
 }
 
@@ -886,9 +887,7 @@ fn short_and_long(store: &crate::checkpoint::CheckpointStore, restored: Option<A
 /// stop's checkpoint finishes both with each row once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_whose_short_insert_ended_goes_on_checkpointing_and_stops() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).map_err(|e| EngineError::Internal(e.to_string()))?;
-    let store = crate::checkpoint::CheckpointStore::new(Arc::new(fs), object_store::path::Path::from("set"), "set");
+    let (_dir, store) = temp_store("set", "set")?;
     let visible: [Arc<Mutex<Visible>>; 2] = Default::default();
     let mut job = Job::start(short_and_long(&store, None, [&visible[0], &visible[1]]));
     let metrics = job.metrics_handle();
