@@ -117,7 +117,7 @@ pub struct Pipeline {
 
 impl FlowInput {
     /// The flows this input reads, in the order the runtime numbers their steps.
-    fn flows(&self) -> Vec<&Flow> {
+    pub(crate) fn flows(&self) -> Vec<&Flow> {
         match self {
             FlowInput::Sources(_) | FlowInput::Shared { .. } => Vec::new(),
             FlowInput::Join(join) => vec![&join.left, &join.right],

@@ -311,24 +311,19 @@ struct SharedReaders {
 /// Per shared source, who reads it.
 fn shared_readers(pipeline: &Pipeline) -> Vec<SharedReaders> {
     fn visit(flow: &Flow, readers: &mut [SharedReaders]) {
-        match &flow.input {
-            FlowInput::Shared { source, .. } => {
-                if let Some(r) = readers.get_mut(*source) {
-                    r.count += 1;
-                    for (lane, gate) in first_step_gates(flow).into_iter().enumerate() {
-                        if r.gates.len() <= lane {
-                            r.gates.resize_with(lane + 1, Vec::new);
-                        }
-                        r.gates[lane].extend(gate);
+        if let FlowInput::Shared { source, .. } = &flow.input {
+            if let Some(r) = readers.get_mut(*source) {
+                r.count += 1;
+                for (lane, gate) in first_step_gates(flow).into_iter().enumerate() {
+                    if r.gates.len() <= lane {
+                        r.gates.resize_with(lane + 1, Vec::new);
                     }
+                    r.gates[lane].extend(gate);
                 }
             }
-            FlowInput::Join(join) => {
-                visit(&join.left, readers);
-                visit(&join.right, readers);
-            }
-            FlowInput::Union(union) => union.inputs.iter().for_each(|f| visit(f, readers)),
-            FlowInput::Sources(_) => {}
+        }
+        for input in flow.input.flows() {
+            visit(input, readers);
         }
     }
     let mut readers: Vec<SharedReaders> = (0..pipeline.shared_sources.len()).map(|_| SharedReaders::default()).collect();

@@ -38,8 +38,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use sluice_connectors::{Connector, Shard, TableSpec};
-use sluice_engine::metrics::JobMetrics;
-use sluice_engine::{Flow, FlowInput, JobOptions, Pipeline, Sink, Source};
+use sluice_engine::{Flow, FlowInput, Output, Sink, Source};
 use sqlparser::ast::{Query, Statement};
 
 use crate::catalog::{Catalog, TableDef};
@@ -92,15 +91,15 @@ pub async fn plan_batch(
     Ok(PlannedQuery { plan, windows, ctx })
 }
 
-/// The pipeline that runs a planned batch query into `sink`.
-pub fn batch_pipeline(planned: &PlannedQuery, sink: Box<dyn Sink>, metrics: Arc<JobMetrics>) -> Pipeline {
+/// The pipeline output that runs a planned batch query into `sink`.
+pub fn batch_output(planned: &PlannedQuery, sink: Box<dyn Sink>) -> Output {
     let source = PlanSource {
         plan: Arc::clone(&planned.plan),
         task_ctx: planned.ctx.task_ctx(),
         stream: None,
     };
     let flow = Flow { input: FlowInput::Sources(vec![Box::new(source)]), stages: Vec::new() };
-    Pipeline::new(flow, sink, planned.schema(), metrics, JobOptions::default())
+    Output { flow, sink, schema: planned.schema() }
 }
 
 /// What EXPLAIN shows of a batch query: DataFusion's physical plan.

@@ -243,14 +243,8 @@ impl Session {
         match statement {
             Statement::Query(query) => self.run_query(&query).await,
             Statement::Insert(insert) => {
-                let TableObject::TableName(name) = &insert.table else {
-                    return plan_err("INSERT INTO needs a table name");
-                };
-                let Some(source) = &insert.source else { return plan_err("INSERT INTO needs a SELECT") };
-                if !insert.columns.is_empty() {
-                    return plan_err("INSERT INTO with a column list is not supported: select the columns in table order");
-                }
-                self.run_insert(&normalize_name(name), source).await
+                let (target, source) = insert_into(&insert)?;
+                self.run_insert(&target, source).await
             }
             Statement::CreateView(view) => self.create_view(view).await,
             Statement::Drop { object_type, if_exists, names, .. } => self.drop(object_type, if_exists, &names),
@@ -584,9 +578,13 @@ impl Session {
             PlannedOutput::Batch(planned) => return Ok(Compiled::Batch(planned)),
             PlannedOutput::Stream(output) => output,
         };
-        let options = JobOptions { memory_limit: self.options.memory_limit, ..Default::default() };
-        let pipeline = Pipeline { outputs: vec![output], shared_sources: Vec::new(), metrics, options, checkpoints: None };
+        let pipeline = Pipeline { outputs: vec![output], shared_sources: Vec::new(), metrics, options: self.job_options(), checkpoints: None };
         Ok(Compiled::Pipeline(pipeline, query_id))
+    }
+
+    /// What the runtime enforces for the next pipeline (from `SET`).
+    pub(crate) fn job_options(&self) -> JobOptions {
+        JobOptions { memory_limit: self.options.memory_limit, ..Default::default() }
     }
 
     /// Counters for the next pipeline (a restarted one keeps its own).
@@ -617,8 +615,7 @@ impl Session {
                 None => results,
                 Some(t) => self.connector(&t.connector)?.sink_for_query(&t.spec(), query_id)?,
             };
-            let pipeline = crate::batch::batch_pipeline(&planned, sink, Arc::clone(metrics));
-            return pipeline.outputs.into_iter().next().map(PlannedOutput::Stream).ok_or_else(|| SqlError::Plan("internal: a batch query without output".into()));
+            return Ok(PlannedOutput::Stream(crate::batch::batch_output(&planned, sink)));
         }
         let planned = plan_query(catalog, query, target_table).await?;
         if !reads_stream(&planned.plan) {
@@ -849,6 +846,18 @@ impl sluice_engine::PipelineFactory for Restarter {
         self.session.prepare_checkpoints(&mut pipeline, &id).await.map_err(to_engine)?;
         Ok(pipeline)
     }
+}
+
+/// The target table of an `INSERT INTO <table> SELECT ...` (normalized) and
+/// its query; the forms Sluice does not run are refused.
+pub(crate) fn insert_into(insert: &sqlparser::ast::Insert) -> Result<(String, &Query)> {
+    let TableObject::TableName(name) = &insert.table else { return plan_err("INSERT INTO needs a table name") };
+    let target = normalize_name(name);
+    let Some(query) = &insert.source else { return plan_err(format!("INSERT INTO {target} needs a SELECT")) };
+    if !insert.columns.is_empty() {
+        return plan_err("INSERT INTO with a column list is not supported: select the columns in table order");
+    }
+    Ok((target, query))
 }
 
 /// The id of the statement running `query` (into `target`): the same

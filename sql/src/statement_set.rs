@@ -17,14 +17,13 @@
 use std::sync::Arc;
 
 use sluice_engine::sink::ChannelSink;
-use sluice_engine::{JobOptions, Pipeline, Sink};
-use sqlparser::ast::{Statement, TableObject};
+use sluice_engine::{Pipeline, Sink};
+use sqlparser::ast::Statement;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Token;
 
-use crate::catalog::normalize_name;
 use crate::error::{plan_err, Result, SqlError};
-use crate::session::{query_id, PlannedOutput, Session};
+use crate::session::{insert_into, query_id, PlannedOutput, Session};
 use crate::table_reads::TableReads;
 
 /// The words before a statement set's statements, in either form.
@@ -117,12 +116,7 @@ impl Session {
         let mut ids = Vec::with_capacity(inserts.len());
         for insert in inserts {
             let Statement::Insert(insert) = insert else { return plan_err(format!("a statement set holds only INSERT INTO statements, not: {insert}")) };
-            let TableObject::TableName(name) = &insert.table else { return plan_err("INSERT INTO needs a table name") };
-            let target = normalize_name(name);
-            let Some(query) = &insert.source else { return plan_err(format!("INSERT INTO {target} needs a SELECT")) };
-            if !insert.columns.is_empty() {
-                return plan_err("INSERT INTO with a column list is not supported: select the columns in table order");
-            }
+            let (target, query) = insert_into(insert)?;
             let table = catalog.table(&target).ok_or_else(|| SqlError::Catalog(format!("INSERT INTO {target}: no such table")))?;
             let id = query_id(Some(table), query);
             // An INSERT's rows go to its table, not to a results channel.
@@ -136,8 +130,7 @@ impl Session {
         }
         let id = format!("{:016x}", sluice_engine::stable_hash::fnv1a(ids.join("\n").as_bytes()));
         let shared_sources = reads.open(&id)?;
-        let options = JobOptions { memory_limit: self.options().memory_limit, ..Default::default() };
-        let pipeline = Pipeline { outputs, shared_sources, metrics: Arc::clone(&metrics), options, checkpoints: None };
+        let pipeline = Pipeline { outputs, shared_sources, metrics: Arc::clone(&metrics), options: self.job_options(), checkpoints: None };
         Ok(CompiledSet { pipeline, targets, id })
     }
 }
