@@ -5,6 +5,7 @@ pub mod grouping_sets;
 mod hop_slices;
 pub mod join;
 pub mod session_aggregate;
+mod session_slots;
 pub mod stateless;
 pub mod union;
 mod state_table;

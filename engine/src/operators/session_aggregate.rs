@@ -1,12 +1,18 @@
 //! Session window aggregation: per key, rows closer than the gap form one session.
 //!
 //! Each incoming row opens the window `[ts, ts + gap)`; windows of the same key
-//! that touch or overlap merge (as in Flink). A session keeps one DataFusion
-//! `Accumulator` per aggregate; merging sessions merges accumulator state, so rows
-//! are never kept. A session is emitted, and freed, once the watermark passes its
-//! end (a row at exactly the end would still extend it). Rows that form a session
-//! of their own that is already behind the watermark, merging with no open
-//! session, are late.
+//! that touch or overlap merge (as in Flink). A session is emitted, and freed,
+//! once the watermark passes its end (a row at exactly the end would still
+//! extend it). Rows that form a session of their own that is already behind
+//! the watermark, merging with no open session, are late.
+//!
+//! Accumulator state lives in one DataFusion `GroupsAccumulator` per aggregate
+//! for all open sessions ([`SessionSlots`]): each session owns a slot (a group
+//! of those accumulators), so a batch costs one `update_batch` per aggregate,
+//! however many sessions it touches. Rows are never kept. Sessions that merge
+//! keep every slot they own until the next closing watermark, when the slots
+//! are regrouped: the closed sessions' slots are merged and evaluated, the open
+//! ones' merged into one slot each, and freed slots dropped.
 //!
 //! Checkpointed state: table [`SESSIONS_TABLE`] holds one row per open
 //! session, keyed by the group columns other than the window bounds (the
@@ -19,19 +25,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use std::ops::Range;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
-use datafusion::arrow::row::SortField;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::SortField;
 use datafusion::arrow::row::{OwnedRow, RowConverter};
 use datafusion::common::hash_map::EntryRef;
-use datafusion::common::{HashMap, ScalarValue};
-use datafusion::logical_expr::Accumulator;
+use datafusion::common::HashMap;
 
+use super::session_slots::{Regrouping, SessionSlots};
 use super::state_table::{
-    accumulator_widths, as_type, corrupt, int64_column, key_groups, keyed_with_watermark, merged_accumulators,
-    split_keyed_with_watermark, state_column_names, states_are_kept, table, take_accumulator_states,
+    as_type, corrupt, groups_accumulator_widths, int64_column, key_groups, keyed_with_watermark,
+    split_keyed_with_watermark, state_column_names, table,
 };
-use super::window_groups::{filtered, AggregateSpec, EvaluatedBatch};
+use super::window_groups::AggregateSpec;
 use crate::checkpoint::StatePart;
 use crate::error::Result;
 use crate::message::Watermark;
@@ -52,6 +58,8 @@ pub struct SessionAggregate {
     key_indices: Vec<usize>,
     converter: RowConverter,
     keys: HashMap<Vec<u8>, KeySessions>,
+    /// The accumulator state of every open session.
+    slots: SessionSlots,
     /// No open session ends before this (a lower bound, exact after each
     /// watermark that closed sessions): a watermark up to it closes nothing,
     /// and the keys are not walked.
@@ -81,45 +89,16 @@ impl KeySessions {
 struct Session {
     start: i64,
     end: i64,
-    accumulators: Vec<Box<dyn Accumulator>>,
+    /// The slot of [`SessionAggregate::slots`] its rows go to.
+    slot: usize,
+    /// The slots of the sessions it merged with since the slots were last
+    /// regrouped: its state is all its slots' merged.
+    merged: Vec<usize>,
 }
 
 impl Session {
-    fn merge(&mut self, mut other: Session) -> Result<()> {
-        self.start = self.start.min(other.start);
-        self.end = self.end.max(other.end);
-        for (mine, theirs) in self.accumulators.iter_mut().zip(other.accumulators.iter_mut()) {
-            let state: Vec<ArrayRef> =
-                theirs.state()?.iter().map(|s| s.to_array()).collect::<Result<_, _>>()?;
-            mine.merge_batch(&state)?;
-        }
-        Ok(())
-    }
-}
-
-/// A batch's aggregate inputs with its rows put in order of key, then time,
-/// so that the rows one session takes are one slice: each run of rows costs
-/// a slice per column instead of a copy (most runs are a row or two).
-struct OrderedInputs {
-    /// Per aggregate: its input columns and FILTER mask, reordered.
-    aggregates: Vec<(Vec<ArrayRef>, Option<BooleanArray>)>,
-}
-
-impl OrderedInputs {
-    fn new(ev: &EvaluatedBatch, order: Vec<u32>) -> Result<Self> {
-        let idx = UInt32Array::from(order);
-        let aggregates = (0..ev.agg_inputs.len()).map(|a| ev.agg_rows(a, Some(&idx))).collect::<Result<_>>()?;
-        Ok(OrderedInputs { aggregates })
-    }
-
-    /// Adds the ordered rows `rows` to `accumulators`.
-    fn accumulate(&self, rows: Range<usize>, accumulators: &mut [Box<dyn Accumulator>]) -> Result<()> {
-        for ((values, mask), acc) in self.aggregates.iter().zip(accumulators.iter_mut()) {
-            let values: Vec<ArrayRef> = values.iter().map(|v| v.slice(rows.start, rows.len())).collect();
-            let mask = mask.as_ref().map(|m| m.slice(rows.start, rows.len()));
-            acc.update_batch(&filtered(values, mask.as_ref())?)?;
-        }
-        Ok(())
+    fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.slot).chain(self.merged.iter().copied())
     }
 }
 
@@ -134,6 +113,7 @@ impl SessionAggregate {
             .collect();
         let converter = RowConverter::new(fields)?;
         Ok(SessionAggregate {
+            slots: SessionSlots::new(&spec)?,
             spec,
             gap: gap_nanos,
             key_indices,
@@ -147,22 +127,16 @@ impl SessionAggregate {
         })
     }
 
-    /// Reports the state's size. Asking every accumulator its size costs as
-    /// much as the aggregation itself once sessions number in the millions, so
-    /// the size per session is measured on a sample and multiplied out.
     fn report_state(&mut self) {
-        const SAMPLE: usize = 64;
-        let (sampled, bytes) = self
-            .keys
-            .values()
-            .flat_map(|k| k.sessions.iter())
-            .take(SAMPLE)
-            .fold((0usize, 0usize), |(n, b), s| (n + 1, b + s.accumulators.iter().map(|a| a.size()).sum::<usize>()));
-        let accumulators = match sampled {
-            0 => 0,
-            n => bytes / n * self.open_sessions,
-        };
-        self.state.set(accumulators + self.keys.len() * 64 + self.open_sessions * 32);
+        self.state.set(self.slots.size() + self.keys.len() * 64 + self.open_sessions * 48);
+    }
+
+    /// A slot for rows `rows` (in the batch's key order `order`) of a new
+    /// session, or for rows added to a session: `slot_of_row` records it.
+    fn assign(order: &[u32], rows: Range<usize>, slot: usize, slot_of_row: &mut [usize]) {
+        for r in &order[rows] {
+            slot_of_row[*r as usize] = slot;
+        }
     }
 
     /// One key's rows, ordered by time and starting at `first` in the batch's
@@ -182,29 +156,46 @@ impl SessionAggregate {
         }
     }
 
+    /// Regroups the slots (see [`SessionSlots::regroup`]): the open sessions
+    /// get one slot each, numbered in the order of `self.keys`, and the
+    /// values of the `closed` sessions come back, one column per aggregate.
+    fn regroup(&mut self, closed: &[(Option<OwnedRow>, Session)]) -> Result<Vec<ArrayRef>> {
+        let mut closed_groups = Regrouping::default();
+        for (_, session) in closed {
+            closed_groups.push(session.slots());
+        }
+        let mut open_groups = Regrouping::default();
+        for state in self.keys.values_mut() {
+            for session in state.sessions.iter_mut() {
+                session.slot = open_groups.push(session.slots());
+                session.merged = Vec::new();
+            }
+        }
+        self.slots.regroup(&self.spec, &closed_groups, &open_groups)
+    }
+
     /// Every open session as one table (see the module docs); `None` when none
     /// is open.
     fn snapshot_sessions(&mut self) -> Result<Option<StatePart>> {
-        let widths = accumulator_widths(&mut self.spec.new_accumulators()?)?;
+        if self.open_sessions == 0 {
+            return Ok(None);
+        }
+        // Slots in the order of `self.keys`, one per session: row i of the
+        // states is the i-th session visited below.
+        self.regroup(&[])?;
+        let states = self.slots.states(&self.spec)?;
+        let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         let mut keys = Vec::new();
         let mut starts = Vec::new();
         let mut ends = Vec::new();
-        let mut sets = Vec::new();
-        for KeySessions { key, sessions } in self.keys.values_mut() {
-            for session in sessions.iter_mut() {
+        for KeySessions { key, sessions } in self.keys.values() {
+            for session in sessions {
                 keys.extend(key.as_ref().map(|k| k.row()));
                 starts.push(session.start);
                 ends.push(session.end);
-                sets.push(&mut session.accumulators);
             }
         }
         let rows = starts.len();
-        if rows == 0 {
-            return Ok(None);
-        }
-        let spec = &self.spec;
-        let kept = states_are_kept(&spec.aggregates);
-        let states = take_accumulator_states(sets, &widths, kept, &|| spec.new_accumulators())?;
         let key_columns = match self.key_indices.is_empty() {
             true => Vec::new(),
             false => self.converter.convert_rows(keys)?,
@@ -221,7 +212,7 @@ impl SessionAggregate {
     /// Adds the sessions of a table written by [`Self::snapshot_sessions`].
     fn restore_sessions(&mut self, batch: &RecordBatch) -> Result<()> {
         let width = self.key_indices.len();
-        let widths = accumulator_widths(&mut self.spec.new_accumulators()?)?;
+        let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         if batch.num_columns() != width + 2 + widths.iter().sum::<usize>() {
             return Err(corrupt("the session aggregate's sessions table has other columns"));
         }
@@ -234,13 +225,12 @@ impl SessionAggregate {
         let key_rows = if key_columns.is_empty() { None } else { Some(self.converter.convert_columns(&key_columns)?) };
         let starts = int64_column(batch, width)?;
         let ends = int64_column(batch, width + 1)?;
-        let states = &batch.columns()[width + 2..];
+        if starts.null_count() > 0 || ends.null_count() > 0 {
+            return Err(corrupt("a session without bounds"));
+        }
+        let first_slot = self.slots.restore(&batch.columns()[width + 2..], &widths, batch.num_rows())?;
         for i in 0..batch.num_rows() {
-            if starts.is_null(i) || ends.is_null(i) {
-                return Err(corrupt("a session without bounds"));
-            }
-            let accumulators = merged_accumulators(self.spec.new_accumulators()?, states, i, &widths)?;
-            let session = Session { start: starts.value(i), end: ends.value(i), accumulators };
+            let session = Session { start: starts.value(i), end: ends.value(i), slot: first_slot + i, merged: Vec::new() };
             let key: Vec<u8> = key_rows.as_ref().map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
             self.earliest_end = self.earliest_end.min(session.end);
             let state = self.keys.entry(key).or_insert_with(|| KeySessions {
@@ -254,7 +244,9 @@ impl SessionAggregate {
         Ok(())
     }
 
-    fn closed_sessions_batch(&mut self, closed: Vec<(Option<OwnedRow>, Session)>) -> Result<RecordBatch> {
+    /// The output rows of the `closed` sessions, whose aggregates' values are
+    /// `values` (a column per aggregate, in the same order).
+    fn closed_sessions_batch(&self, closed: &[(Option<OwnedRow>, Session)], values: Vec<ArrayRef>) -> Result<RecordBatch> {
         let schema = Arc::clone(&self.spec.output_schema);
         let key_columns = if self.key_indices.is_empty() {
             Vec::new()
@@ -275,20 +267,7 @@ impl SessionAggregate {
             };
             columns.push(column);
         }
-        let mut sessions: Vec<Session> = closed.into_iter().map(|(_, s)| s).collect();
-        for a in 0..self.spec.aggregates.len() {
-            let values = sessions
-                .iter_mut()
-                .map(|s| s.accumulators[a].evaluate())
-                .collect::<Result<Vec<ScalarValue>, _>>()?;
-            let field = schema.field(self.spec.group_exprs.len() + a);
-            let array = if values.is_empty() {
-                datafusion::arrow::array::new_empty_array(field.data_type())
-            } else {
-                ScalarValue::iter_to_array(values)?
-            };
-            columns.push(array);
-        }
+        columns.extend(values);
         Ok(RecordBatch::try_new(schema, columns)?)
     }
 }
@@ -366,7 +345,10 @@ impl Operator for SessionAggregate {
             }
         }
         let times: Vec<i64> = order.iter().map(|r| ts_values[*r as usize]).collect();
-        let inputs = OrderedInputs::new(&ev, order)?;
+        // Each row's slot, and whether it went into a session (late rows and
+        // rows without a time did not).
+        let mut slot_of_row = vec![0usize; ev.num_rows];
+        let mut in_session: Vec<bool> = key_number.iter().map(|n| *n != u32::MAX).collect();
 
         let mut runs = Vec::new();
         for (k, &first_row) in key_first_row.iter().enumerate() {
@@ -393,18 +375,29 @@ impl Operator for SessionAggregate {
                         let session = &mut state.sessions[i];
                         session.start = session.start.min(start);
                         session.end = session.end.max(end);
-                        inputs.accumulate(ids, &mut session.accumulators)?;
+                        Self::assign(&order, ids, session.slot, &mut slot_of_row);
                     }
                     // Open sessions all end at or after the watermark, so a run that
                     // overlaps none and ends before it closed in the past: late.
-                    (None, _) if self.watermark.is_some_and(|w| end < w) => late += ids.len(),
+                    (None, _) if self.watermark.is_some_and(|w| end < w) => {
+                        late += ids.len();
+                        for r in &order[ids] {
+                            in_session[*r as usize] = false;
+                        }
+                    }
+                    // A new session, which takes in every session it overlaps
+                    // (their slots join its own).
                     _ => {
-                        let mut session = Session { start, end, accumulators: self.spec.new_accumulators()? };
-                        inputs.accumulate(ids, &mut session.accumulators)?;
+                        let mut session = Session { start, end, slot: self.slots.allocate(), merged: Vec::new() };
+                        Self::assign(&order, ids, session.slot, &mut slot_of_row);
                         let mut kept = Vec::with_capacity(state.sessions.len() + 1);
                         for existing in state.sessions.drain(..) {
                             match overlaps(&existing) {
-                                true => session.merge(existing)?,
+                                true => {
+                                    session.start = session.start.min(existing.start);
+                                    session.end = session.end.max(existing.end);
+                                    session.merged.extend(existing.slots());
+                                }
                                 false => kept.push(existing),
                             }
                         }
@@ -421,6 +414,12 @@ impl Operator for SessionAggregate {
             if state.sessions.is_empty() {
                 entry.remove();
             }
+        }
+        // Rows outside sessions are masked out (and, with none in a session,
+        // there may be no slot to name).
+        if late < ev.num_rows {
+            let valid = (late > 0).then(|| BooleanArray::from(in_session));
+            self.slots.update(&ev, &slot_of_row, valid.as_ref())?;
         }
         if late > 0 {
             self.metrics.add_late_rows(late);
@@ -453,12 +452,13 @@ impl Operator for SessionAggregate {
             self.earliest_end = earliest_end;
         }
         let earliest_open_end = self.earliest_end;
-        self.report_state();
         if !closed.is_empty() {
             closed.sort_by_key(|(_, s)| (s.end, s.start));
-            let batch = self.closed_sessions_batch(closed)?;
+            let values = self.regroup(&closed)?;
+            let batch = self.closed_sessions_batch(&closed, values)?;
             out.emit(batch);
         }
+        self.report_state();
         // Sessions still open, or opened later by rows at or after `t`, end at or
         // after `t` and leave later: the forwarded watermark stays strictly below
         // their ends, so a window aggregate downstream does not find them late.
@@ -530,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_row_between_sessions_merges_them_and_one_after_a_session_extends_it() -> Result<()> {
-        use crate::operators::checkpoint_testing::{input_rows, uninterrupted, Step};
+        use crate::operators::checkpoint_testing::{input_rows, Step};
         let make = session_aggregate(false);
         // Gap 3 s: sessions [0, 3) and [20, 23), then [10, 13) apart from both;
         // rows at 3, 6 and 9 s, one run ([3, 12)), bridge [0, 3) and [10, 13),
@@ -538,7 +538,9 @@ mod tests {
         // alone, which grows to [18, 23).
         let rows = |secs: &[i64]| Step::Batch(input_rows(&secs.iter().map(|s| (None, *s, *s)).collect::<Vec<_>>()));
         let steps = [rows(&[0, 20]), rows(&[10]), rows(&[9, 3, 6]), rows(&[18]), Step::Watermark(i64::MAX)];
-        let outcome = uninterrupted(&make, &[Vec::new()], &steps).await?;
+        // Resumed after every step too: a snapshot right after the merge
+        // holds the merged sessions' slots as one session.
+        let outcome = check_resumes(&make, &[], &steps, PARALLELISMS).await?;
         let sessions: Vec<String> = outcome.rows.iter().map(|r| r.split('|').take(3).collect::<Vec<_>>().join("|")).collect();
         assert_eq!(
             sessions,

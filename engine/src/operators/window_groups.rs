@@ -7,7 +7,7 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{filter, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::logical_expr::{Accumulator, GroupsAccumulator};
+use datafusion::logical_expr::GroupsAccumulator;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_plan::PhysicalExpr;
@@ -95,10 +95,6 @@ impl AggregateSpec {
                 }
             })
             .collect()
-    }
-
-    pub(crate) fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.aggregates.iter().map(|a| Ok(a.create_accumulator()?)).collect()
     }
 
     /// Names of the group expressions and aggregates, for EXPLAIN.
