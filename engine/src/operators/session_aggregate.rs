@@ -20,15 +20,17 @@
 //! nanoseconds), then each aggregate's state columns. Table
 //! [`WATERMARK_TABLE`] holds the lane's watermark.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use std::ops::Range;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::SortField;
-use datafusion::arrow::row::{OwnedRow, RowConverter};
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows};
 use datafusion::common::hash_map::EntryRef;
 use datafusion::common::HashMap;
 
@@ -57,13 +59,23 @@ pub struct SessionAggregate {
     /// Group expressions other than the window bounds.
     key_indices: Vec<usize>,
     converter: RowConverter,
-    keys: HashMap<Vec<u8>, KeySessions>,
+    /// Each key's place in `keys`.
+    index: HashMap<Vec<u8>, usize>,
+    /// The keys' sessions. A key whose sessions all closed keeps its place
+    /// (rows of it often come again) until more than half the keys are
+    /// empty: then the empty ones are freed for reuse ([`Self::free_empty_keys`]).
+    keys: Vec<KeySessions>,
+    /// Places in `keys` free for reuse.
+    free_keys: Vec<usize>,
+    /// Keys in `index` without sessions.
+    empty_keys: usize,
     /// The accumulator state of every open session.
     slots: SessionSlots,
-    /// No open session ends before this (a lower bound, exact after each
-    /// watermark that closed sessions): a watermark up to it closes nothing,
-    /// and the keys are not walked.
-    earliest_end: i64,
+    /// When each key's earliest session ends, earliest first: a watermark
+    /// visits only the keys whose sessions it closes. An entry whose end is
+    /// not its key's `scheduled` is stale (the session grew, or the key's
+    /// sessions closed), and skipped.
+    ends: BinaryHeap<Reverse<Due>>,
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
     state: StateReporter,
@@ -71,11 +83,42 @@ pub struct SessionAggregate {
     open_sessions: usize,
 }
 
+/// A key (its place in [`SessionAggregate::keys`]) in
+/// [`SessionAggregate::ends`]: ordered by end alone (keys that end together
+/// need no order among them).
+struct Due {
+    end: i64,
+    key: usize,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.end == other.end
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.end.cmp(&other.end)
+    }
+}
+
 struct KeySessions {
     /// `None` when the GROUP BY has no key besides the window.
     key: Option<OwnedRow>,
     /// Disjoint sessions ordered by start.
     sessions: Vec<Session>,
+    /// The end under which the key is in [`SessionAggregate::ends`]: at or
+    /// before its earliest session's end (`i64::MAX` without sessions).
+    scheduled: i64,
 }
 
 impl KeySessions {
@@ -118,8 +161,11 @@ impl SessionAggregate {
             gap: gap_nanos,
             key_indices,
             converter,
-            keys: HashMap::new(),
-            earliest_end: i64::MAX,
+            ends: BinaryHeap::new(),
+            index: HashMap::new(),
+            keys: Vec::new(),
+            free_keys: Vec::new(),
+            empty_keys: 0,
             watermark: None,
             state: metrics.state_reporter(),
             metrics,
@@ -128,7 +174,7 @@ impl SessionAggregate {
     }
 
     fn report_state(&mut self) {
-        self.state.set(self.slots.size() + self.keys.len() * 64 + self.open_sessions * 48);
+        self.state.set(self.slots.size() + self.index.len() * 64 + self.open_sessions * 48);
     }
 
     /// A slot for rows `rows` (in the batch's key order `order`) of a new
@@ -156,22 +202,113 @@ impl SessionAggregate {
         }
     }
 
-    /// Regroups the slots (see [`SessionSlots::regroup`]): the open sessions
-    /// get one slot each, numbered in the order of `self.keys`, and the
-    /// values of the `closed` sessions come back, one column per aggregate.
-    fn regroup(&mut self, closed: &[(Option<OwnedRow>, Session)]) -> Result<Vec<ArrayRef>> {
-        let mut closed_groups = Regrouping::default();
-        for (_, session) in closed {
-            closed_groups.push(session.slots());
-        }
-        let mut open_groups = Regrouping::default();
-        for state in self.keys.values_mut() {
-            for session in state.sessions.iter_mut() {
-                session.slot = open_groups.push(session.slots());
-                session.merged = Vec::new();
+    /// Every open session's slots, one group per session in the order of
+    /// `self.keys`.
+    fn open_groups(&self) -> Regrouping {
+        let mut groups = Regrouping::default();
+        for state in &self.keys {
+            for session in &state.sessions {
+                groups.push(session.slots());
             }
         }
-        self.slots.regroup(&self.spec, &closed_groups, &open_groups)
+        groups
+    }
+
+    /// Packs the open sessions' slots (see [`SessionSlots::renumber`]).
+    fn renumber_slots(&mut self) -> Result<()> {
+        let groups = self.open_groups();
+        self.slots.renumber(&self.spec, &groups)?;
+        let mut slot = 0;
+        for state in self.keys.iter_mut() {
+            for session in state.sessions.iter_mut() {
+                session.slot = slot;
+                session.merged = Vec::new();
+                slot += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The place in `keys` of the key `bytes` (of row `row` of `rows`),
+    /// made if it has none.
+    fn key_place(&mut self, bytes: &[u8], rows: Option<&Rows>, row: usize) -> usize {
+        match self.index.entry_ref(bytes) {
+            EntryRef::Occupied(o) => *o.get(),
+            EntryRef::Vacant(v) => {
+                let state = KeySessions { key: rows.map(|r| r.row(row).owned()), sessions: Vec::new(), scheduled: i64::MAX };
+                let place = match self.free_keys.pop() {
+                    Some(place) => {
+                        self.keys[place] = state;
+                        place
+                    }
+                    None => {
+                        self.keys.push(state);
+                        self.keys.len() - 1
+                    }
+                };
+                self.empty_keys += 1;
+                *v.insert_entry(place).get()
+            }
+        }
+    }
+
+    /// Puts the key at `place` in [`Self::ends`] under its earliest session's
+    /// end, if that is before the end it is there under.
+    fn schedule(&mut self, place: usize) {
+        let state = &mut self.keys[place];
+        if let Some(end) = state.first_end().filter(|end| *end < state.scheduled) {
+            state.scheduled = end;
+            self.ends.push(Reverse(Due { end, key: place }));
+        }
+    }
+
+    /// Takes out the sessions that end before `t`.
+    fn close_sessions(&mut self, t: i64) -> Vec<(Option<OwnedRow>, Session)> {
+        let mut closed = Vec::new();
+        while self.ends.peek().is_some_and(|Reverse(due)| due.end < t) {
+            let Some(Reverse(Due { end, key })) = self.ends.pop() else { break };
+            let state = &mut self.keys[key];
+            if state.scheduled != end {
+                continue;
+            }
+            let ended = state.sessions.partition_point(|s| s.end < t);
+            for session in state.sessions.drain(..ended) {
+                closed.push((state.key.clone(), session));
+            }
+            match state.first_end() {
+                Some(next) => {
+                    state.scheduled = next;
+                    self.ends.push(Reverse(Due { end: next, key }));
+                }
+                None => {
+                    state.scheduled = i64::MAX;
+                    self.empty_keys += 1;
+                }
+            }
+        }
+        self.open_sessions -= closed.len();
+        closed
+    }
+
+    /// Frees the places of keys without sessions once they are more than
+    /// half the keys (each costs a visit of every key, so they are freed in
+    /// bulk).
+    fn free_empty_keys(&mut self) {
+        if self.empty_keys <= 1024 || self.empty_keys * 2 <= self.index.len() {
+            return;
+        }
+        let keys = &mut self.keys;
+        let free = &mut self.free_keys;
+        self.index.retain(|_, place| {
+            let state = &mut keys[*place];
+            if !state.sessions.is_empty() {
+                return true;
+            }
+            state.key = None;
+            free.push(*place);
+            false
+        });
+        self.empty_keys = 0;
     }
 
     /// Every open session as one table (see the module docs); `None` when none
@@ -180,15 +317,14 @@ impl SessionAggregate {
         if self.open_sessions == 0 {
             return Ok(None);
         }
-        // Slots in the order of `self.keys`, one per session: row i of the
-        // states is the i-th session visited below.
-        self.regroup(&[])?;
-        let states = self.slots.states(&self.spec)?;
+        // Row i of the states is the i-th session visited below.
+        let groups = self.open_groups();
+        let states = self.slots.states(&self.spec, &groups)?;
         let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         let mut keys = Vec::new();
         let mut starts = Vec::new();
         let mut ends = Vec::new();
-        for KeySessions { key, sessions } in self.keys.values() {
+        for KeySessions { key, sessions, .. } in &self.keys {
             for session in sessions {
                 keys.extend(key.as_ref().map(|k| k.row()));
                 starts.push(session.start);
@@ -231,14 +367,15 @@ impl SessionAggregate {
         let first_slot = self.slots.restore(&batch.columns()[width + 2..], &widths, batch.num_rows())?;
         for i in 0..batch.num_rows() {
             let session = Session { start: starts.value(i), end: ends.value(i), slot: first_slot + i, merged: Vec::new() };
-            let key: Vec<u8> = key_rows.as_ref().map_or_else(Vec::new, |r| r.row(i).as_ref().to_vec());
-            self.earliest_end = self.earliest_end.min(session.end);
-            let state = self.keys.entry(key).or_insert_with(|| KeySessions {
-                key: key_rows.as_ref().map(|r| r.row(i).owned()),
-                sessions: Vec::new(),
-            });
+            let key: &[u8] = key_rows.as_ref().map_or(&[], |r| r.row(i).data());
+            let place = self.key_place(key, key_rows.as_ref(), i);
+            let state = &mut self.keys[place];
+            if state.sessions.is_empty() {
+                self.empty_keys -= 1;
+            }
             let pos = state.sessions.partition_point(|s| s.start < session.start);
             state.sessions.insert(pos, session);
+            self.schedule(place);
             self.open_sessions += 1;
         }
         Ok(())
@@ -354,15 +491,8 @@ impl Operator for SessionAggregate {
         for (k, &first_row) in key_first_row.iter().enumerate() {
             let (from, to) = (key_offset[k], key_offset[k + 1]);
             self.runs_of(&times[from..to], from, &mut runs);
-            let key = key_of(first_row);
-            let mut entry = match self.keys.entry_ref(key) {
-                EntryRef::Occupied(o) => o,
-                EntryRef::Vacant(v) => v.insert_entry(KeySessions {
-                    key: key_rows.as_ref().map(|r| r.row(first_row).owned()),
-                    sessions: Vec::new(),
-                }),
-            };
-            let state = entry.get_mut();
+            let place = self.key_place(key_of(first_row), key_rows.as_ref(), first_row);
+            let state = &mut self.keys[place];
             let count = state.sessions.len();
             for (start, end, ids) in runs.drain(..) {
                 let overlaps = |s: &Session| s.start <= end && s.end >= start;
@@ -408,12 +538,10 @@ impl Operator for SessionAggregate {
                 }
             }
             self.open_sessions = self.open_sessions + state.sessions.len() - count;
-            if let Some(end) = state.first_end() {
-                self.earliest_end = self.earliest_end.min(end);
+            if count == 0 && !state.sessions.is_empty() {
+                self.empty_keys -= 1;
             }
-            if state.sessions.is_empty() {
-                entry.remove();
-            }
+            self.schedule(place);
         }
         // Rows outside sessions are masked out (and, with none in a session,
         // there may be no slot to name).
@@ -431,38 +559,29 @@ impl Operator for SessionAggregate {
     async fn on_watermark(&mut self, wm: Watermark, out: &mut Emitter) -> Result<Option<Watermark>> {
         let Watermark::EventTime(t) = wm else { return Ok(Some(wm)) };
         self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
-        let mut closed: Vec<(Option<OwnedRow>, Session)> = Vec::new();
-        // Sessions close once the watermark passes their end; below the
-        // earliest end none does, and no key needs a visit.
-        if t > self.earliest_end {
-            let mut earliest_end = i64::MAX;
-            let mut open_sessions = self.open_sessions;
-            self.keys.retain(|_, state| {
-                let open = state.sessions.split_off(state.sessions.partition_point(|s| s.end < t));
-                for s in std::mem::replace(&mut state.sessions, open) {
-                    open_sessions -= 1;
-                    closed.push((state.key.clone(), s));
-                }
-                if let Some(end) = state.first_end() {
-                    earliest_end = earliest_end.min(end);
-                }
-                !state.sessions.is_empty()
-            });
-            self.open_sessions = open_sessions;
-            self.earliest_end = earliest_end;
-        }
-        let earliest_open_end = self.earliest_end;
+        let mut closed = self.close_sessions(t);
         if !closed.is_empty() {
             closed.sort_by_key(|(_, s)| (s.end, s.start));
-            let values = self.regroup(&closed)?;
-            let batch = self.closed_sessions_batch(&closed, values)?;
-            out.emit(batch);
+            let mut groups = Regrouping::default();
+            for (_, session) in &closed {
+                groups.push(session.slots());
+            }
+            let values = self.slots.close(&self.spec, &groups)?;
+            out.emit(self.closed_sessions_batch(&closed, values)?);
+            if self.slots.sparse() {
+                self.renumber_slots()?;
+            }
+            self.free_empty_keys();
         }
         self.report_state();
+        // The heap's first end is at or before the earliest open session's
+        // end, and at or after `t` (earlier entries were taken out): the
+        // watermark forwarded below is what the exact earliest end gives.
+        let earliest_open_end = self.ends.peek().map_or(i64::MAX, |Reverse(due)| due.end);
         // Sessions still open, or opened later by rows at or after `t`, end at or
         // after `t` and leave later: the forwarded watermark stays strictly below
         // their ends, so a window aggregate downstream does not find them late.
-        if t == i64::MAX && self.keys.is_empty() {
+        if t == i64::MAX && self.open_sessions == 0 {
             return Ok(Some(wm));
         }
         Ok(Some(Watermark::EventTime(t.min(earliest_open_end).saturating_sub(1))))
@@ -548,6 +667,44 @@ mod tests {
             "{:?}",
             outcome.rows
         );
+        assert_eq!(outcome.late_rows, 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn freed_slots_and_keys_are_reused_when_most_are_free() -> Result<()> {
+        use crate::operators::checkpoint_testing::{input_rows, Step};
+        let make = session_aggregate(true);
+        // Gap 3 s. 6,000 keys open a session at 0 s; the first 1,000 go on
+        // at 2 s. The watermark at 4 s closes the other 5,000 (most slots
+        // free: they are packed); then the 1,000 go on at 4 s and 1,000 new
+        // keys open sessions in the packed slots, and in the places of keys
+        // freed then; 100 of the closed keys come back with a new session.
+        let first: Vec<(Option<i64>, i64, i64)> =
+            (0..6000).map(|k| (Some(k), 1, 0)).chain((0..1000).map(|k| (Some(k), 2, 2))).collect();
+        let second: Vec<(Option<i64>, i64, i64)> =
+            (0..1000).map(|k| (Some(k), 3, 4)).chain((6000..7000).map(|k| (Some(k), 5, 4))).chain((5000..5100).map(|k| (Some(k), 7, 4))).collect();
+        let steps = [
+            Step::Batch(input_rows(&first)),
+            Step::Watermark(4 * SEC),
+            Step::Batch(input_rows(&second)),
+            Step::Watermark(i64::MAX),
+        ];
+        let outcome = check_resumes(&make, &exchange_key(&["k"]), &steps, &[(1, 1), (1, 3)]).await?;
+        assert_eq!(outcome.rows.len(), 7100);
+        for row in &outcome.rows {
+            let fields: Vec<&str> = row.split('|').collect();
+            let key: i64 = fields[0].parse().expect("a key");
+            // (sum, count, max) of v.
+            let second_session = fields[1].ends_with("00:00:04");
+            let expected = match key {
+                0..1000 => ("6", "3", "3"),
+                5000..5100 if second_session => ("7", "1", "7"),
+                1000..6000 => ("1", "1", "1"),
+                _ => ("5", "1", "5"),
+            };
+            assert_eq!((fields[3], fields[4], fields[5]), expected, "{row}");
+        }
         assert_eq!(outcome.late_rows, 0);
         Ok(())
     }

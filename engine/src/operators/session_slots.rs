@@ -5,9 +5,12 @@
 //! `Accumulator` per session would cost a call per session, aggregate and
 //! batch. Here a batch is one `update_batch` per aggregate, with each row's
 //! slot as its group. A `GroupsAccumulator` cannot merge one group into
-//! another, nor hand out some of its groups, so both wait for a
-//! [`SessionSlots::regroup`]: it takes the state of every slot and merges it
-//! into new groups, one per session, evaluating those that closed.
+//! another, nor hand out some of its groups: a session that merged others
+//! owns their slots too, and closing sessions ([`SessionSlots::close`])
+//! takes the state of every slot, evaluates the closed sessions' slots
+//! merged, and puts the open slots back as they were, in array operations
+//! whatever the number of sessions. Freed slots are reused; when more than
+//! half are free, [`SessionSlots::renumber`] packs the open sessions' slots.
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{and, take};
@@ -16,10 +19,13 @@ use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use super::window_groups::{AggregateSpec, EvaluatedBatch};
 use crate::error::{EngineError, Result};
 
-/// Slots `0..len` of one groups accumulator per aggregate.
+/// Slots `0..len` of one groups accumulator per aggregate; `free` ones
+/// hold no session (and their initial state).
 pub(crate) struct SessionSlots {
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     len: usize,
+    free: Vec<usize>,
+    is_free: Vec<bool>,
 }
 
 /// Which slots each group of a [`SessionSlots::regroup`] is made of: groups
@@ -65,13 +71,23 @@ impl Regrouping {
 
 impl SessionSlots {
     pub(crate) fn new(spec: &AggregateSpec) -> Result<Self> {
-        Ok(SessionSlots { accumulators: spec.new_groups_accumulators()?, len: 0 })
+        Ok(SessionSlots { accumulators: spec.new_groups_accumulators()?, len: 0, free: Vec::new(), is_free: Vec::new() })
     }
 
-    /// A new, empty slot.
+    /// An empty slot.
     pub(crate) fn allocate(&mut self) -> usize {
+        if let Some(slot) = self.free.pop() {
+            self.is_free[slot] = false;
+            return slot;
+        }
+        self.is_free.push(false);
         self.len += 1;
         self.len - 1
+    }
+
+    /// Whether more than half the slots, and many, are free.
+    pub(crate) fn sparse(&self) -> bool {
+        self.len > 4096 && self.free.len() * 2 > self.len
     }
 
     /// Adds each row of `ev` to its slot `slots[row]`, except rows that
@@ -92,7 +108,7 @@ impl SessionSlots {
     }
 
     /// Takes the state out of every slot (one set of columns per aggregate),
-    /// leaving no slot.
+    /// leaving fresh accumulators.
     fn take_states(&mut self, spec: &AggregateSpec) -> Result<Vec<Vec<ArrayRef>>> {
         let states = match self.len {
             // An adapted plain accumulator without groups has no typed state.
@@ -100,37 +116,59 @@ impl SessionSlots {
             _ => self.accumulators.iter_mut().map(|a| Ok(a.state(EmitTo::All)?)).collect::<Result<_>>()?,
         };
         self.accumulators = spec.new_groups_accumulators()?;
-        self.len = 0;
         Ok(states)
     }
 
-    /// Makes the groups of `open` the slots, numbered as pushed, and returns
-    /// the aggregates' values of the groups of `closed` (one column per
-    /// aggregate, a row per group; no column when `closed` is empty). Slots
-    /// in neither are dropped.
-    pub(crate) fn regroup(&mut self, spec: &AggregateSpec, closed: &Regrouping, open: &Regrouping) -> Result<Vec<ArrayRef>> {
+    /// Puts the slots that are not free back, from `states` taken by
+    /// [`Self::take_states`].
+    fn put_back(&mut self, spec: &AggregateSpec, states: &[Vec<ArrayRef>]) -> Result<()> {
+        let mut kept = Regrouping { len: self.len, ..Regrouping::default() };
+        for slot in (0..self.len).filter(|s| !self.is_free[*s]) {
+            kept.slots.push(slot as u32);
+            kept.groups.push(slot);
+        }
+        self.accumulators = kept.merged(spec, states)?;
+        Ok(())
+    }
+
+    /// Frees the slots of the groups of `closed`, and returns the
+    /// aggregates' values of those groups (one column per aggregate, a row
+    /// per group).
+    pub(crate) fn close(&mut self, spec: &AggregateSpec, closed: &Regrouping) -> Result<Vec<ArrayRef>> {
         let states = self.take_states(spec)?;
-        let values = match closed.len() {
-            0 => Vec::new(),
-            _ => closed.merged(spec, &states)?.iter_mut().map(|a| Ok(a.evaluate(EmitTo::All)?)).collect::<Result<_>>()?,
-        };
-        self.accumulators = open.merged(spec, &states)?;
-        self.len = open.len();
+        let values =
+            closed.merged(spec, &states)?.iter_mut().map(|a| Ok(a.evaluate(EmitTo::All)?)).collect::<Result<_>>()?;
+        for slot in &closed.slots {
+            self.is_free[*slot as usize] = true;
+            self.free.push(*slot as usize);
+        }
+        self.put_back(spec, &states)?;
         Ok(values)
     }
 
-    /// The state of every slot as columns (one row per slot, every
-    /// aggregate's columns in turn), keeping it.
-    pub(crate) fn states(&mut self, spec: &AggregateSpec) -> Result<Vec<ArrayRef>> {
-        let len = self.len;
+    /// Makes the groups of `open` the slots, numbered as pushed, with none
+    /// free; every slot not in `open` is dropped.
+    pub(crate) fn renumber(&mut self, spec: &AggregateSpec, open: &Regrouping) -> Result<()> {
         let states = self.take_states(spec)?;
-        let mut all = Regrouping::default();
-        for slot in 0..len {
-            all.push([slot]);
+        self.accumulators = open.merged(spec, &states)?;
+        self.len = open.len();
+        self.free.clear();
+        self.is_free = vec![false; self.len];
+        Ok(())
+    }
+
+    /// The states of the groups of `groups` as columns (one row per group,
+    /// every aggregate's columns in turn), keeping the slots as they are.
+    pub(crate) fn states(&mut self, spec: &AggregateSpec, groups: &Regrouping) -> Result<Vec<ArrayRef>> {
+        let states = self.take_states(spec)?;
+        let mut columns = Vec::new();
+        if groups.len() > 0 {
+            for mut acc in groups.merged(spec, &states)? {
+                columns.extend(acc.state(EmitTo::All)?);
+            }
         }
-        self.accumulators = all.merged(spec, &states)?;
-        self.len = len;
-        Ok(states.into_iter().flatten().collect())
+        self.put_back(spec, &states)?;
+        Ok(columns)
     }
 
     /// Adds one slot per row of the `rows` rows of `states` (laid out as
@@ -149,11 +187,12 @@ impl SessionSlots {
             start += width;
         }
         self.len = total;
+        self.is_free.resize(total, false);
         Ok(first)
     }
 
-    /// Bytes held by the accumulators.
+    /// Bytes held by the accumulators and the slot bookkeeping.
     pub(crate) fn size(&self) -> usize {
-        self.accumulators.iter().map(|a| a.size()).sum()
+        self.accumulators.iter().map(|a| a.size()).sum::<usize>() + self.free.capacity() * 8 + self.is_free.capacity()
     }
 }
