@@ -132,28 +132,45 @@ fn skip_ws(b: &[u8], mut i: usize, end: usize) -> usize {
     i
 }
 
+/// The high bit of each byte of `word` that equals `byte` (exact: no
+/// carry runs from one byte into the next).
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let t = word ^ (0x0101_0101_0101_0101 * u64::from(byte));
+    !(((t & LOW7) + LOW7) | t | LOW7)
+}
+
 /// The index of the quote that closes the string whose text starts at `i`,
 /// and whether the string holds escapes.
 fn string_end(b: &[u8], mut i: usize, end: usize) -> Option<(usize, bool)> {
-    // Most keys and values are short: look at their first bytes one by one
-    // before handing a long one to memchr.
-    let short = end.min(i + 24);
-    while i < short {
-        match b[i] {
-            b'"' => return Some((i, false)),
-            b'\\' => break,
-            _ => i += 1,
-        }
-    }
     let mut escaped = false;
-    loop {
-        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..end)?)?;
+    // Eight bytes at a time (most strings are keys and short values: a
+    // vectorised search costs more to set up than it saves).
+    while let Some(word) = b.get(i..i + 8).filter(|_| i + 8 <= end) {
+        let word = u64::from_le_bytes(word.try_into().ok()?);
+        let hits = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+        if hits == 0 {
+            i += 8;
+            continue;
+        }
+        let j = i + (hits.trailing_zeros() / 8) as usize;
         if b[j] == b'"' {
             return Some((j, escaped));
         }
         escaped = true;
         i = j + 2;
     }
+    while i < end {
+        match b[i] {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Just past the nested object or array that starts at `i` (strings inside
@@ -180,12 +197,53 @@ fn nested_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
     None
 }
 
-/// Just past the bare word or number that starts at `i`.
-fn scalar_end(b: &[u8], mut i: usize, end: usize) -> usize {
-    while i < end && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
+/// Whether `b[i]` ends a bare word or number (or `i` is the end).
+fn ends_word(b: &[u8], i: usize, end: usize) -> bool {
+    i >= end || matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Just past the JSON number that starts at `i`
+/// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`) if it ends a word there.
+fn number_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        while i < end && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    if i < end && b[i] == b'-' {
         i += 1;
     }
-    i
+    match b.get(i).filter(|_| i < end) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i = digits(i + 1),
+        _ => return None,
+    }
+    if i < end && b[i] == b'.' {
+        let after = digits(i + 1);
+        if after == i + 1 {
+            return None;
+        }
+        i = after;
+    }
+    if i < end && matches!(b[i], b'e' | b'E') {
+        i += 1;
+        if i < end && matches!(b[i], b'+' | b'-') {
+            i += 1;
+        }
+        let after = digits(i);
+        if after == i {
+            return None;
+        }
+        i = after;
+    }
+    ends_word(b, i, end).then_some(i)
+}
+
+/// Just past the literal `word` at `i`, if it is there and ends a word.
+fn literal_end(b: &[u8], i: usize, end: usize, word: &[u8]) -> Option<usize> {
+    let after = i + word.len();
+    (after <= end && b.get(i..after) == Some(word) && ends_word(b, after, end)).then_some(after)
 }
 
 /// Scans the object in `b[start..end]`, setting `values[k]` to the value of
@@ -235,16 +293,22 @@ fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mu
                 Value::Missing
             }
             b'{' | b'[' => return None,
+            b'n' => {
+                i = literal_end(b, i, end, b"null")?;
+                Value::Null
+            }
+            b't' => {
+                i = literal_end(b, i, end, b"true")?;
+                Value::True
+            }
+            b'f' => {
+                i = literal_end(b, i, end, b"false")?;
+                Value::False
+            }
             _ => {
-                let word_end = scalar_end(b, i, end);
-                let value = match &b[i..word_end] {
-                    b"null" => Value::Null,
-                    b"true" => Value::True,
-                    b"false" => Value::False,
-                    number if is_json_number(number) => Value::Number(i, word_end),
-                    _ => return None,
-                };
-                i = word_end;
+                let number_end = number_end(b, i, end)?;
+                let value = Value::Number(i, number_end);
+                i = number_end;
                 value
             }
         };
@@ -261,36 +325,6 @@ fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mu
             _ => return None,
         }
     }
-}
-
-/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
-fn is_json_number(s: &[u8]) -> bool {
-    let digits = |s: &[u8], i: usize| i + s[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-    let mut i = usize::from(s.first() == Some(&b'-'));
-    match s.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => i = digits(s, i),
-        _ => return false,
-    }
-    if s.get(i) == Some(&b'.') {
-        let after = digits(s, i + 1);
-        if after == i + 1 {
-            return false;
-        }
-        i = after;
-    }
-    if matches!(s.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(s.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let after = digits(s, i);
-        if after == i {
-            return false;
-        }
-        i = after;
-    }
-    i == s.len()
 }
 
 /// A plain integer's text (no fraction, no exponent).
