@@ -109,10 +109,11 @@ impl FlatJsonDecoder {
         let rows = records.len();
         let mut columns: Vec<Builder> = self.kinds.iter().map(|k| Builder::new(k, rows)).collect();
         let mut values = vec![Value::Missing; self.keys.len()];
+        let mut shape = Shape::default();
         for record in records {
             let text = simdutf8::basic::from_utf8(record).ok()?;
             values.fill(Value::Missing);
-            scan_record(record, 0, record.len(), &self.keys, &mut values)?;
+            scan_record(record, record.len(), &self.keys, &mut shape, &mut values)?;
             for ((builder, value), field) in columns.iter_mut().zip(&values).zip(self.schema.fields()) {
                 if matches!(value, Value::Missing | Value::Null) && !field.is_nullable() {
                     return None;
@@ -132,12 +133,56 @@ fn skip_ws(b: &[u8], mut i: usize, end: usize) -> usize {
     i
 }
 
-/// The high bit of each byte of `word` that equals `byte` (exact: no
-/// carry runs from one byte into the next).
+/// The low seven bits of every byte of a word.
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of each byte of `word` that is not zero (exact: no carry
+/// runs from one byte into the next).
+fn nonzero_bytes(word: u64) -> u64 {
+    (((word & LOW7) + LOW7) | word) & !LOW7
+}
+
+/// The high bit of each byte of `word` that equals `byte`.
 fn bytes_equal(word: u64, byte: u8) -> u64 {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    let t = word ^ (0x0101_0101_0101_0101 * u64::from(byte));
-    !(((t & LOW7) + LOW7) | t | LOW7)
+    !nonzero_bytes(word ^ (0x0101_0101_0101_0101 * u64::from(byte))) & !LOW7
+}
+
+/// The high bit of each byte of `word` that is not an ASCII digit (whose
+/// high nibble is 3 and low nibble at most 9).
+fn non_digit_bytes(word: u64) -> u64 {
+    let high = (word & 0xf0f0_f0f0_f0f0_f0f0) ^ 0x3030_3030_3030_3030;
+    let low = ((word & 0x0f0f_0f0f_0f0f_0f0f) + 0x0606_0606_0606_0606) & 0xf0f0_f0f0_f0f0_f0f0;
+    nonzero_bytes(high | low)
+}
+
+/// The eight bytes at `i`, if they lie before `end`.
+fn word_at(b: &[u8], i: usize, end: usize) -> Option<u64> {
+    let bytes: &[u8; 8] = b.get(i..i + 8).filter(|_| i + 8 <= end)?.try_into().ok()?;
+    Some(u64::from_le_bytes(*bytes))
+}
+
+/// Just past the run of ASCII digits at `i`.
+fn digits_end(b: &[u8], mut i: usize, end: usize) -> usize {
+    while let Some(word) = word_at(b, i, end) {
+        let stops = non_digit_bytes(word);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < end && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    i
+}
+
+/// Whether `b[i..]` starts with `prefix`, compared a word at a time.
+fn starts_with_at(b: &[u8], i: usize, prefix: &[u8]) -> bool {
+    let Some(text) = b.get(i..i + prefix.len()) else { return false };
+    let mut words = text.chunks_exact(8).zip(prefix.chunks_exact(8));
+    let same_words = words.all(|(x, y)| x == y);
+    let tail = prefix.len() / 8 * 8;
+    same_words && text[tail..] == prefix[tail..]
 }
 
 /// The index of the quote that closes the string whose text starts at `i`,
@@ -146,8 +191,7 @@ fn string_end(b: &[u8], mut i: usize, end: usize) -> Option<(usize, bool)> {
     let mut escaped = false;
     // Eight bytes at a time (most strings are keys and short values: a
     // vectorised search costs more to set up than it saves).
-    while let Some(word) = b.get(i..i + 8).filter(|_| i + 8 <= end) {
-        let word = u64::from_le_bytes(word.try_into().ok()?);
+    while let Some(word) = word_at(b, i, end) {
         let hits = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
         if hits == 0 {
             i += 8;
@@ -205,12 +249,7 @@ fn ends_word(b: &[u8], i: usize, end: usize) -> bool {
 /// Just past the JSON number that starts at `i`
 /// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`) if it ends a word there.
 fn number_end(b: &[u8], mut i: usize, end: usize) -> Option<usize> {
-    let digits = |mut i: usize| {
-        while i < end && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        i
-    };
+    let digits = |i: usize| digits_end(b, i, end);
     if i < end && b[i] == b'-' {
         i += 1;
     }
@@ -246,10 +285,43 @@ fn literal_end(b: &[u8], i: usize, end: usize, word: &[u8]) -> Option<usize> {
     (after <= end && b.get(i..after) == Some(word) && ends_word(b, after, end)).then_some(after)
 }
 
-/// Scans the object in `b[start..end]`, setting `values[k]` to the value of
+/// The keys of the last record scanned, in order, each with the column it
+/// is (if one is): records of a file or topic mostly have the same keys in
+/// the same order, and a key found where expected costs a comparison
+/// instead of a scan and a lookup.
+#[derive(Default)]
+struct Shape {
+    keys: Vec<(Vec<u8>, Option<usize>)>,
+}
+
+impl Shape {
+    /// The end of the key whose opening quote is at `i`, as the `n`-th key
+    /// of its record, and its column; `None` if it is not a plain key.
+    fn key(&mut self, b: &[u8], i: usize, end: usize, n: usize, keys: &[Vec<u8>]) -> Option<(usize, Option<usize>)> {
+        // An expected key holds no quote or backslash (it was scanned
+        // without escapes): its bytes then a quote are the whole string.
+        if let Some((key, slot)) = self.keys.get(n) {
+            let close = i + 1 + key.len();
+            if close < end && b[close] == b'"' && starts_with_at(b, i + 1, key) {
+                return Some((close, *slot));
+            }
+        }
+        let (close, escaped) = string_end(b, i + 1, end)?;
+        if escaped {
+            return None;
+        }
+        let key = &b[i + 1..close];
+        let slot = keys.iter().position(|k| k.len() == key.len() && k.first() == key.first() && k.as_slice() == key);
+        self.keys.truncate(n);
+        self.keys.push((key.to_vec(), slot));
+        Some((close, slot))
+    }
+}
+
+/// Scans the object in `b[..end]`, setting `values[k]` to the value of
 /// `keys[k]`; `None` if it is not one flat-enough object.
-fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mut [Value]) -> Option<()> {
-    let mut i = skip_ws(b, start, end);
+fn scan_record(b: &[u8], end: usize, keys: &[Vec<u8>], shape: &mut Shape, values: &mut [Value]) -> Option<()> {
+    let mut i = skip_ws(b, 0, end);
     if b.get(i) != Some(&b'{') {
         return None;
     }
@@ -257,21 +329,18 @@ fn scan_record(b: &[u8], start: usize, end: usize, keys: &[Vec<u8>], values: &mu
     if b.get(i) == Some(&b'}') {
         return (skip_ws(b, i + 1, end) == end).then_some(());
     }
+    let mut n = 0;
     loop {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let (key_end, escaped) = string_end(b, i + 1, end)?;
-        if escaped {
-            return None;
-        }
-        let key = &b[i + 1..key_end];
+        let (key_end, slot) = shape.key(b, i, end, n, keys)?;
+        n += 1;
         i = skip_ws(b, key_end + 1, end);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1, end);
-        let slot = keys.iter().position(|k| k.len() == key.len() && k.first() == key.first() && k.as_slice() == key);
         let value = match *b.get(i)? {
             b'"' => {
                 let (close, escaped) = string_end(b, i + 1, end)?;

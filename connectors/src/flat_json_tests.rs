@@ -204,3 +204,27 @@ fn words_not_read_are_checked_as_arrow_json_checks_them() {
         assert!(!compare(&schema, &[format!(r#"{{"i":2,"other":{word}}}"#)]), "{word} last is given up");
     }
 }
+
+/// Keys are first looked for where the last record had them: records whose
+/// keys change order, or hold a key that starts like an expected one, are
+/// read as arrow-json reads them.
+#[test]
+fn records_whose_keys_move_agree_with_arrow_json() {
+    let schema = columns(true);
+    let lines: Vec<String> = [
+        r#"{"s":"1","i":1,"f":0.5}"#,
+        r#"{"i":2,"s":"2"}"#,
+        r#"{"si":"x","s":"3","i":3}"#,
+        r#"{"s":"4","s2":5,"i":4}"#,
+        r#"{"s":"5","i":5,"f":1.5}"#,
+        r#"{"s" : "6", "i":6}"#,
+        r#"{"s":"7","i":7,"f":2.5,"other":"long enough to take more than one word"}"#,
+    ]
+    .iter()
+    .map(|l| l.to_string())
+    .collect();
+    assert!(compare(&schema, &lines));
+    // A repeated key is still found repeated where it was expected once.
+    let repeated = [r#"{"s":"1","i":1}"#.to_string(), r#"{"s":"2","s":"3"}"#.to_string()];
+    assert!(!compare(&schema, &repeated));
+}
