@@ -176,13 +176,18 @@ fn digits_end(b: &[u8], mut i: usize, end: usize) -> usize {
     i
 }
 
-/// Whether `b[i..]` starts with `prefix`, compared a word at a time.
+/// Whether `b[i..]` starts with `prefix`, compared a word at a time (a
+/// call of `memcmp` per key costs more than the comparison).
 fn starts_with_at(b: &[u8], i: usize, prefix: &[u8]) -> bool {
     let Some(text) = b.get(i..i + prefix.len()) else { return false };
-    let mut words = text.chunks_exact(8).zip(prefix.chunks_exact(8));
-    let same_words = words.all(|(x, y)| x == y);
-    let tail = prefix.len() / 8 * 8;
-    same_words && text[tail..] == prefix[tail..]
+    let mut k = 0;
+    while let (Some(x), Some(y)) = (word_at(text, k, text.len()), word_at(prefix, k, prefix.len())) {
+        if x != y {
+            return false;
+        }
+        k += 8;
+    }
+    text[k..].iter().zip(&prefix[k..]).all(|(x, y)| x == y)
 }
 
 /// The index of the quote that closes the string whose text starts at `i`,
