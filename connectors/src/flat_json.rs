@@ -17,12 +17,12 @@
 //! wants a number, a missing or null NOT NULL column, invalid JSON) it gives
 //! the batch up, and arrow-json decodes it, or reports its error, as before.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
 use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder, StringViewBuilder};
 use arrow::compute::kernels::cast_utils::string_to_datetime;
-use chrono::Timelike;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit,
     UInt16Type, UInt32Type, UInt64Type, UInt8Type,
@@ -106,12 +106,25 @@ impl FlatJsonDecoder {
     /// `records` (one JSON object each) as one batch, or `None` where
     /// arrow-json has to decide.
     pub(crate) fn decode<'a>(&self, records: impl ExactSizeIterator<Item = &'a [u8]>) -> Option<RecordBatch> {
+        let texts = records.map(|record| simdutf8::basic::from_utf8(record).ok()).collect::<Option<Vec<&str>>>()?;
+        self.decode_texts(texts.into_iter())
+    }
+
+    /// The records at `spans` of `block`, as [`Self::decode`]; the block is
+    /// checked to be UTF-8 once, not record by record.
+    pub(crate) fn decode_block(&self, block: &[u8], spans: impl ExactSizeIterator<Item = Range<usize>>) -> Option<RecordBatch> {
+        let block = simdutf8::basic::from_utf8(block).ok()?;
+        let texts = spans.map(|span| block.get(span)).collect::<Option<Vec<&str>>>()?;
+        self.decode_texts(texts.into_iter())
+    }
+
+    fn decode_texts<'a>(&self, records: impl ExactSizeIterator<Item = &'a str>) -> Option<RecordBatch> {
         let rows = records.len();
         let mut columns: Vec<Builder> = self.kinds.iter().map(|k| Builder::new(k, rows)).collect();
         let mut values = vec![Value::Missing; self.keys.len()];
         let mut shape = Shape::default();
-        for record in records {
-            let text = simdutf8::basic::from_utf8(record).ok()?;
+        for text in records {
+            let record = text.as_bytes();
             values.fill(Value::Missing);
             scan_record(record, record.len(), &self.keys, &mut shape, &mut values)?;
             for ((builder, value), field) in columns.iter_mut().zip(&values).zip(self.schema.fields()) {
@@ -441,15 +454,28 @@ struct TimestampColumn {
     data_type: DataType,
     unit: TimeUnit,
     tz: Tz,
-    /// The zone is UTC: plain times take [`plain_utc`].
+    /// The zone is UTC: plain times are read directly ([`plain_utc`]).
     utc: bool,
+    /// The last string read and its value.
     last: Option<(String, i64)>,
+    /// The last plain date read (`YYYY-MM-DD`) and its midnight in epoch
+    /// seconds: times of one day mostly follow each other.
+    day: Option<([u8; 10], i64)>,
 }
 
 /// A time in the plain form `YYYY-MM-DD[T ]HH:MM:SS[.fraction]` (no zone) as
 /// UTC, read directly; `None` for any other form (or an invalid date), which
 /// `string_to_datetime` then reads (it reads this form the same).
+#[cfg(test)]
 fn plain_utc(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (seconds, nanos) = plain_time_of_day(s)?;
+    let midnight = plain_midnight(s)?;
+    chrono::DateTime::from_timestamp(midnight + i64::from(seconds), nanos)
+}
+
+/// The time of day of a plain time (see [`plain_utc`]), in seconds and
+/// nanoseconds, if the text has the plain form (its date is not checked).
+fn plain_time_of_day(s: &str) -> Option<(u32, u32)> {
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
         return None;
@@ -462,10 +488,19 @@ fn plain_utc(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => number(20, b.len())? * 10u32.pow(9 - digits.len() as u32),
         _ => return None,
     };
-    let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
-    let time = chrono::NaiveTime::from_hms_nano_opt(number(11, 13)?, number(14, 16)?, number(17, 19)?, nanos)?;
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
     // A leap second (`:60`) is left to `string_to_datetime`.
-    (time.second() < 60 && nanos < 1_000_000_000).then(|| date.and_time(time).and_utc())
+    (hour < 24 && minute < 60 && second < 60).then_some((hour * 3600 + minute * 60 + second, nanos))
+}
+
+/// Midnight of a plain time's date, in epoch seconds, if it is a date.
+fn plain_midnight(s: &str) -> Option<i64> {
+    let b = s.as_bytes().get(..10)?;
+    let number = |from: usize, to: usize| -> Option<u32> {
+        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
 }
 
 impl TimestampColumn {
@@ -479,20 +514,29 @@ impl TimestampColumn {
             }
             Value::String(a, b, false) => {
                 let s = &text[a..b];
-                match &self.last {
+                match &mut self.last {
                     Some((last, v)) if last == s => *v,
                     _ => {
-                        let date = match self.utc.then(|| plain_utc(s)).flatten() {
-                            Some(date) => date,
-                            None => string_to_datetime(&self.tz, s).ok()?.with_timezone(&chrono::Utc),
+                        let v = match self.utc.then(|| self.plain(s)).flatten() {
+                            Some(v) => v,
+                            None => {
+                                let date = string_to_datetime(&self.tz, s).ok()?.with_timezone(&chrono::Utc);
+                                match self.unit {
+                                    TimeUnit::Second => date.timestamp(),
+                                    TimeUnit::Millisecond => date.timestamp_millis(),
+                                    TimeUnit::Microsecond => date.timestamp_micros(),
+                                    TimeUnit::Nanosecond => date.timestamp_nanos_opt()?,
+                                }
+                            }
                         };
-                        let v = match self.unit {
-                            TimeUnit::Second => date.timestamp(),
-                            TimeUnit::Millisecond => date.timestamp_millis(),
-                            TimeUnit::Microsecond => date.timestamp_micros(),
-                            TimeUnit::Nanosecond => date.timestamp_nanos_opt()?,
-                        };
-                        self.last = Some((s.to_string(), v));
+                        match &mut self.last {
+                            Some((last, value)) => {
+                                last.clear();
+                                last.push_str(s);
+                                *value = v;
+                            }
+                            None => self.last = Some((s.to_string(), v)),
+                        }
                         v
                     }
                 }
@@ -502,6 +546,30 @@ impl TimestampColumn {
         };
         self.values.append_value(v);
         Some(())
+    }
+
+    /// A plain time (see [`plain_utc`]) in the column's unit, the date's
+    /// midnight taken from the last one read when the date is the same;
+    /// `None` for any other form, or a value out of range.
+    fn plain(&mut self, s: &str) -> Option<i64> {
+        let (seconds, nanos) = plain_time_of_day(s)?;
+        let date: [u8; 10] = s.as_bytes().get(..10)?.try_into().ok()?;
+        let midnight = match self.day {
+            Some((day, midnight)) if day == date => midnight,
+            _ => {
+                let midnight = plain_midnight(s)?;
+                self.day = Some((date, midnight));
+                midnight
+            }
+        };
+        let seconds = midnight.checked_add(i64::from(seconds))?;
+        let (per_second, nanos_per_unit) = match self.unit {
+            TimeUnit::Second => (1, 1_000_000_000),
+            TimeUnit::Millisecond => (1_000, 1_000_000),
+            TimeUnit::Microsecond => (1_000_000, 1_000),
+            TimeUnit::Nanosecond => (1_000_000_000, 1),
+        };
+        seconds.checked_mul(per_second)?.checked_add(i64::from(nanos / nanos_per_unit))
     }
 
     /// The values as the column's timestamp type (the same buffers).
@@ -562,6 +630,7 @@ impl Builder {
                 tz: *tz,
                 utc: matches!(data_type, DataType::Timestamp(_, None)) || matches!(data_type, DataType::Timestamp(_, Some(z)) if matches!(z.as_ref(), "+00:00" | "UTC")),
                 last: None,
+                day: None,
             }),
         }
     }

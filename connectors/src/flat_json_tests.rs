@@ -49,7 +49,18 @@ fn arrow_json(schema: &SchemaRef, text: &[u8]) -> Result<RecordBatch, arrow::err
 fn compare(schema: &SchemaRef, lines: &[String]) -> bool {
     let (text, records) = block(lines);
     let decoder = FlatJsonDecoder::new(Arc::clone(schema)).expect("supported types");
-    let Some(fast) = decoder.decode(records.iter().map(Vec::as_slice)) else { return false };
+    let fast = decoder.decode(records.iter().map(Vec::as_slice));
+    // The same records as spans of the one block, as a file source hands them.
+    let mut start = 0;
+    let spans: Vec<std::ops::Range<usize>> = records
+        .iter()
+        .map(|r| {
+            start += r.len();
+            start - r.len()..start
+        })
+        .collect();
+    assert_eq!(decoder.decode_block(&text, spans.into_iter()), fast, "{lines:?}");
+    let Some(fast) = fast else { return false };
     match arrow_json(schema, &text) {
         Ok(expected) => assert_eq!(fast, expected, "{lines:?}"),
         Err(e) => panic!("the fast path decoded what arrow-json refuses ({e}): {lines:?}"),
@@ -227,4 +238,38 @@ fn records_whose_keys_move_agree_with_arrow_json() {
     // A repeated key is still found repeated where it was expected once.
     let repeated = [r#"{"s":"1","i":1}"#.to_string(), r#"{"s":"2","s":"3"}"#.to_string()];
     assert!(!compare(&schema, &repeated));
+}
+
+/// A record that is not UTF-8 is arrow-json's to refuse, whether records come
+/// one by one or as one block.
+#[test]
+fn records_that_are_not_utf8_are_given_up() {
+    let decoder = FlatJsonDecoder::new(columns(true)).expect("supported types");
+    let records: Vec<Vec<u8>> = vec![b"{\"s\":\"a\"}\n".to_vec(), b"{\"s\":\"\xff\"}\n".to_vec()];
+    assert!(decoder.decode(records.iter().map(Vec::as_slice)).is_none());
+    let block = records.concat();
+    assert!(decoder.decode_block(&block, [0..records[0].len(), records[0].len()..block.len()].into_iter()).is_none());
+    assert!(decoder.decode_block(&block, [0..records[0].len()].into_iter()).is_none(), "the whole block is checked");
+}
+
+/// Plain times read directly, with the date's midnight kept between them, in
+/// every unit, before and after 1970 and across days, as arrow-json reads them.
+#[test]
+fn plain_times_in_every_unit_agree_with_arrow_json() {
+    let schema: SchemaRef = Arc::new(Schema::new(
+        [TimeUnit::Second, TimeUnit::Millisecond, TimeUnit::Microsecond, TimeUnit::Nanosecond]
+            .into_iter()
+            .enumerate()
+            .map(|(i, unit)| Field::new(format!("t{i}"), DataType::Timestamp(unit, None), true))
+            .collect::<Vec<_>>(),
+    ));
+    let times = [
+        "2024-01-01T00:00:00", "2024-01-01T00:00:00.001", "2024-01-01 13:45:07.5", "2024-01-01T23:59:59.999999999",
+        "2024-01-02T00:00:00", "2024-01-01T12:00:00", "1969-12-31T23:59:59.999", "1969-12-31T00:00:00.000001",
+        "1970-01-01T00:00:00", "2262-04-11T23:47:16.854775807", "1677-09-21T00:12:43.145224192", "2024-02-29T08:00:00",
+    ];
+    let lines: Vec<String> = times.iter().map(|t| format!(r#"{{"t0":"{t}","t1":"{t}","t2":"{t}","t3":"{t}"}}"#)).collect();
+    assert!(compare(&schema, &lines), "plain times are taken");
+    // Beyond what nanoseconds hold, both give up alike (compare checks it).
+    compare(&schema, &[r#"{"t3":"2300-01-01T00:00:00"}"#.to_string()]);
 }

@@ -467,7 +467,8 @@ impl FileSource {
             return Ok(None);
         }
         let path = text.path.clone();
-        if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode(block.records.iter().map(|r| block.text(r)))) {
+        let spans = block.records.iter().map(|r| r.start..r.end);
+        if let Some(batch) = self.flat_json.as_ref().and_then(|flat| flat.decode_block(&block.bytes, spans)) {
             self.block = block;
             return Ok(Some(self.widened(batch).map_err(|e| io_error(&path, e))?));
         }
