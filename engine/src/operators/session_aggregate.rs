@@ -6,13 +6,13 @@
 //! extend it). Rows that form a session of their own that is already behind
 //! the watermark, merging with no open session, are late.
 //!
-//! Accumulator state lives in one DataFusion `GroupsAccumulator` per aggregate
-//! for all open sessions ([`SessionSlots`]): each session owns a slot (a group
-//! of those accumulators), so a batch costs one `update_batch` per aggregate,
-//! however many sessions it touches. Rows are never kept. Sessions that merge
-//! keep every slot they own until the next closing watermark, when the slots
-//! are regrouped: the closed sessions' slots are merged and evaluated, the open
-//! ones' merged into one slot each, and freed slots dropped.
+//! Accumulator state lives in numbered slots ([`SessionSlots`]), a slot per
+//! session: for the common aggregates one DataFusion `GroupsAccumulator`
+//! holds every slot, so a batch costs one `update_batch` per aggregate
+//! however many sessions it touches. Rows are never kept. A session that
+//! merges others takes over their slots, and its state is all its slots'
+//! merged, when it closes or is checkpointed. A watermark visits only the
+//! keys whose sessions it closes (a heap of each key's earliest end).
 //!
 //! Checkpointed state: table [`SESSIONS_TABLE`] holds one row per open
 //! session, keyed by the group columns other than the window bounds (the
@@ -217,7 +217,7 @@ impl SessionAggregate {
     /// Packs the open sessions' slots (see [`SessionSlots::renumber`]).
     fn renumber_slots(&mut self) -> Result<()> {
         let groups = self.open_groups();
-        self.slots.renumber(&self.spec, &groups)?;
+        self.slots.renumber(&groups)?;
         let mut slot = 0;
         for state in self.keys.iter_mut() {
             for session in state.sessions.iter_mut() {
@@ -319,7 +319,7 @@ impl SessionAggregate {
         }
         // Row i of the states is the i-th session visited below.
         let groups = self.open_groups();
-        let states = self.slots.states(&self.spec, &groups)?;
+        let states = self.slots.states(&groups)?;
         let widths = groups_accumulator_widths(&self.spec.aggregates)?;
         let mut keys = Vec::new();
         let mut starts = Vec::new();
@@ -566,7 +566,7 @@ impl Operator for SessionAggregate {
             for (_, session) in &closed {
                 groups.push(session.slots());
             }
-            let values = self.slots.close(&self.spec, &groups)?;
+            let values = self.slots.close(&groups)?;
             out.emit(self.closed_sessions_batch(&closed, values)?);
             if self.slots.sparse() {
                 self.renumber_slots()?;
