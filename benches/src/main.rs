@@ -18,7 +18,8 @@
 //! machine's run-to-run noise is larger than the cost measured).
 //!
 //! `--rss 2000,125000` measures memory instead: windowed queries (tumbling,
-//! sliced hopping, session; `--only` picks) over the `generator` connector with
+//! sliced hopping, session, and a statement set of two INSERTs; `--only`
+//! picks) over the `generator` connector with
 //! 64-row batches run over each number of batches, each in a fresh process of
 //! its own, which reports its peak resident set (`VmHWM`). A query that is left
 //! running must not grow with the batches it has seen, so the peaks should be
@@ -231,8 +232,10 @@ const RSS_BATCH_ROWS: u64 = 64;
 
 /// The memory benchmark's queries, each a stateless projection (the window
 /// columns) feeding a window aggregate whose state the watermark bounds: a
-/// tumbling window, hopping windows merged from slices, and sessions per user.
-const RSS_QUERIES: [(&str, &str); 3] = [
+/// tumbling window, hopping windows merged from slices, sessions per user; and
+/// a statement set, one pipeline reading the table once for a tumbling window
+/// and a filter, each into a blackhole sink.
+const RSS_QUERIES: [(&str, &str); 4] = [
     (
         "tumble 1 min",
         "SELECT window_start, event_type, count(*), sum(price) \
@@ -251,7 +254,21 @@ const RSS_QUERIES: [(&str, &str); 3] = [
          FROM TABLE(SESSION(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND)) \
          GROUP BY window_start, window_end, user_id",
     ),
+    (
+        "statement set: tumble 1 min + filter",
+        "EXECUTE STATEMENT SET BEGIN \
+         INSERT INTO per_minute SELECT window_start, event_type, count(*), sum(price) \
+         FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) \
+         GROUP BY window_start, window_end, event_type; \
+         INSERT INTO checkouts SELECT user_id, price FROM clicks WHERE event_type = 'checkout'; \
+         END;",
+    ),
 ];
+
+/// The sinks of the memory benchmark's statement set.
+const RSS_SINKS: &str = "CREATE TABLE per_minute (window_start TIMESTAMP(3), event_type VARCHAR, n BIGINT, total DOUBLE) \
+     WITH (connector = 'blackhole'); \
+     CREATE TABLE checkouts (user_id BIGINT, price DOUBLE) WITH (connector = 'blackhole');";
 
 /// Runs the `query`th of [`RSS_QUERIES`] over `batches` generated batches in
 /// this process; returns the result rows.
@@ -263,17 +280,26 @@ async fn run_rss_query(batches: u64, query: usize) -> anyhow::Result<u64> {
         .execute_script(&format!(
             "CREATE TABLE clicks (user_id BIGINT, session_id BIGINT, event_type VARCHAR, page VARCHAR, item_id BIGINT, \
              price DOUBLE, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
-             WITH (connector = 'generator', rows = '{rows}', 'batch.size' = '{RSS_BATCH_ROWS}')"
+             WITH (connector = 'generator', rows = '{rows}', 'batch.size' = '{RSS_BATCH_ROWS}'); {RSS_SINKS}"
         ))
         .await?;
     let mut outputs = session.execute_script(sql).await?;
-    let Some(StatementOutput::Query(mut q)) = outputs.pop() else { bail!("not a continuous query") };
-    let mut result_rows = 0u64;
-    while let Some(b) = q.results.recv().await {
-        result_rows += b.num_rows() as u64;
+    match outputs.pop() {
+        Some(StatementOutput::Query(mut q)) => {
+            let mut result_rows = 0u64;
+            while let Some(b) = q.results.recv().await {
+                result_rows += b.num_rows() as u64;
+            }
+            q.job.wait().await?;
+            Ok(result_rows)
+        }
+        // A statement set: the rows its sinks took.
+        Some(StatementOutput::InsertSet { mut job, .. }) => {
+            job.wait().await?;
+            Ok(job.metrics_handle().rows_per_sink().iter().sum())
+        }
+        _ => bail!("not a continuous query or statement set"),
     }
-    q.job.wait().await?;
-    Ok(result_rows)
 }
 
 /// This process's peak resident set, in KiB (`VmHWM` of /proc/self/status).
