@@ -135,7 +135,7 @@ struct Session {
     /// The slot of [`SessionAggregate::slots`] its rows go to.
     slot: usize,
     /// The slots of the sessions it merged with since the slots were last
-    /// regrouped: its state is all its slots' merged.
+    /// packed: its state is all its slots' merged.
     merged: Vec<usize>,
 }
 

@@ -72,8 +72,9 @@ fn in_groups(aggregate: &AggregateFunctionExpr) -> bool {
             || f.is::<bool_and_or::BoolOr>())
 }
 
-/// Which slots each group of a regrouping is made of: groups are numbered
-/// in the order they are pushed.
+/// Which slots each group of sessions is made of (closed sessions, or the
+/// open ones being packed or checkpointed): groups are numbered in the
+/// order they are pushed.
 #[derive(Default)]
 pub(crate) struct Regrouping {
     slots: Vec<u32>,
