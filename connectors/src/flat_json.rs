@@ -473,6 +473,11 @@ fn plain_utc(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(midnight + i64::from(seconds), nanos)
 }
 
+/// The value of `digits`, all ASCII digits (at most nine of them).
+fn decimal(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+}
+
 /// The time of day of a plain time (see [`plain_utc`]), in seconds and
 /// nanoseconds, if the text has the plain form (its date is not checked).
 fn plain_time_of_day(s: &str) -> Option<(u32, u32)> {
@@ -480,9 +485,7 @@ fn plain_time_of_day(s: &str) -> Option<(u32, u32)> {
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let number = |from: usize, to: usize| -> Option<u32> {
-        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
-    };
+    let number = |from: usize, to: usize| decimal(&b[from..to]);
     let nanos = match &b[19..] {
         [] => 0,
         [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => number(20, b.len())? * 10u32.pow(9 - digits.len() as u32),
@@ -496,9 +499,7 @@ fn plain_time_of_day(s: &str) -> Option<(u32, u32)> {
 /// Midnight of a plain time's date, in epoch seconds, if it is a date.
 fn plain_midnight(s: &str) -> Option<i64> {
     let b = s.as_bytes().get(..10)?;
-    let number = |from: usize, to: usize| -> Option<u32> {
-        b[from..to].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
-    };
+    let number = |from: usize, to: usize| decimal(&b[from..to]);
     let date = chrono::NaiveDate::from_ymd_opt(number(0, 4)? as i32, number(5, 7)?, number(8, 10)?)?;
     Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp())
 }
@@ -529,14 +530,10 @@ impl TimestampColumn {
                                 }
                             }
                         };
-                        match &mut self.last {
-                            Some((last, value)) => {
-                                last.clear();
-                                last.push_str(s);
-                                *value = v;
-                            }
-                            None => self.last = Some((s.to_string(), v)),
-                        }
+                        let (last, value) = self.last.get_or_insert_with(Default::default);
+                        last.clear();
+                        last.push_str(s);
+                        *value = v;
                         v
                     }
                 }

@@ -574,17 +574,14 @@ impl Operator for SessionAggregate {
             self.free_empty_keys();
         }
         self.report_state();
-        // The heap's first end is at or before the earliest open session's
-        // end, and at or after `t` (earlier entries were taken out): the
-        // watermark forwarded below is what the exact earliest end gives.
-        let earliest_open_end = self.ends.peek().map_or(i64::MAX, |Reverse(due)| due.end);
-        // Sessions still open, or opened later by rows at or after `t`, end at or
-        // after `t` and leave later: the forwarded watermark stays strictly below
-        // their ends, so a window aggregate downstream does not find them late.
+        // Sessions still open (every one ending before `t` just closed), or
+        // opened later by rows at or after `t`, end at or after `t` and leave
+        // later: the forwarded watermark stays strictly below their ends, so
+        // a window aggregate downstream does not find them late.
         if t == i64::MAX && self.open_sessions == 0 {
             return Ok(Some(wm));
         }
-        Ok(Some(Watermark::EventTime(t.min(earliest_open_end).saturating_sub(1))))
+        Ok(Some(Watermark::EventTime(t.saturating_sub(1))))
     }
 
     fn checkpointable(&self) -> bool {

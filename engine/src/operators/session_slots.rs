@@ -146,14 +146,16 @@ fn merge_plain(
 
 impl SessionSlots {
     pub(crate) fn new(spec: &AggregateSpec) -> Result<Self> {
-        let kept = super::state_table::states_are_kept(&spec.aggregates);
         let aggregates = spec
             .aggregates
             .iter()
             .map(|a| -> Result<SlotStates> {
                 Ok(match in_groups(a) {
                     true => SlotStates::Groups { aggregate: Arc::clone(a), accumulator: a.create_groups_accumulator()? },
-                    false => SlotStates::Plain { aggregate: Arc::clone(a), accumulators: Vec::new(), kept },
+                    false => {
+                        let kept = super::state_table::states_are_kept(std::slice::from_ref(a));
+                        SlotStates::Plain { aggregate: Arc::clone(a), accumulators: Vec::new(), kept }
+                    }
                 })
             })
             .collect::<Result<_>>()?;
