@@ -273,3 +273,48 @@ fn plain_times_in_every_unit_agree_with_arrow_json() {
     // Beyond what nanoseconds hold, both give up alike (compare checks it).
     compare(&schema, &[r#"{"t3":"2300-01-01T00:00:00"}"#.to_string()]);
 }
+
+/// Well-formed records with bytes changed, dropped, repeated or cut off:
+/// the fast path never panics, and every batch it takes, arrow-json decodes
+/// the same (what it gives up is arrow-json's to decode or refuse).
+#[test]
+fn mutated_records_agree_with_arrow_json() {
+    let iterations: usize = std::env::var("SLUICE_JSON_FUZZ").ok().and_then(|n| n.parse().ok()).unwrap_or(3000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let seeds = [
+        r#"{"s":"abc","v":"x\"y","i":-42,"small":7,"u":18446744073709551615,"f":1.5e-3,"g":-0.25,"b":true,"ts":"2024-03-01T10:00:00.123","zoned":"2024-03-01 10:00:00+01:00","other":{"a":[1,2,{"b":null}]}}"#,
+        r#"{ "ts" : 1704067200000 , "i" : 0 , "s" : "\u00fc\n" , "b" : false , "f" : 12 , "skip" : [true, false, null] }"#,
+        r#"{"zoned":"2024-06-01T02:30:00","u":0,"small":-32768,"g":3.4e38,"v":"","s":null,"i":9223372036854775807}"#,
+    ];
+    let alphabet: &[&str] = &["\"", "\\", "{", "}", "[", "]", ",", ":", " ", "0", "9", "-", "+", ".", "e", "E", "n", "t", "f", "u", "l", "ü", "\t", "T", "Z"];
+    let mut taken = 0;
+    for round in 0..iterations {
+        let lines: Vec<String> = (0..rng.random_range(1..4))
+            .map(|_| {
+                let mut text: Vec<char> = seeds[rng.random_range(0..seeds.len())].chars().collect();
+                for _ in 0..rng.random_range(1..4) {
+                    if text.is_empty() {
+                        break;
+                    }
+                    let at = rng.random_range(0..text.len());
+                    match rng.random_range(0..4) {
+                        0 => text[at] = alphabet[rng.random_range(0..alphabet.len())].chars().next().unwrap_or(' '),
+                        1 => {
+                            text.remove(at);
+                        }
+                        2 => {
+                            let end = (at + rng.random_range(1..8)).min(text.len());
+                            let repeated: Vec<char> = text[at..end].to_vec();
+                            text.splice(at..at, repeated);
+                        }
+                        _ => text.truncate(at),
+                    }
+                }
+                text.into_iter().collect()
+            })
+            .collect();
+        // Alternately with a NOT NULL column.
+        taken += usize::from(compare(&columns(round % 2 == 0), &lines));
+    }
+    assert!(taken > iterations / 100, "the fast path took {taken} of {iterations} batches");
+}
