@@ -148,6 +148,38 @@ async fn auth_roles_and_bad_requests() -> TestResult {
     let (status, doc) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/openapi.json"), None).await?;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/api/v1/queries/{id}/results"].is_object(), "{doc}");
+    // The document declares what a generated client needs: every `{param}` of
+    // a path as a parameter, the bearer token, and 401 on every operation.
+    let paths = doc["paths"].as_object().ok_or("no paths")?;
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().ok_or("a path item")? {
+            let declared: Vec<&str> = operation["parameters"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+            for param in path.split('{').skip(1).filter_map(|rest| rest.split('}').next()) {
+                assert!(declared.contains(&param), "{method} {path} does not declare {param}: {operation}");
+            }
+            assert!(operation["responses"]["401"].is_object(), "{method} {path} does not say it answers 401");
+        }
+    }
+    assert_eq!(doc["security"][0]["bearer"], json!([]), "{}", doc["security"]);
+    assert_eq!(doc["paths"]["/api/v1/queries"]["get"]["parameters"][0]["schema"]["$ref"], "#/components/schemas/QueryState");
+
+    // Every other error has the JSON error shape too: an unknown path, a
+    // method a path does not take (with Allow), a query string or an id that
+    // cannot be read.
+    let (status, body) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/nope"), None).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap_or_default().contains("no such endpoint"), "{body}");
+    let resp = c.put(format!("{b}/api/v1/queries")).bearer_auth(EDITOR).send().await?;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "POST,GET,HEAD");
+    let body: Value = resp.json().await?;
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries?state=RUNNING&state=FAILED"), None).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap_or_default().contains("duplicate field"), "{body}");
+    let (status, body) = call(&c, Some(VIEWER), "GET", &format!("{b}/api/v1/queries/%FF"), None).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap_or_default().contains("UTF-8"), "{body}");
     Ok(())
 }
 

@@ -8,7 +8,8 @@ use std::convert::Infallible;
 
 use arrow::record_batch::RecordBatch;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -70,10 +71,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path or query-string extractor `E` (`Path`, `Query`) whose rejection
+/// (bad percent-encoding, a field twice, a wrong type) is answered with an
+/// [`ApiError`] of the rejection's status.
+pub struct ApiParts<E>(pub E);
+
+impl<E, S> FromRequestParts<S> for ApiParts<E>
+where
+    E: FromRequestParts<S>,
+    E::Rejection: IntoResponse,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let response = match E::from_request_parts(parts, state).await {
+            Ok(value) => return Ok(ApiParts(value)),
+            Err(rejection) => rejection.into_response(),
+        };
+        let status = response.status();
+        let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        Err(ApiError::new(status, String::from_utf8_lossy(&text)))
+    }
+}
+
+/// The answer to a path no route has.
+pub async fn no_such_endpoint() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (the API is described at /api/v1/openapi.json)")
+}
+
+/// The answer to a method a route does not take (its `Allow` header lists those it does).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this endpoint does not take that method")
+}
+
 /// `POST /api/v1/queries` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitQuery {
-    /// One SELECT or INSERT INTO statement.
+    /// One SELECT or INSERT INTO statement, or one statement set.
+    #[schema(min_length = 1)]
     pub sql: String,
     pub name: Option<String>,
     /// Settings for this query over the server's (those `SET` on
@@ -98,6 +134,7 @@ pub struct ListFilter {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct StatementRequest {
     /// One DDL or catalog statement: CREATE/DROP TABLE, VIEW, FUNCTION; SHOW; DESCRIBE; EXPLAIN.
+    #[schema(min_length = 1)]
     pub sql: String,
 }
 
@@ -118,16 +155,30 @@ pub struct StatementResult {
 )]
 pub struct ApiDoc;
 
+/// Every operation takes a bearer token (`--token ROLE:TOKEN`) and answers
+/// 401 without a valid one.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        let unauthorized = ResponseBuilder::new()
+            .description("no valid bearer token")
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ApiError"))).build())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch, &mut item.head, &mut item.options, &mut item.trace];
+            for operation in operations.into_iter().flatten() {
+                operation.responses.responses.entry("401".to_string()).or_insert_with(|| unauthorized.clone().into());
+            }
+        }
     }
 }
 
@@ -137,7 +188,11 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 /// Submit a continuous query.
 #[utoipa::path(post, path = "/api/v1/queries", request_body = SubmitQuery,
-    responses((status = 201, body = QueryInfo), (status = 400, body = ApiError), (status = 401), (status = 403)))]
+    responses((status = 201, body = QueryInfo), (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 413, body = ApiError, description = "the body is over 1 MiB"),
+        (status = 415, body = ApiError, description = "the body is not `application/json`"),
+        (status = 422, body = ApiError, description = "the body is JSON, but not of this shape"),
+        (status = 503, body = ApiError, description = "the server is shutting down")))]
 pub async fn submit_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
@@ -158,11 +213,12 @@ pub async fn submit_query(
 }
 
 /// List queries, optionally by state (CREATED, RUNNING, STOPPED, FAILED).
-#[utoipa::path(get, path = "/api/v1/queries", params(("state" = Option<String>, Query)),
-    responses((status = 200, body = Vec<QueryInfo>)))]
+#[utoipa::path(get, path = "/api/v1/queries",
+    params(("state" = Option<QueryState>, Query, description = "Only the queries in this state (any letter case)")),
+    responses((status = 200, body = Vec<QueryInfo>), (status = 400, body = ApiError, description = "an unknown state")))]
 pub async fn list_queries(
     State(state): State<AppState>,
-    Query(filter): Query<ListFilter>,
+    ApiParts(Query(filter)): ApiParts<Query<ListFilter>>,
 ) -> Result<Json<Vec<QueryInfo>>, ApiError> {
     let wanted = match filter.state.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None => None,
@@ -176,42 +232,42 @@ pub async fn list_queries(
 }
 
 /// One query: state, output schema, error, start time.
-#[utoipa::path(get, path = "/api/v1/queries/{id}", responses((status = 200, body = QueryInfo), (status = 404, body = ApiError)))]
-pub async fn get_query(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QueryInfo>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryInfo), (status = 404, body = ApiError)))]
+pub async fn get_query(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryInfo>, ApiError> {
     Ok(Json(state.queries.get(&id)?))
 }
 
 /// A query's counters: rows in and out, late rows, watermark.
-#[utoipa::path(get, path = "/api/v1/queries/{id}/metrics", responses((status = 200, body = QueryMetrics), (status = 404)))]
-pub async fn query_metrics(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QueryMetrics>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}/metrics", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryMetrics), (status = 404, body = ApiError)))]
+pub async fn query_metrics(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryMetrics>, ApiError> {
     Ok(Json(state.queries.metrics(&id)?))
 }
 
 /// A query's checkpoints: how many completed, the last one's id, duration,
 /// size and alignment time, and the one it resumed from.
-#[utoipa::path(get, path = "/api/v1/queries/{id}/checkpoints", responses((status = 200, body = QueryCheckpoints), (status = 404)))]
-pub async fn query_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<QueryCheckpoints>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}/checkpoints", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryCheckpoints), (status = 404, body = ApiError)))]
+pub async fn query_checkpoints(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryCheckpoints>, ApiError> {
     Ok(Json(state.queries.checkpoints(&id)?))
 }
 
 /// Stop a query gracefully (it stays listed as STOPPED); answers once its sink
 /// has made its rows durable.
-#[utoipa::path(post, path = "/api/v1/queries/{id}/stop", responses((status = 200, body = QueryInfo), (status = 404)))]
+#[utoipa::path(post, path = "/api/v1/queries/{id}/stop", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryInfo), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn stop_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    Path(id): Path<String>,
+    ApiParts(Path(id)): ApiParts<Path<String>>,
 ) -> Result<Json<QueryInfo>, ApiError> {
     require(role, Role::Editor)?;
     Ok(Json(state.queries.stop(&id).await?))
 }
 
 /// Stop and forget a query.
-#[utoipa::path(delete, path = "/api/v1/queries/{id}", responses((status = 204), (status = 404)))]
+#[utoipa::path(delete, path = "/api/v1/queries/{id}", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 204), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn delete_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    Path(id): Path<String>,
+    ApiParts(Path(id)): ApiParts<Path<String>>,
 ) -> Result<StatusCode, ApiError> {
     require(role, Role::Editor)?;
     state.queries.delete(&id).await?;
@@ -279,11 +335,11 @@ fn live_updates(rx: broadcast::Receiver<Update>) -> impl Stream<Item = Out> {
 /// the stream ends with the query, with its error if it failed. Server-Sent
 /// Events with `Accept: text/event-stream` (rows numbered by `id`, then an `end`
 /// or `error` event), NDJSON otherwise (a failure ends it with `{"error": "..."}`).
-#[utoipa::path(get, path = "/api/v1/queries/{id}/results",
-    responses((status = 200, description = "rows as NDJSON or SSE events, as produced"), (status = 404)))]
+#[utoipa::path(get, path = "/api/v1/queries/{id}/results", params(("id" = String, Path, description = "The query's id, as its submission answered")), 
+    responses((status = 200, description = "rows as NDJSON or SSE events, as produced"), (status = 404, body = ApiError)))]
 pub async fn query_results(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiParts(Path(id)): ApiParts<Path<String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let subscription = state.queries.subscribe(&id)?;
@@ -336,7 +392,10 @@ fn changes_catalog(statement: &SluiceStatement) -> bool {
 /// setting of the server's: queries submitted afterwards run with it unless
 /// their submission overrides it. Both are kept across restarts.
 #[utoipa::path(post, path = "/api/v1/statements", request_body = StatementRequest,
-    responses((status = 200, body = StatementResult), (status = 400, body = ApiError), (status = 403)))]
+    responses((status = 200, body = StatementResult), (status = 400, body = ApiError), (status = 403, body = ApiError),
+        (status = 413, body = ApiError, description = "the body is over 1 MiB"),
+        (status = 415, body = ApiError, description = "the body is not `application/json`"),
+        (status = 422, body = ApiError, description = "the body is JSON, but not of this shape")))]
 pub async fn run_statement(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
