@@ -71,10 +71,10 @@ pub struct SessionAggregate {
     empty_keys: usize,
     /// The accumulator state of every open session.
     slots: SessionSlots,
-    /// When each key's earliest session ends, earliest first: a watermark
-    /// visits only the keys whose sessions it closes. An entry whose end is
-    /// not its key's `scheduled` is stale (the session grew, or the key's
-    /// sessions closed), and skipped.
+    /// When each key (its place in `keys`) has its earliest session end,
+    /// earliest first: a watermark visits only the keys whose sessions it
+    /// closes. An entry whose end is not its key's `scheduled` is stale (the
+    /// session grew, or the key's sessions closed), and skipped.
     ends: BinaryHeap<Reverse<Due>>,
     watermark: Option<i64>,
     metrics: Arc<JobMetrics>,
@@ -235,14 +235,18 @@ impl SessionAggregate {
         match self.index.entry_ref(bytes) {
             EntryRef::Occupied(o) => *o.get(),
             EntryRef::Vacant(v) => {
-                let state = KeySessions { key: rows.map(|r| r.row(row).owned()), sessions: Vec::new(), scheduled: i64::MAX };
+                let key = rows.map(|r| r.row(row).owned());
                 let place = match self.free_keys.pop() {
+                    // A freed place has no sessions; its vector is kept for
+                    // the new key's.
                     Some(place) => {
-                        self.keys[place] = state;
+                        let state = &mut self.keys[place];
+                        state.key = key;
+                        state.scheduled = i64::MAX;
                         place
                     }
                     None => {
-                        self.keys.push(state);
+                        self.keys.push(KeySessions { key, sessions: Vec::new(), scheduled: i64::MAX });
                         self.keys.len() - 1
                     }
                 };
@@ -262,8 +266,8 @@ impl SessionAggregate {
         }
     }
 
-    /// Takes out the sessions that end before `t`.
-    fn close_sessions(&mut self, t: i64) -> Vec<(Option<OwnedRow>, Session)> {
+    /// Takes out the sessions that end before `t`, each with its key's place.
+    fn close_sessions(&mut self, t: i64) -> Vec<(usize, Session)> {
         let mut closed = Vec::new();
         while self.ends.peek().is_some_and(|Reverse(due)| due.end < t) {
             let Some(Reverse(Due { end, key })) = self.ends.pop() else { break };
@@ -272,9 +276,7 @@ impl SessionAggregate {
                 continue;
             }
             let ended = state.sessions.partition_point(|s| s.end < t);
-            for session in state.sessions.drain(..ended) {
-                closed.push((state.key.clone(), session));
-            }
+            closed.extend(state.sessions.drain(..ended).map(|session| (key, session)));
             match state.first_end() {
                 Some(next) => {
                     state.scheduled = next;
@@ -381,14 +383,15 @@ impl SessionAggregate {
         Ok(())
     }
 
-    /// The output rows of the `closed` sessions, whose aggregates' values are
-    /// `values` (a column per aggregate, in the same order).
-    fn closed_sessions_batch(&self, closed: &[(Option<OwnedRow>, Session)], values: Vec<ArrayRef>) -> Result<RecordBatch> {
+    /// The output rows of the `closed` sessions (each with its key's place),
+    /// whose aggregates' values are `values` (a column per aggregate, in the
+    /// same order).
+    fn closed_sessions_batch(&self, closed: &[(usize, Session)], values: Vec<ArrayRef>) -> Result<RecordBatch> {
         let schema = Arc::clone(&self.spec.output_schema);
         let key_columns = if self.key_indices.is_empty() {
             Vec::new()
         } else {
-            self.converter.convert_rows(closed.iter().filter_map(|(k, _)| k.as_ref().map(|k| k.row())))?
+            self.converter.convert_rows(closed.iter().filter_map(|(place, _)| self.keys[*place].key.as_ref().map(|k| k.row())))?
         };
         let starts: Vec<i64> = closed.iter().map(|(_, s)| s.start).collect();
         let ends: Vec<i64> = closed.iter().map(|(_, s)| s.end).collect();
@@ -515,9 +518,16 @@ impl Operator for SessionAggregate {
                             in_session[*r as usize] = false;
                         }
                     }
+                    // A new session that overlaps none: in its place by start.
+                    (None, _) => {
+                        let session = Session { start, end, slot: self.slots.allocate(), merged: Vec::new() };
+                        Self::assign(&order, ids, session.slot, &mut slot_of_row);
+                        let pos = state.sessions.partition_point(|s| s.start < session.start);
+                        state.sessions.insert(pos, session);
+                    }
                     // A new session, which takes in every session it overlaps
                     // (their slots join its own).
-                    _ => {
+                    (Some(_), Some(_)) => {
                         let mut session = Session { start, end, slot: self.slots.allocate(), merged: Vec::new() };
                         Self::assign(&order, ids, session.slot, &mut slot_of_row);
                         let mut kept = Vec::with_capacity(state.sessions.len() + 1);
