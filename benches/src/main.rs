@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -342,59 +343,56 @@ fn rss_row(exe: &std::path::Path, name: &str, query: usize, batches: u64) -> any
     Ok(())
 }
 
-/// What to run: events, lane counts, and a filter on query names; or the
-/// memory benchmark over these numbers of batches.
+/// Engine throughput of windowed queries over pre-generated events (see the
+/// module docs, and benches/RESULTS.md for results).
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench")]
 struct Args {
+    /// Events per query.
+    #[arg(long, default_value_t = 2_000_000)]
     events: u64,
+    /// Distinct users in the events.
+    #[arg(long, default_value_t = 10_000)]
     users: u64,
+    /// Also run each query with checkpoints at this interval (`1s`), side by side.
+    #[arg(long, value_name = "INTERVAL")]
     checkpoints: Option<String>,
-    repeat: usize,
-    lanes: Vec<usize>,
+    /// Rounds: of each pair with --checkpoints, of each engine with --json (medians reported).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// Lane counts to run each query at [default: 1 and this machine's parallelism].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    lanes: Vec<u64>,
+    /// Only the queries whose name contains this.
+    #[arg(long, value_name = "NAME-PART")]
     only: Option<String>,
+    /// Measure peak memory instead, over each of these numbers of batches.
+    #[arg(long, value_delimiter = ',', value_name = "BATCHES")]
     rss: Option<Vec<u64>>,
-    /// `BATCHES,QUERY`: run one memory benchmark query in this process.
+    /// Internal: run one memory benchmark query (BATCHES,QUERY) in this process.
+    #[arg(long, hide = true, value_parser = parse_rss_child)]
     rss_child: Option<(u64, usize)>,
+    /// Write the events as JSON lines to this file, and stop.
+    #[arg(long, value_name = "FILE")]
     write_json: Option<PathBuf>,
+    /// Time windowed queries over this JSON-lines file against batch engines.
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut events = 2_000_000;
-    let mut users = 10_000;
-    let mut checkpoints = None;
-    let mut repeat = 1;
-    let mut lanes = vec![1, sluice_sql::default_parallelism()];
-    let mut only = None;
-    let mut rss = None;
-    let mut rss_child = None;
-    let mut write_json = None;
-    let mut json = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next().with_context(|| format!("{arg} needs a value"))?;
-        match arg.as_str() {
-            "--events" => events = value.parse()?,
-            "--users" => users = value.parse()?,
-            "--checkpoints" => checkpoints = Some(value),
-            "--repeat" => repeat = value.parse::<usize>()?.max(1),
-            "--lanes" => lanes = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-            "--only" => only = Some(value),
-            "--rss" => rss = Some(value.split(',').map(str::parse).collect::<Result<_, _>>()?),
-            "--rss-child" => {
-                let (batches, query) = value.split_once(',').context("--rss-child takes BATCHES,QUERY")?;
-                rss_child = Some((batches.parse()?, query.parse()?));
-            }
-            "--write-json" => write_json = Some(PathBuf::from(value)),
-            "--json" => json = Some(PathBuf::from(value)),
-            other => bail!("unknown argument {other} (use --events N, --lanes 1,2,4, --only NAME-PART, --users N, --checkpoints INTERVAL, --repeat N, --rss BATCHES,BATCHES, --write-json FILE, --json FILE)"),
-        }
-    }
-    lanes.dedup();
-    Ok(Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json })
+fn parse_rss_child(value: &str) -> Result<(u64, usize), String> {
+    let (batches, query) = value.split_once(',').ok_or("takes BATCHES,QUERY")?;
+    Ok((batches.parse().map_err(|e| format!("{batches}: {e}"))?, query.parse().map_err(|e| format!("{query}: {e}"))?))
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json } = parse_args()?;
+    let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json } = Args::parse();
+    let repeat = repeat as usize;
+    let mut lanes: Vec<usize> = match lanes.is_empty() {
+        true => vec![1, sluice_sql::default_parallelism()],
+        false => lanes.into_iter().map(|l| l as usize).collect(),
+    };
+    lanes.dedup();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(path) = write_json {
         let started = Instant::now();
