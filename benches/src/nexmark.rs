@@ -57,6 +57,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -305,6 +306,7 @@ async fn run_datafusion(tables: &Generated, sql: &str, partitions: usize) -> any
 }
 
 /// Where a child process's query reads its events.
+#[derive(Debug, Clone)]
 enum Input {
     /// Pre-generated batches; the query's batch form then runs in DataFusion
     /// if `datafusion`.
@@ -335,59 +337,61 @@ impl Input {
     }
 }
 
+/// The Nexmark queries of `benches/nexmark`, timed against DataFusion's batch
+/// forms over the same events (see the module docs).
+#[derive(Debug, Parser)]
+#[command(name = "sluice-nexmark")]
 struct Args {
+    /// Events in the stream (all three kinds).
+    #[arg(long, default_value_t = 10_000_000)]
     events: u64,
+    /// The generator's event rate, which spaces the events' times.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     events_per_second: u64,
+    /// Lane counts to run each query at [default: 1 and this machine's parallelism].
+    #[arg(long, value_delimiter = ',', value_parser = parse_lanes)]
     lanes: Vec<usize>,
+    /// Only this query (q0, q1, ...).
+    #[arg(long, value_parser = parse_query)]
     only: Option<String>,
+    /// Read the events from Kafka topics on this broker instead of memory.
+    #[arg(long, value_name = "BROKER")]
     kafka: Option<String>,
-    /// librdkafka properties for the Kafka sources' consumers.
+    /// librdkafka properties for the Kafka sources' consumers (repeatable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     kafka_properties: Vec<(String, String)>,
-    /// Set in a child process: run `only` in `lanes[0]` lanes from this input.
+    /// Internal: in a child process, run `only` in `lanes[0]` lanes from this input.
+    #[arg(long, hide = true, value_parser = |s: &str| Input::parse(s).map_err(|e| e.to_string()))]
     child: Option<Input>,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        events: 10_000_000,
-        events_per_second: 10_000,
-        lanes: vec![1, sluice_sql::default_parallelism()],
-        only: None,
-        kafka: None,
-        kafka_properties: Vec::new(),
-        child: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let value = it.next().with_context(|| format!("{arg} needs a value"))?;
-        let number = |v: &str| v.parse::<u64>().with_context(|| format!("{arg} takes a number, not {v}"));
-        match arg.as_str() {
-            "--events" => args.events = number(&value)?,
-            "--events-per-second" => args.events_per_second = number(&value)?,
-            "--lanes" => {
-                args.lanes = value.split(',').map(|v| v.parse()).collect::<Result<_, _>>().with_context(|| format!("--lanes {value}"))?
-            }
-            "--only" => args.only = Some(value),
-            "--kafka" => args.kafka = Some(value),
-            "--kafka-property" => {
-                let (key, v) = value.split_once('=').with_context(|| format!("--kafka-property takes KEY=VALUE, not {value}"))?;
-                args.kafka_properties.push((key.to_string(), v.to_string()));
-            }
-            "--child" => args.child = Some(Input::parse(&value)?),
-            other => bail!("unknown argument {other} (use --events N, --events-per-second N, --lanes 1,4, --only q5, --kafka BROKER, --kafka-property KEY=VALUE)"),
-        }
+fn parse_lanes(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(lanes) if lanes > 0 => Ok(lanes),
+        _ => Err(format!("takes lane counts of at least 1, not {value}")),
+    }
+}
+
+fn parse_query(name: &str) -> Result<String, String> {
+    match QUERIES.iter().any(|(n, _, _)| *n == name) {
+        true => Ok(name.to_string()),
+        false => Err(format!("no query {name}; there are {}", QUERIES.map(|(n, _, _)| n).join(", "))),
+    }
+}
+
+fn parse_property(value: &str) -> Result<(String, String), String> {
+    let (key, v) = value.split_once('=').ok_or_else(|| format!("takes KEY=VALUE, not {value}"))?;
+    Ok((key.to_string(), v.to_string()))
+}
+
+/// The arguments, with the default lane counts filled in.
+fn parse_args() -> Args {
+    let mut args = Args::parse();
+    if args.lanes.is_empty() {
+        args.lanes = vec![1, sluice_sql::default_parallelism()];
     }
     args.lanes.dedup();
-    if args.lanes.is_empty() || args.lanes.contains(&0) {
-        bail!("--lanes takes lane counts of at least 1");
-    }
-    if args.events_per_second == 0 {
-        bail!("--events-per-second must be positive");
-    }
-    if let Some(q) = args.only.as_ref().filter(|q| !QUERIES.iter().any(|(n, _, _)| n == q)) {
-        bail!("no query {q}; there are {}", QUERIES.map(|(n, _, _)| n).join(", "));
-    }
-    Ok(args)
+    args
 }
 
 /// What a child process reports: `key=value` words on its last line of
@@ -525,7 +529,7 @@ fn kafka_table(args: &Args, broker: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = parse_args();
     if let Some(input) = &args.child {
         let name = args.only.as_deref().context("--child needs --only QUERY")?;
         return child(&args, input, name, args.lanes[0]);
