@@ -81,6 +81,11 @@ pub struct Capabilities {
 /// A kind of external system a table can live in.
 pub trait Connector: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Other names `WITH (connector = ...)` takes for it (another engine's,
+    /// so that its DDL runs unchanged).
+    fn aliases(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// What `table` (declared with this connector) can do.
     fn capabilities(&self, table: &TableSpec) -> Capabilities {
         let _ = table;
@@ -138,9 +143,11 @@ pub fn connector(name: &str) -> Result<Arc<dyn Connector>> {
     find_connector(&registry(), name)
 }
 
-/// The connector called `name` in `connectors` (names are case-insensitive).
+/// The connector called `name`, or with `name` as an alias, in `connectors`
+/// (names are case-insensitive).
 pub fn find_connector(connectors: &[Arc<dyn Connector>], name: &str) -> Result<Arc<dyn Connector>> {
-    connectors.iter().find(|c| c.name().eq_ignore_ascii_case(name)).cloned().ok_or_else(|| {
+    let called = |c: &&Arc<dyn Connector>| c.name().eq_ignore_ascii_case(name) || c.aliases().iter().any(|a| a.eq_ignore_ascii_case(name));
+    connectors.iter().find(called).cloned().ok_or_else(|| {
         let known: Vec<&str> = connectors.iter().map(|c| c.name()).collect();
         ConnectorError::UnknownConnector(name.to_string(), known.join(", "))
     })

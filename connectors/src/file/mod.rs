@@ -125,6 +125,11 @@ impl Connector for FileConnector {
         "file"
     }
 
+    /// Flink's name for it.
+    fn aliases(&self) -> &'static [&'static str] {
+        &["filesystem"]
+    }
+
     fn capabilities(&self, _table: &TableSpec) -> crate::registry::Capabilities {
         crate::registry::Capabilities { bounded: true, ..Default::default() }
     }
