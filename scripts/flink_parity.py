@@ -10,8 +10,9 @@ is late whenever either engine emits its watermarks; every event time is
 distinct, and Top-N orders end in a unique column, so each query has one right
 answer. Window TVFs (TUMBLE, HOP, CUMULATE, SESSION with PARTITION BY), window
 Top-N over an aggregate and over a TVF, window deduplication (first and last),
-GROUPING SETS, ROLLUP and CUBE, and UNION ALL of two streams. Exits non-zero on
-any difference.
+GROUPING SETS, ROLLUP and CUBE, window joins (of windowed aggregates and of
+TVFs), an interval join, and UNION ALL of two streams. Exits non-zero on any
+difference.
 """
 
 import argparse
@@ -91,6 +92,22 @@ GROUP BY window_start, window_end, ROLLUP (item, user_id)""",
 SELECT window_start, window_end, item, user_id, count(*) AS n
 FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '30' SECOND))
 GROUP BY window_start, window_end, CUBE (item, user_id)""",
+    "window join of aggregates": """
+SELECT L.window_start, L.window_end, L.user_id, L.n, R.m
+FROM (SELECT window_start, window_end, user_id, count(*) AS n
+      FROM TABLE(TUMBLE(TABLE web, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, user_id) L
+JOIN (SELECT window_start, window_end, user_id, count(*) AS m
+      FROM TABLE(TUMBLE(TABLE app, DESCRIPTOR(ts), INTERVAL '10' SECOND)) GROUP BY window_start, window_end, user_id) R
+ON L.window_start = R.window_start AND L.window_end = R.window_end AND L.user_id = R.user_id""",
+    "window join of tvfs": """
+SELECT L.user_id, L.ts, R.ts AS app_ts, L.window_start, L.window_end
+FROM (SELECT * FROM TABLE(TUMBLE(TABLE web, DESCRIPTOR(ts), INTERVAL '10' SECOND))) L
+JOIN (SELECT * FROM TABLE(TUMBLE(TABLE app, DESCRIPTOR(ts), INTERVAL '10' SECOND))) R
+ON L.window_start = R.window_start AND L.window_end = R.window_end AND L.user_id = R.user_id""",
+    "interval join": """
+SELECT w.user_id, w.ts, a.ts AS app_ts
+FROM web w, app a
+WHERE w.user_id = a.user_id AND a.ts BETWEEN w.ts - INTERVAL '5' SECOND AND w.ts""",
     "union all": """
 SELECT window_start, window_end, count(*) AS n, sum(price) AS total
 FROM TABLE(TUMBLE(TABLE both_apps, DESCRIPTOR(ts), INTERVAL '10' SECOND))
