@@ -335,7 +335,7 @@ fn live_updates(rx: broadcast::Receiver<Update>) -> impl Stream<Item = Out> {
 /// the stream ends with the query, with its error if it failed. Server-Sent
 /// Events with `Accept: text/event-stream` (rows numbered by `id`, then an `end`
 /// or `error` event), NDJSON otherwise (a failure ends it with `{"error": "..."}`).
-#[utoipa::path(get, path = "/api/v1/queries/{id}/results", params(("id" = String, Path, description = "The query's id, as its submission answered")), 
+#[utoipa::path(get, path = "/api/v1/queries/{id}/results", params(("id" = String, Path, description = "The query's id, as its submission answered")),
     responses((status = 200, description = "rows as NDJSON or SSE events, as produced"), (status = 404, body = ApiError)))]
 pub async fn query_results(
     State(state): State<AppState>,
