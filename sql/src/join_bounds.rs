@@ -67,7 +67,7 @@ fn linear(expr: &Arc<dyn PhysicalExpr>) -> Option<(usize, i64)> {
 }
 
 /// A constant interval or duration in nanoseconds (months have no fixed length).
-fn literal_nanos(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
+pub(crate) fn literal_nanos(expr: &Arc<dyn PhysicalExpr>) -> Option<i64> {
     let lit = expr.downcast_ref::<Literal>()?;
     match lit.value() {
         ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
@@ -110,7 +110,7 @@ fn add_comparison(bounds: &mut TimeBounds, op: Operator, (sa, ca): (JoinSide, i6
 }
 
 /// A join's equi-key pairs, as DataFusion plans them.
-type EquiKeys = [(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)];
+pub(crate) type EquiKeys = [(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)];
 
 /// The time bounds in a join's equi-keys and filter, given each side's event time.
 pub fn time_bounds(

@@ -33,6 +33,7 @@ pub mod type_check;
 mod statement_set;
 mod table_reads;
 pub mod window_tvf;
+mod window_columns;
 mod window_time;
 
 pub use catalog::{Catalog, TableDef, ViewDef};

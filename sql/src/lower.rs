@@ -39,6 +39,7 @@ use sluice_engine::operators::{
 use sluice_engine::{ExchangeKey, Operator};
 
 use crate::error::{plan_err, Result};
+use crate::window_columns::WindowColumns;
 use crate::window_tvf::{SessionWindow, WindowTvfs};
 
 /// Plan nodes that are applied to each batch on its own.
@@ -121,6 +122,9 @@ pub(crate) struct Chain {
     pub(crate) aggregates: usize,
     /// The column holding each row's event time, if still known.
     pub(crate) time: Option<EventTime>,
+    /// The columns holding each row's tumbling window, if a window TVF put
+    /// them there (see [`WindowColumns`]).
+    pub(crate) windows: WindowColumns,
     /// Whether rows carry a change kind (last column).
     pub(crate) changelog: bool,
     /// The schema of the rows leaving the chain (change kind included).
@@ -142,6 +146,7 @@ impl Chain {
             segment: None,
             aggregates: 0,
             time,
+            windows: WindowColumns::default(),
             changelog,
             schema,
             tables,
@@ -278,6 +283,7 @@ impl Lowering<'_> {
                 true => keep_change_kind(plan, input)?,
                 false => Arc::clone(plan).replace_children(vec![input], recompute())?,
             };
+            chain.windows = chain.windows.through(plan, chain.time);
             chain.time = chain.time.and_then(|t| time_through(plan, t));
             chain.schema = root.schema();
             chain.segment = Some(Segment { root, feed });
@@ -306,6 +312,7 @@ impl Lowering<'_> {
             segment: Some(Segment { root: Arc::new(fresh), feed: handle }),
             aggregates: 0,
             time,
+            windows: WindowColumns::default(),
             changelog: is_upsert,
             schema,
             tables: vec![table],
@@ -399,6 +406,7 @@ impl Lowering<'_> {
         // Group columns come first in the output: a window's rows take the time
         // just before its end.
         chain.time = Some(EventTime { column: window_end, offset: -1 });
+        chain.windows = WindowColumns::default();
         chain.schema = plan.schema();
         Ok(chain)
     }
@@ -427,6 +435,7 @@ impl Lowering<'_> {
         chain.operators.push(Box::new(op));
         chain.aggregates += 1;
         chain.time = None;
+        chain.windows = WindowColumns::default();
         chain.changelog = true;
         chain.schema = output_schema;
         Ok(chain)

@@ -82,6 +82,7 @@ impl Lowering<'_> {
         };
         let op = AlertChanges::try_new(spec, Arc::clone(&self.metrics))?;
         self.push_keyed(&mut chain, expr.partition_by().to_vec(), Box::new(op));
+        chain.windows = crate::window_columns::WindowColumns::default();
         chain.schema = plan.schema();
         Ok(chain)
     }

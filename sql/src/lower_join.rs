@@ -3,12 +3,15 @@
 //! - one side is a versioned table read `FOR SYSTEM_TIME AS OF`: a temporal join;
 //! - one side is a static table (a file without event time): a lookup join;
 //! - the condition bounds the two sides' event times (an interval join, or a
-//!   window join on `window_end`): a join whose state the watermark expires;
+//!   window join on `window_end`, of windowed aggregates or of window TVFs):
+//!   a join whose state the watermark expires;
 //! - otherwise a regular join, whose state only a TTL bounds (EXPLAIN warns).
 
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::joins::utils::JoinFilter;
 use datafusion::physical_plan::joins::HashJoinExec;
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 use sluice_engine::operators::join::JoinMode;
@@ -17,8 +20,9 @@ use sluice_engine::operators::{EventTime, JoinKind, JoinSpec, SideTimes, StreamJ
 use sluice_engine::Operator;
 
 use crate::error::{plan_err, Result};
-use crate::join_bounds::time_bounds;
+use crate::join_bounds::{time_bounds, EquiKeys};
 use crate::lower::{Chain, LoweredInput, LoweredJoin, Lowering};
+use crate::window_columns::WindowColumns;
 
 impl Lowering<'_> {
     pub(crate) fn lower_join(&self, plan: &Arc<dyn ExecutionPlan>, join: &HashJoinExec) -> Result<Chain> {
@@ -100,9 +104,7 @@ impl Lowering<'_> {
             let schema = op.output_schema();
             let time = times[1 - table].and_then(|t| output_time(1 - table, t));
             (Box::new(op), schema, time, false)
-        } else if let (Some((lower, upper)), [Some(lt), Some(rt)]) =
-            (time_bounds(on, join.filter(), times).both(), times)
-        {
+        } else if let Some(((lower, upper), [lt, rt])) = bounded_by_time(on, join.filter(), times, [&left.windows, &right.windows]) {
             if lower > upper {
                 return plan_err("the join condition's time bounds leave no room for a match");
             }
@@ -144,6 +146,29 @@ impl Lowering<'_> {
         }));
         Ok(Chain::joined(input, schema, time, changelog, tables))
     }
+}
+
+/// Bounds on `right time - left time` and the two sides' times they are
+/// bounds of: from the condition on the sides' event times, or else, for a
+/// window join of two window TVFs (equal window ends), from the window ends,
+/// as rows' times (just before the end, as a windowed aggregate's rows), so
+/// that a row is kept until its window closes, and late once it has.
+fn bounded_by_time(
+    on: &EquiKeys,
+    filter: Option<&JoinFilter>,
+    times: [Option<EventTime>; 2],
+    windows: [&WindowColumns; 2],
+) -> Option<((i64, i64), [EventTime; 2])> {
+    if let (Some(bounds), [Some(lt), Some(rt)]) = (time_bounds(on, filter, times).both(), times) {
+        return Some((bounds, [lt, rt]));
+    }
+    let column = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Column>().map(Column::index);
+    let (l, r) = on.iter().find_map(|(l, r)| {
+        let (l, r) = (column(l)?, column(r)?);
+        (windows[0].is_end(l) && windows[1].is_end(r)).then_some((l, r))
+    })?;
+    let ends = [EventTime { column: l, offset: -1 }, EventTime { column: r, offset: -1 }];
+    Some((time_bounds(on, filter, ends.map(Some)).both()?, ends))
 }
 
 /// A duration in nanoseconds, signed, the way people write it.

@@ -230,6 +230,7 @@ impl Lowering<'_> {
         self.push_keyed(&mut chain, expr.partition_by().to_vec(), Box::new(op));
         // Rows leave when their window closes: they take the time just before its end.
         chain.time = Some(EventTime { column: end_column, offset: -1 });
+        chain.windows = crate::window_columns::WindowColumns::default();
         chain.schema = plan.schema();
         Ok(chain)
     }
