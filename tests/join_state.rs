@@ -1,16 +1,27 @@
-//! Join state stays bounded: an interval join over ten times more input holds
-//! about as much state at its peak, because the watermark retires kept rows.
+//! Join state stays bounded: an interval join, or a window join of two window
+//! TVFs, over ten times more input holds about as much state at its peak,
+//! because the watermark retires kept rows.
 
 use sluice_sql::{Session, StatementOutput};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// Runs a view-to-checkout interval join over `rows` generated clicks; returns
-/// the joined rows and the peak state. The two sides' sources are aligned
-/// (within 5 s of event time of each other): otherwise the side read faster
-/// waits in state for the other's watermark, as far ahead as the channels
-/// between them let it run.
-async fn interval_join_peak_state(rows: usize) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+/// A view-to-checkout join by time: the checkout within 10 s after the view.
+const INTERVAL_JOIN: &str = "SELECT v.user_id, p.item_id FROM (SELECT * FROM clicks WHERE event_type = 'page_view') v \
+     JOIN (SELECT * FROM clicks WHERE event_type = 'checkout') p \
+     ON v.user_id = p.user_id AND p.ts BETWEEN v.ts AND v.ts + INTERVAL '10' SECOND";
+
+/// The same as Flink's window join of two TUMBLE TVFs: in the same 10 s window.
+const WINDOW_JOIN: &str = "SELECT v.user_id, p.item_id \
+     FROM (SELECT * FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) WHERE event_type = 'page_view') v \
+     JOIN (SELECT * FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '10' SECOND)) WHERE event_type = 'checkout') p \
+     ON v.window_start = p.window_start AND v.window_end = p.window_end AND v.user_id = p.user_id";
+
+/// Runs the join `query` over `rows` generated clicks; returns the joined rows
+/// and the peak state. The two sides' sources are aligned (within 5 s of event
+/// time of each other): otherwise the side read faster waits in state for the
+/// other's watermark, as far ahead as the channels between them let it run.
+async fn join_peak_state(query: &str, rows: usize) -> Result<(u64, u64), Box<dyn std::error::Error>> {
     let mut session = Session::default();
     session.set_parallelism(2);
     session.execute_script("SET 'scan.watermark.alignment.max-drift' = '5 s'").await?;
@@ -22,13 +33,7 @@ async fn interval_join_peak_state(rows: usize) -> Result<(u64, u64), Box<dyn std
              'disorder.ms' = '1000', 'batch.size' = '256')"
         ))
         .await?;
-    let mut outputs = session
-        .execute_script(
-            "SELECT v.user_id, p.item_id FROM (SELECT * FROM clicks WHERE event_type = 'page_view') v \
-             JOIN (SELECT * FROM clicks WHERE event_type = 'checkout') p \
-             ON v.user_id = p.user_id AND p.ts BETWEEN v.ts AND v.ts + INTERVAL '10' SECOND",
-        )
-        .await?;
+    let mut outputs = session.execute_script(query).await?;
     let Some(StatementOutput::Query(mut q)) = outputs.pop() else { return Err("not a continuous query".into()) };
     let mut joined = 0u64;
     while let Some(b) = q.results.recv().await {
@@ -40,10 +45,10 @@ async fn interval_join_peak_state(rows: usize) -> Result<(u64, u64), Box<dyn std
     Ok((joined, metrics.state_bytes_peak))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interval_join_state_does_not_grow_with_input() -> TestResult {
-    let (small_rows, small_peak) = interval_join_peak_state(20_000).await?;
-    let (large_rows, large_peak) = interval_join_peak_state(200_000).await?;
+/// `query`'s peak state over 20k and 200k clicks is about the same.
+async fn state_does_not_grow_with_input(query: &str) -> TestResult {
+    let (small_rows, small_peak) = join_peak_state(query, 20_000).await?;
+    let (large_rows, large_peak) = join_peak_state(query, 200_000).await?;
     eprintln!("peak join state: {small_peak} B for 20k rows, {large_peak} B for 200k rows");
     assert!(small_rows > 0 && large_rows > 5 * small_rows, "the larger input joins more rows: {small_rows} vs {large_rows}");
     assert!(small_peak > 0, "the join kept rows");
@@ -52,6 +57,16 @@ async fn interval_join_state_does_not_grow_with_input() -> TestResult {
         "ten times the input must not need much more state (kept rows would grow tenfold): peak {small_peak} B for 20k rows, {large_peak} B for 200k"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_state_does_not_grow_with_input() -> TestResult {
+    state_does_not_grow_with_input(INTERVAL_JOIN).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_join_of_tvfs_state_does_not_grow_with_input() -> TestResult {
+    state_does_not_grow_with_input(WINDOW_JOIN).await
 }
 
 /// Peak state of `query` over 3,000 clicks paced at 1,000 a second, nearly every
