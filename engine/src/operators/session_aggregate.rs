@@ -127,6 +127,12 @@ impl KeySessions {
     fn first_end(&self) -> Option<i64> {
         self.sessions.first().map(|s| s.end)
     }
+
+    /// Adds `session`, which overlaps none of the key's, in its place by start.
+    fn insert(&mut self, session: Session) {
+        let pos = self.sessions.partition_point(|s| s.start < session.start);
+        self.sessions.insert(pos, session);
+    }
 }
 
 struct Session {
@@ -375,8 +381,7 @@ impl SessionAggregate {
             if state.sessions.is_empty() {
                 self.empty_keys -= 1;
             }
-            let pos = state.sessions.partition_point(|s| s.start < session.start);
-            state.sessions.insert(pos, session);
+            state.insert(session);
             self.schedule(place);
             self.open_sessions += 1;
         }
@@ -518,32 +523,21 @@ impl Operator for SessionAggregate {
                             in_session[*r as usize] = false;
                         }
                     }
-                    // A new session that overlaps none: in its place by start.
-                    (None, _) => {
-                        let session = Session { start, end, slot: self.slots.allocate(), merged: Vec::new() };
-                        Self::assign(&order, ids, session.slot, &mut slot_of_row);
-                        let pos = state.sessions.partition_point(|s| s.start < session.start);
-                        state.sessions.insert(pos, session);
-                    }
                     // A new session, which takes in every session it overlaps
                     // (their slots join its own).
-                    (Some(_), Some(_)) => {
+                    _ => {
                         let mut session = Session { start, end, slot: self.slots.allocate(), merged: Vec::new() };
                         Self::assign(&order, ids, session.slot, &mut slot_of_row);
-                        let mut kept = Vec::with_capacity(state.sessions.len() + 1);
-                        for existing in state.sessions.drain(..) {
-                            match overlaps(&existing) {
-                                true => {
-                                    session.start = session.start.min(existing.start);
-                                    session.end = session.end.max(existing.end);
-                                    session.merged.extend(existing.slots());
-                                }
-                                false => kept.push(existing),
+                        state.sessions.retain(|existing| {
+                            if !overlaps(existing) {
+                                return true;
                             }
-                        }
-                        let pos = kept.partition_point(|s| s.start < session.start);
-                        kept.insert(pos, session);
-                        state.sessions = kept;
+                            session.start = session.start.min(existing.start);
+                            session.end = session.end.max(existing.end);
+                            session.merged.extend(existing.slots());
+                            false
+                        });
+                        state.insert(session);
                     }
                 }
             }
