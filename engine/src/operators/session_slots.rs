@@ -34,6 +34,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
+use super::state_table::is_plain_builtin;
 use super::window_groups::{filtered, AggregateSpec, EvaluatedBatch};
 use crate::error::{EngineError, Result};
 
@@ -54,22 +55,11 @@ enum SlotStates {
     Plain { aggregate: Arc<AggregateFunctionExpr>, accumulators: Vec<Option<Box<dyn Accumulator>>>, kept: bool },
 }
 
-/// Whether `aggregate` keeps its state in a groups accumulator: DataFusion's
-/// own count, sum, avg, min, max, bool_and and bool_or (known by their
-/// implementation, as a plug-in may take any name), not DISTINCT. Their
-/// groups accumulators write the state layout of their plain ones.
+/// Whether `aggregate` keeps its state in a groups accumulator: one of
+/// DataFusion's plain built-ins ([`is_plain_builtin`]), whose groups
+/// accumulators write the state layout of their plain ones.
 fn in_groups(aggregate: &AggregateFunctionExpr) -> bool {
-    use datafusion::functions_aggregate::{average, bool_and_or, count, min_max, sum};
-    let f = aggregate.fun().inner();
-    !aggregate.is_distinct()
-        && aggregate.groups_accumulator_supported()
-        && (f.is::<count::Count>()
-            || f.is::<sum::Sum>()
-            || f.is::<average::Avg>()
-            || f.is::<min_max::Min>()
-            || f.is::<min_max::Max>()
-            || f.is::<bool_and_or::BoolAnd>()
-            || f.is::<bool_and_or::BoolOr>())
+    is_plain_builtin(aggregate) && aggregate.groups_accumulator_supported()
 }
 
 /// Which slots each group of sessions is made of (closed sessions, or the

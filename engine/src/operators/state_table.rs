@@ -154,26 +154,32 @@ pub(crate) fn state_column_names(widths: &[usize]) -> Vec<String> {
     widths.iter().enumerate().flat_map(|(a, w)| (0..*w).map(move |j| format!("agg{a}_state{j}"))).collect()
 }
 
+/// Whether `aggregate` is one of DataFusion's own count, sum, avg, min, max,
+/// bool_and and bool_or, known by its implementation (not by name: a plug-in
+/// may register a function under any name), and not DISTINCT.
+pub(crate) fn is_plain_builtin(aggregate: &datafusion::physical_expr::aggregate::AggregateFunctionExpr) -> bool {
+    use datafusion::functions_aggregate::{average, bool_and_or, count, min_max, sum};
+    let f = aggregate.fun().inner();
+    !aggregate.is_distinct()
+        && (f.is::<count::Count>()
+            || f.is::<sum::Sum>()
+            || f.is::<average::Avg>()
+            || f.is::<min_max::Min>()
+            || f.is::<min_max::Max>()
+            || f.is::<bool_and_or::BoolAnd>()
+            || f.is::<bool_and_or::BoolOr>())
+}
+
 /// Whether taking the state of every aggregate of `aggregates` leaves its
-/// accumulators as they were: DataFusion's own count, sum, avg, min, max,
-/// array_agg, first_value, last_value, bool_and and bool_or, known by their
-/// implementation (not by name: a plug-in may register a function under any
-/// name), and not DISTINCT.
+/// accumulators as they were: those of [`is_plain_builtin`], and DataFusion's
+/// own array_agg, first_value and last_value (not DISTINCT).
 pub(crate) fn states_are_kept(aggregates: &[Arc<datafusion::physical_expr::aggregate::AggregateFunctionExpr>]) -> bool {
-    use datafusion::functions_aggregate::{array_agg, average, bool_and_or, count, first_last, min_max, sum};
+    use datafusion::functions_aggregate::{array_agg, first_last};
     aggregates.iter().all(|a| {
         let f = a.fun().inner();
-        !a.is_distinct()
-            && (f.is::<count::Count>()
-                || f.is::<sum::Sum>()
-                || f.is::<average::Avg>()
-                || f.is::<min_max::Min>()
-                || f.is::<min_max::Max>()
-                || f.is::<array_agg::ArrayAgg>()
-                || f.is::<first_last::FirstValue>()
-                || f.is::<first_last::LastValue>()
-                || f.is::<bool_and_or::BoolAnd>()
-                || f.is::<bool_and_or::BoolOr>())
+        is_plain_builtin(a)
+            || (!a.is_distinct()
+                && (f.is::<array_agg::ArrayAgg>() || f.is::<first_last::FirstValue>() || f.is::<first_last::LastValue>()))
     })
 }
 
