@@ -7,8 +7,9 @@
 //!
 //! `SLUICE_SQL_MUTATIONS=N` runs N variants per statement (default 1).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,17 +164,6 @@ fn is_definition(sql: &str) -> bool {
     matches!(first.as_str(), "CREATE" | "DROP" | "SET" | "RESET" | "ALTER" | "USE")
 }
 
-fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("tests/slt is listed") {
-        let path = entry.expect("a directory entry").path();
-        if path.is_dir() {
-            slt_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "slt") {
-            out.push(path);
-        }
-    }
-}
-
 /// Copies `from` into `to`, recursively.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("a directory is made");
@@ -212,11 +202,11 @@ fn mutated_statements_end_in_rows_or_an_error() {
     }
 
     let mut files = Vec::new();
-    slt_files(&scratch.path().join("tests/slt"), &mut files);
+    common::slt_files(&scratch.path().join("tests/slt"), &mut files).expect("tests/slt is listed");
     files.sort();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a runtime");
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let (ran, taken) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let (mut ran, mut taken) = (0usize, 0usize);
     for file in &files {
         let records = sqllogictest::parse_file::<sqllogictest::DefaultColumnType>(file).expect("a golden file parses");
         let test_dir = tempfile::tempdir().expect("a test directory");
@@ -243,9 +233,9 @@ fn mutated_statements_end_in_rows_or_an_error() {
                         let _ = run(&mut fork, earlier, VARIANT_TIMEOUT).await;
                     }
                     if run(&mut fork, &variant, VARIANT_TIMEOUT).await {
-                        taken.fetch_add(1, Ordering::Relaxed);
+                        taken += 1;
                     }
-                    ran.fetch_add(1, Ordering::Relaxed);
+                    ran += 1;
                 }
                 if let Ok(mut c) = current.lock() {
                     *c = sql.clone();
@@ -256,7 +246,6 @@ fn mutated_statements_end_in_rows_or_an_error() {
     }
     let _ = std::panic::take_hook();
     let panics = panics.lock().expect("the panics are listed");
-    let (ran, taken) = (ran.load(Ordering::Relaxed), taken.load(Ordering::Relaxed));
     eprintln!("{ran} variants, {taken} of them parsed and planned");
     // Most variants are refused; enough must get past the parser and planner
     // for the run to say something of what lies behind them.

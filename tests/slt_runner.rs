@@ -4,7 +4,9 @@
 //! rewrites their expected results. A continuous query's result is everything it
 //! emitted until its bounded input ended; an INSERT completes when its job does.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,25 +91,13 @@ impl sqllogictest::AsyncDB for SluiceDb {
     }
 }
 
-fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            slt_files(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "slt") {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let complete = args.iter().any(|a| a == "--complete");
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    if let Err(e) = slt_files(&root.join("tests/slt"), &mut files) {
+    if let Err(e) = common::slt_files(&root.join("tests/slt"), &mut files) {
         eprintln!("cannot list tests/slt: {e}");
         return std::process::ExitCode::FAILURE;
     }

@@ -8,6 +8,7 @@ pub mod broker;
 pub mod runs;
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,19 @@ pub fn wait_listening(addr: &str, fails_with: &str) -> Result<(), Box<dyn std::e
             return Err(fails_with.into());
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The golden SQL files (`*.slt`) under `dir`, at any depth, appended to `out`.
+pub fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            slt_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "slt") {
+            out.push(path);
+        }
     }
     Ok(())
 }
