@@ -47,6 +47,7 @@ use sluice_engine::Source;
 use sluice_sql::{Session, StatementOutput};
 
 mod json_vs_batch;
+mod lanes;
 
 const QUERIES: [(&str, &str); 9] = [
     (
@@ -361,8 +362,8 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     repeat: u64,
     /// Lane counts to run each query at [default: 1 and this machine's parallelism].
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
-    lanes: Vec<u64>,
+    #[arg(long, value_delimiter = ',', value_parser = lanes::parse_lanes)]
+    lanes: Vec<usize>,
     /// Only the queries whose name contains this.
     #[arg(long, value_name = "NAME-PART")]
     only: Option<String>,
@@ -388,11 +389,7 @@ fn parse_rss_child(value: &str) -> Result<(u64, usize), String> {
 fn main() -> anyhow::Result<()> {
     let Args { events, users, checkpoints, repeat, lanes, only, rss, rss_child, write_json, json } = Args::parse();
     let repeat = repeat as usize;
-    let mut lanes: Vec<usize> = match lanes.is_empty() {
-        true => vec![1, sluice_sql::default_parallelism()],
-        false => lanes.into_iter().map(|l| l as usize).collect(),
-    };
-    lanes.dedup();
+    let lanes = lanes::or_default(lanes);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(path) = write_json {
         let started = Instant::now();

@@ -49,6 +49,7 @@
 //! cargo run --release -p sluice-benches --bin sluice-nexmark -- --kafka 127.0.0.1:9092 --events 1000000 --lanes 1
 //! ```
 
+mod lanes;
 mod nexmark_kafka;
 
 use std::collections::BTreeMap;
@@ -349,7 +350,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     events_per_second: u64,
     /// Lane counts to run each query at [default: 1 and this machine's parallelism].
-    #[arg(long, value_delimiter = ',', value_parser = parse_lanes)]
+    #[arg(long, value_delimiter = ',', value_parser = lanes::parse_lanes)]
     lanes: Vec<usize>,
     /// Only this query (q0, q1, ...).
     #[arg(long, value_parser = parse_query)]
@@ -363,13 +364,6 @@ struct Args {
     /// Internal: in a child process, run `only` in `lanes[0]` lanes from this input.
     #[arg(long, hide = true, value_parser = |s: &str| Input::parse(s).map_err(|e| e.to_string()))]
     child: Option<Input>,
-}
-
-fn parse_lanes(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(lanes) if lanes > 0 => Ok(lanes),
-        _ => Err(format!("takes lane counts of at least 1, not {value}")),
-    }
 }
 
 fn parse_query(name: &str) -> Result<String, String> {
@@ -387,10 +381,7 @@ fn parse_property(value: &str) -> Result<(String, String), String> {
 /// The arguments, with the default lane counts filled in.
 fn parse_args() -> Args {
     let mut args = Args::parse();
-    if args.lanes.is_empty() {
-        args.lanes = vec![1, sluice_sql::default_parallelism()];
-    }
-    args.lanes.dedup();
+    args.lanes = lanes::or_default(args.lanes);
     args
 }
 
