@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sluice_sql::{SluiceStatement, StatementOutput};
 use tokio::sync::broadcast;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::{require, Role};
 use super::queries::{QueryError, QueryInfo, QueryCheckpoints, CheckpointInfo, QueryMetrics, QueryState, SourceMetrics, Submission, Subscription, Update};
@@ -122,6 +122,14 @@ pub struct SubmitQuery {
     /// it runs until stopped.
     #[serde(default)]
     pub preview: bool,
+}
+
+/// The `{id}` of a query's paths.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct QueryId {
+    /// The query's id, as its submission answered.
+    id: String,
 }
 
 /// `GET /api/v1/queries` filter.
@@ -232,42 +240,42 @@ pub async fn list_queries(
 }
 
 /// One query: state, output schema, error, start time.
-#[utoipa::path(get, path = "/api/v1/queries/{id}", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryInfo), (status = 404, body = ApiError)))]
-pub async fn get_query(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryInfo>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}", params(QueryId), responses((status = 200, body = QueryInfo), (status = 404, body = ApiError)))]
+pub async fn get_query(State(state): State<AppState>, ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>) -> Result<Json<QueryInfo>, ApiError> {
     Ok(Json(state.queries.get(&id)?))
 }
 
 /// A query's counters: rows in and out, late rows, watermark.
-#[utoipa::path(get, path = "/api/v1/queries/{id}/metrics", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryMetrics), (status = 404, body = ApiError)))]
-pub async fn query_metrics(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryMetrics>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}/metrics", params(QueryId), responses((status = 200, body = QueryMetrics), (status = 404, body = ApiError)))]
+pub async fn query_metrics(State(state): State<AppState>, ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>) -> Result<Json<QueryMetrics>, ApiError> {
     Ok(Json(state.queries.metrics(&id)?))
 }
 
 /// A query's checkpoints: how many completed, the last one's id, duration,
 /// size and alignment time, and the one it resumed from.
-#[utoipa::path(get, path = "/api/v1/queries/{id}/checkpoints", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryCheckpoints), (status = 404, body = ApiError)))]
-pub async fn query_checkpoints(State(state): State<AppState>, ApiParts(Path(id)): ApiParts<Path<String>>) -> Result<Json<QueryCheckpoints>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/queries/{id}/checkpoints", params(QueryId), responses((status = 200, body = QueryCheckpoints), (status = 404, body = ApiError)))]
+pub async fn query_checkpoints(State(state): State<AppState>, ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>) -> Result<Json<QueryCheckpoints>, ApiError> {
     Ok(Json(state.queries.checkpoints(&id)?))
 }
 
 /// Stop a query gracefully (it stays listed as STOPPED); answers once its sink
 /// has made its rows durable.
-#[utoipa::path(post, path = "/api/v1/queries/{id}/stop", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 200, body = QueryInfo), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(post, path = "/api/v1/queries/{id}/stop", params(QueryId), responses((status = 200, body = QueryInfo), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn stop_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    ApiParts(Path(id)): ApiParts<Path<String>>,
+    ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>,
 ) -> Result<Json<QueryInfo>, ApiError> {
     require(role, Role::Editor)?;
     Ok(Json(state.queries.stop(&id).await?))
 }
 
 /// Stop and forget a query.
-#[utoipa::path(delete, path = "/api/v1/queries/{id}", params(("id" = String, Path, description = "The query's id, as its submission answered")), responses((status = 204), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/api/v1/queries/{id}", params(QueryId), responses((status = 204), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 pub async fn delete_query(
     State(state): State<AppState>,
     Extension(role): Extension<Role>,
-    ApiParts(Path(id)): ApiParts<Path<String>>,
+    ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>,
 ) -> Result<StatusCode, ApiError> {
     require(role, Role::Editor)?;
     state.queries.delete(&id).await?;
@@ -335,11 +343,11 @@ fn live_updates(rx: broadcast::Receiver<Update>) -> impl Stream<Item = Out> {
 /// the stream ends with the query, with its error if it failed. Server-Sent
 /// Events with `Accept: text/event-stream` (rows numbered by `id`, then an `end`
 /// or `error` event), NDJSON otherwise (a failure ends it with `{"error": "..."}`).
-#[utoipa::path(get, path = "/api/v1/queries/{id}/results", params(("id" = String, Path, description = "The query's id, as its submission answered")),
+#[utoipa::path(get, path = "/api/v1/queries/{id}/results", params(QueryId),
     responses((status = 200, description = "rows as NDJSON or SSE events, as produced"), (status = 404, body = ApiError)))]
 pub async fn query_results(
     State(state): State<AppState>,
-    ApiParts(Path(id)): ApiParts<Path<String>>,
+    ApiParts(Path(QueryId { id })): ApiParts<Path<QueryId>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let subscription = state.queries.subscribe(&id)?;
